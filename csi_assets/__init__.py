@@ -1,0 +1,1 @@
+"""Dagster orchestration of the csi_model library: assets, resources, store, sensors."""

@@ -1,0 +1,1 @@
+"""CoverHunter cover-song identification: the pure library (no Dagster, no DuckDB)."""

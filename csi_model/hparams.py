@@ -1,0 +1,396 @@
+"""Typed hyper-parameters that read CoverHunterMPS ``hparams.yaml`` files unchanged.
+
+Researchers arrive with the reference tool's YAML files; we accept every key it defines (spec §8), check each
+value's type where it is read, and turn the nested YAML into frozen dataclasses so a typo in a key is a warning
+and a wrong value is an error that names the key and the file -- not a ``KeyError`` deep inside training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+
+class HParamsError(ValueError):
+    """A hyper-parameter file has a missing, mistyped or out-of-range value."""
+
+
+class UnknownHParamWarning(UserWarning):
+    """A key the reference tool does not define: probably a typo, so it is reported, not ignored silently."""
+
+
+@dataclass(frozen=True)
+class TestSetHParams:
+    """A test set for periodic mAP: any top-level mapping with both ``query_path`` and ``ref_path``."""
+
+    query_path: str
+    ref_path: str
+    every_n_epoch_to_test: int = 1
+    query_in_ref_path: str | None = None
+    save_name: str | None = None
+
+
+@dataclass(frozen=True)
+class CqtHParams:
+    """The reference declares the hop but ignores it (hard-coding 25 fps); we derive fps from it."""
+
+    hop_size: float = 0.04
+
+
+@dataclass(frozen=True)
+class RandomEraseHParams:
+    prob: float = 0.5
+    erase_num: int = 4
+    region_size: tuple[float, float] = (0.25, 0.1)
+
+
+@dataclass(frozen=True)
+class RollPitchHParams:
+    prob: float = 0.5
+    shift_num: int = 12
+    method: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("default", "low_melody", "flex_melody"):
+            raise HParamsError(
+                f"spec_augmentation.roll_pitch.method: {self.method!r} is not one of "
+                "'default', 'low_melody', 'flex_melody'"
+            )
+
+
+@dataclass(frozen=True)
+class SpecAugHParams:
+    random_erase: RandomEraseHParams | None = None
+    roll_pitch: RollPitchHParams | None = None
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class EncoderHParams:
+    output_dims: int = 128
+    num_blocks: int = 6
+    attention_dim: int = 256  # the reference's name for the feed-forward hidden width
+
+
+@dataclass(frozen=True)
+class FocalHParams:
+    output_dims: int | None = None  # None: size the classifier to the training data's number of works
+    weight: float = 1.0
+    gamma: float = 2.0
+
+
+@dataclass(frozen=True)
+class TripletHParams:
+    margin: float = 0.3
+    weight: float = 0.1
+
+
+@dataclass(frozen=True)
+class CenterHParams:
+    weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainingHParams:
+    """Training hyper-parameters (spec §8.2, plus the production keys of §8.3)."""
+
+    chunk_frame: tuple[int, ...] = (1125, 900, 675)
+    chunk_s: float = 135.0
+    mode: str = "random"
+    mean_size: int = 3
+    m_per_class: int = 8
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    adam_b1: float = 0.8
+    adam_b2: float = 0.99
+    lr_decay: float = 0.9
+    min_lr: float = 0.0001
+    input_dim: int = 96
+    embed_dim: int = 128
+    seed: int = 1234
+    num_workers: int = 1
+    device: str = "auto"
+    train_path: str | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+    test_sets: Mapping[str, TestSetHParams] = field(default_factory=dict)
+    early_stop_metric: str = "val_loss"
+    map_stopping_testsets: tuple[str, ...] = ()
+    map_smoothing_alpha: float = 0.3
+    every_n_epoch_to_test: int = 1
+    every_n_epoch_to_save: int = 1
+    bootstrap: int = 0
+    benchmark_testsets: tuple[str, ...] = ()
+    data_type: str = "cqt"
+    cqt: CqtHParams = field(default_factory=CqtHParams)
+    spec_augmentation: SpecAugHParams | None = None
+    num_gpus: int = 1
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    prodigy_d_coef: float = 1.0
+    prodigy_safeguard_warmup: bool = False
+    warmup: bool = False
+    warmup_steps: int = 0
+    hold_steps: int = 0
+    early_stopping_patience: int = 20
+    max_epochs: int = 100
+    pool_type: str = "attention"
+    encoder: EncoderHParams = field(default_factory=EncoderHParams)
+    foc: FocalHParams = field(default_factory=FocalHParams)
+    triplet: TripletHParams = field(default_factory=TripletHParams)
+    center: CenterHParams = field(default_factory=CenterHParams)
+    # production training (spec §8.3)
+    k_folds: int | None = None
+    lr_initial_fold2: float | None = None
+    fold_hold_steps: int = 0
+    fold_lr_decay: float | None = None
+    final_lr_decay: float | None = None
+    final_fold_position: float | None = None
+    final_early_stopping_patience: int | None = None
+    map_stopping_patience: int | None = None
+    source: str | None = None  # the file these were read from, for error messages
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("random", "defined"), "mode", f"{self.mode!r} is not 'random' or 'defined'", self)
+        _require(self.mean_size >= 1, "mean_size", "must be >= 1", self)
+        _require(len(self.chunk_frame) >= 1, "chunk_frame", "needs at least one chunk length", self)
+        _require(all(c > 0 for c in self.chunk_frame), "chunk_frame", "lengths must be positive", self)
+        _require(self.m_per_class >= 1, "m_per_class", "must be >= 1", self)
+        _require(
+            self.batch_size % self.m_per_class == 0,
+            "batch_size",
+            f"{self.batch_size} is not a multiple of m_per_class {self.m_per_class}",
+            self,
+        )
+        _require(
+            self.early_stop_metric in ("val_loss", "mAP"),
+            "early_stop_metric",
+            f"{self.early_stop_metric!r} is not 'val_loss' or 'mAP'",
+            self,
+        )
+        _require(self.optimizer in ("adamw", "prodigy"), "optimizer", f"{self.optimizer!r} is unknown", self)
+        _require(self.learning_rate > 0, "learning_rate", "must be > 0", self)
+        _require(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]", self)
+        _require(self.cqt.hop_size > 0, "cqt.hop_size", "must be > 0", self)
+
+    def hop_samples(self, sample_rate: int = 16000) -> int:
+        """The CQT hop in samples at ``sample_rate`` (640 at 16 kHz for the reference's 0.04 s)."""
+        return int(round(self.cqt.hop_size * sample_rate))
+
+    def fps(self, sample_rate: int = 16000) -> float:
+        """Raw CQT frames per second, derived from the hop instead of the reference's hard-coded 25."""
+        return sample_rate / self.hop_samples(sample_rate)
+
+    @property
+    def eval_chunk_raw_frames(self) -> int:
+        """The evaluation window in raw frames: the first training chunk, before time pooling."""
+        return self.chunk_frame[0] * self.mean_size
+
+
+@dataclass(frozen=True)
+class DataPrepHParams:
+    """Data-preparation hyper-parameters (spec §8.1). ``seed`` is ours: the reference's split is unseeded."""
+
+    fmin: float = 32.0
+    n_bins: int = 96
+    bins_per_octave: int = 12
+    aug_speed_mode: tuple[float, ...] = (1.0,)
+    add_noise: Mapping[str, Any] | None = None
+    device: str = "auto"
+    val_data_split: float = 0.0
+    val_unseen: float = 0.0
+    test_data_split: float = 0.0
+    test_data_unseen: float = 0.0
+    seed: int = 1234
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.fmin > 0, "fmin", "must be > 0", self)
+        _require(self.n_bins > 0, "n_bins", "must be > 0", self)
+        _require(self.bins_per_octave > 0, "bins_per_octave", "must be > 0", self)
+        _require(len(self.aug_speed_mode) > 0, "aug_speed_mode", "needs at least one factor (use [1.0])", self)
+        _require(all(k > 0 for k in self.aug_speed_mode), "aug_speed_mode", "factors must be > 0", self)
+        for key in ("val_data_split", "val_unseen", "test_data_split", "test_data_unseen"):
+            value = getattr(self, key)
+            _require(0.0 <= value < 1.0, key, f"{value} is not a fraction in [0, 1)", self)
+
+
+def _require(ok: bool, key: str, message: str, hp: Any) -> None:
+    if not ok:
+        raise HParamsError(f"{hp.source or '<hparams>'}: {key}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: YAML mapping -> dataclasses, with type checks that name the key and file.
+
+_TOP_LEVEL_TESTSET_KEYS = frozenset({"query_path", "ref_path"})
+T = TypeVar("T")
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Check ``value`` against a dataclass field annotation; convert lists to tuples and nested maps to dataclasses."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, source)
+            except HParamsError as err:
+                errors.append(err)
+        raise errors[0]
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise HParamsError(f"{source}: {key}: expected a mapping, got {value!r}")
+        return _build(annotation, value, source, prefix=f"{key}.")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise HParamsError(f"{source}: {key}: expected a list, got {value!r}")
+        args = typing.get_args(annotation)
+        item_type = args[0]
+        return tuple(_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if origin in (Mapping, dict) or annotation is Mapping:
+        if not isinstance(value, Mapping):
+            raise HParamsError(f"{source}: {key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise HParamsError(f"{source}: {key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HParamsError(f"{source}: {key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HParamsError(f"{source}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise HParamsError(f"{source}: {key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a programming error, not user input
+
+
+def _build(cls: type[T], raw: Mapping[str, Any], source: str, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name not in ("source", "test_sets")}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in known:
+            if value is None and _default_is_not_none(cls, key):
+                continue  # a null in YAML means "keep the default", as the reference's deep merge does
+            kwargs[key] = _coerce(value, hints[key], prefix + key, source)
+        else:
+            warnings.warn(
+                f"{source}: unknown hyper-parameter {prefix}{key!r} is ignored", UnknownHParamWarning, stacklevel=3
+            )
+    if "source" in hints:
+        kwargs["source"] = source
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise HParamsError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {err}") from err
+
+
+def _default_is_not_none(cls: type, key: str) -> bool:
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if f.default is not dataclasses.MISSING:
+        return f.default is not None
+    return True
+
+
+def training_hparams_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> TrainingHParams:
+    """Split off the test-set mappings (any mapping with query_path and ref_path), then build the rest."""
+    test_sets: dict[str, TestSetHParams] = {}
+    rest: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, Mapping) and _TOP_LEVEL_TESTSET_KEYS <= set(value):
+            test_sets[key] = _build(TestSetHParams, value, source, prefix=f"{key}.")
+        else:
+            rest[key] = value
+    hp = _build(TrainingHParams, rest, source)
+    return dataclasses.replace(hp, test_sets=test_sets)
+
+
+def data_hparams_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> DataPrepHParams:
+    return _build(DataPrepHParams, raw, source)
+
+
+def _read_yaml(path: str | Path) -> Mapping[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise HParamsError(f"{path}: cannot read hyper-parameters: {err.strerror}") from err
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise HParamsError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, Mapping):
+        raise HParamsError(f"{path}: expected a mapping of keys at the top level")
+    return raw
+
+
+def load_training_hparams(path: str | Path) -> TrainingHParams:
+    return training_hparams_from_dict(_read_yaml(path), source=str(path))
+
+
+def load_data_hparams(path: str | Path) -> DataPrepHParams:
+    return data_hparams_from_dict(_read_yaml(path), source=str(path))
+
+
+def to_dict(hp: TrainingHParams | DataPrepHParams) -> dict[str, Any]:
+    """The YAML-shaped mapping of ``hp`` (test sets back at the top level), for round trips and the store."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(hp):
+        value = getattr(hp, f.name)
+        if f.name == "source":
+            continue
+        if f.name == "test_sets":
+            for name, ts in value.items():
+                out[name] = _plain(ts)
+            continue
+        out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def with_overrides(hp: TrainingHParams, overrides: Mapping[str, Any]) -> TrainingHParams:
+    """Deep-merge ``overrides`` onto ``hp`` (nulls skipped, as the reference's sweep tool does) and re-validate."""
+    merged = _deep_merge(to_dict(hp), overrides)
+    return training_hparams_from_dict(merged, source=hp.source or "<overrides>")
+
+
+def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
