@@ -1,0 +1,99 @@
+"""Spec augmentation of a pooled training chunk ``[T', F]`` (spec §2.4, with §11.20 fixed).
+
+Pitch roll first, then random erase, each behind its own probability. Only the first ``length`` frames are real
+content: padding frames are never shifted, filled or erased. Randomness comes solely from the passed generator
+(no global seeding, no folders created), so the training run's seed decides every draw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from csi_model.hparams import RandomEraseHParams, RollPitchHParams, SpecAugHParams
+
+# The reference's fill for vacated bins in flex_melody and the scale of the random-erase value.
+ERASE_FLOOR_DB = -128.0
+
+
+def roll_default(valid: np.ndarray, shift_num: int, rng: np.random.Generator) -> np.ndarray:
+    """Shift by −shift_num, 0 or +shift_num bins with wrap-around (an octave transposition for 12)."""
+    shift = int(rng.integers(-1, 2)) * shift_num
+    return np.roll(valid, shift, axis=1)
+
+
+def roll_low_melody(valid: np.ndarray, shift_num: int, rng: np.random.Generator) -> np.ndarray:
+    """Shift up 1…shift_num bins without wrap and fill the vacated low bins with plausible noise.
+
+    The fill follows each frame's reference band just above the shift (mean μ_t, std σ_t), bounded to
+    [μ_t − σ_t, μ_t + σ_t], fades toward the quietest bin's level, and blends into mirrored content at the seam.
+    """
+    n_frames, n_bins = valid.shape
+    shift = int(rng.integers(1, shift_num + 1))
+    if shift >= n_bins or n_frames == 0:
+        return valid
+    target = valid.mean(axis=0).min()
+    out = np.empty_like(valid)
+    out[:, shift:] = valid[:, : n_bins - shift]
+    band = out[:, shift : shift + 6 + int(rng.integers(0, 3))]  # [T, b]
+    mu, sigma = band.mean(axis=1, keepdims=True), band.std(axis=1, keepdims=True)  # [T, 1]
+    fill = np.maximum(rng.normal(mu, 0.5 * sigma, size=(n_frames, shift)), mu - sigma)  # [T, s]
+    if shift > 2:
+        weight = 0.5 * (1 - np.cos(np.pi * np.arange(shift) / (shift - 1)))  # [s], 0 at bin 0 → 1 at the seam
+        fill -= (mu - target) * (1 - weight)
+    fill = np.minimum(fill, mu + sigma)
+    n_blend = min(5, shift)
+    blend = np.linspace(0.1, 0.6, n_blend)  # rising toward the seam at bin ``shift``
+    seam = np.arange(shift - n_blend, shift)  # the top filled bins
+    mirror = np.minimum(2 * shift - 1 - seam, n_bins - 1)  # bin shift−1−k mirrors bin shift+k
+    fill[:, seam] = (1 - blend) * fill[:, seam] + blend * out[:, mirror]
+    out[:, :shift] = fill
+    return out
+
+
+def roll_flex_melody(valid: np.ndarray, shift_num: int, rng: np.random.Generator) -> np.ndarray:
+    """Shift around the tonal centre without wrap, staying inside the bins; vacated bins get −128."""
+    n_bins = valid.shape[1]
+    loud_bins = np.nonzero(valid > np.percentile(valid, 90))[1]
+    centre = int(loud_bins.mean()) if loud_bins.size else n_bins // 2
+    shift = int(rng.integers(-min(shift_num, centre), min(shift_num, n_bins - centre) + 1))
+    out = np.full_like(valid, ERASE_FLOOR_DB)
+    if shift >= 0:
+        out[:, shift:] = valid[:, : n_bins - shift]
+    else:
+        out[:, :shift] = valid[:, -shift:]
+    return out
+
+
+ROLL_METHODS = {"default": roll_default, "low_melody": roll_low_melody, "flex_melody": roll_flex_melody}
+
+
+def random_erase(valid: np.ndarray, hp: RandomEraseHParams, rng: np.random.Generator) -> np.ndarray:
+    """Set ``erase_num`` full-size blocks to one shared value U·(−128); block starts are drawn so blocks fit."""
+    n_frames, n_bins = valid.shape
+    width, height = int(n_frames * hp.region_size[0]), int(n_bins * hp.region_size[1])
+    value = rng.random() * ERASE_FLOOR_DB
+    t0 = rng.integers(0, n_frames - width + 1, size=hp.erase_num)[:, None]  # [n, 1]
+    f0 = rng.integers(0, n_bins - height + 1, size=hp.erase_num)[:, None]
+    t, f = np.arange(n_frames), np.arange(n_bins)
+    rows = (t >= t0) & (t < t0 + width)  # [n, T]
+    cols = (f >= f0) & (f < f0 + height)  # [n, F]
+    erased = (rows[:, :, None] & cols[:, None, :]).any(axis=0)  # [T, F]
+    return np.where(erased, np.float32(value), valid)
+
+
+class SpecAugment:
+    """Callable ``(pooled [T', F], valid length, rng) -> augmented copy``, as ``ChunkDataset`` expects."""
+
+    def __init__(self, hp: SpecAugHParams) -> None:
+        self.roll: RollPitchHParams | None = hp.roll_pitch
+        self.erase: RandomEraseHParams | None = hp.random_erase
+
+    def __call__(self, feat: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+        valid = feat[:length]
+        if self.roll is not None and rng.random() < self.roll.prob:
+            valid = ROLL_METHODS[self.roll.method](valid, self.roll.shift_num, rng)
+        if self.erase is not None and rng.random() < self.erase.prob:
+            valid = random_erase(valid, self.erase, rng)
+        out = feat.copy()
+        out[:length] = valid
+        return out

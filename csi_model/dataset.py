@@ -1,0 +1,163 @@
+"""Training chunks cut from memory-mapped CQT features (spec §2.1–2.2, with §11.8, §11.16, §11.22, §11.23 fixed).
+
+A chunk is read through ``np.load(mmap_mode='r')`` so only its frames are paged in, pooled in time with one
+reshape-mean, and padded at the end when the track is shorter than the chunk. The valid (pooled) length travels
+with the chunk so the model can mask the padding instead of pooling it as content as the reference does.
+Every random draw comes from a generator seeded by (run seed, epoch, worker): a run is reproducible, and a
+different seed really changes the draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+# The reference's padding value; it sits below any real dB frame so leaked padding looks like silence.
+PAD_VALUE = -100.0
+
+Augment = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+
+
+class FeatureFileError(ValueError):
+    """A feature file is missing, unreadable or disagrees with its catalog entry."""
+
+
+@dataclass(frozen=True)
+class FeatureItem:
+    """One performance's feature file; ``start`` is the chunk start in raw frames for ``mode='defined'``."""
+
+    perf: str
+    work_id: int
+    feat_path: Path
+    n_frames: int
+    start: int = 0
+
+
+def mean_pool(feat: np.ndarray, mean_size: int) -> np.ndarray:
+    """Average ``mean_size`` consecutive frames; a trailing remainder is dropped. ``[T, F] -> [T // m, F]``."""
+    n_out = feat.shape[0] // mean_size
+    blocks = np.asarray(feat[: n_out * mean_size], dtype=np.float32).reshape(n_out, mean_size, feat.shape[1])
+    return blocks.mean(axis=1, dtype=np.float32)
+
+
+def pool_and_pad(raw: np.ndarray, mean_size: int, out_frames: int) -> tuple[np.ndarray, int]:
+    """Pool the valid raw frames and pad to ``out_frames``; a partial last group is averaged over what exists.
+
+    Returns ``(pooled [out_frames, F] float32, valid pooled length)``.
+    """
+    n_full = raw.shape[0] // mean_size
+    length = min(out_frames, -(-raw.shape[0] // mean_size))
+    pooled = np.full((out_frames, raw.shape[1]), PAD_VALUE, dtype=np.float32)
+    pooled[: min(n_full, out_frames)] = mean_pool(raw, mean_size)[:out_frames]
+    if length > n_full:
+        pooled[n_full] = np.asarray(raw[n_full * mean_size :], dtype=np.float32).mean(axis=0)
+    return pooled, length
+
+
+def open_features(item: FeatureItem, input_dim: int | None = None) -> np.ndarray:
+    """Memory-map a ``[T, F]`` feature file and check it against the catalog's frame count and bin count."""
+    try:
+        feat = np.load(item.feat_path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise FeatureFileError(f"{item.feat_path}: cannot read features of {item.perf!r}: {err}") from err
+    if feat.ndim != 2 or feat.shape[0] == 0:
+        raise FeatureFileError(f"{item.feat_path}: expected a non-empty [frames, bins] array, got shape {feat.shape}")
+    if feat.shape[0] != item.n_frames:
+        raise FeatureFileError(
+            f"{item.feat_path}: catalog says {item.n_frames} frames for {item.perf!r}, the file has {feat.shape[0]}"
+        )
+    if input_dim is not None and feat.shape[1] != input_dim:
+        raise FeatureFileError(f"{item.feat_path}: {feat.shape[1]} bins, the model expects input_dim {input_dim}")
+    return feat
+
+
+class ChunkDataset(Dataset):
+    """Chunks of ``chunk_frames`` raw frames, returned as ``(feat [chunk/mean_size, F], length, work_id)``.
+
+    ``mode='random'`` draws the start uniformly in ``[0, n_frames - chunk]``; ``'defined'`` uses each item's start.
+    ``augment`` (training only) receives the pooled chunk, its valid length and this dataset's generator.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[FeatureItem],
+        chunk_frames: int,
+        mean_size: int,
+        mode: str = "random",
+        augment: Augment | None = None,
+        seed: int = 0,
+        input_dim: int | None = None,
+    ) -> None:
+        if mode not in ("random", "defined"):
+            raise ValueError(f"mode {mode!r} is not 'random' or 'defined'")
+        if chunk_frames % mean_size:
+            raise ValueError(f"chunk of {chunk_frames} raw frames is not a multiple of mean_size {mean_size}")
+        self.items = list(items)
+        self.chunk_frames = chunk_frames
+        self.mean_size = mean_size
+        self.mode = mode
+        self.augment = augment
+        self.seed = seed
+        self.input_dim = input_dim
+        self.epoch = 0
+        self._checked: set[int] = set()
+        self._rng_key: tuple[int, int] | None = None
+        self._rng = np.random.default_rng()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draws depend only on (seed, epoch, worker), so a resumed epoch repeats the uninterrupted run's draws."""
+        self.epoch = epoch
+
+    def labels(self) -> list[int]:
+        return [item.work_id for item in self.items]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        item = self.items[index]
+        feat = self._features(index)
+        rng = self._generator()
+        start = self._start(item, rng)
+        raw = feat[start : start + self.chunk_frames]  # a view into the memory map: only these frames are read
+        pooled, length = pool_and_pad(raw, self.mean_size, self.chunk_frames // self.mean_size)
+        if self.augment is not None:
+            pooled = self.augment(pooled, length, rng)
+        return torch.from_numpy(pooled), length, item.work_id
+
+    def _start(self, item: FeatureItem, rng: np.random.Generator) -> int:
+        if self.mode == "defined":
+            if not 0 <= item.start < max(item.n_frames, 1):
+                raise FeatureFileError(
+                    f"{item.feat_path}: start {item.start} is outside the {item.n_frames} frames of {item.perf!r}"
+                )
+            return item.start
+        return int(rng.integers(0, max(item.n_frames - self.chunk_frames, 0) + 1))
+
+    def _features(self, index: int) -> np.ndarray:
+        """Validate each file once per process; the map is reopened per access so no descriptors pile up."""
+        item = self.items[index]
+        if index in self._checked:
+            return np.load(item.feat_path, mmap_mode="r")
+        feat = open_features(item, self.input_dim)
+        self._checked.add(index)
+        return feat
+
+    def _generator(self) -> np.random.Generator:
+        info = get_worker_info()
+        key = (self.epoch, info.id if info is not None else -1)
+        if key != self._rng_key:
+            self._rng = np.random.default_rng([self.seed, key[0], key[1] + 1])
+            self._rng_key = key
+        return self._rng
+
+
+def collate_chunks(batch: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack to ``(feats [B, T', F], lengths [B], labels [B])``."""
+    feats, lengths, labels = zip(*batch)
+    return torch.stack(feats), torch.tensor(lengths, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
