@@ -7,6 +7,7 @@ and a wrong value is an error that names the key and the file -- not a ``KeyErro
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -260,7 +261,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         args = typing.get_args(annotation)
         item_type = args[0]
         return tuple(_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value))
-    if origin in (Mapping, dict) or annotation is Mapping:
+    if origin in (collections.abc.Mapping, dict):
         if not isinstance(value, Mapping):
             raise HParamsError(f"{source}: {key}: expected a mapping, got {value!r}")
         return dict(value)

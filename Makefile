@@ -1,0 +1,48 @@
+# Every target sets itself up: a fresh clone needs nothing but python3 (3.11) and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export CSI_DATASET_DIR ?= data/demo
+export CSI_TRAINING_DIR ?= training/demo
+DEMO_WORKS ?= 24
+DEMO_PERFS ?= 6
+DEMO_SEED ?= 0
+DEMO_SECONDS ?= 30
+
+.PHONY: setup demo test ui bench clean-demo
+
+setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+$(STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $@
+
+$(CSI_DATASET_DIR)/dataset.txt: | $(STAMP)
+	$(BIN)/csi synth $(CSI_DATASET_DIR) --works $(DEMO_WORKS) --perfs $(DEMO_PERFS) --seed $(DEMO_SEED) \
+		--seconds $(DEMO_SECONDS)
+
+demo: setup $(CSI_DATASET_DIR)/dataset.txt
+	$(BIN)/dagster job execute -m csi_assets.definitions -j main
+	@$(BIN)/python -m csi_assets.demo_summary
+
+test: setup
+	bash scripts/install_browser.sh
+	$(BIN)/python -m pytest -q
+
+ui: setup
+	$(BIN)/dagster-webserver -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+bench: setup
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-demo:
+	rm -rf $(CSI_DATASET_DIR)/wav $(CSI_DATASET_DIR)/sp_wav $(CSI_DATASET_DIR)/cqt_feat \
+		$(CSI_DATASET_DIR)/*.txt $(CSI_DATASET_DIR)/*.map $(CSI_TRAINING_DIR)/checkpoints $(CSI_TRAINING_DIR)/logs \
+		data/csi.duckdb data/csi.duckdb.wal

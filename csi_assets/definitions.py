@@ -1,0 +1,37 @@
+"""The one place that assembles the project: assets, checks, resources, jobs, sensors, schedules.
+
+``CSI_DEPLOYMENT`` picks the executor: ``local`` (default: multiprocess on this machine, SQLite instance, DuckDB
+file) or ``cluster`` (the same assets; the instance's run launcher and executor come from its dagster.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from csi_assets.assets import data, evaluation, serving, training
+from csi_assets.resources import default_resources
+
+_ASSET_MODULES = [data, training, serving, evaluation]
+
+main_job = dg.define_asset_job(
+    "main",
+    selection=dg.AssetSelection.all(),
+    description="The whole graph: catalog → features → splits → training → references → evaluation.",
+)
+
+
+def _executor() -> dg.ExecutorDefinition:
+    if os.environ.get("CSI_DEPLOYMENT", "local") == "cluster":
+        return dg.in_process_executor  # a cluster's dagster.yaml supplies its run launcher; steps stay together
+    return dg.multiprocess_executor.configured({"max_concurrent": 2})
+
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules(_ASSET_MODULES),
+    asset_checks=dg.load_asset_checks_from_modules(_ASSET_MODULES),
+    resources=default_resources(),
+    jobs=[main_job],
+    executor=_executor(),
+)

@@ -1,0 +1,98 @@
+"""Tables of the metadata store and their migrations, by version number.
+
+A migration is a list of statements applied in one transaction; the ``schema_version`` table records which ones
+ran, so opening an older file upgrades it in place and opening a current one changes nothing.
+Large arrays (CQT features) stay in ``.npy`` files; the store keeps their paths, shapes and content hashes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+
+Migration = tuple[int, Sequence[str]]
+
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE performances (
+                dataset TEXT NOT NULL, perf TEXT NOT NULL, wav TEXT NOT NULL, dur_s DOUBLE NOT NULL,
+                work TEXT NOT NULL, version TEXT, source TEXT, line_no INTEGER, audio_hash TEXT,
+                batch_id TEXT, updated_at TIMESTAMP DEFAULT current_timestamp,
+                PRIMARY KEY (dataset, perf))""",
+            """CREATE TABLE rejected (
+                dataset TEXT NOT NULL, source TEXT NOT NULL, line_no INTEGER, perf TEXT, raw TEXT,
+                reason TEXT NOT NULL, batch_id TEXT, recorded_at TIMESTAMP DEFAULT current_timestamp)""",
+            """CREATE TABLE catalog_warnings (
+                dataset TEXT NOT NULL, source TEXT NOT NULL, line_no INTEGER, perf TEXT, message TEXT NOT NULL,
+                recorded_at TIMESTAMP DEFAULT current_timestamp)""",
+            """CREATE TABLE works (
+                dataset TEXT NOT NULL, work TEXT NOT NULL, work_id INTEGER NOT NULL,
+                created_at TIMESTAMP DEFAULT current_timestamp,
+                PRIMARY KEY (dataset, work), UNIQUE (dataset, work_id))""",
+            """CREATE TABLE variants (
+                dataset TEXT NOT NULL, variant TEXT NOT NULL, perf TEXT NOT NULL, speed DOUBLE NOT NULL,
+                wav TEXT NOT NULL, dur_s DOUBLE NOT NULL, PRIMARY KEY (dataset, variant))""",
+            """CREATE TABLE features (
+                dataset TEXT NOT NULL, variant TEXT NOT NULL, settings_hash TEXT NOT NULL, path TEXT NOT NULL,
+                n_frames INTEGER NOT NULL, n_bins INTEGER NOT NULL, audio_hash TEXT NOT NULL,
+                settings JSON, created_at TIMESTAMP DEFAULT current_timestamp,
+                PRIMARY KEY (dataset, variant, settings_hash))""",
+            """CREATE TABLE splits (
+                dataset TEXT NOT NULL, perf TEXT NOT NULL, split TEXT NOT NULL, seed INTEGER,
+                PRIMARY KEY (dataset, perf))""",
+            """CREATE TABLE unseen_works (
+                dataset TEXT NOT NULL, work_id INTEGER NOT NULL, split TEXT NOT NULL,
+                PRIMARY KEY (dataset, work_id))""",
+            """CREATE TABLE models (
+                model_id TEXT PRIMARY KEY, dataset TEXT NOT NULL, training_dir TEXT NOT NULL,
+                checkpoint TEXT NOT NULL, epoch INTEGER, fingerprint TEXT, hparams JSON, metrics JSON,
+                promoted BOOLEAN DEFAULT false, created_at TIMESTAMP DEFAULT current_timestamp)""",
+            """CREATE TABLE embeddings (
+                dataset TEXT NOT NULL, perf TEXT NOT NULL, model_id TEXT NOT NULL, segment INTEGER NOT NULL,
+                start_frame INTEGER NOT NULL, vector FLOAT[] NOT NULL,
+                PRIMARY KEY (dataset, perf, model_id, segment))""",
+            """CREATE TABLE calibrations (
+                dataset TEXT NOT NULL, model_id TEXT NOT NULL, record JSON NOT NULL,
+                created_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (dataset, model_id))""",
+            """CREATE TABLE centroids (
+                dataset TEXT NOT NULL, model_id TEXT NOT NULL, work_id INTEGER NOT NULL, centroid FLOAT[] NOT NULL,
+                radius DOUBLE, coherence DOUBLE, n_members INTEGER, PRIMARY KEY (dataset, model_id, work_id))""",
+            """CREATE TABLE evaluations (
+                dataset TEXT NOT NULL, model_id TEXT NOT NULL, test_set TEXT NOT NULL, metrics JSON NOT NULL,
+                report_path TEXT, created_at TIMESTAMP DEFAULT current_timestamp,
+                PRIMARY KEY (dataset, model_id, test_set))""",
+            """CREATE TABLE ingest_batches (
+                batch_id TEXT PRIMARY KEY, dataset TEXT NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL,
+                n_good INTEGER DEFAULT 0, n_bad INTEGER DEFAULT 0, reason TEXT,
+                received_at TIMESTAMP DEFAULT current_timestamp, updated_at TIMESTAMP DEFAULT current_timestamp)""",
+        ),
+    ),
+)
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return int(row[0])
+
+
+def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply every migration newer than the file's version, each in its own transaction; return the new version."""
+    version = current_version(con)
+    for number, statements in sorted(migrations, key=lambda m: m[0]):
+        if number <= version:
+            continue
+        con.begin()
+        try:
+            for statement in statements:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_version VALUES (?, current_timestamp)", [number])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        version = number
+    return version
