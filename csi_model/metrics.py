@@ -1,0 +1,233 @@
+"""Retrieval metrics of a query × reference distance matrix (mAP, MR1, HR@1, P@10) and their bootstrap CIs.
+
+The definitions follow the reference tool's ``calc_map`` (spec §6.3): each query row is ranked by ascending
+distance with a *stable* sort (ties go to the lower reference index), excluded cells are skipped, and a query
+without any relevant reference still counts with AP 0 and rank 0. Excluded cells are given as a boolean mask
+instead of the reference's −1 sentinel, so a genuine distance of −1e-7 (rounding of 1 − cos) is never mistaken
+for "skip this cell".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DEFAULT_TOPK = 10000
+# Cells per block of query rows: bounds the argsort/cumsum temporaries to a few hundred MB.
+_CELLS_PER_BLOCK = 1 << 22
+
+
+@dataclass(frozen=True)
+class RetrievalMetrics:
+    """Means over all queries; ``mr1`` is the mean 1-based rank of the first relevant reference (0 if none)."""
+
+    mean_ap: float
+    mr1: float
+    hit_rate: float
+    precision_at_10: float
+    n_queries: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PerQueryMetrics:
+    """One value per query row, kept so the bootstrap can resample queries without re-ranking anything."""
+
+    average_precision: np.ndarray  # [Q] float64
+    first_relevant_rank: np.ndarray  # [Q] int64, 0 = no relevant reference within topk
+    hit_at_1: np.ndarray  # [Q] bool
+    precision_at_10: np.ndarray  # [Q] float64
+
+    def summary(self) -> RetrievalMetrics:
+        return RetrievalMetrics(
+            mean_ap=float(self.average_precision.mean()),
+            mr1=float(self.first_relevant_rank.mean()),
+            hit_rate=float(self.hit_at_1.mean()),
+            precision_at_10=float(self.precision_at_10.mean()),
+            n_queries=int(self.average_precision.size),
+        )
+
+
+@dataclass(frozen=True)
+class MetricInterval:
+    """Point estimate plus the bootstrap distribution's mean, percentile interval and standard deviation."""
+
+    point: float
+    mean: float
+    ci_low: float
+    ci_high: float
+    std: float
+    n_bootstrap: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def self_match_mask(n: int) -> np.ndarray:
+    """Exclusion mask when the query set is the reference set: a track must not find itself."""
+    return np.eye(n, dtype=bool)
+
+
+def pair_mask(pairs: Iterable[tuple[int, int]], n_queries: int, n_refs: int) -> np.ndarray:
+    """Exclusion mask from ``query_in_ref`` pairs (query i is the same recording as reference j)."""
+    cells = np.asarray(list(pairs), dtype=np.int64).reshape(-1, 2)
+    bad = (cells[:, 0] < 0) | (cells[:, 0] >= n_queries) | (cells[:, 1] < 0) | (cells[:, 1] >= n_refs)
+    if bad.any():
+        i, j = cells[np.argmax(bad)]
+        raise ValueError(f"query_in_ref pair ({i}, {j}) is outside the {n_queries}×{n_refs} distance matrix "
+                         f"({int(bad.sum())} such pairs)")
+    mask = np.zeros((n_queries, n_refs), dtype=bool)
+    mask[cells[:, 0], cells[:, 1]] = True
+    return mask
+
+
+def per_query_metrics(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
+                      excluded: np.ndarray | None = None, topk: int = DEFAULT_TOPK) -> PerQueryMetrics:
+    """Rank every query row (blocks of rows, no per-query Python loop) and score it against its label."""
+    distances, query_labels, ref_labels, excluded = _checked(distances, query_labels, ref_labels, excluded, topk)
+    n_queries, n_refs = distances.shape
+    depth = min(topk, n_refs)
+    rows_per_block = max(1, _CELLS_PER_BLOCK // max(n_refs, 1))
+    parts = [_score_rows(distances[lo:lo + rows_per_block], query_labels[lo:lo + rows_per_block], ref_labels,
+                         None if excluded is None else excluded[lo:lo + rows_per_block], depth)
+             for lo in range(0, n_queries, rows_per_block)]
+    return PerQueryMetrics(*(np.concatenate(column) for column in zip(*parts)))
+
+
+def retrieval_metrics(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
+                      excluded: np.ndarray | None = None, topk: int = DEFAULT_TOPK) -> RetrievalMetrics:
+    """mAP, MR1, HR@1 and P@10 of a distance matrix (spec §6.3)."""
+    return per_query_metrics(distances, query_labels, ref_labels, excluded, topk).summary()
+
+
+def bootstrap_metrics(per_query: PerQueryMetrics, query_labels: np.ndarray, n_bootstrap: int = 1000,
+                      seed: int = 12345, confidence: float = 0.95) -> dict[str, MetricInterval]:
+    """Work-stratified bootstrap (spec §6.5): resample query *works*, keep all their rows and all references.
+
+    Every reference column is kept, so a query row's metrics do not change under resampling; a replicate is
+    therefore a weighted mean of per-work sums, with weights = how often each work was drawn.
+    """
+    query_labels = np.asarray(query_labels)
+    if query_labels.shape != per_query.average_precision.shape:
+        raise ValueError(f"{query_labels.shape[0] if query_labels.ndim else 0} query labels for "
+                         f"{per_query.average_precision.size} scored queries")
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be ≥ 1, got {n_bootstrap}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _, work_of_row = np.unique(query_labels, return_inverse=True)
+    n_works = int(work_of_row.max()) + 1
+    rows_per_work = np.bincount(work_of_row, minlength=n_works)
+    values = _metric_columns(per_query)  # [Q, M]
+    sums_per_work = np.stack([np.bincount(work_of_row, weights=column, minlength=n_works) for column in values.T],
+                             axis=1)  # [W, M]
+    rng = np.random.default_rng(seed)
+    replicates = np.empty((n_bootstrap, values.shape[1]))
+    for b in range(n_bootstrap):
+        times_drawn = np.bincount(rng.integers(0, n_works, size=n_works), minlength=n_works)  # [W]
+        replicates[b] = times_drawn @ sums_per_work / (times_drawn @ rows_per_work)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(replicates, [tail, 100.0 - tail], axis=0)
+    points = values.mean(axis=0)
+    return {name: MetricInterval(point=float(points[m]), mean=float(replicates[:, m].mean()),
+                                 ci_low=float(low[m]), ci_high=float(high[m]),
+                                 std=float(replicates[:, m].std(ddof=1)) if n_bootstrap > 1 else 0.0,
+                                 n_bootstrap=n_bootstrap)
+            for m, name in enumerate(_METRIC_NAMES)}
+
+
+def min_segment_distance(query_segments: list[np.ndarray], ref_segments: list[np.ndarray],
+                         max_cells: int = 1 << 24) -> np.ndarray:
+    """Track × track distance = min cosine distance over segment pairs (spec §6.1.5), as float32 [Q, R].
+
+    One matrix product per block of query tracks, then segment→track max-similarity reductions along both axes
+    (``np.maximum.reduceat``); blocks hold at most ``max_cells`` similarities.
+    """
+    queries, query_starts = _stacked_segments(query_segments, "query")
+    refs, ref_starts = _stacked_segments(ref_segments, "reference")
+    query_bounds = np.append(query_starts, len(queries))
+    rows_per_block = max(1, max_cells // len(refs))
+    distances = np.empty((len(query_segments), len(ref_segments)), dtype=np.float32)
+    first = 0
+    while first < len(query_segments):
+        # Largest run of whole tracks whose segments fit the block (at least one track).
+        last = max(first + 1, int(np.searchsorted(query_bounds, query_bounds[first] + rows_per_block, "right")) - 1)
+        last = min(last, len(query_segments))
+        rows = slice(query_bounds[first], query_bounds[last])
+        similarity = queries[rows] @ refs.T  # [S_q, S_r]
+        per_ref_track = np.maximum.reduceat(similarity, ref_starts, axis=1)  # [S_q, R]
+        per_track = np.maximum.reduceat(per_ref_track, query_starts[first:last] - query_bounds[first], axis=0)
+        distances[first:last] = 1.0 - np.clip(per_track, -1.0, 1.0)  # [Q_block, R]
+        first = last
+    return distances
+
+
+_METRIC_NAMES = ("mean_ap", "mr1", "hit_rate", "precision_at_10")
+
+
+def _metric_columns(per_query: PerQueryMetrics) -> np.ndarray:
+    return np.stack([per_query.average_precision, per_query.first_relevant_rank.astype(np.float64),
+                     per_query.hit_at_1.astype(np.float64), per_query.precision_at_10], axis=1)
+
+
+def _score_rows(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
+                excluded: np.ndarray | None, depth: int) -> tuple[np.ndarray, ...]:
+    if excluded is not None:
+        # Excluded cells sort after every finite distance, so the stable order of the rest is untouched.
+        distances = np.where(excluded, np.inf, distances)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :depth]  # [B, depth]
+    relevant = ref_labels[order] == query_labels[:, None]  # [B, depth]
+    if excluded is not None:
+        relevant &= ~np.take_along_axis(excluded, order, axis=1)
+    hits_so_far = np.cumsum(relevant, axis=1)  # [B, depth]
+    ranks = np.arange(1, depth + 1)
+    n_found = hits_so_far[:, -1] if depth else np.zeros(len(distances), dtype=np.int64)
+    precision_sum = np.where(relevant, hits_so_far / ranks, 0.0).sum(axis=1)
+    average_precision = np.divide(precision_sum, n_found, out=np.zeros(len(distances)), where=n_found > 0)
+    first_rank = np.where(n_found > 0, relevant.argmax(axis=1) + 1, 0)
+    hit_at_1 = relevant[:, 0] if depth else np.zeros(len(distances), dtype=bool)
+    precision_at_10 = relevant[:, :10].sum(axis=1) / 10.0
+    return average_precision, first_rank.astype(np.int64), hit_at_1, precision_at_10
+
+
+def _checked(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
+             excluded: np.ndarray | None, topk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    distances = np.asarray(distances)
+    query_labels, ref_labels = np.asarray(query_labels), np.asarray(ref_labels)
+    if distances.ndim != 2:
+        raise ValueError(f"distance matrix must be 2-D [queries, refs], got shape {distances.shape}")
+    if query_labels.shape != (distances.shape[0],) or ref_labels.shape != (distances.shape[1],):
+        raise ValueError(f"labels {query_labels.shape} / {ref_labels.shape} do not match the distance matrix "
+                         f"{distances.shape}")
+    if excluded is not None:
+        excluded = np.asarray(excluded, dtype=bool)
+        if excluded.shape != distances.shape:
+            raise ValueError(f"exclusion mask {excluded.shape} does not match the distance matrix "
+                             f"{distances.shape}")
+    kept = distances if excluded is None else distances[~excluded]
+    if not np.isfinite(kept).all():
+        raise ValueError("distance matrix has NaN or infinite entries outside the excluded cells")
+    if topk < 1:
+        raise ValueError(f"topk must be ≥ 1, got {topk}")
+    return distances, query_labels, ref_labels, excluded
+
+
+def _stacked_segments(tracks: list[np.ndarray], role: str) -> tuple[np.ndarray, np.ndarray]:
+    """All segments in one float32 matrix plus each track's first row (what ``reduceat`` needs)."""
+    if len(tracks) == 0:
+        raise ValueError(f"no {role} tracks given")
+    counts = np.array([len(track) for track in tracks])
+    if (counts == 0).any():
+        raise ValueError(f"{role} track {int(np.argmin(counts))} has no segments")
+    stacked = np.concatenate([np.asarray(track, dtype=np.float32).reshape(len(track), -1) for track in tracks])
+    norms = np.linalg.norm(stacked, axis=1)
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        row = int(np.argmax(np.abs(norms - 1.0)))
+        track = int(np.searchsorted(np.cumsum(counts), row, "right"))
+        raise ValueError(f"{role} track {track} has a segment with norm {norms[row]:.6f}; "
+                         "segment embeddings must be L2-normalised")
+    return stacked, np.concatenate([[0], np.cumsum(counts)[:-1]])

@@ -1,0 +1,207 @@
+"""Exact cosine nearest-neighbour search of unit embeddings, at segment, performance and work level.
+
+Matrix products in blocks of reference rows, merged with ``topk``, keep memory flat up to ~1M × 128 references
+(512 MB); beyond that an ANN index (e.g. FAISS) can implement the same ``ReferenceIndex`` interface. Results are
+ordered like a stable argsort of the distances: ties go to the lower reference index, so rankings are
+reproducible and agree with ``csi_model.metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from csi_model.devices import pick_device
+
+DEFAULT_CHUNK_ROWS = 65536
+# Distances held at once per block (query rows × reference rows): 64 MB of float32.
+_CELLS_PER_BLOCK = 1 << 24
+_NORM_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Row q holds query q's neighbours, nearest first: reference (or group) indices and cosine distances."""
+
+    indices: np.ndarray  # [Q, k] int64
+    distances: np.ndarray  # [Q, k] float32
+
+
+class ReferenceIndex:
+    """Exact cosine search over unit reference vectors [N, D]; ``search`` is the interface an ANN index would keep."""
+
+    def __init__(self, embeddings: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | None = "cpu"):
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        _check_unit_rows(embeddings, "reference embeddings")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be ≥ 1, got {chunk_rows}")
+        self.device = pick_device(device)
+        self.embeddings = torch.from_numpy(embeddings).to(self.device)  # [N, D]
+        self.chunk_rows = chunk_rows
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        """The k nearest references of every query row (k is capped at the number of references)."""
+        queries = self._query_tensor(queries, "queries")
+        k = _checked_k(k, len(self))
+        out_d, out_i = [], []
+        for batch in torch.split(queries, self._query_rows_per_batch()):
+            best_d, best_i = _empty_best(len(batch), self.device)
+            for start, block in self._reference_blocks(len(batch)):
+                distance = _cosine_distance(batch, block)  # [B, n]
+                block_d, block_i = _smallest_k(distance, min(k, block.shape[0]))
+                best_d, best_i = _merge(best_d, best_i, block_d, block_i + start, k)
+            out_d.append(best_d)
+            out_i.append(best_i)
+        return _result(torch.cat(out_i), torch.cat(out_d))
+
+    def search_groups(self, query_tracks: Sequence[np.ndarray], ref_group: np.ndarray, k: int) -> SearchResult:
+        """The k nearest groups (performances, works) of every query track.
+
+        A query track is several segment vectors [S, D]; its distance to a group is the minimum over its
+        segments and the group's reference rows (``ref_group[n]`` = group of reference row n), as in §6.1.5.
+        """
+        segments, segment_track = self._stacked_tracks(query_tracks)
+        ref_group = self._group_tensor(ref_group)
+        n_groups = int(ref_group.max()) + 1
+        k = _checked_k(k, int(torch.unique(ref_group).numel()))  # groups without rows would sit at +inf
+        tracks_per_batch = max(1, _CELLS_PER_BLOCK // n_groups)
+        bounds = np.append(np.searchsorted(segment_track, np.arange(0, len(query_tracks), tracks_per_batch)),
+                           len(segment_track))
+        out_d, out_i = [], []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            batch, track = segments[lo:hi], torch.from_numpy(segment_track[lo:hi]).to(self.device)
+            track = track - track[0]
+            n_tracks = int(track[-1]) + 1
+            best = torch.full((n_tracks, n_groups), torch.inf, device=self.device)  # [T, G]
+            for start, block in self._reference_blocks(len(batch)):
+                distance = _cosine_distance(batch, block)  # [S, n]
+                per_track = torch.full((n_tracks, block.shape[0]), torch.inf, device=self.device)
+                per_track.scatter_reduce_(0, track[:, None].expand_as(distance), distance, "amin")  # [T, n]
+                groups = ref_group[start:start + block.shape[0]]
+                best.scatter_reduce_(1, groups[None, :].expand_as(per_track), per_track, "amin")  # [T, G]
+            best_d, best_i = _smallest_k(best, k)
+            out_d.append(best_d)
+            out_i.append(best_i)
+        return _result(torch.cat(out_i), torch.cat(out_d))
+
+    def _reference_blocks(self, query_rows: int):
+        rows = max(1, min(self.chunk_rows, _CELLS_PER_BLOCK // max(query_rows, 1)))
+        for start in range(0, len(self), rows):
+            yield start, self.embeddings[start:start + rows]
+
+    def _query_rows_per_batch(self) -> int:
+        return max(1, _CELLS_PER_BLOCK // min(self.chunk_rows, len(self)))
+
+    def _query_tensor(self, queries: np.ndarray, role: str) -> torch.Tensor:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        _check_unit_rows(queries, role)
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"{role} have dimension {queries.shape[1]}, the references {self.dim}")
+        return torch.from_numpy(queries).to(self.device)
+
+    def _stacked_tracks(self, query_tracks: Sequence[np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
+        if len(query_tracks) == 0:
+            raise ValueError("no query tracks given")
+        counts = np.array([len(np.atleast_2d(track)) for track in query_tracks])
+        if (counts == 0).any():
+            raise ValueError(f"query track {int(np.argmin(counts))} has no segments")
+        segments = self._query_tensor(np.concatenate([np.atleast_2d(t) for t in query_tracks]), "query segments")
+        return segments, np.repeat(np.arange(len(query_tracks)), counts)
+
+    def _group_tensor(self, ref_group: np.ndarray) -> torch.Tensor:
+        ref_group = np.asarray(ref_group)
+        if ref_group.shape != (len(self),) or not np.issubdtype(ref_group.dtype, np.integer):
+            raise ValueError(f"group ids must be {len(self)} integers (one per reference row), got "
+                             f"{ref_group.dtype} {ref_group.shape}")
+        if ref_group.min() < 0:
+            raise ValueError(f"group ids must be ≥ 0, got {int(ref_group.min())}")
+        return torch.from_numpy(ref_group.astype(np.int64)).to(self.device)
+
+
+class PerformanceIndex:
+    """Segment-level references grouped into performances and works: answers "which recording / which work?"."""
+
+    def __init__(self, segment_embeddings: np.ndarray, segment_perf: np.ndarray, perf_work: np.ndarray,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | None = "cpu"):
+        segment_perf, perf_work = np.asarray(segment_perf), np.asarray(perf_work)
+        if segment_perf.shape != (len(segment_embeddings),):
+            raise ValueError(f"segment_perf has shape {segment_perf.shape}, expected ({len(segment_embeddings)},)")
+        if segment_perf.size and (segment_perf.min() < 0 or segment_perf.max() >= len(perf_work)):
+            raise ValueError(f"segment_perf must index the {len(perf_work)} performances of perf_work")
+        self.index = ReferenceIndex(segment_embeddings, chunk_rows, device)
+        self.segment_perf = segment_perf.astype(np.int64)
+        self.segment_work = np.asarray(perf_work, dtype=np.int64)[self.segment_perf]
+
+    def search_perfs(self, query_tracks: Sequence[np.ndarray], k: int) -> SearchResult:
+        """Top-k performances (indices into ``perf_work``) per query track."""
+        return self.index.search_groups(query_tracks, self.segment_perf, k)
+
+    def search_works(self, query_tracks: Sequence[np.ndarray], k: int) -> SearchResult:
+        """Top-k works (values of ``perf_work``) per query track; a work is as near as its nearest performance."""
+        return self.index.search_groups(query_tracks, self.segment_work, k)
+
+
+def _cosine_distance(queries: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    return 1.0 - (queries @ refs.T).clamp_(-1.0, 1.0)  # [Q, D] × [n, D] -> [Q, n]
+
+
+def _smallest_k(distance: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k smallest per row in stable-argsort order: by distance, ties by column."""
+    values, columns = torch.topk(distance, k, dim=1, largest=False, sorted=False)  # [Q, k]
+    kth = values.max(dim=1).values
+    # topk picks arbitrarily among values tied with the k-th; redo those (rare) rows with a stable sort.
+    ambiguous = ((distance <= kth[:, None]).sum(dim=1) > k).nonzero().squeeze(1)
+    if ambiguous.numel():
+        columns[ambiguous] = torch.sort(distance[ambiguous], dim=1, stable=True).indices[:, :k]
+        values[ambiguous] = distance[ambiguous].gather(1, columns[ambiguous])
+    columns, by_column = torch.sort(columns, dim=1)
+    values = values.gather(1, by_column)
+    values, by_distance = torch.sort(values, dim=1, stable=True)
+    return values, columns.gather(1, by_distance)
+
+
+def _merge(best_d: torch.Tensor, best_i: torch.Tensor, new_d: torch.Tensor, new_i: torch.Tensor,
+           k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the k nearest of two candidate lists; ``best`` holds only lower indices, so ties stay stable."""
+    distances, order = torch.sort(torch.cat([best_d, new_d], dim=1), dim=1, stable=True)
+    return distances[:, :k], torch.cat([best_i, new_i], dim=1).gather(1, order[:, :k])
+
+
+def _empty_best(rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty((rows, 0), dtype=torch.float32, device=device),
+            torch.empty((rows, 0), dtype=torch.int64, device=device))
+
+
+def _result(indices: torch.Tensor, distances: torch.Tensor) -> SearchResult:
+    return SearchResult(indices=indices.cpu().numpy(), distances=distances.cpu().numpy())
+
+
+def _checked_k(k: int, available: int) -> int:
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+    if available < 1:
+        raise ValueError("the reference index is empty")
+    return min(k, available)
+
+
+def _check_unit_rows(vectors: np.ndarray, role: str) -> None:
+    if vectors.ndim != 2 or vectors.shape[1] == 0:
+        raise ValueError(f"{role} must be a 2-D [rows, dim] array, got shape {vectors.shape}")
+    norms = np.linalg.norm(vectors, axis=1)
+    off = np.abs(norms - 1.0) > _NORM_TOLERANCE
+    if off.any():
+        row = int(np.argmax(off))
+        raise ValueError(f"{role}: row {row} has norm {norms[row]:.6f} ({int(off.sum())} rows not unit length); "
+                         "L2-normalise the embeddings first")
