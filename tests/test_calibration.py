@@ -1,0 +1,103 @@
+"""Null-distribution calibration on clustered synthetic embeddings: both pair paths, anchors, scores, JSON."""
+
+import json
+
+import numpy as np
+import pytest
+
+from csi_model.calibration import Calibration, compute_calibration, cross_work_pairs, ecdf_probabilities
+
+
+def _clustered(rng, n_works=10, per_work=5, dim=16, spread=0.1):
+    """Performances of one work scatter tightly around that work's direction."""
+    centres = rng.normal(size=(n_works, dim))
+    work_ids = np.repeat(np.arange(n_works) * 3 + 100, per_work)  # ids need not be 0..W-1
+    vectors = np.repeat(centres, per_work, axis=0) + spread * rng.normal(size=(n_works * per_work, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), work_ids
+
+
+def test_enumeration_path_lists_every_cross_work_pair_once():
+    rng = np.random.default_rng(0)
+    work_ids = rng.permutation(np.repeat([3, 8, 1, 5], [4, 1, 3, 2]))
+    first, second = cross_work_pairs(work_ids, n_pairs=10_000)
+    found = {tuple(sorted(pair)) for pair in zip(first.tolist(), second.tolist())}
+    expected = {(i, j) for i in range(10) for j in range(i + 1, 10) if work_ids[i] != work_ids[j]}
+    assert len(first) == len(expected) == (10 * 10 - (16 + 1 + 9 + 4)) // 2
+    assert found == expected
+
+
+def test_sampling_path_never_pairs_a_work_with_itself():
+    rng = np.random.default_rng(1)
+    work_ids = rng.integers(0, 4, size=400)  # few works: many same-work candidates get rejected
+    first, second = cross_work_pairs(work_ids, n_pairs=3000, seed=9)
+    assert first.size == second.size == 3000
+    assert (work_ids[first] != work_ids[second]).all()
+    again = cross_work_pairs(work_ids, n_pairs=3000, seed=9)
+    np.testing.assert_array_equal(first, again[0])
+
+
+def test_calibration_from_enumerated_pairs_matches_all_cross_work_distances():
+    rng = np.random.default_rng(2)
+    embeddings, work_ids = _clustered(rng)
+    calibration = compute_calibration(embeddings, work_ids, n_pairs=50_000)
+    distances = 1.0 - embeddings.astype(np.float64) @ embeddings.T.astype(np.float64)
+    cross = distances[np.triu(work_ids[:, None] != work_ids[None, :], k=1)]
+    assert calibration.n_pairs == cross.size == (50 * 50 - 10 * 25) // 2
+    assert calibration.mu == pytest.approx(cross.mean(), abs=1e-6)
+    assert calibration.sigma == pytest.approx(cross.std(ddof=1), abs=1e-6)
+    assert calibration.ecdf_quantiles[500] == pytest.approx(np.sort(cross)[round(0.5 * (cross.size - 1))],
+                                                            abs=1e-6)
+
+
+def test_sampled_calibration_scores_same_work_pairs_as_matches():
+    rng = np.random.default_rng(3)
+    embeddings, work_ids = _clustered(rng, n_works=40, per_work=6)
+    calibration = compute_calibration(embeddings, work_ids, n_pairs=2000)
+    assert calibration.n_pairs == 2000
+    same_work = 1.0 - float(embeddings[0] @ embeddings[1])
+    other_work = 1.0 - float(embeddings[0] @ embeddings[-1])
+    assert calibration.p_value(same_work) < 0.01 < calibration.p_value(other_work)
+    assert calibration.z_score(same_work) < -2.0
+    assert calibration.z_score(calibration.mu) == pytest.approx(0.0)
+    grid = np.linspace(0.0, 2.0, 401)
+    p_values = calibration.p_value(grid)
+    assert (np.diff(p_values) >= 0).all()
+    assert p_values[0] == pytest.approx(1e-6) and p_values[-1] == pytest.approx(1 - 1e-6)  # the end anchors
+
+
+def test_ecdf_anchor_probabilities():
+    probs = ecdf_probabilities(1001)
+    assert probs.size == 1001
+    assert probs[0] == pytest.approx(1e-6) and probs[500] == 0.5 and probs[-1] == pytest.approx(1 - 1e-6)
+    assert (np.diff(probs) > 0).all()
+    np.testing.assert_allclose(probs[:500], 1.0 - probs[::-1][:500])
+    np.testing.assert_allclose(np.diff(np.log(probs[:500])), np.log(0.5 / 1e-6) / 500)
+
+
+def test_round_trip_through_json():
+    rng = np.random.default_rng(4)
+    calibration = compute_calibration(*_clustered(rng), n_pairs=300)
+    restored = Calibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
+    assert restored.mu == calibration.mu and restored.n_quantiles == 1001
+    np.testing.assert_array_equal(restored.ecdf_quantiles, calibration.ecdf_quantiles)
+    np.testing.assert_array_equal(restored.p_value([0.1, 0.9]), calibration.p_value([0.1, 0.9]))
+
+
+def test_bad_inputs_give_clear_errors():
+    rng = np.random.default_rng(5)
+    embeddings, work_ids = _clustered(rng, n_works=2, per_work=3)
+    with pytest.raises(ValueError, match="at least 2 different works"):
+        compute_calibration(embeddings, np.zeros(6, dtype=np.int64))
+    with pytest.raises(ValueError, match="row 2 has norm"):
+        compute_calibration(embeddings * np.array([1, 1, 3, 1, 1, 1])[:, None], work_ids)
+    with pytest.raises(ValueError, match="must be integers"):
+        compute_calibration(embeddings, work_ids.astype(str))
+    with pytest.raises(ValueError, match="record lacks"):
+        Calibration.from_dict({"mu": 1.0})
+
+
+def test_a_dominating_work_makes_sampling_fail_loudly():
+    work_ids = np.zeros(200_000, dtype=np.int64)
+    work_ids[:2] = 1  # 400k cross-work pairs among 2·10^10: too rare to sample 300k of them
+    with pytest.raises(ValueError, match="one work dominates"):
+        cross_work_pairs(work_ids, n_pairs=300_000)
