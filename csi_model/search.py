@@ -70,25 +70,21 @@ class ReferenceIndex:
         A query track is several segment vectors [S, D]; its distance to a group is the minimum over its
         segments and the group's reference rows (``ref_group[n]`` = group of reference row n), as in §6.1.5.
         """
-        segments, segment_track = self._stacked_tracks(query_tracks)
+        tracks = self._padded_tracks(query_tracks)  # [T, S_max, D]
         ref_group = self._group_tensor(ref_group)
         n_groups = int(ref_group.max()) + 1
         k = _checked_k(k, int(torch.unique(ref_group).numel()))  # groups without rows would sit at +inf
-        tracks_per_batch = max(1, _CELLS_PER_BLOCK // n_groups)
-        bounds = np.append(np.searchsorted(segment_track, np.arange(0, len(query_tracks), tracks_per_batch)),
-                           len(segment_track))
         out_d, out_i = [], []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            batch, track = segments[lo:hi], torch.from_numpy(segment_track[lo:hi]).to(self.device)
-            track = track - track[0]
-            n_tracks = int(track[-1]) + 1
+        for batch in torch.split(tracks, max(1, _CELLS_PER_BLOCK // n_groups)):
+            n_tracks, max_segments = batch.shape[:2]
+            segments = batch.reshape(n_tracks * max_segments, self.dim)  # [T·S_max, D]
             best = torch.full((n_tracks, n_groups), torch.inf, device=self.device)  # [T, G]
-            for start, block in self._reference_blocks(len(batch)):
-                distance = _cosine_distance(batch, block)  # [S, n]
-                per_track = torch.full((n_tracks, block.shape[0]), torch.inf, device=self.device)
-                per_track.scatter_reduce_(0, track[:, None].expand_as(distance), distance, "amin")  # [T, n]
+            for start, block in self._reference_blocks(len(segments)):
+                # 1 − clamp(·) is monotone, so the nearest segment pair is the most similar one.
+                nearest = (segments @ block.T).view(n_tracks, max_segments, -1).amax(dim=1)  # [T, n]
+                distance = 1.0 - nearest.clamp_(-1.0, 1.0)
                 groups = ref_group[start:start + block.shape[0]]
-                best.scatter_reduce_(1, groups[None, :].expand_as(per_track), per_track, "amin")  # [T, G]
+                best.scatter_reduce_(1, groups[None, :].expand_as(distance), distance, "amin")  # [T, G]
             best_d, best_i = _smallest_k(best, k)
             out_d.append(best_d)
             out_i.append(best_i)
@@ -111,14 +107,18 @@ class ReferenceIndex:
             raise ValueError(f"{role} have dimension {queries.shape[1]}, the references {self.dim}")
         return torch.from_numpy(queries).to(self.device)
 
-    def _stacked_tracks(self, query_tracks: Sequence[np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
+    def _padded_tracks(self, query_tracks: Sequence[np.ndarray]) -> torch.Tensor:
+        """Tracks as one [T, S_max, D] tensor; short tracks repeat their last segment, which leaves a max unchanged."""
         if len(query_tracks) == 0:
             raise ValueError("no query tracks given")
-        counts = np.array([len(np.atleast_2d(track)) for track in query_tracks])
+        tracks = [np.atleast_2d(np.asarray(track, dtype=np.float32)) for track in query_tracks]
+        counts = np.array([len(track) if track.size else 0 for track in tracks])
         if (counts == 0).any():
             raise ValueError(f"query track {int(np.argmin(counts))} has no segments")
-        segments = self._query_tensor(np.concatenate([np.atleast_2d(t) for t in query_tracks]), "query segments")
-        return segments, np.repeat(np.arange(len(query_tracks)), counts)
+        segments = self._query_tensor(np.concatenate(tracks), "query segments")  # [S, D]
+        first_rows = np.cumsum(counts) - counts
+        rows = first_rows[:, None] + np.minimum(np.arange(counts.max())[None, :], counts[:, None] - 1)  # [T, S_max]
+        return segments[torch.from_numpy(rows).to(self.device)]
 
     def _group_tensor(self, ref_group: np.ndarray) -> torch.Tensor:
         ref_group = np.asarray(ref_group)
