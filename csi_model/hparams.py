@@ -204,6 +204,7 @@ class DataPrepHParams:
     bins_per_octave: int = 12
     aug_speed_mode: tuple[float, ...] = (1.0,)
     add_noise: Mapping[str, Any] | None = None
+    hop_size: float = 0.04  # ours: the CQT hop in seconds (the reference hard-codes 640 samples at 16 kHz)
     device: str = "auto"
     val_data_split: float = 0.0
     val_unseen: float = 0.0
@@ -216,6 +217,7 @@ class DataPrepHParams:
         _require(self.fmin > 0, "fmin", "must be > 0", self)
         _require(self.n_bins > 0, "n_bins", "must be > 0", self)
         _require(self.bins_per_octave > 0, "bins_per_octave", "must be > 0", self)
+        _require(self.hop_size > 0, "hop_size", "must be > 0", self)
         _require(len(self.aug_speed_mode) > 0, "aug_speed_mode", "needs at least one factor (use [1.0])", self)
         _require(all(k > 0 for k in self.aug_speed_mode), "aug_speed_mode", "factors must be > 0", self)
         for key in ("val_data_split", "val_unseen", "test_data_split", "test_data_unseen"):

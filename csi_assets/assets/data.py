@@ -1,37 +1,472 @@
-"""Group ``data``: catalog → tempo variants → CQT features; work ids; leak-free splits."""
+"""Group ``data``: catalog → tempo variants → CQT features; work ids; leak-free splits.
 
-from __future__ import annotations
+Each asset reads what it needs from the store, calls ``csi_model``, writes files atomically and records rows;
+every one is idempotent (a re-run with unchanged inputs recomputes nothing) and resumable (work is recorded as
+it completes, so a killed run continues where it stopped).
+"""
+
+
+import hashlib
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import numpy as np
+
+from csi_assets.progress import Progress
+from csi_assets.resources import DatasetResource, StoreResource
+from csi_assets.store import catalog as catalog_store
+from csi_assets.store import features as feature_store
+from csi_assets.store import splits as split_store
+from csi_model.audio import SAMPLE_RATE, AudioError, load_audio
+from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, verify_row
+from csi_model.cqt import CqtSettings, compute_cqt, content_hash, load_feature, save_feature
+from csi_model.devices import pick_device
+from csi_model.export import FeatureLine, write_reference_exports
+from csi_model.hparams import DataPrepHParams
+from csi_model.splits import Split, assign_work_ids, split_performances
+from csi_model.tempo import TempoVariant, plan_variants, render_variant
 
 GROUP = "data"
+FEATURE_SHARDS = 4
+"""Static fan-out of feature extraction: the executor runs the shards in parallel processes."""
+CQT_FILES_PER_BATCH = 16
+"""Files per CQT call and per store transaction: a killed run loses at most one batch of work."""
 
 
-@dg.asset(group_name=GROUP)
-def dataset_catalog() -> dg.MaterializeResult:
-    """One row per performance of ``dataset.txt``, validated line by line."""
-    raise dg.Failure(description="dataset_catalog is not implemented yet (issue 3)")
+def cqt_settings(hp: DataPrepHParams) -> CqtSettings:
+    return CqtSettings(
+        sample_rate=SAMPLE_RATE,
+        hop=int(round(hp.hop_size * SAMPLE_RATE)),
+        fmin=hp.fmin,
+        n_bins=hp.n_bins,
+        bins_per_octave=hp.bins_per_octave,
+    )
 
 
-@dg.asset(group_name=GROUP, deps=[dataset_catalog])
-def speed_variants() -> dg.MaterializeResult:
-    """Tempo-changed copies (pitch kept) of every performance, one per factor of ``aug_speed_mode``."""
-    raise dg.Failure(description="speed_variants is not implemented yet (issue 3)")
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
 
 
-@dg.asset(group_name=GROUP, deps=[speed_variants])
-def cqt_features() -> dg.MaterializeResult:
-    """One CQT array per (variant, CQT settings), cached by audio content and settings."""
-    raise dg.Failure(description="cqt_features is not implemented yet (issue 3)")
+# ---------------------------------------------------------------------------------------------------------------
+# dataset_catalog
 
 
-@dg.asset(group_name=GROUP, deps=[dataset_catalog])
-def work_ids() -> dg.MaterializeResult:
-    """A stable ``work → work_id`` map: a work keeps its id forever."""
-    raise dg.Failure(description="work_ids is not implemented yet (issue 3)")
+def _audio_identity(row: CatalogRow, known: dict[str, Any] | None) -> tuple[str, int, int, bool]:
+    """(hash, size, mtime_ns, needs_decode): the stored hash is trusted while the file's size and mtime match."""
+    stat = row.wav.stat()
+    if known and known["wav"] == str(row.wav) and known["audio_size"] == stat.st_size \
+            and known["audio_mtime_ns"] == stat.st_mtime_ns:
+        return known["audio_hash"], stat.st_size, stat.st_mtime_ns, False
+    return content_hash(row.wav), stat.st_size, stat.st_mtime_ns, True
 
 
-@dg.asset(group_name=GROUP, deps=[cqt_features, work_ids])
-def data_splits() -> dg.MaterializeResult:
-    """Train / val / test membership with unseen-work holdouts; every variant follows its original."""
-    raise dg.Failure(description="data_splits is not implemented yet (issue 3)")
+def verify_catalog_rows(
+    rows: Sequence[CatalogRow], known: dict[str, dict[str, Any]], log: Any, label: str
+) -> tuple[list[dict[str, Any]], list[RejectedLine], list[dict[str, Any]]]:
+    """Decode each new or changed audio file (in parallel), keep unchanged ones as stored."""
+    progress = Progress(log, label, len(rows), "files")
+
+    def check(row: CatalogRow) -> tuple[dict[str, Any] | None, RejectedLine | None, str | None]:
+        try:
+            audio_hash, size, mtime, needs_decode = _audio_identity(row, known.get(row.perf))
+            warning = None
+            if needs_decode:
+                row, warning = verify_row(row)
+            else:
+                row = CatalogRow(row.perf, row.wav, known[row.perf]["dur_s"], row.work, row.version, row.line_no)
+        except AudioError as err:
+            return None, RejectedLine(row.line_no, row.perf, f"{err.path} (line {row.line_no}): {err.reason}"), None
+        finally:
+            progress.advance()
+        record = {
+            "perf": row.perf, "wav": str(row.wav), "dur_s": row.dur_s, "work": row.work, "version": row.version,
+            "line_no": row.line_no, "audio_hash": audio_hash, "audio_size": size, "audio_mtime_ns": mtime,
+        }
+        return record, None, warning
+
+    good, bad, warned = [], [], []
+    with ThreadPoolExecutor(_workers()) as pool:
+        for (record, rejection, warning), row in zip(pool.map(check, rows), rows):
+            if record:
+                good.append(record)
+            if rejection:
+                bad.append(rejection)
+            if warning:
+                warned.append({"line_no": row.line_no, "perf": row.perf, "message": warning})
+    return good, bad, warned
+
+
+def rejection_rows(lines: Sequence[RejectedLine]) -> list[dict[str, Any]]:
+    return [{"line_no": r.line_no, "raw": r.text, "reason": r.reason} for r in lines]
+
+
+def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], limit: int = 20) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "".join(
+        "| " + " | ".join(str(r.get(c, "")).replace("|", "\\|").replace("\n", " ") for c in columns) + " |\n"
+        for r in rows[:limit]
+    )
+    more = f"\n… and {len(rows) - limit} more" if len(rows) > limit else ""
+    return head + body + more
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb"})
+def dataset_catalog(
+    context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
+) -> dg.MaterializeResult:
+    """One row per performance of ``dataset.txt``, validated line by line; bad lines land in ``rejected``."""
+    if not dataset.catalog_path.exists():
+        raise dg.Failure(description=f"{dataset.catalog_path}: no catalog (dataset.txt) in the dataset folder; "
+                                     "set CSI_DATASET_DIR or run `csi synth` for the demo")
+    db = store.store()
+    parsed = parse_catalog(dataset.catalog_path)
+    known = {r["perf"]: r for r in catalog_store.performances(db, dataset.name)}
+    good, bad_audio, warned = verify_catalog_rows(parsed.rows, known, context.log, "checking audio")
+    rejected = rejection_rows([*parsed.rejected, *bad_audio])
+    change = catalog_store.replace_catalog(
+        db, dataset.name, str(dataset.catalog_path), good, rejected, warned
+    )
+    for r in rejected:
+        context.log.warning(r["reason"])
+    for w in warned:
+        context.log.warning(w["message"])
+    return dg.MaterializeResult(
+        metadata={
+            "performances": len(good),
+            "works": len({r["work"] for r in good}),
+            "rejected_lines": len(rejected),
+            "duration_warnings": len(warned),
+            "added": change.added,
+            "changed": change.changed,
+            "unchanged": change.unchanged,
+            "removed": change.removed,
+            "audio_hours": round(sum(r["dur_s"] for r in good) / 3600, 3),
+            "rejected": dg.MetadataValue.md(_markdown_table(rejected, ["line_no", "reason"]) if rejected else "none"),
+        }
+    )
+
+
+@dg.asset_check(asset=dataset_catalog, description="Every catalog line was usable (bad lines are listed).")
+def catalog_lines_all_usable(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
+    rejected = catalog_store.rejected(store.store(), dataset.name)
+    return dg.AssetCheckResult(
+        passed=not rejected,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"rejected_lines": len(rejected),
+                  "reasons": dg.MetadataValue.md(_markdown_table(rejected, ["line_no", "reason"]) if rejected
+                                                 else "none")},
+    )
+
+
+@dg.asset_check(asset=dataset_catalog, description="Catalogued durations match the decoded audio within 1 %.")
+def catalog_durations_match_audio(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
+    warned = catalog_store.warnings(store.store(), dataset.name)
+    return dg.AssetCheckResult(
+        passed=not warned,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"corrected_durations": len(warned)},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# speed_variants
+
+
+def plan_dataset_variants(
+    performances: Sequence[dict[str, Any]], factors: Sequence[float], out_dir: Path
+) -> list[tuple[TempoVariant, str]]:
+    """Every (performance, factor) variant with the hash of the audio it comes from."""
+    rows = [CatalogRow(p["perf"], Path(p["wav"]), p["dur_s"], p["work"], p["version"], p["line_no"] or 0)
+            for p in performances]
+    hashes = {p["perf"]: p["audio_hash"] for p in performances}
+    return [(v, hashes[v.original_perf]) for v in plan_variants(rows, factors, out_dir)]
+
+
+def render_variants(
+    planned: Sequence[tuple[TempoVariant, str]], stored: dict[str, dict[str, Any]], log: Any
+) -> tuple[int, list[str]]:
+    """Render missing variants; a variant whose source audio changed is rendered again. Returns (count, errors)."""
+    todo = []
+    for variant, source_hash in planned:
+        if variant.is_original:
+            continue
+        known = stored.get(variant.perf)
+        if known and known["source_hash"] != source_hash:
+            variant.wav.unlink(missing_ok=True)  # stale: made from audio that has since changed
+        if not variant.wav.exists():
+            todo.append(variant)
+    progress = Progress(log, "rendering tempo variants", len(todo), "files")
+
+    def render(variant: TempoVariant) -> str | None:
+        try:
+            render_variant(variant)
+            return None
+        except AudioError as err:
+            return f"{variant.perf}: {err}"
+        finally:
+            progress.advance()
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        errors = [e for e in pool.map(render, todo) if e]
+    return len(todo) - len(errors), errors
+
+
+@dg.asset(group_name=GROUP, deps=[dataset_catalog], kinds={"audio"})
+def speed_variants(
+    context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
+) -> dg.MaterializeResult:
+    """Tempo-changed copies (pitch kept) of every performance of the main catalog, one per ``aug_speed_mode``
+    factor; factor 1.0 is the original itself. Existing, up-to-date files are not redone."""
+    db = store.store()
+    hp = dataset.hparams()
+    originals = [p for p in catalog_store.performances(db, dataset.name) if p["batch_id"] is None]
+    planned = plan_dataset_variants(originals, hp.aug_speed_mode, dataset.variants_dir)
+    stored = {v["variant"]: v for v in feature_store.variants(db, dataset.name)}
+    rendered, errors = render_variants(planned, stored, context.log)
+    if errors:
+        raise dg.Failure(description="tempo variants failed:\n" + "\n".join(errors[:20]))
+    feature_store.replace_variants(db, dataset.name, [variant_row(v, h) for v, h in planned])
+    return dg.MaterializeResult(
+        metadata={
+            "variants": len(planned),
+            "performances": len(originals),
+            "factors": dg.MetadataValue.json(list(hp.aug_speed_mode)),
+            "rendered_now": rendered,
+            "cached": sum(1 for v, _ in planned if not v.is_original) - rendered,
+            "folder": dg.MetadataValue.path(str(dataset.variants_dir)),
+        }
+    )
+
+
+def variant_row(variant: TempoVariant, source_hash: str) -> dict[str, Any]:
+    return {"variant": variant.perf, "perf": variant.original_perf, "speed": variant.factor,
+            "wav": str(variant.wav), "dur_s": variant.dur_s, "source_hash": source_hash}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cqt_features: plan → FEATURE_SHARDS parallel shard ops → summary
+
+
+def feature_path(features_dir: Path, settings: CqtSettings, variant: str) -> Path:
+    return features_dir / settings.settings_hash() / f"{variant}.cqt.npy"
+
+
+def pending_features(
+    variants: Sequence[dict[str, Any]], stored: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Variants whose feature is missing, was made from other audio, or whose file has gone."""
+    return [
+        v for v in variants
+        if not (
+            (known := stored.get(v["variant"]))
+            and known["audio_hash"] == v["source_hash"]
+            and Path(known["path"]).exists()
+        )
+    ]
+
+
+def extract_features(
+    variants: Sequence[dict[str, Any]], settings: CqtSettings, features_dir: Path, device: Any,
+    record: Any, log: Any, label: str,
+) -> tuple[int, list[str]]:
+    """Decode, CQT and save the variants in batches; ``record(rows)`` is called after each batch is on disk."""
+    progress = Progress(log, label, len(variants), "files")
+    errors: list[str] = []
+    done = 0
+    for start in range(0, len(variants), CQT_FILES_PER_BATCH):
+        batch, signals = [], []
+        for v in variants[start:start + CQT_FILES_PER_BATCH]:
+            try:
+                signals.append(load_audio(v["wav"]))
+                batch.append(v)
+            except AudioError as err:
+                errors.append(f"{v['variant']}: {err}")
+        rows = []
+        for v, feature in zip(batch, compute_cqt(signals, settings, device)):
+            path = feature_path(features_dir, settings, v["variant"])
+            save_feature(path, feature)
+            rows.append({"variant": v["variant"], "path": str(path), "n_frames": int(feature.shape[0]),
+                         "n_bins": int(feature.shape[1]), "audio_hash": v["source_hash"]})
+        record(rows)
+        done += len(rows)
+        progress.advance(len(variants[start:start + CQT_FILES_PER_BATCH]))
+    return done, errors
+
+
+@dg.op(ins={"start": dg.In(dg.Nothing)}, out=dg.Out(list))
+def plan_feature_shards(dataset: DatasetResource, store: StoreResource) -> list:
+    """Split the variants that still need a feature into FEATURE_SHARDS lists by a stable hash of their id."""
+    db = store.store()
+    settings = cqt_settings(dataset.hparams())
+    pending = pending_features(feature_store.variants(db, dataset.name),
+                               feature_store.features(db, dataset.name, settings.settings_hash()))
+    shards: list[list[dict[str, Any]]] = [[] for _ in range(FEATURE_SHARDS)]
+    for v in pending:
+        shards[int(content_key(v["variant"]), 16) % FEATURE_SHARDS].append(v)
+    return shards
+
+
+def content_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _make_shard_op(index: int) -> dg.OpDefinition:
+    @dg.op(name=f"cqt_shard_{index}", out=dg.Out(dict))
+    def cqt_shard(context: dg.OpExecutionContext, shards: list, dataset: DatasetResource,
+                  store: StoreResource) -> dict:
+        """Extract the features of one shard; rows are recorded per batch so a kill loses one batch at most."""
+        hp = dataset.hparams()
+        settings = cqt_settings(hp)
+        db = store.store()
+
+        def record(rows: list[dict[str, Any]]) -> None:
+            feature_store.record_features(db, dataset.name, settings.settings_hash(), asdict(settings), rows)
+
+        done, errors = extract_features(shards[index], settings, dataset.features_dir, pick_device(hp.device),
+                                        record, context.log, f"CQT shard {index}")
+        return {"computed": done, "errors": errors}
+
+    return cqt_shard
+
+
+_SHARD_OPS = [_make_shard_op(i) for i in range(FEATURE_SHARDS)]
+
+
+@dg.op(out=dg.Out(dg.Nothing))
+def summarise_features(context: dg.OpExecutionContext, results: list[dict], dataset: DatasetResource,
+                       store: StoreResource) -> None:
+    settings = cqt_settings(dataset.hparams())
+    db = store.store()
+    errors = [e for r in results for e in r["errors"]]
+    stored = feature_store.features(db, dataset.name, settings.settings_hash())
+    variants = feature_store.variants(db, dataset.name)
+    missing = pending_features(variants, stored)
+    if errors or missing:
+        raise dg.Failure(description=f"{len(missing)} of {len(variants)} variants have no feature:\n"
+                                     + "\n".join(errors[:20]))
+    frames = np.array([r["n_frames"] for r in stored.values()] or [0])
+    context.add_output_metadata({
+        "features": len(stored),
+        "computed_now": sum(r["computed"] for r in results),
+        "settings_hash": settings.settings_hash(),
+        "settings": dg.MetadataValue.json(asdict(settings)),
+        "fps": settings.fps,
+        "frames_median": int(np.median(frames)),
+        "hours_of_features": round(float(frames.sum()) / settings.fps / 3600, 3),
+        "folder": dg.MetadataValue.path(str(dataset.features_dir / settings.settings_hash())),
+    })
+
+
+@dg.graph_asset(group_name=GROUP, ins={"speed_variants": dg.AssetIn(dagster_type=dg.Nothing)},
+                kinds={"pytorch", "numpy"})
+def cqt_features(speed_variants) -> None:
+    """One CQT array ``[T, n_bins]`` (float16 dB) per (variant, CQT settings), computed once per audio content
+    and settings by FEATURE_SHARDS parallel shards."""
+    shards = plan_feature_shards(start=speed_variants)
+    return summarise_features([op(shards) for op in _SHARD_OPS])
+
+
+@dg.asset_check(asset=cqt_features, description="Feature files have the configured bins and no NaN/inf.")
+def features_are_finite(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
+    settings = cqt_settings(dataset.hparams())
+    stored = feature_store.features(store.store(), dataset.name, settings.settings_hash())
+    bad = []
+    for row in stored.values():
+        feature = load_feature(row["path"])
+        if feature.shape != (row["n_frames"], settings.n_bins) or not np.isfinite(feature).all():
+            bad.append(row["variant"])
+    return dg.AssetCheckResult(passed=not bad, metadata={"checked": len(stored), "bad": len(bad),
+                                                         "examples": dg.MetadataValue.json(bad[:10])})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# work_ids and data_splits
+
+
+@dg.asset(group_name=GROUP, deps=[dataset_catalog], kinds={"duckdb"})
+def work_ids(dataset: DatasetResource, store: StoreResource) -> dg.MaterializeResult:
+    """A stable ``work → work_id`` map: existing works keep their ids; new works are numbered in sorted order."""
+    db = store.store()
+    existing = split_store.work_ids(db, dataset.name)
+    works = {p["work"] for p in catalog_store.performances(db, dataset.name)}
+    assigned = assign_work_ids(works, existing)
+    added = split_store.add_work_ids(db, dataset.name, assigned)
+    return dg.MaterializeResult(metadata={"works": len(assigned), "new_works": added})
+
+
+def build_feature_lines(table: Sequence[dict[str, Any]]) -> list[FeatureLine]:
+    lines = []
+    for r in table:
+        row = CatalogRow(r["perf"], Path(r["wav"]), r["dur_s"], r["work"], r["version"], r["line_no"] or 0)
+        variant = TempoVariant(r["variant"], r["perf"], r["speed"], Path(r["variant_wav"]), Path(r["wav"]),
+                               r["variant_dur_s"])
+        lines.append(FeatureLine(row, variant, Path(r["feat"]), r["n_frames"], r["work_id"]))
+    return lines
+
+
+def export_reference_files(dataset: DatasetResource, store: StoreResource) -> dict[str, Path]:
+    """Write full/train/val/test.txt, work_id.map and test-only-work-ids.txt into the dataset folder."""
+    db = store.store()
+    settings = cqt_settings(dataset.hparams())
+    table = [r for r in feature_store.feature_table(db, dataset.name, settings.settings_hash())
+             if r["batch_id"] is None]
+    split_of = {r["variant"]: Split(r["split"]) for r in table if r["split"]}
+    test_only = [w for w, s in split_store.unseen_works(db, dataset.name).items() if s == Split.TEST]
+    return write_reference_exports(dataset.root, build_feature_lines(table), split_of,
+                                   split_store.work_ids(db, dataset.name), test_only)
+
+
+@dg.asset(group_name=GROUP, deps=[cqt_features, work_ids], kinds={"duckdb"})
+def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
+                store: StoreResource) -> dg.MaterializeResult:
+    """Train / val / test membership of the original performances (every tempo variant follows its original),
+    unseen-work holdouts, and the reference-format exports."""
+    db = store.store()
+    hp = dataset.hparams()
+    ids = split_store.work_ids(db, dataset.name)
+    originals = [p for p in catalog_store.performances(db, dataset.name) if p["batch_id"] is None]
+    assignment = split_performances(
+        {p["perf"]: ids[p["work"]] for p in originals},
+        val_data_split=hp.val_data_split, val_unseen=hp.val_unseen, test_data_split=hp.test_data_split,
+        test_data_unseen=hp.test_data_unseen, seed=hp.seed,
+    )
+    unseen = {w: str(Split.TEST) for w in assignment.test_only_work_ids}
+    unseen |= {w: str(Split.VAL) for w in assignment.val_only_work_ids}
+    split_store.replace_splits(db, dataset.name, assignment.split_of, unseen, hp.seed)
+    written = export_reference_files(dataset, store)
+    counts = {s.value: sum(1 for v in assignment.split_of.values() if v == s) for s in Split}
+    context.log.info(f"split {len(originals)} performances: {counts}; exports in {dataset.root}")
+    return dg.MaterializeResult(
+        metadata={
+            **{f"{name}_performances": n for name, n in counts.items()},
+            "test_only_works": len(assignment.test_only_work_ids),
+            "val_only_works": len(assignment.val_only_work_ids),
+            "seed": hp.seed,
+            "exports": dg.MetadataValue.json(sorted(written)),
+        }
+    )
+
+
+@dg.asset_check(asset=data_splits, description="No performance (or tempo variant of it) is in two splits of the "
+                                               "exported files, and unseen works appear only in their split.")
+def splits_are_leak_free(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
+    db = store.store()
+    original_of = {v["variant"]: v["perf"] for v in feature_store.variants(db, dataset.name)}
+    seen_in: dict[str, set[str]] = {}
+    for split in Split:
+        path = dataset.root / f"{split.value}.txt"
+        if path.exists():
+            for row in parse_catalog(path).rows:
+                seen_in.setdefault(original_of.get(row.perf, row.perf), set()).add(split.value)
+    in_two = sorted(p for p, s in seen_in.items() if len(s) > 1)
+    leaks = split_store.split_leaks(db, dataset.name)
+    return dg.AssetCheckResult(
+        passed=not in_two and not leaks,
+        metadata={"performances_in_two_splits": len(in_two), "unseen_work_leaks": len(leaks),
+                  "examples": dg.MetadataValue.json(in_two[:10])},
+    )

@@ -1,6 +1,5 @@
 """Group ``evaluation``: metrics, distance matrices and plots of the trained model on the test sets."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Group ``serving``: reference embeddings of every known performance, for identification."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Group ``training``: the CoverHunter model trained on the splits."""
 
-from __future__ import annotations
 
 import dagster as dg
 

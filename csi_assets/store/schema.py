@@ -19,8 +19,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             """CREATE TABLE performances (
                 dataset TEXT NOT NULL, perf TEXT NOT NULL, wav TEXT NOT NULL, dur_s DOUBLE NOT NULL,
-                work TEXT NOT NULL, version TEXT, source TEXT, line_no INTEGER, audio_hash TEXT,
-                batch_id TEXT, updated_at TIMESTAMP DEFAULT current_timestamp,
+                work TEXT NOT NULL, version TEXT, source TEXT, line_no INTEGER, audio_hash TEXT NOT NULL,
+                audio_size BIGINT, audio_mtime_ns BIGINT, batch_id TEXT, updated_at TIMESTAMP DEFAULT current_timestamp,
                 PRIMARY KEY (dataset, perf))""",
             """CREATE TABLE rejected (
                 dataset TEXT NOT NULL, source TEXT NOT NULL, line_no INTEGER, perf TEXT, raw TEXT,
@@ -34,7 +34,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (dataset, work), UNIQUE (dataset, work_id))""",
             """CREATE TABLE variants (
                 dataset TEXT NOT NULL, variant TEXT NOT NULL, perf TEXT NOT NULL, speed DOUBLE NOT NULL,
-                wav TEXT NOT NULL, dur_s DOUBLE NOT NULL, PRIMARY KEY (dataset, variant))""",
+                wav TEXT NOT NULL, dur_s DOUBLE NOT NULL, source_hash TEXT NOT NULL,
+                PRIMARY KEY (dataset, variant))""",
             """CREATE TABLE features (
                 dataset TEXT NOT NULL, variant TEXT NOT NULL, settings_hash TEXT NOT NULL, path TEXT NOT NULL,
                 n_frames INTEGER NOT NULL, n_bins INTEGER NOT NULL, audio_hash TEXT NOT NULL,

@@ -1,0 +1,76 @@
+"""Tempo variants and their CQT features: paths, frame counts, settings and source-audio hashes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from csi_assets.store.connection import Store
+from csi_assets.store.rows import fetch_dicts, upsert
+
+
+def replace_variants(store: Store, dataset: str, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Make the variants of ``dataset`` exactly ``rows``; a variant that disappears loses its features too."""
+    with store.transaction() as con:
+        keep = [r["variant"] for r in rows]
+        con.execute(
+            "DELETE FROM features WHERE dataset = ? AND NOT list_contains(?, variant)", [dataset, keep]
+        )
+        con.execute("DELETE FROM variants WHERE dataset = ? AND NOT list_contains(?, variant)", [dataset, keep])
+        return upsert(con, "variants", ("dataset", "variant"), [dict(r, dataset=dataset) for r in rows])
+
+
+def variants(store: Store, dataset: str, perfs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Variants in (perf, speed) order, optionally only those of ``perfs``."""
+    sql = "SELECT * FROM variants WHERE dataset = ?"
+    params: list[Any] = [dataset]
+    if perfs is not None:
+        sql += " AND list_contains(?, perf)"
+        params.append(list(perfs))
+    with store.transaction() as con:
+        return fetch_dicts(con, sql + " ORDER BY perf, speed", params)
+
+
+def features(store: Store, dataset: str, settings_hash: str) -> dict[str, dict[str, Any]]:
+    """Stored features of one CQT setting, by variant."""
+    with store.transaction() as con:
+        rows = fetch_dicts(
+            con, "SELECT * FROM features WHERE dataset = ? AND settings_hash = ?", [dataset, settings_hash]
+        )
+    return {r["variant"]: r for r in rows}
+
+
+def record_features(
+    store: Store, dataset: str, settings_hash: str, settings: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> int:
+    """Record computed features (variant, path, n_frames, n_bins, audio_hash); called per batch so a killed run
+    keeps every batch it finished."""
+    settings_json = json.dumps(dict(settings), sort_keys=True)
+    with store.transaction() as con:
+        return upsert(
+            con,
+            "features",
+            ("dataset", "variant", "settings_hash"),
+            [dict(r, dataset=dataset, settings_hash=settings_hash, settings=settings_json) for r in rows],
+        )
+
+
+def feature_table(store: Store, dataset: str, settings_hash: str) -> list[dict[str, Any]]:
+    """Every variant with its feature, original performance, work, work id and split: what training and the
+    reference-format exports read. Variants without a feature or a work id are left out."""
+    with store.transaction() as con:
+        return fetch_dicts(
+            con,
+            """SELECT v.variant, v.perf, v.speed, v.wav AS variant_wav, v.dur_s AS variant_dur_s,
+                      p.wav, p.dur_s, p.work, p.version, p.line_no, p.batch_id,
+                      f.path AS feat, f.n_frames, w.work_id, s.split
+               FROM variants v
+               JOIN performances p ON p.dataset = v.dataset AND p.perf = v.perf
+               JOIN features f ON f.dataset = v.dataset AND f.variant = v.variant AND f.settings_hash = ?
+               JOIN works w ON w.dataset = p.dataset AND w.work = p.work
+               LEFT JOIN splits s ON s.dataset = v.dataset AND s.perf = v.perf
+               WHERE v.dataset = ?
+               ORDER BY v.perf, v.speed""",
+            [settings_hash, dataset],
+        )

@@ -1,0 +1,59 @@
+"""A small real project for asset tests: synthetic covers on disk, a DuckDB file, and the resources that point
+at them. Shared by every test that materialises assets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
+from csi_assets.store import Store
+from csi_model.synth import generate_covers
+
+DATA_HPARAMS = {
+    "fmin": 32, "n_bins": 96, "bins_per_octave": 12, "aug_speed_mode": [0.9, 1.0, 1.1], "device": "cpu",
+    "val_data_split": 0.2, "val_unseen": 0.0, "test_data_split": 0.2, "test_data_unseen": 0.2, "seed": 7,
+}
+
+
+@dataclass
+class Project:
+    root: Path
+    dataset_dir: Path
+    training_dir: Path
+    store_path: Path
+
+    @property
+    def resources(self) -> dict[str, dg.ConfigurableResource]:
+        return {
+            "dataset": DatasetResource(dataset_dir=str(self.dataset_dir)),
+            "training": TrainingResource(training_dir=str(self.training_dir)),
+            "store": StoreResource(path=str(self.store_path)),
+        }
+
+    @property
+    def store(self) -> Store:
+        return Store(self.store_path)
+
+
+def make_project(root: Path, works: int = 5, perfs: int = 3, seconds: float = 6.0, seed: int = 0,
+                 data_hparams: dict | None = None) -> Project:
+    dataset_dir = root / "dataset"
+    generate_covers(dataset_dir, works, perfs, seed=seed, seconds=seconds)
+    (dataset_dir / "hparams.yaml").write_text(yaml.safe_dump(data_hparams or DATA_HPARAMS))
+    training_dir = root / "training"
+    (training_dir / "config").mkdir(parents=True)
+    return Project(root, dataset_dir, training_dir, root / "csi.duckdb")
+
+
+def materialize(project: Project, assets: list, instance: dg.DagsterInstance | None = None,
+                selection: str | None = None) -> dg.ExecuteInJobResult:
+    from csi_assets.definitions import defs
+
+    return dg.materialize(
+        assets, resources=project.resources, instance=instance or dg.DagsterInstance.ephemeral(),
+        selection=selection, raise_on_error=True,
+    )

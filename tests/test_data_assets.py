@@ -1,0 +1,129 @@
+"""The data half of the graph, materialised for real on synthetic covers: catalog → variants → features →
+work ids → splits, with bad lines, caching, stable ids and leak-free exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from csi_assets.assets import data
+from csi_assets.store import catalog as catalog_store
+from csi_assets.store import features as feature_store
+from csi_assets.store import splits as split_store
+from csi_model.catalog import parse_catalog
+from csi_model.cqt import load_feature
+from tests.graph_fixtures import make_project, materialize
+
+DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
+DATA_CHECKS = [data.catalog_lines_all_usable, data.catalog_durations_match_audio, data.features_are_finite,
+               data.splits_are_leak_free]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("data"))
+    catalog = project.dataset_dir / "dataset.txt"
+    lines = catalog.read_text().splitlines()
+    (project.dataset_dir / "wav" / "corrupt.wav").write_bytes(b"RIFF....not audio")
+    lines += [
+        "{not json",
+        json.dumps({"perf": "ghost", "wav": "wav/missing.wav", "dur_s": 3.0, "work": "work_x"}),
+        json.dumps({"perf": "broken", "wav": "wav/corrupt.wav", "dur_s": 3.0, "work": "work_x"}),
+        lines[0],  # duplicate perf id
+    ]
+    catalog.write_text("\n".join(lines) + "\n")
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(DATA_ASSETS + DATA_CHECKS, resources=project.resources, instance=instance)
+    assert result.success
+    return project, instance, result
+
+
+def test_catalog_keeps_good_lines_and_names_every_bad_one(built) -> None:
+    project, _, result = built
+    perfs = catalog_store.performances(project.store, "dataset")
+    assert len(perfs) == 15
+    rejected = catalog_store.rejected(project.store, "dataset")
+    assert len(rejected) == 4
+    reasons = " ".join(r["reason"] for r in rejected)
+    assert "dataset.txt:16" in reasons and "dataset.txt:19" in reasons
+    assert "missing.wav" in reasons and "corrupt.wav" in reasons
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["catalog_lines_all_usable"] is False  # a warning: the good lines went through
+    assert checks["features_are_finite"] and checks["splits_are_leak_free"]
+
+
+def test_variants_features_and_exports(built) -> None:
+    project, _, _ = built
+    variants = feature_store.variants(project.store, "dataset")
+    assert len(variants) == 15 * 3
+    assert {v["variant"] for v in variants if v["speed"] == 0.9} == {f"sp_0.9-{p}" for p in
+                                                                    {v["perf"] for v in variants}}
+    table = feature_store.feature_table(project.store, "dataset", data.cqt_settings(
+        project.resources["dataset"].hparams()).settings_hash())
+    assert len(table) == 45
+    slow = next(r for r in table if r["speed"] == 0.9)
+    same = next(r for r in table if r["perf"] == slow["perf"] and r["speed"] == 1.0)
+    ratio = slow["n_frames"] / same["n_frames"]
+    assert ratio == pytest.approx(1 / 0.9, rel=0.02)
+    feature = load_feature(slow["feat"])
+    assert feature.dtype == np.float16 and feature.shape == (slow["n_frames"], 96)
+    full = parse_catalog(project.dataset_dir / "full.txt")
+    assert len(full.rows) == 45 and not full.rejected
+    record = json.loads((project.dataset_dir / "full.txt").read_text().splitlines()[0])
+    assert {"perf", "wav", "dur_s", "work", "feat", "feat_len", "work_id"} <= set(record)
+    id_map = (project.dataset_dir / "work_id.map").read_text().split("\n")
+    assert id_map[0].split(" ", 1)[0] == "0"
+
+
+def test_splits_are_leak_free_and_unseen_works_held_out(built) -> None:
+    project, _, _ = built
+    split_of = split_store.splits(project.store, "dataset")
+    unseen = split_store.unseen_works(project.store, "dataset")
+    assert unseen and set(unseen.values()) == {"test"}
+    ids = split_store.work_ids(project.store, "dataset")
+    for perf in catalog_store.performances(project.store, "dataset"):
+        if ids[perf["work"]] in unseen:
+            assert split_of[perf["perf"]] == "test"
+    train = {r.perf for r in parse_catalog(project.dataset_dir / "train.txt").rows}
+    test = {r.perf for r in parse_catalog(project.dataset_dir / "test.txt").rows}
+    originals = lambda ids: {p.split("-", 1)[1] if p.startswith("sp_") else p for p in ids}  # noqa: E731
+    assert not originals(train) & originals(test)
+    test_only = [int(x) for x in (project.dataset_dir / "test-only-work-ids.txt").read_text().split()]
+    assert set(test_only) == set(unseen)
+
+
+def test_rerun_recomputes_nothing_and_keeps_ids(built) -> None:
+    project, instance, _ = built
+    features_before = {p: Path(p).stat().st_mtime_ns for p in
+                       (r["path"] for r in feature_store.features(project.store, "dataset", data.cqt_settings(
+                           project.resources["dataset"].hparams()).settings_hash()).values())}
+    ids_before = split_store.work_ids(project.store, "dataset")
+    splits_before = split_store.splits(project.store, "dataset")
+    result = dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
+    meta = {m.asset_key.to_user_string(): m.metadata for m in result.get_asset_materialization_events() and
+            [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]}
+    assert meta["dataset_catalog"]["added"].value == 0 and meta["dataset_catalog"]["changed"].value == 0
+    assert meta["speed_variants"]["rendered_now"].value == 0
+    assert meta["cqt_features"]["computed_now"].value == 0
+    after = {p: Path(p).stat().st_mtime_ns for p in features_before}
+    assert after == features_before
+    assert split_store.work_ids(project.store, "dataset") == ids_before
+    assert split_store.splits(project.store, "dataset") == splits_before
+
+
+def test_new_work_gets_a_new_id_and_old_ids_stay(tmp_path) -> None:
+    project = make_project(tmp_path, works=3, perfs=2, seconds=3.0)
+    materialize(project, [data.dataset_catalog, data.work_ids])
+    before = split_store.work_ids(project.store, "dataset")
+    catalog = project.dataset_dir / "dataset.txt"
+    first = json.loads(catalog.read_text().splitlines()[0])
+    extra = dict(first, perf="newcomer", work="aaa_new_work")  # sorts before every existing work
+    catalog.write_text(catalog.read_text() + json.dumps(extra) + "\n")
+    materialize(project, [data.dataset_catalog, data.work_ids])
+    after = split_store.work_ids(project.store, "dataset")
+    assert {w: after[w] for w in before} == before
+    assert after["aaa_new_work"] == max(before.values()) + 1
