@@ -5,12 +5,8 @@ state_dict (`_global_cmvn`, `_encoder.encoders.N.self_attn.linear_q`, ...) so a 
 loads unchanged; the arithmetic is the reference's, including relative-position attention without `rel_shift`.
 
 Beyond the reference: every block takes a padding mask (`lengths`), so padded frames never reach the attention
-keys, the depthwise convolution or the pooling; and the positional table is a buffer that follows the model's
-device and grows on demand.
-
-Known limitation: in training mode the two BatchNorms that see frames (input CMVN, conv-module norm) still
-include padded frames in their batch statistics. Training batches are fixed-length chunks, so this only matters
-when a short track is padded; evaluation uses running statistics and is exactly padding-invariant.
+keys, the depthwise convolution, the pooling or the batch statistics of the two frame-level BatchNorms; and the
+positional table is a buffer that follows the model's device and grows on demand.
 
 Shape letters: B batch, T pooled input frames, F frequency bins, L encoder frames (≈ T/4), D model width,
 E embedding width, H heads, K classes.
@@ -76,11 +72,33 @@ def padding_mask(lengths: Tensor | None, max_len: int) -> Tensor | None:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
-class InputNorm(nn.BatchNorm1d):
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d over [B, C, L] whose training statistics come from real frames only.
+
+    The reference pads short chunks with −100 and lets those frames into the batch mean and variance (and so
+    into the running statistics used at inference). Same parameters and buffers as nn.BatchNorm1d."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None or not self.training:
+            return super().forward(x)
+        valid = mask[:, None, :].to(x.dtype)  # [B, 1, L]
+        count = valid.sum()
+        mean = (x * valid).sum(dim=(0, 2)) / count  # [C]
+        var = ((x - mean[:, None]).pow(2) * valid).sum(dim=(0, 2)) / count  # [C], biased as in BatchNorm
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            momentum = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
+            self.running_mean.lerp_(mean.detach(), momentum)
+            self.running_var.lerp_(var.detach() * count / (count - 1).clamp(min=1), momentum)  # unbiased
+        x = (x - mean[:, None]) * torch.rsqrt(var[:, None] + self.eps)
+        return x * self.weight[:, None] + self.bias[:, None]
+
+
+class InputNorm(MaskedBatchNorm1d):
     """BatchNorm over frequency bins: a learned, running-statistics CMVN of the CQT."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)  # [B, T, F] -> [B, T, F]
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return super().forward(x.transpose(1, 2), mask).transpose(1, 2)  # [B, T, F] -> [B, T, F]
 
 
 class Conv2dSubsampling4(nn.Module):
@@ -186,7 +204,7 @@ class ConvolutionModule(nn.Module):
         super().__init__()
         self.pointwise_conv1 = nn.Conv1d(d_model, 2 * d_model, 1)
         self.depthwise_conv = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
-        self.norm = nn.BatchNorm1d(d_model)
+        self.norm = MaskedBatchNorm1d(d_model)
         self.activation = nn.SiLU()
         self.pointwise_conv2 = nn.Conv1d(d_model, d_model, 1)
 
@@ -194,7 +212,7 @@ class ConvolutionModule(nn.Module):
         x = F.glu(self.pointwise_conv1(x.transpose(1, 2)), dim=1)  # [B, D, L] -> [B, 2D, L] -> [B, D, L]
         if mask is not None:  # padded frames must look like the zero padding of the depthwise conv
             x = x.masked_fill(~mask[:, None, :], 0.0)
-        x = self.activation(self.norm(self.depthwise_conv(x)))  # [B, D, L]
+        x = self.activation(self.norm(self.depthwise_conv(x), mask))  # [B, D, L]
         return self.pointwise_conv2(x).transpose(1, 2)  # [B, L, D]
 
 
@@ -329,15 +347,13 @@ class CoverHunter(nn.Module):
 
     def embed(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """[B, T, F] pooled CQT frames (+ [B] valid frame counts) -> [B, E] embedding e, before the BN-neck."""
-        if lengths is not None:
-            lengths = Conv2dSubsampling4.output_length(lengths.to(x.device))  # [B] input -> encoder frames
-            if bool((lengths < 1).any()):
-                raise ValueError(f"every item needs at least {self.min_input_frames} valid frames")
-        elif x.size(1) < self.min_input_frames:
-            raise ValueError(f"input has {x.size(1)} frames, the model needs at least {self.min_input_frames}")
-        x = self._global_cmvn(x)  # [B, T, F]
-        encoder_frames = Conv2dSubsampling4.output_length(x.size(1))
-        mask = padding_mask(lengths, encoder_frames)  # [B, L] or None
+        lengths = None if lengths is None else lengths.to(x.device)
+        shortest = x.size(1) if lengths is None else int(lengths.min())
+        if shortest < self.min_input_frames:
+            raise ValueError(f"an item has {shortest} frames, the model needs at least {self.min_input_frames}")
+        encoder_lengths = None if lengths is None else Conv2dSubsampling4.output_length(lengths)
+        x = self._global_cmvn(x, padding_mask(lengths, x.size(1)))  # [B, T, F]
+        mask = padding_mask(encoder_lengths, Conv2dSubsampling4.output_length(x.size(1)))  # [B, L] or None
         h = self._encoder(x, mask)  # [B, L, D]
         if self._embed_lo is not None:
             h = self._embed_lo(h)  # [B, L, D] -> [B, L, E]

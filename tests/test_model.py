@@ -14,6 +14,7 @@ from csi_model.model import (
     ConvolutionModule,
     CoverHunter,
     InputNorm,
+    MaskedBatchNorm1d,
     ModelConfig,
     RelativePositionalEncoding,
     RelPositionMultiHeadedAttention,
@@ -127,7 +128,7 @@ def test_gradient_reaches_every_trainable_parameter() -> None:
     model = CoverHunter(ModelConfig(num_classes=2))
     loss_fn = CoverHunterLoss(LossWeights(triplet=0.1, center=0.001))
     labels = torch.tensor([0, 0, 1, 1])
-    embedding, logits = model(torch.randn(4, 40, 96))
+    embedding, logits = model(torch.randn(4, 40, 96), torch.tensor([40, 40, 33, 40]))
     loss, terms = loss_fn(embedding, logits, labels, model.centres)
     loss.backward()
     assert set(terms) == {"foc_loss", "tri_loss", "cen_loss"}
@@ -161,11 +162,20 @@ def test_padding_with_garbage_gives_the_unpadded_embedding() -> None:
         assert torch.allclose(batched[1], model.embed(full)[0], atol=1e-5)
 
 
+def test_padding_content_does_not_reach_training_batch_statistics() -> None:
+    model = CoverHunter(ModelConfig(input_dim=24, d_model=32, embed_dim=32, num_blocks=1, ff_dim=64, num_classes=3,
+                                    dropout=0.0)).train()
+    x, lengths = torch.randn(2, 40, 24), torch.tensor([26, 40])
+    first, second = x.clone(), x.clone()
+    first[0, 26:], second[0, 26:] = -100.0, 50 * torch.randn(14, 24)
+    assert torch.allclose(model.embed(first, lengths), model.embed(second, lengths), atol=1e-5)
+
+
 def test_too_short_input_is_rejected() -> None:
     model = CoverHunter(TINY)
-    with pytest.raises(ValueError, match="at least 7"):
+    with pytest.raises(ValueError, match="needs at least 7"):
         model.embed(torch.randn(1, 6, 24))
-    with pytest.raises(ValueError, match="at least 7"):
+    with pytest.raises(ValueError, match="needs at least 7"):
         model.embed(torch.randn(2, 20, 24), torch.tensor([20, 5]))
 
 
@@ -183,3 +193,25 @@ def test_config_from_hparams() -> None:
     sized = {**raw, "foc": {"output_dims": 30000}, "center": {"weight": 0.001}}
     cfg = ModelConfig.from_hparams(training_hparams_from_dict(sized), num_classes=17)
     assert (cfg.num_classes, cfg.with_centres) == (30000, True)
+
+
+def test_masked_batch_norm_takes_training_statistics_from_real_frames_only() -> None:
+    x, lengths = torch.randn(3, 8, 20), torch.tensor([20, 12, 5])
+    mask = padding_mask(lengths, 20)
+    x = x.masked_fill(~mask[:, None, :], -100.0)  # the dataset's padding value
+    masked, plain = MaskedBatchNorm1d(8), torch.nn.BatchNorm1d(8)
+    out = masked(x, mask)
+    real = torch.cat([x[i, :, :n] for i, n in enumerate(lengths.tolist())], dim=1)[None]  # [1, 8, 37]
+    expected = plain(real)
+    assert torch.allclose(torch.cat([out[i, :, :n] for i, n in enumerate(lengths.tolist())], dim=1), expected[0],
+                          atol=1e-5)
+    assert torch.allclose(masked.running_mean, plain.running_mean, atol=1e-6)
+    assert torch.allclose(masked.running_var, plain.running_var, atol=1e-5)
+    assert masked.num_batches_tracked.item() == 1
+
+
+def test_masked_batch_norm_with_nothing_padded_is_batch_norm() -> None:
+    x = torch.randn(2, 8, 10)
+    masked, plain = MaskedBatchNorm1d(8), torch.nn.BatchNorm1d(8)
+    assert torch.allclose(masked(x, torch.ones(2, 10, dtype=torch.bool)), plain(x), atol=1e-5)
+    assert torch.allclose(masked.running_var, plain.running_var, atol=1e-6)
