@@ -64,7 +64,8 @@ class CqtSettings:
 
     def __post_init__(self) -> None:
         # 32 and 32.0 must hash alike: normalise types before anything reads them.
-        for name, kind in (("sample_rate", int), ("hop", int), ("fmin", float), ("n_bins", int), ("bins_per_octave", int)):
+        kinds = {"sample_rate": int, "hop": int, "fmin": float, "n_bins": int, "bins_per_octave": int}
+        for name, kind in kinds.items():
             object.__setattr__(self, name, kind(getattr(self, name)))
         if not hasattr(nnAudio.features, self.cqt_class):
             raise ValueError(f"unknown nnAudio CQT class {self.cqt_class!r}")

@@ -88,7 +88,12 @@ def test_settings_hash_is_stable_and_separates_settings() -> None:
     base = CqtSettings()
     assert base.settings_hash() == CqtSettings(fmin=32, sample_rate=16000.0).settings_hash()
     assert len(base.settings_hash()) == 12
-    others = [CqtSettings(cqt_class="CQT2010v2"), CqtSettings(hop=320), CqtSettings(dtype="float32"), CqtSettings(n_bins=84)]
+    others = [
+        CqtSettings(cqt_class="CQT2010v2"),
+        CqtSettings(hop=320),
+        CqtSettings(dtype="float32"),
+        CqtSettings(n_bins=84),
+    ]
     assert len({base.settings_hash(), *(s.settings_hash() for s in others)}) == 5
     with pytest.raises(ValueError, match="CQT1234"):
         CqtSettings(cqt_class="CQT1234")

@@ -17,16 +17,19 @@ def _dataset(folder: Path, works: int = 6, perfs: int = 2) -> list[CatalogRow]:
     for w in range(works):
         for p in range(perfs):
             wav = write_tone(folder / "wav" / f"{w}_{p}.wav", freq=200.0 + 20 * w, seconds=0.2)
-            rows.append(CatalogRow(f"perf_{w}_{p}", wav.resolve(), 0.2, f"work {w}", "v" if p else None, len(rows) + 1))
+            version = "v" if p else None
+            rows.append(CatalogRow(f"perf_{w}_{p}", wav.resolve(), 0.2, f"work {w}", version, len(rows) + 1))
     return rows
 
 
 def _lines(folder: Path, rows: list[CatalogRow], work_ids: dict[str, int]) -> list[FeatureLine]:
     row_of = {row.perf: row for row in rows}
-    return [
-        FeatureLine(row_of[v.original_perf], v, folder / "cqt_feat" / f"{v.perf}.cqt.npy", 5 + i, work_ids[row_of[v.original_perf].work])
-        for i, v in enumerate(plan_variants(rows, [0.8, 1.0], folder / "sp_wav"))
-    ]
+    lines = []
+    for i, variant in enumerate(plan_variants(rows, [0.8, 1.0], folder / "sp_wav")):
+        row = row_of[variant.original_perf]
+        feat = folder / "cqt_feat" / f"{variant.perf}.cqt.npy"
+        lines.append(FeatureLine(row, variant, feat, feat_len=5 + i, work_id=work_ids[row.work]))
+    return lines
 
 
 def test_exports_have_the_reference_keys_and_parse_back(tmp_path: Path) -> None:
@@ -38,10 +41,12 @@ def test_exports_have_the_reference_keys_and_parse_back(tmp_path: Path) -> None:
         render_variant(line.variant)
     work_of = {row.perf: work_ids[row.work] for row in rows}
     variants = {line.variant.perf: line.variant.original_perf for line in lines if not line.variant.is_original}
-    split = split_performances(work_of, seed=0, val_data_split=0.0, val_unseen=0.2, test_data_split=0.1, test_data_unseen=0.2, variants_of=variants)
+    ratios = dict(val_data_split=0.0, val_unseen=0.2, test_data_split=0.1, test_data_unseen=0.2)
+    split = split_performances(work_of, seed=0, variants_of=variants, **ratios)
     written = write_reference_exports(tmp_path, lines, split.split_of, work_ids, split.test_only_work_ids)
 
-    assert sorted(written) == sorted(["full.txt", "train.txt", "val.txt", "test.txt", "work_id.map", "test-only-work-ids.txt"])
+    names = ["full.txt", "train.txt", "val.txt", "test.txt", "work_id.map", "test-only-work-ids.txt"]
+    assert sorted(written) == sorted(names)
     full = [json.loads(text) for text in (tmp_path / "full.txt").read_text().splitlines()]
     assert len(full) == len(lines) == 24
     with_version = [record for record in full if "version" in record]

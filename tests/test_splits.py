@@ -4,7 +4,12 @@ import pytest
 
 from csi_model.splits import Split, assign_work_ids, split_performances
 
-PARAMS = dict(val_data_split=0.1, val_unseen=0.05, test_data_split=0.1, test_data_unseen=0.1)
+
+def _ratios(val: float, val_unseen: float, test: float, test_unseen: float) -> dict[str, float]:
+    return dict(val_data_split=val, val_unseen=val_unseen, test_data_split=test, test_data_unseen=test_unseen)
+
+
+PARAMS = _ratios(0.1, 0.05, 0.1, 0.1)
 
 
 def _catalog(works: int = 40, perfs_per_work: int = 3) -> dict[str, int]:
@@ -64,23 +69,23 @@ def test_unseen_works_are_only_in_their_split_and_seen_works_keep_training_data(
 
 def test_shares_follow_the_ratios_without_forced_lines() -> None:
     work_of = _catalog(works=50, perfs_per_work=2)
-    result = split_performances(work_of, seed=0, val_data_split=0.1, val_unseen=0, test_data_split=0.2, test_data_unseen=0)
+    result = split_performances(work_of, seed=0, **_ratios(0.1, 0, 0.2, 0))
     counts = Counter(result.split_of.values())
     assert counts == {Split.TRAIN: 70, Split.VAL: 10, Split.TEST: 20}
-    none = split_performances(work_of, seed=0, val_data_split=0, val_unseen=0, test_data_split=0.2, test_data_unseen=0)
+    none = split_performances(work_of, seed=0, **_ratios(0, 0, 0.2, 0))
     assert Split.VAL not in set(none.split_of.values())  # the reference forced one val line per work here
-    everything = split_performances(work_of, seed=0, val_data_split=0, val_unseen=0, test_data_split=0, test_data_unseen=0.5)
+    everything = split_performances(work_of, seed=0, **_ratios(0, 0, 0, 0.5))
     assert set(everything.split_of.values()) == {Split.TRAIN} and everything.test_only_work_ids == []
 
 
 def test_single_performance_works_stay_in_train() -> None:
     work_of = _catalog(works=30, perfs_per_work=1)
-    result = split_performances(work_of, seed=0, val_data_split=0.5, val_unseen=0, test_data_split=0.5, test_data_unseen=0)
+    result = split_performances(work_of, seed=0, **_ratios(0.5, 0, 0.5, 0))
     assert set(result.split_of.values()) == {Split.TRAIN}
 
 
 def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="no work is left for training"):
-        split_performances(_catalog(works=2), seed=0, val_data_split=0.1, val_unseen=0.5, test_data_split=0.1, test_data_unseen=0.5)
+        split_performances(_catalog(works=2), seed=0, **_ratios(0.1, 0.5, 0.1, 0.5))
     with pytest.raises(ValueError, match="sp_0.8-nope"):
         split_performances(_catalog(works=5), seed=0, variants_of={"sp_0.8-nope": "nope"}, **PARAMS)
