@@ -300,9 +300,14 @@ def extract_features(
 
 @dg.op(ins={"start": dg.In(dg.Nothing)}, out=dg.Out(list))
 def plan_feature_shards(dataset: DatasetResource, store: StoreResource) -> list:
-    """Split the variants that still need a feature into FEATURE_SHARDS lists by a stable hash of their id."""
+    """Split the variants that still need a feature into FEATURE_SHARDS lists by a stable hash of their id.
+
+    Temporary files left by a killed run are removed first: no shard of this run has started yet.
+    """
     db = store.store()
     settings = cqt_settings(dataset.hparams())
+    for stale in (dataset.features_dir / settings.settings_hash()).glob(".*.tmp*"):
+        stale.unlink(missing_ok=True)
     pending = pending_features(feature_store.variants(db, dataset.name),
                                feature_store.features(db, dataset.name, settings.settings_hash()))
     shards: list[list[dict[str, Any]]] = [[] for _ in range(FEATURE_SHARDS)]
