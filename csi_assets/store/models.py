@@ -1,0 +1,73 @@
+"""Trained models: where their checkpoints are, what they scored, and which one is promoted for serving.
+
+A model id is derived from the checkpoint's weight fingerprint, so the same weights always get the same id and
+re-registering a checkpoint is harmless. One model per dataset is promoted: the one identification, reference
+embeddings and evaluation use unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from csi_assets.store.connection import Store
+from csi_assets.store.rows import fetch_dicts, upsert
+
+
+def model_id_for(training_name: str, fingerprint: str) -> str:
+    return f"{training_name}-{fingerprint[:12]}"
+
+
+def register_model(
+    store: Store,
+    *,
+    model_id: str,
+    dataset: str,
+    training_dir: str,
+    checkpoint: str,
+    epoch: int | None,
+    fingerprint: str,
+    hparams: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    promote: bool,
+) -> None:
+    """Record (or update) a model; with ``promote`` it becomes the dataset's only promoted model."""
+    with store.transaction() as con:
+        if promote:
+            con.execute("UPDATE models SET promoted = false WHERE dataset = ?", [dataset])
+        upsert(con, "models", ("model_id",), [{
+            "model_id": model_id, "dataset": dataset, "training_dir": training_dir, "checkpoint": checkpoint,
+            "epoch": epoch, "fingerprint": fingerprint, "hparams": json.dumps(dict(hparams), default=str),
+            "metrics": json.dumps(dict(metrics), default=str), "promoted": promote,
+        }])
+
+
+def promote(store: Store, dataset: str, model_id: str) -> None:
+    with store.transaction() as con:
+        if not con.execute("SELECT 1 FROM models WHERE model_id = ? AND dataset = ?", [model_id, dataset]).fetchone():
+            raise KeyError(f"no model {model_id!r} for dataset {dataset!r}")
+        con.execute("UPDATE models SET promoted = (model_id = ?) WHERE dataset = ?", [model_id, dataset])
+
+
+def promoted_model(store: Store, dataset: str) -> dict[str, Any] | None:
+    """The promoted model of ``dataset`` (hparams and metrics decoded), or None when none is promoted."""
+    with store.transaction() as con:
+        rows = fetch_dicts(con, "SELECT * FROM models WHERE dataset = ? AND promoted", [dataset])
+    return _decoded(rows[0]) if rows else None
+
+
+def get_model(store: Store, model_id: str) -> dict[str, Any] | None:
+    with store.transaction() as con:
+        rows = fetch_dicts(con, "SELECT * FROM models WHERE model_id = ?", [model_id])
+    return _decoded(rows[0]) if rows else None
+
+
+def models(store: Store, dataset: str) -> list[dict[str, Any]]:
+    with store.transaction() as con:
+        return [_decoded(r) for r in fetch_dicts(
+            con, "SELECT * FROM models WHERE dataset = ? ORDER BY created_at", [dataset])]
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(row, hparams=json.loads(row["hparams"] or "{}"), metrics=json.loads(row["metrics"] or "{}"))
