@@ -25,6 +25,7 @@ SEGMENT_DELIMITER = "-\u2581start-"
 """Reserved inside perf ids: later stages join a perf id and a segment start with it."""
 
 DURATION_TOLERANCE = 0.01
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -68,17 +69,23 @@ class CatalogLineError(ValueError):
 
 def parse_catalog(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> ParsedCatalog:
     """Parse and validate every line of a catalog file; relative ``wav`` paths are tried against the
-    catalog's folder first and then against ``cwd`` (default: the current working directory)."""
+    catalog's folder first and then against ``cwd`` (default: the current working directory).
+
+    Lines are split on bytes (``\n``, ``\r\n``, ``\r``) and decoded one by one, so a line that is not UTF-8
+    is one rejection, not a failed file, and Unicode line separators inside JSON strings stay intact.
+    """
     catalog = Path(path)
     search_dirs = (catalog.resolve().parent, Path(cwd or os.getcwd()).resolve())
     rows: list[CatalogRow] = []
     rejected: list[RejectedLine] = []
     first_line_of: dict[str, int] = {}
-    for line_no, raw in enumerate(catalog.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, data in enumerate(catalog.read_bytes().removeprefix(UTF8_BOM).splitlines(), start=1):
+        raw = data.decode("utf-8", errors="replace")
         text = raw.strip()
         if not text:
             continue
         try:
+            _check_utf8(data)
             row = _parse_line(text, line_no, search_dirs)
             _check_unique(row, first_line_of)
         except CatalogLineError as error:
@@ -87,6 +94,13 @@ def parse_catalog(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | No
         first_line_of[row.perf] = line_no
         rows.append(row)
     return ParsedCatalog(catalog, rows, rejected)
+
+
+def _check_utf8(data: bytes) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CatalogLineError(f"not valid UTF-8 (byte 0x{data[error.start]:02x} at column {error.start + 1})") from None
 
 
 def _parse_line(text: str, line_no: int, search_dirs: Sequence[Path]) -> CatalogRow:

@@ -7,18 +7,20 @@ Choices and why:
 
 * **One CQT class for every device** (``CQT1992v2``). The reference used ``CQT1992v2`` on MPS and
   ``CQT2010v2`` on CUDA, so its features depended on the machine. ``CQT1992v2`` is a single strided
-  convolution with full-length kernels: exact (no octave-wise down-sampling) and, measured here, about 5-10x
-  faster than ``CQT2010v2`` on CPU (``bench/features.py`` prints the ratio). The class is part of
+  convolution with full-length kernels: exact (no octave-wise down-sampling, so no aliasing of the low
+  octaves) and faster on CPU: ``bench/features.py`` measured CQT2010v2 at 0.34-0.56x its throughput on
+  this 2-core machine (environment.md: ~1,000-1,400x vs ~100-220x real time). The class is part of
   :class:`CqtSettings`, hence of :meth:`CqtSettings.settings_hash`, so features from different settings never
   share a cache key.
 * **Batches equal single files.** The reference centres frames with reflect padding of half the longest
   kernel. Here each signal gets its *own* reflected tail before the batch is zero-padded to its longest member,
   and the layer then reflect-pads the (common) start. Every kept frame therefore sees exactly the samples it
   would see alone, and each result is cut back to its own ``N // hop + 1`` frames.
-* **Stored as float16.** Values lie in about [-200, 0] dB. float16 spacing is 1/16 dB below 128 dB in
-  magnitude and 1/8 dB from 128 to 256, i.e. at most 0.0625 dB rounding error where the music is (the top
-  ~100 dB) and 0.125 dB in near-silence, far below the 1-dB steps any model can care about; the files are
-  half the size of float32 and memory-mapped chunks load twice as fast.
+* **Stored as float16.** Values lie in about [-200, 0] dB. float16 spacing is 1/16 dB from 64 to 128 dB in
+  magnitude and 1/8 dB from 128 to 256, so rounding moves a value by at most 0.03 dB where the music is
+  (the top ~100 dB) and 0.06 dB in near-silence, far below any difference a model can use; the files are
+  half the size of float32 and memory-mapped chunks load twice as fast. The largest float16 (65504) is far
+  beyond -200 dB, so nothing overflows.
 * **fps is derived** (``sample_rate / hop``), never hard-coded to 25.
 """
 

@@ -80,10 +80,16 @@ def plan_variants(
 
     Identity factors yield the original itself (its own id, file and a duration of ``round(dur_s, 2)``);
     they are not divided by a factor like 1.005, because the audio is not changed. Variant files are named
-    ``<out_dir>/sp_<k>-<perf>.wav``. Pure: nothing is read or written.
+    ``<out_dir>/sp_<k>-<perf>.wav``. Factors that name the same item (1.0 and 1.005, or a repeated 0.8) give
+    it once, so perf ids stay unique downstream. Pure: nothing is read or written.
     """
     folder = Path(out_dir)
-    return [_plan_one(performance, float(factor), folder) for performance in performances for factor in factors]
+    unique: dict[str, TempoVariant] = {}
+    for performance in performances:
+        for factor in factors:
+            variant = _plan_one(performance, float(factor), folder)
+            unique.setdefault(variant.perf, variant)
+    return list(unique.values())
 
 
 def _plan_one(performance: Performance, factor: float, folder: Path) -> TempoVariant:

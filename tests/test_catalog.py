@@ -78,12 +78,15 @@ def test_every_bad_line_gets_its_reason_and_good_lines_still_come_through(datase
         "[1, 2]",  # 11 JSON that is not an object (does not start with '{': read as TAB text)
         json.dumps({"perf": "neg", "wav": "wav/a.wav", "dur_s": -1, "work": "w"}),  # 12 bad value
         "perf:ok2\twav:wav/b.wav\tdur_s:0.5\twork:w2",  # 13
+        "perf:latin1\twav:wav/b.wav\tdur_s:0.5\twork:caf\udce9",  # 14 not UTF-8 (a Latin-1 byte)
+        json.dumps({"perf": "sep\u2028in-json", **good}, ensure_ascii=False),  # 15 U+2028 is not a line break
     ]
-    path = _write(dataset, lines)
+    path = dataset / "dataset.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode("utf-8", errors="surrogateescape") + b"\n")
     parsed = parse_catalog(path)
-    assert [row.perf for row in parsed.rows] == ["ok1", "ok2"]
+    assert [row.perf for row in parsed.rows] == ["ok1", "ok2", "sep\u2028in-json"]
     reasons = {rejected.line_no: rejected.reason for rejected in parsed.rejected}
-    assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14]
     expected = {
         2: "invalid JSON",
         3: "missing required key(s) work",
@@ -96,6 +99,7 @@ def test_every_bad_line_gets_its_reason_and_good_lines_still_come_through(datase
         10: "reserved text",
         11: "is not key:value",
         12: "positive finite number",
+        14: "not valid UTF-8 (byte 0xe9 at column 45)",
     }
     for line_no, fragment in expected.items():
         assert reasons[line_no].startswith(f"{path}:{line_no}: "), reasons[line_no]

@@ -18,12 +18,12 @@ def test_variant_ids_print_the_factor_as_python_does() -> None:
     assert variant_perf_id("x", 2) == "sp_2.0-x"
 
 
-def test_plan_is_perf_major_identity_keeps_the_original(tmp_path: Path) -> None:
+def test_plan_is_perf_major_identity_keeps_the_original_and_ids_are_unique(tmp_path: Path) -> None:
     rows = [_row("a", tmp_path / "a.wav", 10.0), _row("b", tmp_path / "b.wav", 3.333)]
-    plan = plan_variants(rows, [0.8, 1.0, 1.005, 1.2], tmp_path / "sp_wav")
-    assert [v.perf for v in plan] == ["sp_0.8-a", "a", "a", "sp_1.2-a", "sp_0.8-b", "b", "b", "sp_1.2-b"]
-    assert [v.dur_s for v in plan[:4]] == [12.5, 10.0, 10.0, 8.33]
-    assert plan[5].dur_s == 3.33 and plan[5].is_original and plan[5].wav == tmp_path / "b.wav"
+    plan = plan_variants(rows, [0.8, 1.0, 1.005, 1.2, 0.8], tmp_path / "sp_wav")
+    assert [v.perf for v in plan] == ["sp_0.8-a", "a", "sp_1.2-a", "sp_0.8-b", "b", "sp_1.2-b"]
+    assert [v.dur_s for v in plan[:3]] == [12.5, 10.0, 8.33]
+    assert plan[4].dur_s == 3.33 and plan[4].is_original and plan[4].wav == tmp_path / "b.wav"
     assert plan[0].wav == tmp_path / "sp_wav" / "sp_0.8-a.wav" and plan[0].source_wav == tmp_path / "a.wav"
     assert not plan[0].is_original and plan[0].original_perf == "a"
 
