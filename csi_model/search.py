@@ -30,6 +30,26 @@ class SearchResult:
     distances: np.ndarray  # [Q, k] float32
 
 
+@dataclass(frozen=True)
+class RowGroups:
+    """Which group (performance, work) each reference row belongs to; built once per index, reused per query."""
+
+    row_group: torch.Tensor  # [N] int64, group id per reference row
+    n_groups: int  # max id + 1
+    n_present: int  # ids that own at least one row (the rest would sit at distance +inf)
+
+    @classmethod
+    def of(cls, row_group: np.ndarray, n_rows: int, device: torch.device | str = "cpu") -> RowGroups:
+        row_group = np.asarray(row_group)
+        if row_group.shape != (n_rows,) or not np.issubdtype(row_group.dtype, np.integer):
+            raise ValueError(f"group ids must be {n_rows} integers (one per reference row), got "
+                             f"{row_group.dtype} {row_group.shape}")
+        if n_rows == 0 or row_group.min() < 0:
+            raise ValueError(f"group ids must be ≥ 0 and cover at least one row, got {row_group[:5]}…")
+        return cls(row_group=torch.from_numpy(row_group.astype(np.int64)).to(device),
+                   n_groups=int(row_group.max()) + 1, n_present=int(np.unique(row_group).size))
+
+
 class ReferenceIndex:
     """Exact cosine search over unit reference vectors [N, D]; ``search`` is the interface an ANN index would keep."""
 
@@ -64,16 +84,18 @@ class ReferenceIndex:
             out_i.append(best_i)
         return _result(torch.cat(out_i), torch.cat(out_d))
 
-    def search_groups(self, query_tracks: Sequence[np.ndarray], ref_group: np.ndarray, k: int) -> SearchResult:
+    def search_groups(self, query_tracks: Sequence[np.ndarray], groups: RowGroups | np.ndarray,
+                      k: int) -> SearchResult:
         """The k nearest groups (performances, works) of every query track.
 
         A query track is several segment vectors [S, D]; its distance to a group is the minimum over its
-        segments and the group's reference rows (``ref_group[n]`` = group of reference row n), as in §6.1.5.
+        segments and the group's reference rows (``groups``: the group id of every reference row), as in §6.1.5.
         """
         tracks = self._padded_tracks(query_tracks)  # [T, S_max, D]
-        ref_group = self._group_tensor(ref_group)
-        n_groups = int(ref_group.max()) + 1
-        k = _checked_k(k, int(torch.unique(ref_group).numel()))  # groups without rows would sit at +inf
+        if not isinstance(groups, RowGroups):
+            groups = RowGroups.of(groups, len(self), self.device)
+        ref_group, n_groups = groups.row_group, groups.n_groups
+        k = _checked_k(k, groups.n_present)  # never pick a group without rows (+inf)
         out_d, out_i = [], []
         for batch in torch.split(tracks, max(1, _CELLS_PER_BLOCK // n_groups)):
             n_tracks, max_segments = batch.shape[:2]
@@ -115,19 +137,14 @@ class ReferenceIndex:
         counts = np.array([len(track) if track.size else 0 for track in tracks])
         if (counts == 0).any():
             raise ValueError(f"query track {int(np.argmin(counts))} has no segments")
+        dims = np.array([track.shape[1] for track in tracks])
+        if (dims != self.dim).any():
+            raise ValueError(f"query track {int(np.argmax(dims != self.dim))} has dimension "
+                             f"{dims[dims != self.dim][0]}, the references {self.dim}")
         segments = self._query_tensor(np.concatenate(tracks), "query segments")  # [S, D]
         first_rows = np.cumsum(counts) - counts
         rows = first_rows[:, None] + np.minimum(np.arange(counts.max())[None, :], counts[:, None] - 1)  # [T, S_max]
         return segments[torch.from_numpy(rows).to(self.device)]
-
-    def _group_tensor(self, ref_group: np.ndarray) -> torch.Tensor:
-        ref_group = np.asarray(ref_group)
-        if ref_group.shape != (len(self),) or not np.issubdtype(ref_group.dtype, np.integer):
-            raise ValueError(f"group ids must be {len(self)} integers (one per reference row), got "
-                             f"{ref_group.dtype} {ref_group.shape}")
-        if ref_group.min() < 0:
-            raise ValueError(f"group ids must be ≥ 0, got {int(ref_group.min())}")
-        return torch.from_numpy(ref_group.astype(np.int64)).to(self.device)
 
 
 class PerformanceIndex:
@@ -141,16 +158,16 @@ class PerformanceIndex:
         if segment_perf.size and (segment_perf.min() < 0 or segment_perf.max() >= len(perf_work)):
             raise ValueError(f"segment_perf must index the {len(perf_work)} performances of perf_work")
         self.index = ReferenceIndex(segment_embeddings, chunk_rows, device)
-        self.segment_perf = segment_perf.astype(np.int64)
-        self.segment_work = np.asarray(perf_work, dtype=np.int64)[self.segment_perf]
+        self.perfs = RowGroups.of(segment_perf, len(self.index), self.index.device)
+        self.works = RowGroups.of(np.asarray(perf_work)[segment_perf], len(self.index), self.index.device)
 
     def search_perfs(self, query_tracks: Sequence[np.ndarray], k: int) -> SearchResult:
         """Top-k performances (indices into ``perf_work``) per query track."""
-        return self.index.search_groups(query_tracks, self.segment_perf, k)
+        return self.index.search_groups(query_tracks, self.perfs, k)
 
     def search_works(self, query_tracks: Sequence[np.ndarray], k: int) -> SearchResult:
         """Top-k works (values of ``perf_work``) per query track; a work is as near as its nearest performance."""
-        return self.index.search_groups(query_tracks, self.segment_work, k)
+        return self.index.search_groups(query_tracks, self.works, k)
 
 
 def _cosine_distance(queries: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
