@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from csi_model.unit_rows import require_unit_rows
+
 DEFAULT_N_PAIRS = 50000
 DEFAULT_N_QUANTILES = 1001
 DEFAULT_SEED = 12345
@@ -149,11 +151,7 @@ def _checked(embeddings: np.ndarray, work_ids: np.ndarray, n_pairs: int,
         raise ValueError(f"work ids must be integers (the catalog's work_id), got dtype {work_ids.dtype}")
     if np.unique(work_ids).size < 2:
         raise ValueError("calibration needs embeddings of at least 2 different works")
-    norms = np.linalg.norm(embeddings, axis=1)
-    off = np.abs(norms - 1.0) > _NORM_TOLERANCE
-    if off.any():
-        row = int(np.argmax(off))
-        raise ValueError(f"embedding row {row} has norm {norms[row]:.6f}; calibration needs unit embeddings")
+    require_unit_rows(embeddings, "calibration embeddings", _NORM_TOLERANCE)
     if n_pairs < 2:
         raise ValueError(f"n_pairs must be ≥ 2 (a standard deviation needs two distances), got {n_pairs}")
     if n_quantiles < 3 or n_quantiles % 2 == 0:

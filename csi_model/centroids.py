@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from csi_model.unit_rows import require_unit_rows
+
 RADIUS_STDS = 1.5
 _DEGENERATE_MEAN = 1e-8
 _NORM_TOLERANCE = 1e-4
@@ -55,10 +57,5 @@ def _checked_unit_rows(embeddings: np.ndarray, work_ids: np.ndarray) -> np.ndarr
                          f"and {work_ids.shape}")
     if not np.issubdtype(work_ids.dtype, np.integer):
         raise ValueError(f"work ids must be integers (the catalog's work_id), got dtype {work_ids.dtype}")
-    norms = np.linalg.norm(embeddings, axis=1)
-    off = np.abs(norms - 1.0) > _NORM_TOLERANCE
-    if off.any():
-        row = int(np.argmax(off))
-        raise ValueError(f"embedding row {row} has norm {norms[row]:.6f}; centroids need unit embeddings "
-                         f"({int(off.sum())} rows off by more than {_NORM_TOLERANCE})")
+    require_unit_rows(embeddings, "centroid embeddings", _NORM_TOLERANCE)
     return embeddings

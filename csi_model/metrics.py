@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from csi_model.unit_rows import require_unit_rows
+
 DEFAULT_TOPK = 10000
 # Cells per block of query rows: bounds the argsort/cumsum temporaries to a few hundred MB.
 _CELLS_PER_BLOCK = 1 << 22
@@ -224,10 +226,5 @@ def _stacked_segments(tracks: list[np.ndarray], role: str) -> tuple[np.ndarray, 
     if (counts == 0).any():
         raise ValueError(f"{role} track {int(np.argmin(counts))} has no segments")
     stacked = np.concatenate([np.asarray(track, dtype=np.float32).reshape(len(track), -1) for track in tracks])
-    norms = np.linalg.norm(stacked, axis=1)
-    if not np.allclose(norms, 1.0, atol=1e-3):
-        row = int(np.argmax(np.abs(norms - 1.0)))
-        track = int(np.searchsorted(np.cumsum(counts), row, "right"))
-        raise ValueError(f"{role} track {track} has a segment with norm {norms[row]:.6f}; "
-                         "segment embeddings must be L2-normalised")
+    require_unit_rows(stacked, f"{role} segments (all tracks stacked)")
     return stacked, np.concatenate([[0], np.cumsum(counts)[:-1]])

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from csi_model.devices import pick_device
+from csi_model.unit_rows import require_unit_rows
 
 DEFAULT_CHUNK_ROWS = 65536
 # Distances held at once per block (query rows × reference rows): 64 MB of float32.
 _CELLS_PER_BLOCK = 1 << 24
-_NORM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ReferenceIndex:
 
     def __init__(self, embeddings: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | None = "cpu"):
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        _check_unit_rows(embeddings, "reference embeddings")
+        require_unit_rows(embeddings, "reference embeddings")
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be ≥ 1, got {chunk_rows}")
         self.device = pick_device(device)
@@ -124,7 +124,7 @@ class ReferenceIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None, :]
-        _check_unit_rows(queries, role)
+        require_unit_rows(queries, role)
         if queries.shape[1] != self.dim:
             raise ValueError(f"{role} have dimension {queries.shape[1]}, the references {self.dim}")
         return torch.from_numpy(queries).to(self.device)
@@ -211,14 +211,3 @@ def _checked_k(k: int, available: int) -> int:
     if available < 1:
         raise ValueError("the reference index is empty")
     return min(k, available)
-
-
-def _check_unit_rows(vectors: np.ndarray, role: str) -> None:
-    if vectors.ndim != 2 or vectors.shape[1] == 0:
-        raise ValueError(f"{role} must be a 2-D [rows, dim] array, got shape {vectors.shape}")
-    norms = np.linalg.norm(vectors, axis=1)
-    off = np.abs(norms - 1.0) > _NORM_TOLERANCE
-    if off.any():
-        row = int(np.argmax(off))
-        raise ValueError(f"{role}: row {row} has norm {norms[row]:.6f} ({int(off.sum())} rows not unit length); "
-                         "L2-normalise the embeddings first")

@@ -7,8 +7,6 @@ are ringed so a reader can judge generalisation at a glance.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
@@ -17,6 +15,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
+
+from csi_model.atomic import atomic_path
 
 MARKERS = ("o", "s", "^", "p", "x", "D")
 DEFAULT_PERPLEXITY = 30.0
@@ -69,17 +69,6 @@ def plot_tsne(distances: np.ndarray, labels: np.ndarray, out_path: str | Path,
                      linewidths=1.2)
         figure.text(0.5, 0.02, "Circles = works not seen in training", ha="center")
     axes.set_title(f"{title} ({labels.size} tracks, {works.size} works)")
-    _save_png_atomically(figure, Path(out_path))
+    with atomic_path(out_path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     return points
-
-
-def _save_png_atomically(figure: Figure, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=100)
-        os.replace(temporary, out_path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
