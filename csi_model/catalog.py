@@ -96,6 +96,26 @@ def parse_catalog(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | No
     return ParsedCatalog(catalog, rows, rejected)
 
 
+def read_records(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, object]]]:
+    """``(line number, fields)`` of every non-blank line, in the catalog's JSON or TAB ``key:value`` format.
+
+    For files whose lines only need some keys (a test set's ``perf`` list, a ``query_in_ref`` file): no row
+    validation, no audio lookup. A line that is not a record at all is an error naming the file and line.
+    """
+    catalog = Path(path)
+    records: list[tuple[int, dict[str, object]]] = []
+    for line_no, data in enumerate(catalog.read_bytes().removeprefix(UTF8_BOM).splitlines(), start=1):
+        text = data.decode("utf-8", errors="replace").strip()
+        if not text:
+            continue
+        try:
+            _check_utf8(data)
+            records.append((line_no, _json_fields(text) if text.startswith("{") else _tab_fields(text)))
+        except CatalogLineError as error:
+            raise CatalogLineError(f"{catalog}:{line_no}: {error}") from None
+    return records
+
+
 def _check_utf8(data: bytes) -> None:
     try:
         data.decode("utf-8")
