@@ -1,15 +1,169 @@
-"""Group ``serving``: reference embeddings of every known performance, for identification."""
+"""Group ``serving``: reference embeddings of every known performance, their calibration and work centroids.
 
+A reference is the original recording of a performance (its speed-1.0 variant; tempo copies are training
+augmentation, not recordings anyone will query for), from the main catalog or from an ingested batch. Each is
+embedded with ``csi_model.embedding.embed_tracks`` -- every segment, tail included -- exactly as evaluation and
+identification embed their tracks, so the three measure the same thing (the reference tool used one 135 s chunk
+here and all segments elsewhere, §11.9).
+"""
+
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
+import numpy as np
 
-from csi_assets.assets.data import cqt_features
+from csi_assets.assets.data import cqt_features, cqt_settings
 from csi_assets.assets.training import trained_model
+from csi_assets.model_loading import LoadedModel, ModelLoadError, load_model
+from csi_assets.progress import Progress
+from csi_assets.resources import DatasetResource, StoreResource
+from csi_assets.store import Store
+from csi_assets.store import embeddings as embedding_store
+from csi_assets.store import features as feature_store
+from csi_assets.store import models as model_store
+from csi_model.calibration import Calibration, compute_calibration
+from csi_model.centroids import WorkCentroids, compute_centroids
+from csi_model.cqt import load_feature
+from csi_model.embedding import embed_tracks
 
 GROUP = "serving"
+TRACKS_PER_BATCH = 64
+"""Tracks per ``embed_tracks`` call and per store write: long enough batches for the length-sorted segment
+batching, short enough that a killed run loses little and the progress line moves."""
 
 
-@dg.asset(group_name=GROUP, deps=[trained_model, cqt_features])
-def reference_embeddings() -> dg.MaterializeResult:
-    """Segment embeddings of every reference performance for the promoted model; only missing pairs computed."""
-    raise dg.Failure(description="reference_embeddings is not implemented yet (issue 5)")
+@dataclass(frozen=True)
+class EmbedStats:
+    computed: int  # performances embedded by this call
+    reused: int  # performances that already had embeddings for the model
+    segments: int  # segments written by this call
+    too_short: list[str]  # performances shorter than the model's minimum input
+    seconds: float
+
+
+def reference_rows(store: Store, dataset: DatasetResource) -> list[dict[str, Any]]:
+    """The original recording (speed 1.0) of every performance that has a feature, with its work id."""
+    settings_hash = cqt_settings(dataset.hparams()).settings_hash()
+    return [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if r["speed"] == 1.0]
+
+
+def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Sequence[dict[str, Any]],
+                  log: Any, tracks_per_batch: int = TRACKS_PER_BATCH) -> EmbedStats:
+    """Embed the ``references`` (feature_table rows) that have no embedding for ``model`` yet and store them.
+
+    Plain function so the delta-ingestion sensor can embed the performances of a new batch only."""
+    start = time.monotonic()
+    done = embedding_store.embedded_perfs(store, dataset, model.model_id)
+    todo = [r for r in references if r["perf"] not in done]
+    too_short = [r["perf"] for r in todo if r["n_frames"] < model.min_raw_frames]
+    todo = [r for r in todo if r["n_frames"] >= model.min_raw_frames]
+    for perf in too_short:
+        log.warning(f"{perf}: too short to embed (fewer than {model.min_raw_frames} CQT frames)")
+    progress = Progress(log, f"embedding references with {model.model_id}", len(todo), "tracks")
+    segments = 0
+    hp = model.hparams
+    for first in range(0, len(todo), tracks_per_batch):
+        batch = todo[first:first + tracks_per_batch]
+        features = [load_feature(r["feat"]) for r in batch]
+        vectors = embed_tracks(model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, model.device)
+        starts = [model.segment_starts(len(f)) for f in features]
+        for row, s, v in zip(batch, starts, vectors):
+            if len(s) != len(v):
+                raise RuntimeError(f"{row['perf']}: {len(v)} embeddings for {len(s)} segment starts")
+        segments += embedding_store.write_embeddings(store, dataset, model.model_id, [r["perf"] for r in batch],
+                                                     starts, vectors)
+        progress.advance(len(batch))
+    return EmbedStats(len(todo), len(references) - len(todo) - len(too_short), segments, too_short,
+                      time.monotonic() - start)
+
+
+def perf_vectors(stored: embedding_store.StoredEmbeddings) -> np.ndarray:
+    """One unit vector per performance: the normalised mean of its segment vectors, [P, D].
+
+    Calibration and centroids need one point per *recording*: with segments as points a 10-minute track would
+    weigh five times as much as a 2-minute one in the null distribution and in its work's centroid, and pairs
+    of segments of one recording would be neither "same work" nor independent. The spherical mean is also the
+    point closest (in summed cosine) to all of a track's segments."""
+    first_rows = np.flatnonzero(np.r_[True, np.diff(stored.segment_perf) != 0])
+    sums = np.add.reduceat(stored.vectors.astype(np.float64), first_rows, axis=0)  # [P, D]
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def refresh_statistics(store: Store, dataset: str, model_id: str) -> tuple[Calibration, WorkCentroids, int, int]:
+    """Recompute and store the model's calibration and work centroids from its stored embeddings.
+
+    Returns (calibration, centroids, performances, segments)."""
+    stored = embedding_store.load_embeddings(store, dataset, model_id)
+    if len(stored) == 0:
+        raise ValueError(f"no reference embeddings of model {model_id} in dataset {dataset!r}")
+    vectors = perf_vectors(stored)
+    calibration = compute_calibration(vectors, stored.work_ids)
+    centroids = compute_centroids(vectors, stored.work_ids)
+    embedding_store.save_calibration(store, dataset, model_id, calibration.to_dict())
+    embedding_store.replace_centroids(store, dataset, model_id, centroids.work_ids, centroids.centroids,
+                                      centroids.radii, centroids.coherence, centroids.n_members)
+    return calibration, centroids, len(stored.perfs), len(stored)
+
+
+def _promoted(store: Store, dataset: DatasetResource) -> LoadedModel:
+    try:
+        return load_model(store, dataset.name)
+    except ModelLoadError as err:
+        raise dg.Failure(description=str(err)) from err
+
+
+@dg.asset(group_name=GROUP, deps=[trained_model, cqt_features], kinds={"pytorch", "duckdb"})
+def reference_embeddings(context: dg.AssetExecutionContext, dataset: DatasetResource,
+                         store: StoreResource) -> dg.MaterializeResult:
+    """Segment embeddings of every reference performance for the promoted model (only missing (perf, model)
+    pairs are computed; performances gone from the catalog lose theirs), then the model's calibration and work
+    centroids, recomputed from all of them."""
+    db = store.store()
+    model = _promoted(db, dataset)
+    removed = embedding_store.forget_uncatalogued(db, dataset.name)
+    references = reference_rows(db, dataset)
+    stats = embed_missing(db, dataset.name, model, references, context.log)
+    try:
+        calibration, centroids, n_perfs, n_segments = refresh_statistics(db, dataset.name, model.model_id)
+    except ValueError as err:
+        raise dg.Failure(description=f"calibration/centroids of {model.model_id} failed: {err}") from err
+    rate = stats.segments / stats.seconds if stats.computed else 0.0
+    context.log.info(f"{stats.computed} performances ({stats.segments} segments) embedded in {stats.seconds:.1f} s"
+                     f" ({rate:.1f} segments/s); {stats.reused} reused; {removed} stale segment rows removed")
+    return dg.MaterializeResult(metadata={
+        "model_id": model.model_id,
+        "performances": n_perfs,
+        "segments": n_segments,
+        "computed_now": stats.computed,
+        "reused": stats.reused,
+        "segments_computed_now": stats.segments,
+        "segments_per_s": round(rate, 1),
+        "removed_segment_rows": removed,
+        "too_short": dg.MetadataValue.json(stats.too_short),
+        "works": int(centroids.work_ids.size),
+        "calibration_mu": round(calibration.mu, 6),
+        "calibration_sigma": round(calibration.sigma, 6),
+        "calibration_pairs": calibration.n_pairs,
+        "centroid_coherence_median": round(float(np.median(centroids.coherence)), 4),
+        "device": str(model.device),
+    })
+
+
+@dg.asset_check(asset=reference_embeddings,
+                description="Every reference performance has embeddings for the promoted model.")
+def reference_embeddings_cover_catalog(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
+    db = store.store()
+    model = model_store.promoted_model(db, dataset.name)
+    if model is None:
+        return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {dataset.name}"})
+    references = reference_rows(db, dataset)
+    counts = embedding_store.segment_counts(db, dataset.name, model["model_id"])
+    missing = sorted(r["perf"] for r in references if counts.get(r["perf"], 0) == 0)
+    return dg.AssetCheckResult(passed=not missing, metadata={
+        "model_id": model["model_id"], "references": len(references), "embedded": len(references) - len(missing),
+        "missing": dg.MetadataValue.json(missing[:20])})

@@ -1,0 +1,77 @@
+"""reference_embeddings on a real synthetic project with a tiny registered model: every original performance
+embedded segment by segment, incremental re-runs, removals, calibration, centroids and the coverage check."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from csi_assets.assets import serving
+from csi_assets.model_loading import load_model
+from csi_assets.store import embeddings as embedding_store
+from csi_model.calibration import Calibration
+from tests.serving_fixtures import materialize_data, project_with_model
+
+SERVING = [serving.reference_embeddings, serving.reference_embeddings_cover_catalog]
+
+
+def _materialize(project) -> dict:
+    result = dg.materialize(SERVING, resources=project.resources, instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+    metadata = result.asset_materializations_for_node("reference_embeddings")[0].metadata
+    return {key: value.value for key, value in metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    project, model_id, hp = project_with_model(tmp_path_factory.mktemp("serving"))
+    first = _materialize(project)
+    return project, model_id, first
+
+
+def test_every_original_performance_is_embedded_segment_by_segment(served) -> None:
+    project, model_id, first = served
+    assert first["computed_now"] == 15 and first["reused"] == 0 and first["model_id"] == model_id
+    model = load_model(project.store, "dataset")
+    references = serving.reference_rows(project.store, project.resources["dataset"])
+    assert len(references) == 15 and all(r["speed"] == 1.0 for r in references)
+    stored = embedding_store.load_embeddings(project.store, "dataset", model_id)
+    assert sorted(stored.perfs) == sorted(r["perf"] for r in references)
+    for row in references:
+        rows = np.flatnonzero(stored.perfs[stored.segment_perf] == row["perf"])
+        expected = model.segment_starts(row["n_frames"])
+        assert len(expected) > 1  # the tiny window cuts each 6 s track into several segments
+        assert np.array_equal(stored.start_frames[rows], expected)
+    assert np.allclose(np.linalg.norm(stored.vectors, axis=1), 1.0, atol=1e-5)
+    assert first["segments"] == len(stored) == first["segments_computed_now"]
+
+
+def test_calibration_and_centroids_are_stored(served) -> None:
+    project, model_id, first = served
+    calibration = Calibration.from_dict(embedding_store.calibration(project.store, "dataset", model_id))
+    assert calibration.mu == pytest.approx(first["calibration_mu"], abs=1e-6)
+    assert calibration.n_pairs == 90  # 15 perfs of 5 works: all 15·14/2 − 5·3 cross-work pairs
+    centroids = embedding_store.centroids(project.store, "dataset", model_id)
+    assert [c["work_id"] for c in centroids] == list(range(5))
+    assert all(c["n_members"] == 3 and len(c["centroid"]) == 32 for c in centroids)
+
+
+def test_rerun_computes_nothing_new_perf_only_it_removed_perf_loses_rows(served) -> None:
+    project, model_id, _ = served
+    again = _materialize(project)
+    assert again["computed_now"] == 0 and again["reused"] == 15
+
+    catalog = project.dataset_dir / "dataset.txt"
+    lines = catalog.read_text().splitlines()
+    added = dict(json.loads(lines[0]), perf="extra_take")
+    gone = json.loads(lines[-1])["perf"]
+    catalog.write_text("\n".join(lines[:-1] + [json.dumps(added)]) + "\n")
+    materialize_data(project)
+    changed = _materialize(project)
+    assert changed["computed_now"] == 1 and changed["reused"] == 14 and changed["removed_segment_rows"] > 0
+    perfs = embedding_store.embedded_perfs(project.store, "dataset", model_id)
+    assert "extra_take" in perfs and gone not in perfs and len(perfs) == 15
