@@ -33,7 +33,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import nnAudio.features
 import numpy as np
