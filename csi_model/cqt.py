@@ -123,6 +123,8 @@ def compute_cqt(
     padded samples is one forward pass. Results come back in input order.
     """
     lengths = np.array([len(signal) for signal in signals])
+    if (lengths == 0).any():
+        raise ValueError(f"empty signal(s) at index {np.flatnonzero(lengths == 0).tolist()}: nothing to transform")
     features: list[np.ndarray] = [np.empty(0)] * len(signals)
     for batch in _length_batches(lengths, settings.half_window, batch_samples):
         for index, feature in zip(batch, _cqt_batch([signals[i] for i in batch], settings, device)):

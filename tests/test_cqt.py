@@ -34,6 +34,11 @@ def test_orientation_440hz_peaks_at_bin_45_and_110hz_at_bin_21() -> None:
     assert [int(f.astype(np.float32).mean(axis=0).argmax()) for f in features] == list(expected.values())
 
 
+def test_empty_signal_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"index \[1\]"):
+        compute_cqt([harmonic_tone(220.0, 0.1, SAMPLE_RATE), np.zeros(0, np.float32)], CqtSettings(), CPU)
+
+
 def test_fps_and_frames_follow_the_hop() -> None:
     settings = CqtSettings(hop=320)
     assert CqtSettings().fps == 25.0 and settings.fps == 50.0
