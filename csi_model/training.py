@@ -124,6 +124,10 @@ class Trainer:
         self.progress = progress
         self.test_sets = list(test_sets)
         self.num_classes = _num_classes(hp, [train_items, val_items, test_items])
+        for ts in self.test_sets:
+            _check_long_enough([*ts.queries, *(ts.refs or ())], hp.mean_size, f"test set {ts.name!r}")
+        for name, items in (("train", train_items), ("val", val_items), ("test", test_items)):
+            _check_long_enough(items, hp.mean_size, f"{name} split")
 
         torch.manual_seed(hp.seed)
         self.model = CoverHunter(ModelConfig.from_hparams(hp, self.num_classes)).to(self.device)
@@ -407,6 +411,16 @@ def _num_classes(hp: TrainingHParams, item_lists: Iterable[Sequence[FeatureItem]
         raise ValueError(f"{hp.source or '<hparams>'}: foc.output_dims {hp.foc.output_dims} is too small for "
                          f"work_id {largest}")
     return hp.foc.output_dims
+
+
+def _check_long_enough(items: Iterable[FeatureItem], mean_size: int, where: str) -> None:
+    """Fail before training, naming the files, rather than when a random batch first meets a too-short track."""
+    shortest = (CoverHunter.min_input_frames - 1) * mean_size + 1  # pools to the model's minimum input
+    short = [it for it in items if it.n_frames < shortest]
+    if short:
+        names = ", ".join(f"{it.feat_path} ({it.n_frames})" for it in short[:3])
+        raise ValueError(f"{where}: {len(short)} track(s) have fewer than {shortest} raw frames, the model's "
+                         f"minimum at mean_size {mean_size}: {names}{' ...' if len(short) > 3 else ''}")
 
 
 def _optimizer(hp: TrainingHParams, model: torch.nn.Module) -> torch.optim.Optimizer:

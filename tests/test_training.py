@@ -83,6 +83,12 @@ def test_poisoned_features_abort(tmp_path):
         train(tiny_hparams(max_epochs=2), items, tmp_path / "model")
 
 
+def test_too_short_tracks_are_named_before_training(tmp_path):
+    items = synthetic_features(tmp_path, n_works=2, perfs_per_work=4, n_frames=(12, 12), seed=1)
+    with pytest.raises(ValueError, match="fewer than 13 raw frames.*w000_p0.npy"):
+        train(tiny_hparams(), items, tmp_path / "model")
+
+
 def test_early_stopping_stops_and_a_rerun_does_nothing(data, tmp_path):
     # Validation on works the classifier never sees: their focal loss only grows, so patience runs out.
     hp = tiny_hparams(max_epochs=10, early_stopping_patience=2)
