@@ -19,6 +19,8 @@ from csi_model.unit_rows import require_unit_rows
 DEFAULT_TOPK = 10000
 # Cells per block of query rows: bounds the argsort/cumsum temporaries to a few hundred MB.
 _CELLS_PER_BLOCK = 1 << 22
+# Up to this many relevant references per query, ranking by counting beats sorting the row.
+_MAX_COUNTED_RELEVANT = 16
 
 
 @dataclass(frozen=True)
@@ -178,22 +180,50 @@ def _metric_columns(per_query: PerQueryMetrics) -> np.ndarray:
 
 def _score_rows(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
                 excluded: np.ndarray | None, depth: int) -> tuple[np.ndarray, ...]:
-    if excluded is not None:
-        # Excluded cells sort after every finite distance, so the stable order of the rest is untouched.
-        distances = np.where(excluded, np.inf, distances)
-    order = np.argsort(distances, axis=1, kind="stable")[:, :depth]  # [B, depth]
-    relevant = ref_labels[order] == query_labels[:, None]  # [B, depth]
-    if excluded is not None:
-        relevant &= ~np.take_along_axis(excluded, order, axis=1)
-    hits_so_far = np.cumsum(relevant, axis=1)  # [B, depth]
-    ranks = np.arange(1, depth + 1)
-    n_found = hits_so_far[:, -1] if depth else np.zeros(len(distances), dtype=np.int64)
-    precision_sum = np.where(relevant, hits_so_far / ranks, 0.0).sum(axis=1)
-    average_precision = np.divide(precision_sum, n_found, out=np.zeros(len(distances)), where=n_found > 0)
-    first_rank = np.where(n_found > 0, relevant.argmax(axis=1) + 1, 0)
-    hit_at_1 = relevant[:, 0] if depth else np.zeros(len(distances), dtype=bool)
-    precision_at_10 = relevant[:, :10].sum(axis=1) / 10.0
-    return average_precision, first_rank.astype(np.int64), hit_at_1, precision_at_10
+    """All four metrics follow from the ranks of a row's relevant cells, so only those are ranked."""
+    kept = np.ones(distances.shape, dtype=bool) if excluded is None else ~excluded
+    ranks = _relevant_ranks(distances, (ref_labels[None, :] == query_labels[:, None]) & kept, kept)  # [B, K]
+    found = ranks <= depth  # sorted ranks, so the found ones come first in each row
+    n_found = found.sum(axis=1)
+    hits_so_far = np.arange(1, ranks.shape[1] + 1)  # the m-th relevant cell has m hits up to its rank
+    precision_sum = np.where(found, hits_so_far / ranks, 0.0).sum(axis=1)
+    average_precision = np.divide(precision_sum, n_found, out=np.zeros(len(ranks)), where=n_found > 0)
+    first_rank = np.where(n_found > 0, ranks[:, 0], 0).astype(np.int64)
+    hit_at_1 = first_rank == 1
+    precision_at_10 = (ranks <= min(10, depth)).sum(axis=1) / 10.0
+    return average_precision, first_rank, hit_at_1, precision_at_10
+
+
+def _relevant_ranks(distances: np.ndarray, relevant: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """1-based stable-sort ranks among the kept cells of each row's relevant cells, ascending [B, K].
+
+    Rows with fewer than K relevant cells are padded with a rank past the end. Works have a handful of
+    performances, so counting the cells ahead of each relevant one (K passes over the block) beats sorting
+    whole rows; a block with many relevant cells per row falls back to a stable argsort.
+    """
+    n_rows, n_cols = distances.shape
+    counts = relevant.sum(axis=1)
+    width = max(int(counts.max(initial=0)), 1)
+    rows, cols = np.nonzero(relevant)  # row-major: columns ascend within a row
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    past_end = n_cols + 1
+    ranks = np.full((n_rows, width), past_end, dtype=np.int64)
+    if width <= _MAX_COUNTED_RELEVANT:
+        column = np.full((n_rows, width), n_cols, dtype=np.int64)
+        column[rows, slot] = cols
+        index = np.arange(n_cols)
+        candidates = np.where(kept, distances, np.inf)  # excluded cells are never ahead of a kept one
+        for m in range(width):  # a loop over relevant slots, each pass vectorised over the whole block
+            present = column[:, m] < n_cols
+            own = np.minimum(column[:, m], n_cols - 1)[:, None]
+            threshold = np.take_along_axis(distances, own, axis=1)  # [B, 1]
+            ahead = (candidates < threshold) | ((candidates == threshold) & (index < own))
+            ranks[present, m] = ahead[present].sum(axis=1) + 1
+        return np.sort(ranks, axis=1)
+    order = np.argsort(np.where(kept, distances, np.inf), axis=1, kind="stable")  # excluded cells sort last
+    rows, positions = np.nonzero(np.take_along_axis(relevant, order, axis=1))
+    ranks[rows, slot] = positions + 1  # slot order = rank order here, since positions ascend within a row
+    return ranks
 
 
 def _checked(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,

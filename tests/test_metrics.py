@@ -93,11 +93,12 @@ def _reference_metrics(distances, query_labels, ref_labels, excluded, topk):
 
 
 @pytest.mark.parametrize("topk", [10000, 7])
-def test_vectorised_metrics_equal_a_per_query_loop(topk):
+@pytest.mark.parametrize("n_labels", [12, 2])  # few relevant refs per query (ranked by counting) or many (sorted)
+def test_vectorised_metrics_equal_a_per_query_loop(topk, n_labels):
     rng = np.random.default_rng(3)
     # Distances rounded to 1 decimal: many ties, so the stable order matters.
     distances = np.round(rng.random((50, 60)), 1)
-    query_labels, ref_labels = rng.integers(0, 12, 50), rng.integers(0, 12, 60)
+    query_labels, ref_labels = rng.integers(0, n_labels, 50), rng.integers(0, n_labels, 60)
     excluded = rng.random((50, 60)) < 0.1
     per_query = per_query_metrics(distances, query_labels, ref_labels, excluded, topk)
     expected = _reference_metrics(distances, query_labels, ref_labels, excluded, topk)
