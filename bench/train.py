@@ -115,7 +115,10 @@ def measure(name: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", choices=("default", "demo"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(measure(args.one)))
         return
@@ -123,7 +126,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; load average {load} "
           f"({os.cpu_count()} cores): figures scale with what else runs")
     for name in ("demo", "default"):
-        out = subprocess.run([sys.executable, __file__, "--one", name], check=True, capture_output=True, text=True)
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        out = subprocess.run([sys.executable, __file__, "--one", name, *threads], check=True, capture_output=True,
+                             text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"\n{name} config:")
         print(f"  data loader only : {r['loader_samples_per_s']:10.1f} samples/s")
