@@ -230,7 +230,8 @@ def speed_variants(
     rendered, errors = render_variants(planned, stored, context.log)
     if errors:
         raise dg.Failure(description="tempo variants failed:\n" + "\n".join(errors[:20]))
-    feature_store.replace_variants(db, dataset.name, [variant_row(v, h) for v, h in planned])
+    feature_store.replace_variants(db, dataset.name, [p["perf"] for p in originals],
+                                  [variant_row(v, h) for v, h in planned])
     return dg.MaterializeResult(
         metadata={
             "variants": len(planned),

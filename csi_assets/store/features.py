@@ -10,14 +10,17 @@ from csi_assets.store.connection import Store
 from csi_assets.store.rows import fetch_dicts, upsert
 
 
-def replace_variants(store: Store, dataset: str, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Make the variants of ``dataset`` exactly ``rows``; a variant that disappears loses its features too."""
+def replace_variants(store: Store, dataset: str, perfs: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> int:
+    """Make the variants of ``perfs`` exactly ``rows``: a variant that disappears (its factor was dropped) loses its
+    features too. Variants of other performances (ingested batches) are left alone."""
+    keep = [r["variant"] for r in rows]
+    scope = "dataset = ? AND list_contains(?, perf) AND NOT list_contains(?, variant)"
     with store.transaction() as con:
-        keep = [r["variant"] for r in rows]
         con.execute(
-            "DELETE FROM features WHERE dataset = ? AND NOT list_contains(?, variant)", [dataset, keep]
+            f"DELETE FROM features WHERE dataset = ? AND variant IN (SELECT variant FROM variants WHERE {scope})",
+            [dataset, dataset, list(perfs), keep],
         )
-        con.execute("DELETE FROM variants WHERE dataset = ? AND NOT list_contains(?, variant)", [dataset, keep])
+        con.execute(f"DELETE FROM variants WHERE {scope}", [dataset, list(perfs), keep])
         return upsert(con, "variants", ("dataset", "variant"), [dict(r, dataset=dataset) for r in rows])
 
 
