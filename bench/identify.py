@@ -5,7 +5,7 @@ Synthetic unit references at segment level (2 segments per performance, 5 perfor
 so runs on different machines compare. ``time_search`` is the reusable timer: wrap any query (e.g. the model's
 forward pass plus the search) in a zero-argument callable.
 
-    .venv/bin/python bench/identify.py [--sizes 10000 100000 1000000] [--repeats 30]
+    .venv/bin/python bench/identify.py [--sizes 10000 100000 1000000] [--repeats 30] [--threads N]
 """
 
 from __future__ import annotations
@@ -79,7 +79,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
                         help="reference segment counts; the first is the baseline of the ratios")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch intra-op threads (1 is steadier on a machine shared with other jobs)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; dim {DIM}, query = {QUERY_SEGMENTS} "
           f"segments, top {TOP_K}, batch {BATCH_QUERIES} queries")

@@ -8,12 +8,13 @@ few, otherwise rejection-sample with a bounded number of vectorised rounds (§11
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from csi_model.unit_rows import require_unit_rows
+from csi_model.unit_rows import padded_rows, require_unit_rows, stack_tracks
 
 DEFAULT_N_PAIRS = 50000
 DEFAULT_N_QUANTILES = 1001
@@ -22,6 +23,8 @@ _SMALLEST_PROBABILITY = 1e-6
 _MAX_ROUNDS = 16
 _MAX_CANDIDATES_PER_ROUND = 1 << 23
 _NORM_TOLERANCE = 1e-4
+# Bound on pairs × S_max² × D per block of track pairs: keeps the gathered segments and products near 256 MB.
+_PAIR_CELLS_PER_BLOCK = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,35 @@ class Calibration:
 def compute_calibration(embeddings: np.ndarray, work_ids: np.ndarray, n_pairs: int = DEFAULT_N_PAIRS,
                         n_quantiles: int = DEFAULT_N_QUANTILES, seed: int = DEFAULT_SEED) -> Calibration:
     """Null distribution of 1 − cos between unit embeddings [N, D] of different works (``work_ids`` [N])."""
-    embeddings, work_ids = _checked(embeddings, work_ids, n_pairs, n_quantiles)
-    first, second = cross_work_pairs(work_ids, n_pairs, seed)
-    if first.size < 2:
-        raise ValueError(f"only {first.size} cross-work pair exists; calibration needs at least 2")
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2:
+        raise ValueError(f"need embeddings [N, D], got shape {embeddings.shape}")
+    require_unit_rows(embeddings, "calibration embeddings", _NORM_TOLERANCE)
+    first, second = _null_pairs(work_ids, len(embeddings), n_pairs, n_quantiles, seed)
     dots = np.einsum("nd,nd->n", embeddings[first], embeddings[second], dtype=np.float64)
-    distances = np.sort(1.0 - np.clip(dots, -1.0, 1.0))
+    return _from_null_distances(1.0 - np.clip(dots, -1.0, 1.0), n_quantiles)
+
+
+def compute_track_calibration(tracks: Sequence[np.ndarray], work_ids: np.ndarray, n_pairs: int = DEFAULT_N_PAIRS,
+                              n_quantiles: int = DEFAULT_N_QUANTILES, seed: int = DEFAULT_SEED) -> Calibration:
+    """Null distribution of the *track* distance (min over segment pairs, §6.1.5) between different works.
+
+    Identification and evaluation score tracks by their nearest segment pair; a minimum over many pairs is
+    smaller than a single pair's distance, so only a null of that same statistic gives honest p-values.
+    """
+    segments, counts = stack_tracks(tracks, "calibration")
+    first, second = _null_pairs(work_ids, len(tracks), n_pairs, n_quantiles, seed)
+    rows = padded_rows(counts)  # [T, S_max]
+    pairs_per_block = max(1, _PAIR_CELLS_PER_BLOCK // (rows.shape[1] ** 2 * segments.shape[1]))
+    nearest = np.concatenate([
+        np.einsum("psd,pqd->psq", segments[rows[first[lo:lo + pairs_per_block]]],
+                  segments[rows[second[lo:lo + pairs_per_block]]], dtype=np.float64).max(axis=(1, 2))
+        for lo in range(0, first.size, pairs_per_block)])  # [pairs] best segment-pair cosine
+    return _from_null_distances(1.0 - np.clip(nearest, -1.0, 1.0), n_quantiles)
+
+
+def _from_null_distances(distances: np.ndarray, n_quantiles: int) -> Calibration:
+    distances = np.sort(distances)
     sigma = float(distances.std(ddof=1))
     if not sigma > 0.0:
         raise ValueError(f"all {distances.size} cross-work distances are equal ({distances[0]:.6f}); "
@@ -141,19 +167,20 @@ def _too_few_pairs_error(found: int, n_pairs: int, acceptance: float) -> ValueEr
                       "references of other works")
 
 
-def _checked(embeddings: np.ndarray, work_ids: np.ndarray, n_pairs: int,
-             n_quantiles: int) -> tuple[np.ndarray, np.ndarray]:
-    embeddings, work_ids = np.asarray(embeddings), np.asarray(work_ids)
-    if embeddings.ndim != 2 or work_ids.shape != (embeddings.shape[0],):
-        raise ValueError(f"need embeddings [N, D] and one work id per row, got {embeddings.shape} and "
-                         f"{work_ids.shape}")
+def _null_pairs(work_ids: np.ndarray, n_items: int, n_pairs: int, n_quantiles: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    work_ids = np.asarray(work_ids)
+    if work_ids.shape != (n_items,):
+        raise ValueError(f"need one work id per embedding/track ({n_items}), got shape {work_ids.shape}")
     if not np.issubdtype(work_ids.dtype, np.integer):
         raise ValueError(f"work ids must be integers (the catalog's work_id), got dtype {work_ids.dtype}")
     if np.unique(work_ids).size < 2:
         raise ValueError("calibration needs embeddings of at least 2 different works")
-    require_unit_rows(embeddings, "calibration embeddings", _NORM_TOLERANCE)
     if n_pairs < 2:
         raise ValueError(f"n_pairs must be ≥ 2 (a standard deviation needs two distances), got {n_pairs}")
     if n_quantiles < 3 or n_quantiles % 2 == 0:
         raise ValueError(f"n_quantiles must be odd and ≥ 3 (lower tail, median, upper tail), got {n_quantiles}")
-    return embeddings, work_ids
+    first, second = cross_work_pairs(work_ids, n_pairs, seed)
+    if first.size < 2:
+        raise ValueError(f"only {first.size} cross-work pair exists; calibration needs at least 2")
+    return first, second

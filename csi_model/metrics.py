@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from csi_model.unit_rows import require_unit_rows
+from csi_model.unit_rows import stack_tracks
 
 DEFAULT_TOPK = 10000
 # Cells per block of query rows: bounds the argsort/cumsum temporaries to a few hundred MB.
@@ -151,8 +151,9 @@ def min_segment_distance(query_segments: list[np.ndarray], ref_segments: list[np
     One matrix product per block of query tracks, then segment→track max-similarity reductions along both axes
     (``np.maximum.reduceat``); blocks hold at most ``max_cells`` similarities.
     """
-    queries, query_starts = _stacked_segments(query_segments, "query")
-    refs, ref_starts = _stacked_segments(ref_segments, "reference")
+    queries, query_counts = stack_tracks(query_segments, "query")
+    refs, ref_counts = stack_tracks(ref_segments, "reference")
+    query_starts, ref_starts = np.cumsum(query_counts) - query_counts, np.cumsum(ref_counts) - ref_counts
     query_bounds = np.append(query_starts, len(queries))
     rows_per_block = max(1, max_cells // len(refs))
     distances = np.empty((len(query_segments), len(ref_segments)), dtype=np.float32)
@@ -246,15 +247,3 @@ def _checked(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.nda
     if topk < 1:
         raise ValueError(f"topk must be ≥ 1, got {topk}")
     return distances, query_labels, ref_labels, excluded
-
-
-def _stacked_segments(tracks: list[np.ndarray], role: str) -> tuple[np.ndarray, np.ndarray]:
-    """All segments in one float32 matrix plus each track's first row (what ``reduceat`` needs)."""
-    if len(tracks) == 0:
-        raise ValueError(f"no {role} tracks given")
-    counts = np.array([len(track) for track in tracks])
-    if (counts == 0).any():
-        raise ValueError(f"{role} track {int(np.argmin(counts))} has no segments")
-    stacked = np.concatenate([np.asarray(track, dtype=np.float32).reshape(len(track), -1) for track in tracks])
-    require_unit_rows(stacked, f"{role} segments (all tracks stacked)")
-    return stacked, np.concatenate([[0], np.cumsum(counts)[:-1]])

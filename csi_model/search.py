@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from csi_model.devices import pick_device
-from csi_model.unit_rows import require_unit_rows
+from csi_model.unit_rows import padded_rows, require_unit_rows, stack_tracks
 
 DEFAULT_CHUNK_ROWS = 65536
 # Distances held at once per block (query rows × reference rows): 64 MB of float32.
@@ -130,21 +130,11 @@ class ReferenceIndex:
         return torch.from_numpy(queries).to(self.device)
 
     def _padded_tracks(self, query_tracks: Sequence[np.ndarray]) -> torch.Tensor:
-        """Tracks as one [T, S_max, D] tensor; short tracks repeat their last segment, which leaves a max unchanged."""
-        if len(query_tracks) == 0:
-            raise ValueError("no query tracks given")
-        tracks = [np.atleast_2d(np.asarray(track, dtype=np.float32)) for track in query_tracks]
-        counts = np.array([len(track) if track.size else 0 for track in tracks])
-        if (counts == 0).any():
-            raise ValueError(f"query track {int(np.argmin(counts))} has no segments")
-        dims = np.array([track.shape[1] for track in tracks])
-        if (dims != self.dim).any():
-            raise ValueError(f"query track {int(np.argmax(dims != self.dim))} has dimension "
-                             f"{dims[dims != self.dim][0]}, the references {self.dim}")
-        segments = self._query_tensor(np.concatenate(tracks), "query segments")  # [S, D]
-        first_rows = np.cumsum(counts) - counts
-        rows = first_rows[:, None] + np.minimum(np.arange(counts.max())[None, :], counts[:, None] - 1)  # [T, S_max]
-        return segments[torch.from_numpy(rows).to(self.device)]
+        """Tracks as one [T, S_max, D] tensor (short tracks repeat their last segment)."""
+        segments, counts = stack_tracks(query_tracks, "query")
+        if segments.shape[1] != self.dim:
+            raise ValueError(f"query segments have dimension {segments.shape[1]}, the references {self.dim}")
+        return torch.from_numpy(segments[padded_rows(counts)]).to(self.device)
 
 
 class PerformanceIndex:

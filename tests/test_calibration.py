@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from csi_model.calibration import Calibration, compute_calibration, cross_work_pairs, ecdf_probabilities
+from csi_model.calibration import (Calibration, compute_calibration, compute_track_calibration, cross_work_pairs,
+                                   ecdf_probabilities)
+from csi_model.metrics import min_segment_distance
 
 
 def _clustered(rng, n_works=10, per_work=5, dim=16, spread=0.1):
@@ -101,3 +103,25 @@ def test_a_dominating_work_makes_sampling_fail_loudly():
     work_ids[:2] = 1  # 400k cross-work pairs among 2·10^10: too rare to sample 300k of them
     with pytest.raises(ValueError, match="one work dominates"):
         cross_work_pairs(work_ids, n_pairs=300_000)
+
+
+def test_track_calibration_uses_the_min_segment_pair_distance():
+    rng = np.random.default_rng(6)
+    vectors, work_ids = _clustered(rng, n_works=6, per_work=3)
+    counts = rng.integers(1, 4, size=work_ids.size)
+    tracks = np.split(vectors[rng.integers(0, len(vectors), counts.sum())], np.cumsum(counts)[:-1])
+    calibration = compute_track_calibration(tracks, work_ids, n_pairs=10_000)  # enumerates all 135 pairs
+    distances = min_segment_distance(tracks, tracks).astype(np.float64)
+    cross = distances[np.triu(work_ids[:, None] != work_ids[None, :], k=1)]
+    assert calibration.n_pairs == cross.size == 135
+    assert calibration.mu == pytest.approx(cross.mean(), abs=1e-6)
+    assert calibration.sigma == pytest.approx(cross.std(ddof=1), abs=1e-6)
+
+
+def test_track_calibration_of_single_segment_tracks_equals_the_vector_calibration():
+    rng = np.random.default_rng(7)
+    vectors, work_ids = _clustered(rng, n_works=30, per_work=4)
+    by_vector = compute_calibration(vectors, work_ids, n_pairs=1000)
+    by_track = compute_track_calibration(list(vectors[:, None, :]), work_ids, n_pairs=1000)
+    assert by_track.mu == pytest.approx(by_vector.mu) and by_track.sigma == pytest.approx(by_vector.sigma)
+    np.testing.assert_allclose(by_track.ecdf_quantiles, by_vector.ecdf_quantiles, atol=1e-6)

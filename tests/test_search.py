@@ -105,7 +105,9 @@ def test_search_groups_takes_plain_group_ids_and_checks_track_dimensions():
     by_perf = PerformanceIndex(embeddings, segment_perf, perf_work).search_perfs(queries, 4)
     plain = ReferenceIndex(embeddings).search_groups(queries, segment_perf, 4)
     np.testing.assert_array_equal(plain.indices, by_perf.indices)
-    with pytest.raises(ValueError, match="query track 1 has dimension 8, the references 16"):
+    with pytest.raises(ValueError, match="query track 1 has dimension 8, track 0 has 16"):
         ReferenceIndex(embeddings).search_groups([_unit(rng, 2), _unit(rng, 2, dim=8)], segment_perf, 4)
+    with pytest.raises(ValueError, match="query segments have dimension 8, the references 16"):
+        ReferenceIndex(embeddings).search_groups([_unit(rng, 2, dim=8)], segment_perf, 4)
     with pytest.raises(ValueError, match="group ids must be 25 integers"):
         ReferenceIndex(embeddings).search_groups(queries, segment_perf[:-1], 4)
