@@ -71,7 +71,7 @@ class ReferenceIndex:
 
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
         """The k nearest references of every query row (k is capped at the number of references)."""
-        queries = self._query_tensor(queries, "queries")
+        queries = self._query_tensor(queries)
         k = _checked_k(k, len(self))
         out_d, out_i = [], []
         for batch in torch.split(queries, self._query_rows_per_batch()):
@@ -105,8 +105,8 @@ class ReferenceIndex:
                 # 1 − clamp(·) is monotone, so the nearest segment pair is the most similar one.
                 nearest = (segments @ block.T).view(n_tracks, max_segments, -1).amax(dim=1)  # [T, n]
                 distance = 1.0 - nearest.clamp_(-1.0, 1.0)
-                groups = ref_group[start:start + block.shape[0]]
-                best.scatter_reduce_(1, groups[None, :].expand_as(distance), distance, "amin")  # [T, G]
+                block_groups = ref_group[start:start + block.shape[0]]
+                best.scatter_reduce_(1, block_groups[None, :].expand_as(distance), distance, "amin")  # [T, G]
             best_d, best_i = _smallest_k(best, k)
             out_d.append(best_d)
             out_i.append(best_i)
@@ -120,13 +120,13 @@ class ReferenceIndex:
     def _query_rows_per_batch(self) -> int:
         return max(1, _CELLS_PER_BLOCK // min(self.chunk_rows, len(self)))
 
-    def _query_tensor(self, queries: np.ndarray, role: str) -> torch.Tensor:
+    def _query_tensor(self, queries: np.ndarray) -> torch.Tensor:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None, :]
-        require_unit_rows(queries, role)
+        require_unit_rows(queries, "queries")
         if queries.shape[1] != self.dim:
-            raise ValueError(f"{role} have dimension {queries.shape[1]}, the references {self.dim}")
+            raise ValueError(f"queries have dimension {queries.shape[1]}, the references {self.dim}")
         return torch.from_numpy(queries).to(self.device)
 
     def _padded_tracks(self, query_tracks: Sequence[np.ndarray]) -> torch.Tensor:
