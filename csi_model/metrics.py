@@ -91,7 +91,7 @@ def pair_mask(pairs: Iterable[tuple[int, int]], n_queries: int, n_refs: int) -> 
 
 def per_query_metrics(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
                       excluded: np.ndarray | None = None, topk: int = DEFAULT_TOPK) -> PerQueryMetrics:
-    """Rank every query row (blocks of rows, no per-query Python loop) and score it against its label."""
+    """Score every query row against its label, in blocks of rows (no per-query Python loop)."""
     distances, query_labels, ref_labels, excluded = _checked(distances, query_labels, ref_labels, excluded, topk)
     n_queries, n_refs = distances.shape
     depth = min(topk, n_refs)
