@@ -13,6 +13,7 @@ from csi_assets.assets import serving
 from csi_assets.model_loading import load_model
 from csi_assets.store import embeddings as embedding_store
 from csi_model.calibration import Calibration
+from csi_model.metrics import min_segment_distance
 from tests.serving_fixtures import materialize_data, project_with_model
 
 SERVING = [serving.reference_embeddings, serving.reference_embeddings_cover_catalog]
@@ -55,6 +56,11 @@ def test_calibration_and_centroids_are_stored(served) -> None:
     calibration = Calibration.from_dict(embedding_store.calibration(project.store, "dataset", model_id))
     assert calibration.mu == pytest.approx(first["calibration_mu"], abs=1e-6)
     assert calibration.n_pairs == 90  # 15 perfs of 5 works: all 15·14/2 − 5·3 cross-work pairs
+    stored = embedding_store.load_embeddings(project.store, "dataset", model_id)
+    tracks = serving.perf_tracks(stored)
+    distances = min_segment_distance(tracks, tracks)  # the statistic identification reports
+    cross_work = np.triu(stored.work_ids[:, None] != stored.work_ids[None, :], k=1)
+    assert calibration.mu == pytest.approx(distances[cross_work].mean(), abs=1e-5)
     centroids = embedding_store.centroids(project.store, "dataset", model_id)
     assert [c["work_id"] for c in centroids] == list(range(5))
     assert all(c["n_members"] == 3 and len(c["centroid"]) == 32 for c in centroids)

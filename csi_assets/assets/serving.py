@@ -25,7 +25,7 @@ from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
-from csi_model.calibration import Calibration, compute_calibration
+from csi_model.calibration import Calibration, compute_track_calibration
 from csi_model.centroids import WorkCentroids, compute_centroids
 from csi_model.cqt import load_feature
 from csi_model.embedding import embed_tracks
@@ -81,13 +81,17 @@ def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Se
                       time.monotonic() - start)
 
 
+def perf_tracks(stored: embedding_store.StoredEmbeddings) -> list[np.ndarray]:
+    """The segment vectors of each performance, [S_i, D] views in ``stored.perfs`` order."""
+    return np.split(stored.vectors, np.flatnonzero(np.diff(stored.segment_perf)) + 1)
+
+
 def perf_vectors(stored: embedding_store.StoredEmbeddings) -> np.ndarray:
     """One unit vector per performance: the normalised mean of its segment vectors, [P, D].
 
-    Calibration and centroids need one point per *recording*: with segments as points a 10-minute track would
-    weigh five times as much as a 2-minute one in the null distribution and in its work's centroid, and pairs
-    of segments of one recording would be neither "same work" nor independent. The spherical mean is also the
-    point closest (in summed cosine) to all of a track's segments."""
+    Centroids need one point per *recording*: with segments as points a 10-minute track would weigh five times
+    as much as a 2-minute one in its work's centroid. The spherical mean is the point closest (in summed cosine)
+    to all of a track's segments."""
     first_rows = np.flatnonzero(np.r_[True, np.diff(stored.segment_perf) != 0])
     sums = np.add.reduceat(stored.vectors.astype(np.float64), first_rows, axis=0)  # [P, D]
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
@@ -97,13 +101,16 @@ def perf_vectors(stored: embedding_store.StoredEmbeddings) -> np.ndarray:
 def refresh_statistics(store: Store, dataset: str, model_id: str) -> tuple[Calibration, WorkCentroids, int, int]:
     """Recompute and store the model's calibration and work centroids from its stored embeddings.
 
+    The calibration is the null of the very statistic identification reports -- the distance between two
+    *tracks*, their nearest segment pair -- sampled over performances of different works (each recording counts
+    once, whatever its length). A null of single vectors (e.g. one mean per performance) would be larger than
+    a minimum over many segment pairs, so multi-segment queries would get falsely small p-values.
     Returns (calibration, centroids, performances, segments)."""
     stored = embedding_store.load_embeddings(store, dataset, model_id)
     if len(stored) == 0:
         raise ValueError(f"no reference embeddings of model {model_id} in dataset {dataset!r}")
-    vectors = perf_vectors(stored)
-    calibration = compute_calibration(vectors, stored.work_ids)
-    centroids = compute_centroids(vectors, stored.work_ids)
+    calibration = compute_track_calibration(perf_tracks(stored), stored.work_ids)
+    centroids = compute_centroids(perf_vectors(stored), stored.work_ids)
     embedding_store.save_calibration(store, dataset, model_id, calibration.to_dict())
     embedding_store.replace_centroids(store, dataset, model_id, centroids.work_ids, centroids.centroids,
                                       centroids.radii, centroids.coherence, centroids.n_members)
