@@ -1,0 +1,58 @@
+"""``csi eval [--json]``: the latest stored evaluation of each test set for the promoted (or a given) model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from csi_assets.cli import CliError
+from csi_assets.resources import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH
+from csi_assets.store import Store
+from csi_assets.store import evaluations as evaluation_store
+from csi_assets.store import models as model_store
+
+_COLUMNS = (("mean_ap", "mAP"), ("mr1", "MR1"), ("hit_rate", "HR@1"), ("precision_at_10", "P@10"))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="show the stored evaluation metrics of the promoted model")
+    p.add_argument("--json", action="store_true", help="print the stored records as JSON")
+    p.add_argument("--model", default=None, help="a registered model id (default: the promoted model)")
+    p.add_argument("--dataset-dir", default=os.environ.get("CSI_DATASET_DIR", DEFAULT_DATASET_DIR),
+                   help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
+    p.add_argument("--store", default=os.environ.get("CSI_STORE_PATH", DEFAULT_STORE_PATH),
+                   help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    store_path, dataset = Path(args.store), Path(args.dataset_dir).resolve().name
+    if not store_path.is_file():
+        raise CliError(f"no store at {store_path}: materialize eval_report first")
+    store = Store(store_path)
+    model_id = args.model or (model_store.promoted_model(store, dataset) or {}).get("model_id")
+    if model_id is None:
+        raise CliError(f"no promoted model for dataset {dataset!r}: materialize trained_model first")
+    records = evaluation_store.evaluations(store, dataset, model_id)
+    if not records:
+        raise CliError(f"no evaluation of model {model_id} for dataset {dataset!r}: materialize eval_report first")
+    if args.json:
+        print(json.dumps([dict(r, model=model_id, created_at=str(r["created_at"])) for r in records], indent=2))
+    else:
+        print(f"model {model_id}, dataset {dataset}\n" + tabulate(
+            [[r["test_set"], r["metrics"].get("n_queries")] + [_cell(r["metrics"], key) for key, _ in _COLUMNS]
+             + [r["report_path"]] for r in records],
+            headers=["test set", "queries"] + [name for _, name in _COLUMNS] + ["report"]))
+    return 0
+
+
+def _cell(metrics: dict[str, Any], key: str) -> str:
+    """The point estimate with its bootstrap interval when there is one: ``0.812 [0.74, 0.88]``."""
+    interval = metrics.get("bootstrap", {}).get(key)
+    text = f"{metrics[key]:.3f}"
+    return f"{text} [{interval['ci_low']:.2f}, {interval['ci_high']:.2f}]" if interval else text

@@ -1,0 +1,56 @@
+"""``csi identify QUERY... [--top 10] [--works] [--calibrated] [--json]``: rank stored performances (or works)
+for each query recording with the promoted model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tabulate import tabulate
+from tqdm import tqdm
+
+from csi_assets.cli import CliError
+from csi_assets.identify import Identifier, IdentifyError, QueryResult
+from csi_assets.resources import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("identify", help="identify recordings against the reference embeddings")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="audio files (any format libsndfile reads)")
+    p.add_argument("--top", type=int, default=10, help="matches per query (default 10)")
+    p.add_argument("--works", action="store_true", help="rank works (a work is as near as its nearest performance)")
+    p.add_argument("--calibrated", action="store_true", help="show z-score and p-value of each distance")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per query")
+    p.add_argument("--model", default=None, help="a registered model id (default: the promoted model)")
+    p.add_argument("--dataset-dir", default=os.environ.get("CSI_DATASET_DIR", DEFAULT_DATASET_DIR),
+                   help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
+    p.add_argument("--store", default=os.environ.get("CSI_STORE_PATH", DEFAULT_STORE_PATH),
+                   help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    p.add_argument("--device", default=None, help="torch device (default: the model's, else cuda > mps > cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise CliError(f"--top must be at least 1, got {args.top}")
+    try:
+        identifier = Identifier(args.store, args.dataset_dir, args.model, args.device)
+        with tqdm(total=len(args.queries), unit="query", desc="identify", disable=len(args.queries) < 2,
+                  file=sys.stderr) as bar:
+            results = identifier.identify(args.queries, args.top, args.works, args.calibrated, bar.update)
+    except IdentifyError as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print("\n\n".join(_table(r, args.works, args.calibrated) for r in results))
+    return 0
+
+
+def _table(result: QueryResult, works: bool, calibrated: bool) -> str:
+    headers = ["rank", "work", "best perf" if works else "perf", "distance"] + (["z", "p"] if calibrated else [])
+    rows = [[m.rank, m.work, m.perf, f"{m.distance:.4f}"] + ([f"{m.z:+.2f}", f"{m.p:.2e}"] if calibrated else [])
+            for m in result.matches]
+    return f"{result.query}  (model {result.model})\n" + tabulate(rows, headers=headers)

@@ -1,0 +1,146 @@
+"""Identify recordings: which stored performances (or works) does each query audio file cover?
+
+A query goes through exactly the reference path: decoded to 16 kHz mono, the dataset's CQT settings and code
+(``csi_model.cqt.compute_cqt``, batched over queries), every segment embedded by the promoted model with
+``embed_tracks``, then ranked by exact chunked cosine search (``csi_model.search``) against every stored segment:
+a performance is as near as its nearest segment pair, a work as near as its nearest performance. The whole
+query is used, not its first 135 s (§11.12), and many queries share one model load and one index (§11.33).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_cqt_settings, load_model
+from csi_assets.store import Store
+from csi_assets.store import embeddings as embedding_store
+from csi_model.audio import AudioError, load_audio
+from csi_model.calibration import Calibration
+from csi_model.cqt import compute_cqt
+from csi_model.embedding import embed_tracks
+from csi_model.search import PerformanceIndex
+
+QUERIES_PER_BATCH = 16
+"""Queries decoded, transformed and embedded together: amortises each call, bounds memory for long lists."""
+
+
+class IdentifyError(RuntimeError):
+    """A condition the user must fix (no store, no model, no references, unreadable audio); names what and where."""
+
+
+@dataclass(frozen=True)
+class Match:
+    rank: int
+    perf: str  # with works=True: the work's best-matching performance
+    work: str
+    distance: float  # 1 − cosine similarity of the nearest segment pair
+    z: float | None  # (distance − mu) / sigma of the null distribution; None without a calibration
+    p: float | None  # P(D ≤ distance | unrelated recordings); None without a calibration
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query: str
+    model: str
+    matches: list[Match]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "model": self.model, "matches": [asdict(m) for m in self.matches]}
+
+
+class Identifier:
+    """The promoted (or a given) model, the reference index and the calibration of one dataset, loaded once."""
+
+    def __init__(self, store_path: str | os.PathLike[str], dataset_dir: str | os.PathLike[str],
+                 model_id: str | None = None, device: str | None = None) -> None:
+        store_path, dataset_dir = Path(store_path), Path(dataset_dir).resolve()
+        if not store_path.is_file():
+            raise IdentifyError(f"no store at {store_path}: materialize reference_embeddings first")
+        store = Store(store_path)
+        self.dataset = dataset_dir.name
+        try:
+            self.model: LoadedModel = load_model(store, self.dataset, model_id, device)
+        except ModelLoadError as err:
+            raise IdentifyError(str(err)) from err
+        self.refs = embedding_store.load_embeddings(store, self.dataset, self.model.model_id)
+        if len(self.refs) == 0:
+            raise IdentifyError(f"no reference embeddings of model {self.model.model_id} for dataset "
+                                f"{self.dataset!r}: materialize reference_embeddings first")
+        record = embedding_store.calibration(store, self.dataset, self.model.model_id)
+        self.calibration = Calibration.from_dict(record) if record else None
+        self.settings = dataset_cqt_settings(dataset_dir)
+        self.index = PerformanceIndex(self.refs.vectors, self.refs.segment_perf, self.refs.work_ids,
+                                      device=str(self.model.device))
+        self._segment_work = self.refs.work_ids[self.refs.segment_perf]  # [S]
+        self._work_name = dict(zip(self.refs.work_ids.tolist(), self.refs.works.tolist()))
+
+    def identify(self, queries: Sequence[str | os.PathLike[str]], top: int = 10, works: bool = False,
+                 calibrated: bool = False, progress: Callable[[int], None] | None = None) -> list[QueryResult]:
+        """Rank performances (or works) for every query file; ``progress(n)`` after each batch of n queries."""
+        if calibrated and self.calibration is None:
+            raise IdentifyError(f"no calibration stored for model {self.model.model_id}: materialize "
+                                "reference_embeddings first")
+        results: list[QueryResult] = []
+        for first in range(0, len(queries), QUERIES_PER_BATCH):
+            batch = [str(q) for q in queries[first:first + QUERIES_PER_BATCH]]
+            tracks = self.embed_queries(batch)
+            results += self._rank(batch, tracks, top, works)
+            if progress:
+                progress(len(batch))
+        return results
+
+    def embed_queries(self, paths: Sequence[str]) -> list[np.ndarray]:
+        """Decode, CQT and embed every segment of each file -> per file [segments, embed_dim] unit rows."""
+        signals = []
+        for path in paths:
+            try:
+                signals.append(load_audio(path))
+            except AudioError as err:
+                raise IdentifyError(str(err)) from err
+        features = compute_cqt(signals, self.settings, self.model.device)
+        for path, feature in zip(paths, features):
+            if len(feature) < self.model.min_raw_frames:
+                raise IdentifyError(f"{path}: too short to identify ({len(feature) / self.settings.fps:.2f} s; "
+                                    f"the model needs {self.model.min_raw_frames / self.settings.fps:.2f} s)")
+        hp = self.model.hparams
+        return embed_tracks(self.model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size,
+                            self.model.device)
+
+    def _rank(self, paths: Sequence[str], tracks: list[np.ndarray], top: int, works: bool) -> list[QueryResult]:
+        found = self.index.search_works(tracks, top) if works else self.index.search_perfs(tracks, top)
+        z = p = np.full(found.distances.shape, np.nan)
+        if self.calibration is not None:
+            z, p = self.calibration.z_score(found.distances), self.calibration.p_value(found.distances)
+        results = []
+        for q, path in enumerate(paths):
+            if works:
+                work_ids = found.indices[q]
+                perfs = self._best_perfs(tracks[q], work_ids)
+            else:
+                perfs = found.indices[q]
+                work_ids = self.refs.work_ids[perfs]
+            matches = [Match(rank=r + 1, perf=str(self.refs.perfs[perf]), work=self._work_name[int(work)],
+                             distance=float(found.distances[q, r]), z=_optional(z[q, r]), p=_optional(p[q, r]))
+                       for r, (perf, work) in enumerate(zip(perfs, work_ids))]
+            results.append(QueryResult(path, self.model.model_id, matches))
+        return results
+
+    def _best_perfs(self, query: np.ndarray, work_ids: np.ndarray) -> np.ndarray:
+        """For each work, the index of its performance with the nearest segment pair (ties: lowest index)."""
+        rows = np.flatnonzero(np.isin(self._segment_work, work_ids))
+        similarity = (query @ self.refs.vectors[rows].T).max(axis=0)  # [n] best over query segments
+        row_work, row_perf = self._segment_work[rows], self.refs.segment_perf[rows]
+        order = np.lexsort((row_perf, -similarity, row_work))  # by work, then nearest first, then perf
+        first_of_work = order[np.r_[True, np.diff(row_work[order]) != 0]]
+        best = dict(zip(row_work[first_of_work].tolist(), row_perf[first_of_work].tolist()))
+        return np.array([best[int(w)] for w in work_ids], dtype=np.int64)
+
+
+def _optional(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
