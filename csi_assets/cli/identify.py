@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--top must be at least 1, got {args.top}")
     try:
         identifier = Identifier(args.store, args.dataset_dir, args.model, args.device)
-        with tqdm(total=len(args.queries), unit="query", desc="identify", disable=len(args.queries) < 2,
-                  file=sys.stderr) as bar:
+        quiet = True if len(args.queries) < 2 else None  # None: a bar only when stderr is a terminal
+        with tqdm(total=len(args.queries), unit="query", desc="identify", disable=quiet, file=sys.stderr) as bar:
             results = identifier.identify(args.queries, args.top, args.works, args.calibrated, bar.update)
     except IdentifyError as err:
         raise CliError(str(err)) from err
