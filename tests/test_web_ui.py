@@ -1,0 +1,202 @@
+"""The Dagster web UI, driven in a real browser: the graph is visible and a materialization launched from it runs.
+
+Debian's Chromium (installed by ``scripts/install_browser.sh``) is driven with Playwright; the test skips only
+when that browser is missing. The webserver and daemon run against a throw-away Dagster home and dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from playwright.sync_api import expect, sync_playwright
+
+from tests.audio_fixtures import write_tone
+from tests.ui_server import REPO_ROOT, DagsterUi, dagster_ui
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESIGN_ASSETS = (
+    "dataset_catalog",
+    "speed_variants",
+    "cqt_features",
+    "work_ids",
+    "data_splits",
+    "trained_model",
+    "reference_embeddings",
+    "eval_report",
+)
+RUN_TIMEOUT_S = 240
+"""Launch to success measured 165 s with the tests of other files loading both cores (three step processes, each
+importing torch); about 60 s on an idle machine."""
+UI_TIMEOUT_MS = 60_000
+"""Generous per-step wait: the UI's first GraphQL answers are slow while the code server warms up on 2 cores."""
+SAMPLE_RATE = 16_000
+DEMO_HPARAMS = REPO_ROOT / "data" / "demo" / "hparams.yaml"
+SPEC_8_1_HPARAMS = {
+    "fmin": 32,
+    "n_bins": 96,
+    "bins_per_octave": 12,
+    "aug_speed_mode": [1.0],
+    "device": "cpu",
+    "val_data_split": 0.1,
+    "val_unseen": 0.0,
+    "test_data_split": 0.1,
+    "test_data_unseen": 0.0,
+}
+pytestmark = pytest.mark.ui
+
+
+@dataclass(frozen=True)
+class ProjectState:
+    root: Path
+    dagster_home: Path
+    dataset_dir: Path
+    env: dict[str, str]
+
+
+def _write_dataset(dataset_dir: Path) -> None:
+    """Three 2-second harmonic tones (two works) and a reference-format catalog pointing at them."""
+    (dataset_dir / "wav").mkdir(parents=True)
+    lines = []
+    for perf, work, freq in (("w0_p0", "w0", 220.0), ("w0_p1", "w0", 233.1), ("w1_p0", "w1", 329.6)):
+        write_tone(dataset_dir / "wav" / f"{perf}.wav", freq, seconds=2.0, sr=SAMPLE_RATE)
+        lines.append(json.dumps({"perf": perf, "wav": f"wav/{perf}.wav", "dur_s": 2.0, "work": work, "version": perf}))
+    if DEMO_HPARAMS.exists():
+        shutil.copy(DEMO_HPARAMS, dataset_dir / "hparams.yaml")
+    else:
+        (dataset_dir / "hparams.yaml").write_text(yaml.safe_dump(SPEC_8_1_HPARAMS), encoding="utf-8")
+    (dataset_dir / "dataset.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _install_instance_config(dagster_home: Path) -> None:
+    """Copy the repo's ``dagster.yaml``; a relative SQLite ``base_dir`` is anchored in the temp home, because
+    Dagster resolves it against the process's working directory (the repo root here), not DAGSTER_HOME."""
+    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text(encoding="utf-8"))
+    sqlite = (config.get("storage") or {}).get("sqlite") or {}
+    base_dir = sqlite.get("base_dir")
+    if isinstance(base_dir, str) and not os.path.isabs(base_dir):
+        sqlite["base_dir"] = str(dagster_home / base_dir)
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+@pytest.fixture
+def project_state(tmp_path: Path) -> ProjectState:
+    """Everything under pytest's ``tmp_path``, which outlives the test, so logs and screenshots can be read after
+    a failure."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    _install_instance_config(home)
+    dataset_dir = tmp_path / "dataset"
+    _write_dataset(dataset_dir)
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=str(home),
+        CSI_DATASET_DIR=str(dataset_dir),
+        CSI_TRAINING_DIR=str(tmp_path / "training"),
+        CSI_STORE_PATH=str(tmp_path / "csi.duckdb"),
+    )
+    return ProjectState(tmp_path, home, dataset_dir, env)
+
+
+@pytest.fixture
+def web_ui(project_state: ProjectState) -> Iterator[DagsterUi]:
+    with dagster_ui(project_state.env, project_state.root) as ui:
+        yield ui
+
+
+@pytest.fixture
+def browser_page(project_state: ProjectState):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/install_browser.sh as root to install Debian's chromium")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(project_state.root / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 1000},
+        )
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        expect.set_options(timeout=UI_TIMEOUT_MS)
+        page = context.new_page()
+        # The first visit shows a "Join the Dagster community" dialog over every page; dismiss it whenever it appears.
+        page.add_locator_handler(
+            page.get_by_text("Join the Dagster community"), lambda: page.get_by_role("button", name="Skip").click()
+        )
+        try:
+            yield page
+        finally:
+            context.close()
+
+
+def _latest_run(dagster_home: Path, asset: str) -> tuple[str, str, list[str]] | None:
+    """(run id, status name, step-failure messages) of the newest run that targeted ``asset``, read from the
+    instance's run storage rather than the page."""
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        runs = [run for run in instance.get_runs() if dg.AssetKey(asset) in (run.asset_selection or ())]
+        if not runs:
+            return None
+        failures = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        return runs[0].run_id, runs[0].status.name, [str(e.dagster_event.event_specific_data) for e in failures]
+
+
+def test_materialize_dataset_catalog_from_the_ui(project_state: ProjectState, browser_page, web_ui: DagsterUi) -> None:
+    page = browser_page
+    shots = project_state.root / "screenshots"
+    shots.mkdir()
+    started = time.monotonic()
+    try:
+        # 1. Every design asset is listed in the asset catalog.
+        page.goto(f"{web_ui.url}/assets")
+        for asset in DESIGN_ASSETS:
+            expect(page.locator(f'a[href="/assets/{asset}"]')).to_contain_text(asset)
+        page.screenshot(path=str(shots / "1-assets.png"))
+
+        # 2. Materialize dataset_catalog from its page; the toast links to the launched run.
+        page.goto(f"{web_ui.url}/assets/dataset_catalog")
+        # Button names carry their icon's name ("materialization Materialize"), hence the anchored pattern.
+        page.get_by_role("button", name=re.compile(r"(^|\s)Materialize$")).click()
+        toasts = page.get_by_role("region", name=re.compile("Notifications")).get_by_role("listitem")
+        toast = toasts.filter(has_text="Launched run")
+        expect(toast).to_be_visible()
+        page.screenshot(path=str(shots / "2-launched.png"))
+        toast.get_by_role("link", name="View", exact=True).click()
+        page.wait_for_url("**/runs/**")
+        run_id_in_url = page.url.rstrip("/").split("/")[-1]
+
+        # 3. The run page reaches a terminal status. Its status tag moves Queued -> Starting -> Started -> Success / Failure / Canceled.
+        terminal = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$"))
+        terminal.first.wait_for(timeout=RUN_TIMEOUT_S * 1000)
+        ui_status = terminal.first.inner_text()
+        page.screenshot(path=str(shots / "3-run.png"))
+    except Exception:
+        page.screenshot(path=str(shots / "failure.png"))
+        print(f"screenshots in {shots}\n{web_ui.log_tails()}")
+        raise
+    print(f"UI flow took {time.monotonic() - started:.1f} s; screenshots in {shots}")
+
+    latest = _latest_run(project_state.dagster_home, "dataset_catalog")
+    assert latest is not None, "no run targeting dataset_catalog in the instance's run storage"
+    run_id, status, failures = latest
+    assert run_id == run_id_in_url, "the run page shown is not the newest dataset_catalog run"
+    assert (status, ui_status) == ("SUCCESS", "Success"), (
+        f"run {run_id} ended {status} (page: {ui_status}); step failures: {failures}"
+    )
