@@ -5,20 +5,32 @@ Synthetic unit references at segment level (2 segments per performance, 5 perfor
 so runs on different machines compare. ``time_search`` is the reusable timer: wrap any query (e.g. the model's
 forward pass plus the search) in a zero-argument callable.
 
+The end-to-end part times what ``csi identify`` does per query -- decode, CQT (dataset settings), embedding of
+every segment with a default-size CoverHunter, work search -- on a real synthetic recording, stage by stage, and
+prints the whole as a ratio to the search alone.
+
     .venv/bin/python bench/identify.py [--sizes 10000 100000 1000000] [--repeats 30] [--threads N]
+                                       [--e2e-seconds 180] [--e2e-refs 100000] [--e2e-batch 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from csi_model.audio import load_audio
+from csi_model.cqt import CqtSettings, compute_cqt
+from csi_model.embedding import embed_tracks
+from csi_model.model import CoverHunter, ModelConfig
 from csi_model.search import PerformanceIndex
+from csi_model.synth import generate_covers
 
 DIM = 128
 SEGMENTS_PER_PERF = 2
@@ -74,6 +86,48 @@ def measure(n_segments: int, repeats: int, rng: np.random.Generator) -> dict[str
             "batch_queries_per_s": BATCH_QUERIES / (batch_latency.mean_ms / 1e3)}
 
 
+def measure_end_to_end(seconds: float, n_segments: int, batch: int, repeats: int,
+                       rng: np.random.Generator) -> dict[str, float]:
+    """Per-stage latency of one query of ``seconds`` s and the throughput of ``batch`` queries per call."""
+    device = torch.device("cpu")
+    model = CoverHunter(ModelConfig(num_classes=1, with_centres=False)).eval()  # default size, weights untrained
+    settings = CqtSettings()
+    index = synthetic_index(n_segments, rng)
+    with tempfile.TemporaryDirectory() as folder:
+        generate_covers(Path(folder), works=1, perfs=1, seconds=seconds)
+        wav = next((Path(folder) / "wav").iterdir())
+        signal = load_audio(wav)
+        feature = compute_cqt([signal], settings, device)[0]
+        segments = embed_tracks(model, [feature], 1125, 3, 32, device)[0]
+        stages = {
+            "decode": time_search(lambda: load_audio(wav), repeats, warmup=1),
+            "cqt": time_search(lambda: compute_cqt([signal], settings, device), repeats, warmup=1),
+            "embed": time_search(lambda: embed_tracks(model, [feature], 1125, 3, 32, device), repeats, warmup=1),
+            "search": time_search(lambda: index.search_works([segments], TOP_K), repeats, warmup=1),
+        }
+
+        def whole(paths: list[Path]) -> object:
+            features = compute_cqt([load_audio(p) for p in paths], settings, device)
+            return index.search_works(embed_tracks(model, features, 1125, 3, 32, device), TOP_K)
+
+        one = time_search(lambda: whole([wav]), repeats, warmup=1)
+        many = time_search(lambda: whole([wav] * batch), max(1, repeats // 3), warmup=0)
+    figures = {f"{name}_p50_ms": latency.p50_ms for name, latency in stages.items()}
+    return {**figures, "query_p50_ms": one.p50_ms, "query_p95_ms": one.p95_ms, "segments": float(len(segments)),
+            "batch_queries_per_s": batch / (many.mean_ms / 1e3)}
+
+
+def print_end_to_end(seconds: float, n_segments: int, batch: int, repeats: int, rng: np.random.Generator) -> None:
+    figures = measure_end_to_end(seconds, n_segments, batch, repeats, rng)
+    stages = ", ".join(f"{name} {figures[f'{name}_p50_ms']:.1f}" for name in ("decode", "cqt", "embed", "search"))
+    print(f"end to end, one {seconds:.0f} s query ({figures['segments']:.0f} segments) against {n_segments} "
+          f"reference segments, default-size model on cpu:")
+    print(f"  p50 {figures['query_p50_ms']:.1f} ms, p95 {figures['query_p95_ms']:.1f} ms; stages p50 ms: {stages}; "
+          f"{figures['query_p50_ms'] / figures['search_p50_ms']:.1f}× the search alone")
+    print(f"  batches of {batch} queries: {figures['batch_queries_per_s']:.2f} queries/s "
+          f"({figures['batch_queries_per_s'] * figures['query_p50_ms'] / 1e3:.2f}× one at a time)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
@@ -81,6 +135,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch intra-op threads (1 is steadier on a machine shared with other jobs)")
+    parser.add_argument("--e2e-seconds", type=float, default=180.0, help="query length of the end-to-end part")
+    parser.add_argument("--e2e-refs", type=int, default=100_000, help="reference segments of the end-to-end part")
+    parser.add_argument("--e2e-batch", type=int, default=16, help="queries per call for the batch throughput")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -98,6 +155,7 @@ def main() -> None:
               f"{figures['segments_p50_ms'] / baseline['segments_p50_ms']:.1f}×, "
               f"{figures['works_p50_ms'] / baseline['works_p50_ms']:.1f}×, "
               f"{figures['batch_queries_per_s'] / baseline['batch_queries_per_s']:.3f}×", flush=True)
+    print_end_to_end(args.e2e_seconds, args.e2e_refs, args.e2e_batch, max(3, args.repeats // 6), rng)
 
 
 if __name__ == "__main__":
