@@ -4,20 +4,20 @@
 file) or ``cluster`` (the same assets; the instance's run launcher and executor come from its dagster.yaml).
 """
 
-from __future__ import annotations
-
 import os
 
 import dagster as dg
 
-from csi_assets.assets import data, evaluation, serving, training
+from csi_assets.assets import data, evaluation, ingestion, serving, training
 from csi_assets.resources import default_resources
+from csi_assets.schedules import reference_refresh_schedule, refresh_references_job
+from csi_assets.sensors.delta_dataset import delta_dataset_sensor
 
-_ASSET_MODULES = [data, training, serving, evaluation]
+_ASSET_MODULES = [data, training, serving, evaluation, ingestion]
 
 main_job = dg.define_asset_job(
     "main",
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.groups(data.GROUP, training.GROUP, serving.GROUP, evaluation.GROUP),
     description="The whole graph: catalog → features → splits → training → references → evaluation.",
 )
 
@@ -32,6 +32,8 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_ASSET_MODULES),
     asset_checks=dg.load_asset_checks_from_modules(_ASSET_MODULES),
     resources=default_resources(),
-    jobs=[main_job],
+    jobs=[main_job, ingestion.ingest_job, refresh_references_job],
+    sensors=[delta_dataset_sensor],
+    schedules=[reference_refresh_schedule],
     executor=_executor(),
 )

@@ -36,6 +36,7 @@ class Store:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self._migrated = False
+        self._session: duckdb.DuckDBPyConnection | None = None
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout_s
@@ -50,14 +51,34 @@ class Store:
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 1.0)
 
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        con = self._connect()
+        if not self._migrated:
+            schema.migrate(con)
+            self._migrated = True
+        return con
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Keep one connection open for the transactions inside: for a short burst of many small ones (one
+        ingested batch), where opening the file each time would cost more than the work. Other processes wait
+        for the file meanwhile, so never hold a session across long computations."""
+        if self._session is not None:
+            yield
+            return
+        self._session = self._open()
+        try:
+            yield
+        finally:
+            self._session.close()
+            self._session = None
+
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One connection, one transaction: committed on success, rolled back on any error."""
-        con = self._connect()
+        """One transaction, committed on success and rolled back on any error, on a short-lived connection
+        (or the open session's)."""
+        con = self._session or self._open()
         try:
-            if not self._migrated:
-                schema.migrate(con)
-                self._migrated = True
             con.begin()
             try:
                 yield con
@@ -66,7 +87,8 @@ class Store:
                 raise
             con.commit()
         finally:
-            con.close()
+            if con is not self._session:
+                con.close()
 
     def schema_version(self) -> int:
         with self.transaction() as con:

@@ -59,13 +59,17 @@ def record_features(
         )
 
 
-def feature_table(store: Store, dataset: str, settings_hash: str) -> list[dict[str, Any]]:
-    """Every variant with its feature, original performance, work, work id and split: what training and the
-    reference-format exports read. Variants without a feature or a work id are left out."""
+def feature_table(store: Store, dataset: str, settings_hash: str,
+                  perfs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every variant (of ``perfs`` only, when given) with its feature, original performance, work, work id and
+    split: what training, embedding and the reference-format exports read. Variants without a feature or a work
+    id are left out."""
+    scope = "" if perfs is None else "AND list_contains(?, v.perf)"
+    params: list[Any] = [settings_hash, dataset] + ([] if perfs is None else [list(perfs)])
     with store.transaction() as con:
         return fetch_dicts(
             con,
-            """SELECT v.variant, v.perf, v.speed, v.wav AS variant_wav, v.dur_s AS variant_dur_s,
+            f"""SELECT v.variant, v.perf, v.speed, v.wav AS variant_wav, v.dur_s AS variant_dur_s,
                       p.wav, p.dur_s, p.work, p.version, p.line_no, p.batch_id,
                       f.path AS feat, f.n_frames, w.work_id, s.split
                FROM variants v
@@ -73,7 +77,7 @@ def feature_table(store: Store, dataset: str, settings_hash: str) -> list[dict[s
                JOIN features f ON f.dataset = v.dataset AND f.variant = v.variant AND f.settings_hash = ?
                JOIN works w ON w.dataset = p.dataset AND w.work = p.work
                LEFT JOIN splits s ON s.dataset = v.dataset AND s.perf = v.perf
-               WHERE v.dataset = ?
+               WHERE v.dataset = ? {scope}
                ORDER BY v.perf, v.speed""",
-            [settings_hash, dataset],
+            params,
         )

@@ -1,0 +1,184 @@
+"""Group ``ingestion``: delta batches of new performances become references without retraining.
+
+A batch is a folder under the dataset's ``incoming/`` with its own ``dataset.txt`` and audio, or a single
+``*.txt`` catalog there. The sensor names each batch by a hash of its content (so dropping the same batch twice
+ingests it once) and registers it as a partition of ``ingested_batch``; one run per batch catalogs it with the
+main catalog's validation, gives new works new permanent ids, extracts features without tempo augmentation and
+embeds the new performances with the promoted model. Nothing already stored is recomputed or changed.
+"""
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from csi_assets.assets.data import cqt_settings, extract_features, rejection_rows, verify_catalog_rows
+from csi_assets.assets.serving import embed_missing
+from csi_assets.model_loading import ModelLoadError, load_model
+from csi_assets.resources import DatasetResource, StoreResource
+from csi_assets.store import catalog as catalog_store
+from csi_assets.store import features as feature_store
+from csi_assets.store import ingest as ingest_store
+from csi_assets.store import splits as split_store
+from csi_model.catalog import RejectedLine, parse_catalog
+from csi_model.devices import pick_device
+from csi_model.splits import assign_work_ids
+
+GROUP = "ingestion"
+delta_batches = dg.DynamicPartitionsDefinition(name="delta_batches")
+
+
+class BatchUnreadable(ValueError):
+    """The batch as a whole cannot be read: it is quarantined, not ingested."""
+
+
+def batch_catalog(entry: Path) -> Path:
+    """The catalog file of a batch entry: ``<folder>/dataset.txt`` or the ``*.txt`` file itself."""
+    if entry.is_dir():
+        catalog = entry / "dataset.txt"
+        if not catalog.is_file():
+            raise BatchUnreadable(f"{entry}: a batch folder needs a dataset.txt")
+        return catalog
+    if entry.suffix != ".txt":
+        raise BatchUnreadable(f"{entry}: a batch is a folder with dataset.txt, or a .txt catalog")
+    return entry
+
+
+def batch_id_of(entry: Path) -> str:
+    """A content hash of everything in the batch (names and bytes), stable across re-drops."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else [entry]
+    for path in files:
+        digest.update(str(path.relative_to(entry) if entry.is_dir() else path.name).encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def check_readable(entry: Path) -> Path:
+    """Raise :class:`BatchUnreadable` unless the batch's catalog is text with at least one usable line."""
+    catalog = batch_catalog(entry)
+    try:
+        parsed = parse_catalog(catalog)
+    except (UnicodeDecodeError, OSError) as err:
+        raise BatchUnreadable(f"{catalog}: cannot be read as a UTF-8 catalog: {err}") from err
+    if not parsed.rows:
+        reasons = "; ".join(r.reason for r in parsed.rejected[:3]) or "it has no lines"
+        raise BatchUnreadable(f"{catalog}: no usable line ({reasons})")
+    return catalog
+
+
+def pending_entries(incoming: Path) -> list[Path]:
+    """Batch entries in name order; hidden names and ``*.partial`` are still being copied in."""
+    if not incoming.is_dir():
+        return []
+    return sorted(p for p in incoming.iterdir() if not p.name.startswith(".") and not p.name.endswith(".partial"))
+
+
+def quarantine(entry: Path, rejected_dir: Path, reason: str) -> Path:
+    """Move an unreadable batch to ``rejected/`` with ``<name>.error.txt`` beside it."""
+    rejected_dir.mkdir(parents=True, exist_ok=True)
+    target = rejected_dir / entry.name
+    suffix = 1
+    while target.exists():
+        target = rejected_dir / f"{entry.name}.{suffix}"
+        suffix += 1
+    entry.rename(target)
+    (rejected_dir / f"{target.name}.error.txt").write_text(reason + "\n", encoding="utf-8")
+    return target
+
+
+def _split_collisions(
+    rows: list[dict[str, Any]], known: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[RejectedLine], int]:
+    """New rows go in; a perf id already stored with other audio or another work is rejected; an identical
+    one is already there and is skipped."""
+    fresh, clashes, already = [], [], 0
+    for row in rows:
+        stored = known.get(row["perf"])
+        if stored is None:
+            fresh.append(row)
+        elif stored["audio_hash"] == row["audio_hash"] and stored["work"] == row["work"]:
+            already += 1
+        else:
+            clashes.append(RejectedLine(row["line_no"], row["perf"], (
+                f"line {row['line_no']}: perf {row['perf']!r} already exists with different content "
+                f"(work {stored['work']!r}); give the new recording its own perf id")))
+    return fresh, clashes, already
+
+
+def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path, log: Any) -> dict[str, Any]:
+    """Catalog, identify, extract and embed one batch; returns counts. Raises on a batch that cannot finish."""
+    parsed = parse_catalog(catalog)
+    known = ingest_store.known_perfs(db, dataset.name, [r.perf for r in parsed.rows])
+    verified, bad_audio, warned = verify_catalog_rows(parsed.rows, {}, log, f"batch {batch_id}: checking audio")
+    fresh, clashes, already = _split_collisions(verified, known)
+    rejected = rejection_rows([*parsed.rejected, *bad_audio, *clashes])
+    variants = [{"variant": r["perf"], "perf": r["perf"], "speed": 1.0, "wav": r["wav"], "dur_s": r["dur_s"],
+                 "source_hash": r["audio_hash"]} for r in fresh]
+    with db.session():  # a burst of small writes: one connection instead of one per write
+        catalog_store.replace_catalog(db, dataset.name, str(catalog), fresh, rejected, warned, batch_id=batch_id)
+        new_works = split_store.add_work_ids(
+            db, dataset.name, assign_work_ids({r["work"] for r in fresh}, split_store.work_ids(db, dataset.name)))
+        feature_store.replace_variants(db, dataset.name, [r["perf"] for r in fresh], variants)
+    hp = dataset.hparams()
+    settings = cqt_settings(hp)
+
+    def record(rows: list[dict[str, Any]]) -> None:
+        feature_store.record_features(db, dataset.name, settings.settings_hash(), asdict(settings), rows)
+
+    computed, errors = extract_features(variants, settings, dataset.features_dir, pick_device(hp.device), record,
+                                        log, f"batch {batch_id}: CQT")
+    if errors:
+        raise RuntimeError("feature extraction failed:\n" + "\n".join(errors[:20]))
+    embedded = _embed_new(db, dataset, settings.settings_hash(), [r["perf"] for r in fresh], log)
+    return {"performances": len(fresh), "already_present": already, "rejected": len(rejected),
+            "features": computed, "embedded": embedded, "new_works": new_works,
+            "rejected_lines": rejected}
+
+
+def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: list[str], log: Any) -> int:
+    """Embed just the batch's performances with the promoted model; without one, the next refresh does it."""
+    try:
+        model = load_model(db, dataset.name)
+    except ModelLoadError as err:
+        log.warning(f"{err}; the batch is catalogued and featurised, and the reference refresh embeds it once a "
+                    "model is promoted")
+        return 0
+    references = [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
+                  if r["speed"] == 1.0]
+    return embed_missing(db, dataset.name, model, references, log).computed
+
+
+@dg.asset(group_name=GROUP, partitions_def=delta_batches, kinds={"duckdb"})
+def ingested_batch(context: dg.AssetExecutionContext, dataset: DatasetResource,
+                   store: StoreResource) -> dg.MaterializeResult:
+    """One delta batch catalogued, featurised (no tempo augmentation) and embedded with the promoted model."""
+    db = store.store()
+    batch_id = context.partition_key
+    state = ingest_store.batch(db, batch_id)
+    if state is None:
+        raise dg.Failure(description=f"batch {batch_id} was never received by the sensor (no row in the store)")
+    catalog = Path(state["source"])
+    try:
+        counts = ingest_batch(db, dataset, batch_id, catalog, context.log)
+    except Exception as err:
+        ingest_store.record_batch(db, batch_id, dataset.name, str(catalog), ingest_store.FAILED, reason=str(err))
+        raise
+    ingest_store.record_batch(db, batch_id, dataset.name, str(catalog), ingest_store.INGESTED,
+                              n_good=counts["performances"], n_bad=counts["rejected"])
+    for line in counts["rejected_lines"]:
+        context.log.warning(line["reason"])
+    return dg.MaterializeResult(metadata={
+        "performances": counts["performances"], "already_present": counts["already_present"],
+        "rejected_lines": counts["rejected"], "features": counts["features"], "embedded": counts["embedded"],
+        "new_works": counts["new_works"], "catalog": dg.MetadataValue.path(str(catalog)),
+        "rejected": dg.MetadataValue.md("\n".join(f"- {r['reason']}" for r in counts["rejected_lines"]) or "none"),
+    })
+
+
+ingest_job = dg.define_asset_job("ingest_delta_batch", selection=[ingested_batch], partitions_def=delta_batches,
+                                 description="Ingest one delta batch (a partition per batch).")
