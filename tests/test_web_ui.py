@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.audio_fixtures import write_tone
 from tests.ui_server import REPO_ROOT, DagsterUi, dagster_ui
@@ -78,7 +78,8 @@ def _write_dataset(dataset_dir: Path) -> None:
     lines = []
     for perf, work, freq in (("w0_p0", "w0", 220.0), ("w0_p1", "w0", 233.1), ("w1_p0", "w1", 329.6)):
         write_tone(dataset_dir / "wav" / f"{perf}.wav", freq, seconds=2.0, sr=SAMPLE_RATE)
-        lines.append(json.dumps({"perf": perf, "wav": f"wav/{perf}.wav", "dur_s": 2.0, "work": work, "version": perf}))
+        record = {"perf": perf, "wav": f"wav/{perf}.wav", "dur_s": 2.0, "work": work, "version": perf}
+        lines.append(json.dumps(record))
     if DEMO_HPARAMS.exists():
         shutil.copy(DEMO_HPARAMS, dataset_dir / "hparams.yaml")
     else:
@@ -123,7 +124,7 @@ def web_ui(project_state: ProjectState) -> Iterator[DagsterUi]:
 
 
 @pytest.fixture
-def browser_page(project_state: ProjectState):
+def browser_page(project_state: ProjectState) -> Iterator[Page]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: run scripts/install_browser.sh as root to install Debian's chromium")
     with sync_playwright() as playwright:
@@ -137,7 +138,7 @@ def browser_page(project_state: ProjectState):
         context.set_default_timeout(UI_TIMEOUT_MS)
         expect.set_options(timeout=UI_TIMEOUT_MS)
         page = context.new_page()
-        # The first visit shows a "Join the Dagster community" dialog over every page; dismiss it whenever it appears.
+        # A fresh browser gets a "Join the Dagster community" dialog over the page; dismiss it whenever it shows.
         page.add_locator_handler(
             page.get_by_text("Join the Dagster community"), lambda: page.get_by_role("button", name="Skip").click()
         )
@@ -147,18 +148,35 @@ def browser_page(project_state: ProjectState):
             context.close()
 
 
-def _latest_run(dagster_home: Path, asset: str) -> tuple[str, str, list[str]] | None:
-    """(run id, status name, step-failure messages) of the newest run that targeted ``asset``, read from the
-    instance's run storage rather than the page."""
+@dataclass(frozen=True)
+class RunOutcome:
+    """The newest run that targeted an asset, as the instance's storage records it (not as the page shows it)."""
+
+    run_id: str
+    status: str
+    step_failures: list[str]
+    latest_materialization_run_id: str | None
+
+
+def _latest_run(dagster_home: Path, asset: str) -> RunOutcome | None:
+    key = dg.AssetKey(asset)
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        runs = [run for run in instance.get_runs() if dg.AssetKey(asset) in (run.asset_selection or ())]
+        runs = [run for run in instance.get_runs() if key in (run.asset_selection or ())]
         if not runs:
             return None
         failures = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
-        return runs[0].run_id, runs[0].status.name, [str(e.dagster_event.event_specific_data) for e in failures]
+        materialization = instance.get_latest_materialization_event(key)
+        return RunOutcome(
+            run_id=runs[0].run_id,
+            status=runs[0].status.name,
+            step_failures=[str(event.dagster_event.event_specific_data) for event in failures],
+            latest_materialization_run_id=materialization.run_id if materialization else None,
+        )
 
 
-def test_materialize_dataset_catalog_from_the_ui(project_state: ProjectState, browser_page, web_ui: DagsterUi) -> None:
+def test_materialize_dataset_catalog_from_the_ui(
+    project_state: ProjectState, browser_page: Page, web_ui: DagsterUi
+) -> None:
     page = browser_page
     shots = project_state.root / "screenshots"
     shots.mkdir()
@@ -182,7 +200,8 @@ def test_materialize_dataset_catalog_from_the_ui(project_state: ProjectState, br
         page.wait_for_url("**/runs/**")
         run_id_in_url = page.url.rstrip("/").split("/")[-1]
 
-        # 3. The run page reaches a terminal status. Its status tag moves Queued -> Starting -> Started -> Success / Failure / Canceled.
+        # 3. The run page reaches a terminal status: its status tag moves Queued -> Starting -> Started -> Success
+        #    (or Failure / Canceled).
         terminal = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$"))
         terminal.first.wait_for(timeout=RUN_TIMEOUT_S * 1000)
         ui_status = terminal.first.inner_text()
@@ -193,10 +212,10 @@ def test_materialize_dataset_catalog_from_the_ui(project_state: ProjectState, br
         raise
     print(f"UI flow took {time.monotonic() - started:.1f} s; screenshots in {shots}")
 
-    latest = _latest_run(project_state.dagster_home, "dataset_catalog")
-    assert latest is not None, "no run targeting dataset_catalog in the instance's run storage"
-    run_id, status, failures = latest
-    assert run_id == run_id_in_url, "the run page shown is not the newest dataset_catalog run"
-    assert (status, ui_status) == ("SUCCESS", "Success"), (
-        f"run {run_id} ended {status} (page: {ui_status}); step failures: {failures}"
+    run = _latest_run(project_state.dagster_home, "dataset_catalog")
+    assert run is not None, "no run targeting dataset_catalog in the instance's run storage"
+    assert run.run_id == run_id_in_url, "the run page shown is not the newest dataset_catalog run"
+    assert (run.status, ui_status) == ("SUCCESS", "Success"), (
+        f"run {run.run_id} ended {run.status} (page: {ui_status}); step failures: {run.step_failures}"
     )
+    assert run.latest_materialization_run_id == run.run_id, "the run recorded no materialization of dataset_catalog"

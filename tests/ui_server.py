@@ -57,7 +57,8 @@ class ManagedProcess:
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             raise RuntimeError(
-                f"{self.name} exited with code {self.process.returncode}; log {self.log_path}:\n{log_tail(self.log_path)}"
+                f"{self.name} exited with code {self.process.returncode}; "
+                f"log {self.log_path}:\n{log_tail(self.log_path)}"
             )
 
     def stop(self, grace_s: float = 10.0) -> None:
