@@ -71,6 +71,14 @@ def test_rerun_computes_nothing_new_perf_only_it_removed_perf_loses_rows(served)
     again = _materialize(project)
     assert again["computed_now"] == 0 and again["reused"] == 15
 
+    # A perf stored with another segment count (its feature changed length) is embedded again.
+    stale = embedding_store.load_embeddings(project.store, "dataset", model_id)
+    expected = embedding_store.segment_counts(project.store, "dataset", model_id)[stale.perfs[0]]
+    embedding_store.write_embeddings(project.store, "dataset", model_id, [stale.perfs[0]], [np.zeros(1)],
+                                     [stale.vectors[:1]])
+    assert _materialize(project)["computed_now"] == 1
+    assert embedding_store.segment_counts(project.store, "dataset", model_id)[stale.perfs[0]] == expected
+
     catalog = project.dataset_dir / "dataset.txt"
     lines = catalog.read_text().splitlines()
     added = dict(json.loads(lines[0]), perf="extra_take")

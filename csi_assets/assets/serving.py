@@ -57,8 +57,9 @@ def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Se
 
     Plain function so the delta-ingestion sensor can embed the performances of a new batch only."""
     start = time.monotonic()
-    done = embedding_store.embedded_perfs(store, dataset, model.model_id)
-    todo = [r for r in references if r["perf"] not in done]
+    stored = embedding_store.segment_counts(store, dataset, model.model_id)
+    # A perf whose feature changed length since it was embedded has another segment count: embed it again.
+    todo = [r for r in references if stored.get(r["perf"]) != len(model.segment_starts(r["n_frames"]))]
     too_short = [r["perf"] for r in todo if r["n_frames"] < model.min_raw_frames]
     todo = [r for r in todo if r["n_frames"] >= model.min_raw_frames]
     for perf in too_short:
