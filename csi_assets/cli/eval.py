@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 from csi_assets.cli import CliError
-from csi_assets.resources import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH
+from csi_assets.cli.identify import locations
 from csi_assets.store import Store
 from csi_assets.store import evaluations as evaluation_store
 from csi_assets.store import models as model_store
@@ -23,15 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="show the stored evaluation metrics of the promoted model")
     p.add_argument("--json", action="store_true", help="print the stored records as JSON")
     p.add_argument("--model", default=None, help="a registered model id (default: the promoted model)")
-    p.add_argument("--dataset-dir", default=os.environ.get("CSI_DATASET_DIR", DEFAULT_DATASET_DIR),
-                   help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
-    p.add_argument("--store", default=os.environ.get("CSI_STORE_PATH", DEFAULT_STORE_PATH),
-                   help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    p.add_argument("--dataset-dir", default=None, help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
+    p.add_argument("--store", default=None, help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    store_path, dataset = Path(args.store), Path(args.dataset_dir).resolve().name
+    dataset_dir, store = locations(args)
+    store_path, dataset = Path(store), Path(dataset_dir).resolve().name
     if not store_path.is_file():
         raise CliError(f"no store at {store_path}: materialize eval_report first")
     store = Store(store_path)

@@ -1,19 +1,20 @@
 """``csi identify QUERY... [--top 10] [--works] [--calibrated] [--json]``: rank stored performances (or works)
-for each query recording with the promoted model."""
+for each query recording with the promoted model.
+
+The model stack (torch, nnAudio, Dagster resources) is imported when the command runs, not when ``csi`` builds
+its parser, so ``csi --help`` and the other commands stay quick."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from typing import Any
 
 from tabulate import tabulate
 from tqdm import tqdm
 
 from csi_assets.cli import CliError
-from csi_assets.identify import Identifier, IdentifyError, QueryResult
-from csi_assets.resources import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,19 +25,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrated", action="store_true", help="show z-score and p-value of each distance")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per query")
     p.add_argument("--model", default=None, help="a registered model id (default: the promoted model)")
-    p.add_argument("--dataset-dir", default=os.environ.get("CSI_DATASET_DIR", DEFAULT_DATASET_DIR),
-                   help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
-    p.add_argument("--store", default=os.environ.get("CSI_STORE_PATH", DEFAULT_STORE_PATH),
-                   help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    p.add_argument("--dataset-dir", default=None, help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
+    p.add_argument("--store", default=None, help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
     p.add_argument("--device", default=None, help="torch device (default: the model's, else cuda > mps > cpu)")
     p.set_defaults(func=run)
 
 
+def locations(args: argparse.Namespace) -> tuple[str, str]:
+    """(dataset folder, store path): the options, else the environment the Dagster resources read."""
+    from csi_assets.resources import default_resources
+
+    resources = default_resources()
+    return (args.dataset_dir or resources["dataset"].dataset_dir, args.store or resources["store"].path)
+
+
 def run(args: argparse.Namespace) -> int:
+    from csi_assets.identify import Identifier, IdentifyError
+
     if args.top < 1:
         raise CliError(f"--top must be at least 1, got {args.top}")
+    dataset_dir, store = locations(args)
     try:
-        identifier = Identifier(args.store, args.dataset_dir, args.model, args.device)
+        identifier = Identifier(store, dataset_dir, args.model, args.device)
         quiet = True if len(args.queries) < 2 else None  # None: a bar only when stderr is a terminal
         with tqdm(total=len(args.queries), unit="query", desc="identify", disable=quiet, file=sys.stderr) as bar:
             results = identifier.identify(args.queries, args.top, args.works, args.calibrated, bar.update)
@@ -49,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(result: QueryResult, works: bool, calibrated: bool) -> str:
+def _table(result: Any, works: bool, calibrated: bool) -> str:
+    """One query's matches (a ``csi_assets.identify.QueryResult``) as a text table."""
     headers = ["rank", "work", "best perf" if works else "perf", "distance"] + (["z", "p"] if calibrated else [])
     rows = [[m.rank, m.work, m.perf, f"{m.distance:.4f}"] + ([f"{m.z:+.2f}", f"{m.p:.2e}"] if calibrated else [])
             for m in result.matches]
