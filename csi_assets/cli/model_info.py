@@ -1,0 +1,94 @@
+"""``csi model-info``: parameter counts of a model configuration, and whether a ``g_`` checkpoint fits it.
+
+Before a long training (or before loading a CoverHunterMPS checkpoint) one wants to know how big the model is
+and where the weights sit: the reference's defaults carry 2.2 M embedding parameters but 9.9 M in total, because
+of its 30000-class classifier and centres (spec §3.4, §11.28). Without ``--hparams`` the configuration is the
+reference's shipped one; with ``--checkpoint`` the classifier size and the presence of centres are read from the
+file unless given, and a file that does not fit is exit status 2 with every mismatched tensor listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from csi_assets.cli import CliError
+from csi_model.checkpoint import CENTRES_KEY, CheckpointError, load_generator, read_generator_state
+from csi_model.hparams import HParamsError, load_training_hparams
+from csi_model.model import CoverHunter, ModelConfig, parameter_counts
+
+CLASSIFIER_KEY = "_ce_layer.weight"
+PART_NAMES = {"embedding_network": "embedding network", "bn_neck": "BN-neck", "classifier": "classifier",
+              "centres": "centres", "total": "total"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("model-info", help="parameter counts of a model config; check a g_ checkpoint fits")
+    p.add_argument("--hparams", type=Path, help="training hparams.yaml (default: the reference's shipped model)")
+    p.add_argument("--checkpoint", type=Path, help="a g_ file (ours or CoverHunterMPS's) to load into the model")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: from the checkpoint, else "
+                                                   "foc.output_dims, else 30000 for the reference model)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def model_config(hparams: Path | None, num_classes: int | None, file_state: dict[str, Any] | None) -> ModelConfig:
+    """The hparams' model (or the reference's), sized by --num-classes, else by the checkpoint's classifier."""
+    if hparams is None:
+        base = ModelConfig()
+    else:
+        try:
+            hp = load_training_hparams(hparams)
+        except HParamsError as err:
+            raise CliError(str(err)) from None
+        base = ModelConfig.from_hparams(hp, num_classes or 0)
+    if num_classes is None and file_state is not None and CLASSIFIER_KEY in file_state:
+        num_classes = int(file_state[CLASSIFIER_KEY].shape[0])
+    if num_classes is None and base.num_classes == 0:
+        raise CliError(f"{hparams}: foc.output_dims is not set (the classifier is sized to the training data's "
+                       "works); pass --num-classes N or --checkpoint")
+    with_centres = base.with_centres if file_state is None else CENTRES_KEY in file_state
+    return dataclasses.replace(base, num_classes=num_classes or base.num_classes, with_centres=with_centres)
+
+
+def inspect(hparams: Path | None, checkpoint: Path | None, num_classes: int | None) -> dict[str, Any]:
+    state = None
+    if checkpoint is not None:
+        try:
+            state = read_generator_state(checkpoint)
+        except FileNotFoundError:
+            raise CliError(f"{checkpoint}: no such file") from None
+        except CheckpointError as err:
+            raise CliError(str(err)) from None
+    config = model_config(hparams, num_classes, state)
+    model = CoverHunter(config)
+    info: dict[str, Any] = {"config": dataclasses.asdict(config), "parameters": parameter_counts(model)}
+    if checkpoint is not None:
+        try:
+            report = load_generator(checkpoint, model)
+        except CheckpointError as err:
+            raise CliError(str(err)) from None
+        info["checkpoint"] = {"path": str(report.path), "tensors": report.tensors,
+                              "fingerprint": report.fingerprint, "ignored": list(report.ignored)}
+    return info
+
+
+def table(info: dict[str, Any]) -> str:
+    c = info["config"]
+    lines = [f"model: input_dim {c['input_dim']}, d_model {c['d_model']}, {c['num_blocks']} blocks, ff {c['ff_dim']}, "
+             f"embed {c['embed_dim']}, {c['num_classes']} classes, centres {'yes' if c['with_centres'] else 'no'}",
+             f"{'part':<20}{'parameters':>14}"]
+    lines += [f"{PART_NAMES[k]:<20}{v:>14,}" for k, v in info["parameters"].items()]
+    if "checkpoint" in info:
+        ck = info["checkpoint"]
+        lines.append(f"checkpoint {ck['path']}: {ck['tensors']} tensors loaded, fingerprint {ck['fingerprint']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = inspect(args.hparams, args.checkpoint, args.num_classes)
+    print(json.dumps(info, indent=2) if args.json else table(info))
+    return 0

@@ -1,0 +1,123 @@
+"""The trained_model asset on a real synthetic project: trains, registers and promotes, resumes, reports; and the
+acceptance test that training really learns cover identification on synthetic covers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+import yaml
+
+from csi_assets.assets import data, training
+from csi_assets.assets.data import cqt_settings
+from csi_assets.store import features as feature_store
+from csi_assets.store import models as model_store
+from csi_assets.testsets import retrieval_test_sets
+from csi_model.checkpoint import list_checkpoints
+from csi_model.hparams import DataPrepHParams, training_hparams_from_dict
+from csi_model.model import CoverHunter, ModelConfig
+from csi_model.training import evaluate_test_set
+from tests.graph_fixtures import DATA_HPARAMS, Project, make_project
+
+DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
+TRAINING = [training.trained_model, training.promoted_checkpoint_loads]
+
+
+def tiny_training(dataset_dir: Path, **overrides: object) -> dict:
+    """d 32, 1 block, 4.8 s chunks: seconds per epoch on the small project."""
+    return {
+        "covers": {"query_path": str(dataset_dir / "test.txt"), "ref_path": str(dataset_dir / "full.txt")},
+        "chunk_frame": [40, 32, 24], "chunk_s": 4.8, "mean_size": 3, "m_per_class": 2, "batch_size": 8,
+        "learning_rate": 0.002, "input_dim": 96, "embed_dim": 32, "seed": 7, "num_workers": 0, "device": "cpu",
+        "early_stopping_patience": 100, "max_epochs": 1,
+        "encoder": {"output_dims": 32, "num_blocks": 1, "attention_dim": 64}, **overrides,
+    }
+
+
+def _write_config(project: Project, config: dict) -> None:
+    (project.training_dir / "config" / "hparams.yaml").write_text(yaml.safe_dump(config))
+
+
+def _train(project: Project, instance: dg.DagsterInstance, **run_config: object) -> dg.ExecuteInJobResult:
+    return dg.materialize(TRAINING, resources=project.resources, instance=instance,
+                          run_config={"ops": {"trained_model": {"config": run_config}}})
+
+
+def _metadata(result: dg.ExecuteInJobResult) -> dict:
+    [event] = result.get_asset_materialization_events()
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+def _check(result: dg.ExecuteInJobResult) -> bool:
+    [evaluation] = result.get_asset_check_evaluations()
+    return evaluation.passed
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("training"))
+    instance = dg.DagsterInstance.ephemeral()
+    dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
+    _write_config(project, tiny_training(project.dataset_dir))
+    return project, instance
+
+
+def test_trains_registers_promotes_and_resumes(small) -> None:
+    project, instance = small
+    first = _train(project, instance, promote=False)
+    meta = _metadata(first)
+    assert meta["epochs"] == 1 and meta["epochs_trained_now"] == 1 and meta["promoted"] is False
+    assert meta["test_sets"] == {"covers": {"queries": 5, "refs": 15, "dropped_variant_lines": 40}}
+    assert meta["items"] == {"train": 8 * 3, "val": 2, "test": 5}  # train: every tempo variant
+    assert 0.0 <= meta["mAP/covers"] <= 1.0 and meta["num_classes"] == 5
+    assert meta["parameters"]["total"] == meta["parameters_total"] > meta["parameters_embedding_network"]
+    assert meta["curves"].startswith("![curves](data:image/png;base64,iVBOR")
+    assert Path(meta["curves_file"]).read_bytes()[:4] == b"\x89PNG"
+    assert "tensorboard --logdir" in meta["tensorboard"]
+    assert any((project.training_dir / "logs").rglob("events.out.tfevents.*"))
+    registered = model_store.get_model(project.store, meta["model_id"])
+    assert registered["checkpoint"] == meta["checkpoint"] and registered["metrics"]["mAP"]["covers"] == meta["mAP/covers"]
+    assert model_store.promoted_model(project.store, "dataset") is None
+    assert not _check(first)  # nothing promoted yet
+
+    first_epoch_file = project.training_dir / "checkpoints" / "g_00000000"
+    written = first_epoch_file.stat().st_mtime_ns
+    more = _train(project, instance, max_epochs=3)
+    meta = _metadata(more)
+    assert meta["epochs"] == 3 and meta["epochs_trained_now"] == 2  # continued after epoch 0, not from 0
+    assert first_epoch_file.stat().st_mtime_ns == written
+    assert [p.epoch for p in list_checkpoints(project.training_dir / "checkpoints")] == [0, 1, 2]
+    promoted = model_store.promoted_model(project.store, "dataset")
+    assert promoted["model_id"] == meta["model_id"] and promoted["epoch"] == meta["best_epoch"]
+    assert _check(more)
+
+    again = _train(project, instance, max_epochs=3)
+    meta_again = _metadata(again)
+    assert meta_again["epochs_trained_now"] == 0 and meta_again["epochs"] == 3
+    assert meta_again["model_id"] == meta["model_id"] and meta_again["mAP/covers"] == meta["mAP/covers"]
+    assert _check(again)
+
+
+def test_promoted_checkpoint_that_vanished_fails_the_check(small, tmp_path: Path) -> None:
+    project, instance = small
+    promoted = model_store.promoted_model(project.store, "dataset")
+    if promoted is None:
+        _train(project, instance)
+        promoted = model_store.promoted_model(project.store, "dataset")
+    moved = tmp_path / "moved"
+    Path(promoted["checkpoint"]).rename(moved)
+    try:
+        result = dg.materialize([training.promoted_checkpoint_loads, training.trained_model],
+                                resources=project.resources, instance=instance,
+                                selection=dg.AssetSelection.checks_for_assets(training.trained_model))
+        assert not _check(result)
+    finally:
+        moved.rename(promoted["checkpoint"])
+
+
+def test_hparams_that_do_not_fit_the_features_are_refused() -> None:
+    hp = training_hparams_from_dict({"input_dim": 84, "cqt": {"hop_size": 0.02}}, source="train.yaml")
+    with pytest.raises(dg.Failure, match=r"input_dim 84 .*≠ n_bins 96.*cqt.hop_size 0.02 .*≠ hop_size 0.04"):
+        training.check_compatible(hp, DataPrepHParams(source="data.yaml"))
