@@ -8,12 +8,12 @@ import os
 
 import dagster as dg
 
-from csi_assets.assets import data, evaluation, ingestion, serving, training
+from csi_assets.assets import data, evaluation, ingestion, research, serving, training
 from csi_assets.resources import default_resources
 from csi_assets.schedules import reference_refresh_schedule, refresh_references_job
 from csi_assets.sensors.delta_dataset import delta_dataset_sensor
 
-_ASSET_MODULES = [data, training, serving, evaluation, ingestion]
+_ASSET_MODULES = [data, training, serving, evaluation, ingestion, research]
 
 main_job = dg.define_asset_job(
     "main",
@@ -32,7 +32,7 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_ASSET_MODULES),
     asset_checks=dg.load_asset_checks_from_modules(_ASSET_MODULES),
     resources=default_resources(),
-    jobs=[main_job, ingestion.ingest_job, refresh_references_job],
+    jobs=[main_job, ingestion.ingest_job, refresh_references_job, research.sweep_job, research.production_job],
     sensors=[delta_dataset_sensor],
     schedules=[reference_refresh_schedule],
     executor=_executor(),
