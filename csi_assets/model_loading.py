@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
+import numpy as np
 import torch
 
 from csi_assets.assets.data import cqt_settings
@@ -42,7 +41,7 @@ class LoadedModel:
     device: torch.device
     checkpoint: Path
 
-    def segment_starts(self, n_frames: int) -> Any:
+    def segment_starts(self, n_frames: int) -> np.ndarray:
         """Raw-frame starts of the segments ``csi_model.embedding.embed_tracks`` cuts a track into.
 
         Same window and tail rule as ``embed_tracks``: the tail may not be shorter than what the model accepts."""
