@@ -113,7 +113,7 @@ def bootstrap_map(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHP
     labels = np.array([it.work_id for it in test_set.queries])
     per_query = per_query_metrics(min_segment_distance(queries, refs), labels,
                                   np.array([it.work_id for it in ref_items]), excluded)
-    interval = bootstrap_metrics(per_query, labels, n_bootstrap)["mAP"]
+    interval = bootstrap_metrics(per_query, labels, n_bootstrap)["mean_ap"]
     return {"ci_low": interval.ci_low, "ci_high": interval.ci_high, "std": interval.std}
 
 
