@@ -8,12 +8,12 @@ import os
 
 import dagster as dg
 
-from csi_assets.assets import data, evaluation, ingestion, research, serving, training
+from csi_assets.assets import data, evaluation, ingestion, research, serving, tools, training
 from csi_assets.resources import default_resources
 from csi_assets.schedules import reference_refresh_schedule, refresh_references_job
 from csi_assets.sensors.delta_dataset import delta_dataset_sensor
 
-_ASSET_MODULES = [data, training, serving, evaluation, ingestion, research]
+_ASSET_MODULES = [data, training, serving, evaluation, ingestion, research, tools]
 
 main_job = dg.define_asset_job(
     "main",

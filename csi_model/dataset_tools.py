@@ -50,7 +50,7 @@ def read_catalog_ids(path: str | os.PathLike[str]) -> CatalogIds:
             continue
         try:
             _check_utf8(data)
-            fields = _line_fields(text)
+            fields = line_fields(text)
         except CatalogLineError as err:
             malformed.append(f"{path}:{line_no}: {err}")
             continue
@@ -63,7 +63,7 @@ def read_catalog_ids(path: str | os.PathLike[str]) -> CatalogIds:
     return CatalogIds(path, perfs, works, malformed)
 
 
-def _line_fields(text: str) -> dict[str, object]:
+def line_fields(text: str) -> dict[str, object]:
     """The catalog's own line parser (JSON object or TAB ``key:value`` fields)."""
     return _json_fields(text) if text.startswith("{") else _tab_fields(text)
 

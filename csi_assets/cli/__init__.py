@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-_SUBCOMMAND_MODULES = ("synth", "identify", "eval")
+_SUBCOMMAND_MODULES = ("synth", "identify", "eval", "tools")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,144 @@
+"""Dataset tools and interoperability: ``csi align``, ``csi compare``, ``csi histogram``, ``csi query-in-ref`` and
+``csi import`` (a CoverHunterMPS data and training folder, used as they are)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from csi_assets.assets.tools import compute_alignments, write_alignments
+from csi_assets.cli import CliError
+from csi_assets.importer import ReferenceImportError, import_reference
+from csi_assets.model_loading import ModelLoadError, load_model
+from csi_assets.resources import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH, DEFAULT_TRAINING_DIR, DatasetResource
+from csi_assets.store import Store
+from csi_model.alignment import DEFAULT_HOP_S, DEFAULT_WINDOW_S
+from csi_model.catalog import CatalogLineError
+from csi_model.dataset_tools import (
+    compare_catalogs,
+    perfs_per_work,
+    plot_perfs_per_work,
+    read_catalog_ids,
+    work_size_stats,
+    write_query_in_ref,
+)
+from csi_model.hparams import HParamsError
+
+
+def _store_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=os.environ.get("CSI_STORE_PATH", DEFAULT_STORE_PATH),
+                   help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("align", help="coarse time offsets between performances of the same work")
+    p.add_argument("--dataset-dir", default=os.environ.get("CSI_DATASET_DIR", DEFAULT_DATASET_DIR))
+    p.add_argument("--training-dir", default=os.environ.get("CSI_TRAINING_DIR", DEFAULT_TRAINING_DIR),
+                   help="where alignments.jsonl is written (default $CSI_TRAINING_DIR or training/demo)")
+    p.add_argument("--window", type=float, default=DEFAULT_WINDOW_S, help="window length in seconds (default 15)")
+    p.add_argument("--hop", type=float, default=DEFAULT_HOP_S, help="window hop in seconds (default 5)")
+    p.add_argument("--model", default=None, help="a registered model id (default: the promoted model)")
+    p.add_argument("--device", default=None)
+    _store_option(p)
+    p.set_defaults(func=run_align)
+
+    p = subparsers.add_parser("compare", help="overlap (leakage) report between two catalogs")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.set_defaults(func=run_compare)
+
+    p = subparsers.add_parser("histogram", help="histogram of performances per work, as a PNG")
+    p.add_argument("catalog", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--name", default=None, help="title (default: the catalog's folder name)")
+    p.set_defaults(func=run_histogram)
+
+    p = subparsers.add_parser("query-in-ref", help="write the query_in_ref file of a query and a reference catalog")
+    p.add_argument("query", type=Path)
+    p.add_argument("ref", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run_query_in_ref)
+
+    p = subparsers.add_parser("import", help="use a CoverHunterMPS data folder (and training folder) as they are")
+    p.add_argument("--data", type=Path, required=True, help="folder with full.txt + cqt_feat/ (or dataset.txt)")
+    p.add_argument("--training", type=Path, default=None, help="folder with config/hparams.yaml and checkpoints/")
+    p.add_argument("--cwd", type=Path, default=None,
+                   help="folder the reference tool ran in, for relative wav/feat paths (default: here)")
+    _store_option(p)
+    p.set_defaults(func=run_import)
+
+
+def _missing(*paths: Path) -> None:
+    for path in paths:
+        if not path.is_file():
+            raise CliError(f"{path}: no such file")
+
+
+def run_align(args: argparse.Namespace) -> int:
+    if args.window <= 0 or args.hop <= 0:
+        raise CliError(f"--window and --hop must be positive, got {args.window} and {args.hop}")
+    dataset = DatasetResource(dataset_dir=args.dataset_dir)
+    store = Store(args.store)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        model = load_model(store, dataset.name, args.model, args.device)
+        run = compute_alignments(store, dataset, model, args.window, args.hop, logging.getLogger("csi.align"))
+    except (ModelLoadError, HParamsError, ValueError) as err:
+        raise CliError(str(err)) from err
+    path = write_alignments(Path(args.training_dir).resolve(), run)
+    print(f"{len(run.alignments)} pairs ({run.windows} windows, {run.seconds:.1f} s) -> {path}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    _missing(args.a, args.b)
+    report = compare_catalogs(args.a, args.b)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    return 0
+
+
+def run_histogram(args: argparse.Namespace) -> int:
+    _missing(args.catalog)
+    ids = read_catalog_ids(args.catalog)
+    counts = perfs_per_work(ids.perfs, ids.works)
+    if not counts:
+        raise CliError(f"{args.catalog}: no usable lines")
+    stats = work_size_stats(counts)
+    plot_perfs_per_work(counts, args.out, args.name or args.catalog.resolve().parent.name)
+    for line in ids.malformed:
+        print(f"skipped {line}")
+    print(f"{stats.works} works, {stats.perfs} performances, {stats.min_perfs}..{stats.max_perfs} per work "
+          f"(most often {stats.most_common}, {stats.single_perf_works} works with one) -> {args.out}")
+    return 0
+
+
+def run_query_in_ref(args: argparse.Namespace) -> int:
+    _missing(args.query, args.ref)
+    try:
+        pairs = write_query_in_ref(args.query, args.ref, args.out)
+    except CatalogLineError as err:
+        raise CliError(str(err)) from err
+    print(f"{len(pairs)} query lines are in the references -> {args.out}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    try:
+        report = import_reference(Store(args.store), args.data, args.training, args.cwd)
+    except (ReferenceImportError, HParamsError) as err:
+        raise CliError(str(err)) from err
+    print(f"dataset {report.dataset!r}: {report.performances} performances, {report.variants} variants, "
+          f"{report.features} features, {report.works} works")
+    for line in report.rejected:
+        print(f"rejected: {line['reason']}")
+    for line in report.warnings:
+        print(f"warning: {line['message']}")
+    if report.model_id:
+        print(f"model {report.model_id} (epoch {report.epoch}, {report.checkpoint}) registered and promoted")
+    print(f"next: CSI_DATASET_DIR={Path(args.data).resolve()} dagster asset materialize -m csi_assets.definitions "
+          "--select reference_embeddings, then csi identify")
+    return 0

@@ -1,0 +1,265 @@
+"""Import CoverHunterMPS folders as they are (design "Interoperability"): its catalog, its features, its work ids
+and its best model go into the store, nothing is re-extracted or re-trained.
+
+* Data folder: ``full.txt`` (with ``cqt_feat/*.cqt.npy``) or only ``dataset.txt``, plus its ``hparams.yaml``. The
+  dataset's store name is the folder name, as for every dataset. Original performances (speed 1.0 lines) become
+  catalog rows, every line (``sp_<k>-<perf>`` tempo copies included) a variant, and every ``.npy`` a feature as it
+  is: its frame count is read from the file (``feat_len`` is not trusted, §11.3), float32 or float16 alike.
+* The features are the reference's, whose CQT class (CQT1992v2 on MPS, CQT2010v2 on CUDA) is unknown. They are
+  recorded under the dataset's settings hash (the one ``reference_embeddings`` and identification look up) with
+  settings marked ``origin: reference-import`` and the class as unknown, so they are never taken for ours: an
+  import refuses a dataset whose features were computed here, and features are only ever reused within the same
+  dataset.
+* Work ids are full.txt's ``work_id``, kept as they are (the store never renumbers a work).
+* Training folder: ``config/hparams.yaml`` and the g_ checkpoint of the highest epoch (the reference's rule for
+  inference, §5.7), registered and promoted for the dataset with those hparams.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from csi_assets.assets.data import cqt_settings, rejection_rows
+from csi_assets.store import Store
+from csi_assets.store import catalog as catalog_store
+from csi_assets.store import features as feature_store
+from csi_assets.store import models as model_store
+from csi_assets.store import splits as split_store
+from csi_model.catalog import UTF8_BOM, CatalogRow, parse_catalog
+from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, load_generator, read_generator_state
+from csi_model.cqt import content_hash
+from csi_model.dataset_tools import line_fields
+from csi_model.hparams import HParamsError, load_data_hparams, load_training_hparams, to_dict
+from csi_model.model import CoverHunter, ModelConfig
+
+IMPORT_ORIGIN = "reference-import"
+UNKNOWN_CQT_CLASS = "unknown: CQT1992v2 (MPS) or CQT2010v2 (CUDA)"
+_TEMPO_COPY = re.compile(r"^sp_(?P<factor>[0-9.]+)-(?P<perf>.+)$")
+_CLASSIFIER_KEY = "_ce_layer.weight"
+
+
+class ReferenceImportError(ValueError):
+    """A folder that cannot be imported; the message names the file (and line)."""
+
+
+@dataclass
+class ImportReport:
+    dataset: str
+    performances: int = 0
+    variants: int = 0
+    features: int = 0
+    works: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # line_no, raw, reason
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # line_no, perf, message
+    model_id: str | None = None
+    checkpoint: str | None = None
+    epoch: int | None = None
+
+
+def import_reference(store: Store, data_dir: str | os.PathLike[str], training_dir: str | os.PathLike[str] | None,
+                     cwd: str | os.PathLike[str] | None = None) -> ImportReport:
+    """Import a reference data folder (and, when given, its training folder) into ``store``.
+
+    Relative ``wav`` and ``feat`` paths are tried against the catalog's folder, then ``cwd`` (default: the
+    working directory: the reference tool is run from its repository root, so its files say ``data/…``)."""
+    data_dir = Path(data_dir).resolve()
+    report = ImportReport(dataset=data_dir.name)
+    full, catalog = data_dir / "full.txt", data_dir / "dataset.txt"
+    if full.is_file():
+        _import_full(store, data_dir, full, Path(cwd or os.getcwd()).resolve(), report)
+    elif catalog.is_file():
+        _import_catalog_only(store, data_dir.name, catalog, cwd, report)
+    else:
+        raise ReferenceImportError(f"{data_dir}: neither full.txt nor dataset.txt: not a CoverHunterMPS data folder")
+    if training_dir is not None:
+        _import_model(store, data_dir.name, Path(training_dir).resolve(), report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Catalog, variants, features, work ids
+
+
+@dataclass(frozen=True)
+class _Line:
+    row: CatalogRow
+    original: str
+    speed: float
+    feat: Path
+    n_frames: int
+    n_bins: int
+    dtype: str
+    work_id: int
+
+
+def _original_of(perf: str, originals: set[str]) -> tuple[str, float]:
+    match = _TEMPO_COPY.match(perf)
+    if match and match["perf"] in originals:
+        return match["perf"], float(match["factor"])
+    return perf, 1.0
+
+
+def _import_full(store: Store, data_dir: Path, full: Path, cwd: Path, report: ImportReport) -> None:
+    settings = cqt_settings(_data_hparams(data_dir))
+    parsed = parse_catalog(full, cwd)
+    report.rejected += rejection_rows(parsed.rejected)
+    raw_lines = full.read_bytes().removeprefix(UTF8_BOM).splitlines()
+    perfs = {r.perf for r in parsed.rows}
+    originals = {p for p in perfs if _original_of(p, perfs)[1] == 1.0}
+    lines = []
+    for row in parsed.rows:
+        try:
+            fields = line_fields(raw_lines[row.line_no - 1].decode("utf-8"))  # parse_catalog accepted this line
+            lines.append(_feature_line(row, fields, originals, full, data_dir, cwd, settings.n_bins, report))
+        except ReferenceImportError as err:
+            report.rejected.append({"line_no": row.line_no, "raw": row.perf, "reason": str(err)})
+    _refuse_own_features(store, data_dir.name, settings.settings_hash())
+    hashes = {line.row.perf: content_hash(line.row.wav) for line in lines if line.speed == 1.0}
+    lines = [line for line in lines if line.original in hashes]  # a copy whose original was rejected goes too
+    _record_catalog(store, data_dir.name, str(full), [line.row for line in lines if line.speed == 1.0], hashes,
+                    report)
+    _record_work_ids(store, data_dir.name, lines, full)
+    feature_store.replace_variants(store, data_dir.name, sorted(hashes), [
+        {"variant": line.row.perf, "perf": line.original, "speed": line.speed, "wav": str(line.row.wav),
+         "dur_s": line.row.dur_s, "source_hash": hashes[line.original]} for line in lines])
+    recorded = {**asdict(settings), "origin": IMPORT_ORIGIN, "cqt_class": UNKNOWN_CQT_CLASS,
+                "dtype": sorted({line.dtype for line in lines}), "source": str(full)}
+    feature_store.record_features(store, data_dir.name, settings.settings_hash(), recorded, [
+        {"variant": line.row.perf, "path": str(line.feat), "n_frames": line.n_frames, "n_bins": line.n_bins,
+         "audio_hash": hashes[line.original]} for line in lines])
+    report.variants = report.features = len(lines)
+    report.works = len({line.row.work for line in lines})
+
+
+def _data_hparams(data_dir: Path) -> Any:
+    try:
+        return load_data_hparams(data_dir / "hparams.yaml")
+    except HParamsError as err:
+        raise ReferenceImportError(str(err)) from err
+
+
+def _feature_line(row: CatalogRow, raw: Mapping[str, Any], originals: set[str], full: Path, data_dir: Path,
+                  cwd: Path, n_bins: int, report: ImportReport) -> _Line:
+    where = f"{full}:{row.line_no}"
+    if "feat" not in raw or "work_id" not in raw:
+        raise ReferenceImportError(f"{where}: a full.txt line needs feat and work_id (perf {row.perf!r})")
+    feat = _resolve_feature(str(raw["feat"]), data_dir, cwd, row.perf, where)
+    try:
+        array = np.load(feat, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise ReferenceImportError(f"{where}: cannot read {feat}: {err}") from None
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != n_bins or array.dtype.kind != "f":
+        raise ReferenceImportError(f"{where}: {feat} is {array.dtype} {array.shape}, expected float [frames, {n_bins}]")
+    feat_len = raw.get("feat_len")
+    if feat_len is not None and str(feat_len).strip() != str(array.shape[0]):
+        report.warnings.append({"line_no": row.line_no, "perf": row.perf, "message":
+                                f"{where}: feat_len {feat_len} but {feat} has {array.shape[0]} frames; using the file's"})
+    try:
+        work_id = int(str(raw["work_id"]).strip())
+    except ValueError:
+        raise ReferenceImportError(f"{where}: work_id {raw['work_id']!r} is not an integer") from None
+    original, speed = _original_of(row.perf, originals)
+    return _Line(row, original, speed, feat, int(array.shape[0]), int(array.shape[1]), str(array.dtype), work_id)
+
+
+def _resolve_feature(feat: str, data_dir: Path, cwd: Path, perf: str, where: str) -> Path:
+    given = Path(feat).expanduser()
+    candidates = [given] if given.is_absolute() else [data_dir / given, cwd / given]
+    candidates.append(data_dir / "cqt_feat" / f"{perf}.cqt.npy")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ReferenceImportError(f"{where}: feature file {feat!r} not found (tried {', '.join(map(str, candidates))})")
+
+
+def _refuse_own_features(store: Store, dataset: str, settings_hash: str) -> None:
+    """Features this project computed for the same dataset and settings must not be mixed with imported ones."""
+    ours = [v for v, r in feature_store.features(store, dataset, settings_hash).items()
+            if IMPORT_ORIGIN not in (r["settings"] or "")]
+    if ours:
+        raise ReferenceImportError(f"dataset {dataset!r} already has {len(ours)} features computed by this project "
+                           f"(e.g. {ours[0]}); import into a folder of another name instead of mixing them")
+
+
+def _record_catalog(store: Store, dataset: str, source: str, rows: Sequence[CatalogRow], hashes: Mapping[str, str],
+                    report: ImportReport) -> None:
+    records = []
+    for row in rows:
+        stat = row.wav.stat()
+        records.append({"perf": row.perf, "wav": str(row.wav), "dur_s": row.dur_s, "work": row.work,
+                        "version": row.version, "line_no": row.line_no, "audio_hash": hashes[row.perf],
+                        "audio_size": stat.st_size, "audio_mtime_ns": stat.st_mtime_ns})
+    catalog_store.replace_catalog(store, dataset, source, records, report.rejected, report.warnings)
+    report.performances = len(records)
+
+
+def _record_work_ids(store: Store, dataset: str, lines: Sequence[_Line], full: Path) -> None:
+    ids: dict[str, int] = {}
+    for line in lines:
+        if ids.setdefault(line.row.work, line.work_id) != line.work_id:
+            raise ReferenceImportError(f"{full}:{line.row.line_no}: work {line.row.work!r} has work_id {line.work_id}, "
+                               f"an earlier line gave it {ids[line.row.work]}")
+    owners: dict[int, str] = {}
+    for work, work_id in ids.items():
+        if owners.setdefault(work_id, work) != work:
+            raise ReferenceImportError(f"{full}: work_id {work_id} is shared by works {owners[work_id]!r} and {work!r}")
+    try:
+        split_store.add_work_ids(store, dataset, ids)
+    except ValueError as err:
+        raise ReferenceImportError(f"{full}: {err}") from err
+
+
+def _import_catalog_only(store: Store, dataset: str, catalog: Path, cwd: str | os.PathLike[str] | None,
+                         report: ImportReport) -> None:
+    """Without full.txt there are no features to reuse: the catalog is recorded and the data assets do the rest."""
+    parsed = parse_catalog(catalog, cwd)
+    report.rejected += rejection_rows(parsed.rejected)
+    _record_catalog(store, dataset, str(catalog), parsed.rows, {r.perf: content_hash(r.wav) for r in parsed.rows},
+                    report)
+    report.works = len({r.work for r in parsed.rows})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def best_generator(folder: Path) -> tuple[Path, int]:
+    """The g_ file with the highest epoch, parsed as the reference does for inference (§5.7): ``-`` and ``_``
+    read as ``.``, the second field is the epoch. Files whose second field is not a number are not checkpoints."""
+    epochs: dict[int, Path] = {}
+    for path in folder.glob(f"{GENERATOR_PREFIX}*") if folder.is_dir() else ():
+        fields = path.name.replace("-", ".").replace("_", ".").split(".")
+        if path.is_file() and len(fields) > 1 and fields[1].isdigit():
+            epochs.setdefault(int(fields[1]), path)
+    if not epochs:
+        raise ReferenceImportError(f"{folder}: no g_ checkpoint (expected files like g_00000012)")
+    epoch = max(epochs)
+    return epochs[epoch], epoch
+
+
+def _import_model(store: Store, dataset: str, training_dir: Path, report: ImportReport) -> None:
+    config = training_dir / "config" / "hparams.yaml"
+    try:
+        hp = load_training_hparams(config)
+    except HParamsError as err:
+        raise ReferenceImportError(str(err)) from err
+    checkpoint, epoch = best_generator(training_dir / "checkpoints")
+    try:
+        state = read_generator_state(checkpoint)
+        num_classes = int(state[_CLASSIFIER_KEY].shape[0]) if _CLASSIFIER_KEY in state else 1
+        loaded = load_generator(checkpoint, CoverHunter(ModelConfig.from_hparams(hp, num_classes)))
+    except (CheckpointError, ValueError) as err:
+        raise ReferenceImportError(f"{checkpoint} with {config}: {err}") from err
+    model_id = model_store.model_id_for(training_dir.name, loaded.fingerprint)
+    model_store.register_model(
+        store, model_id=model_id, dataset=dataset, training_dir=str(training_dir), checkpoint=str(checkpoint),
+        epoch=epoch, fingerprint=loaded.fingerprint, hparams=to_dict(hp),
+        metrics={"origin": IMPORT_ORIGIN}, promote=True)
+    report.model_id, report.checkpoint, report.epoch = model_id, str(checkpoint), epoch
