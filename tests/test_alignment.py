@@ -2,14 +2,23 @@
 embeddings (pure voting) and end to end through the CQT and a tiny untrained model (identical content gives
 identical embeddings whatever the weights)."""
 
+import json
+from pathlib import Path
+
+import dagster as dg
 import numpy as np
 import pytest
 import torch
+
+from csi_assets.assets import tools
+from csi_assets.cli import main as csi
+from csi_assets.store import catalog as catalog_store
 
 from csi_model.alignment import TrackWindows, align_works, coarse_shifts, embed_windows, window_starts
 from csi_model.audio import SAMPLE_RATE
 from csi_model.cqt import CqtSettings, compute_cqt
 from csi_model.model import CoverHunter, ModelConfig
+from tests.serving_fixtures import project_with_model
 
 HOP_S, WINDOW_S = 5.0, 15.0
 
@@ -99,3 +108,49 @@ def test_shift_recovered_end_to_end_through_cqt_and_an_untrained_model() -> None
     assert abs(shifts[1, 0] + shift_s) <= 1.0
     # the same recording twice aligns at 0
     assert coarse_shifts([tracks[0], tracks[0]])[0, 1] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The ``alignments`` asset and ``csi align`` on a synthetic project with a tiny promoted model
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory):
+    project, model_id, _ = project_with_model(tmp_path_factory.mktemp("align"), works=3, perfs=3, seconds=6.0)
+    return project, model_id
+
+
+def _read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_alignments_asset_writes_every_same_work_pair(project) -> None:
+    project, model_id = project
+    result = dg.materialize([tools.alignments], resources=project.resources,
+                            instance=dg.DagsterInstance.ephemeral(),
+                            run_config={"ops": {"alignments": {"config": {"window_s": 2.0, "hop_s": 1.0}}}})
+    assert result.success
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("alignments")[0].metadata.items()}
+    lines = _read_lines(project.training_dir / tools.ALIGNMENT_FILE)
+    work_of = {p["perf"]: p["work"] for p in catalog_store.performances(project.store, project.dataset_dir.name)}
+    assert len(lines) == 3 * 3 * 3 and metadata["pairs"] == 27 and metadata["distinct_pairs"] == 18
+    assert all(set(line) == {"perf_i", "perf_j", "shift_s"} for line in lines)
+    assert all(work_of[line["perf_i"]] == work_of[line["perf_j"]] for line in lines)
+    assert all(line["shift_s"] == 0.0 for line in lines if line["perf_i"] == line["perf_j"])
+    assert all(float(line["shift_s"]).is_integer() for line in lines)  # on the 1 s hop grid
+    meta = json.loads((project.training_dir / tools.ALIGNMENT_META_FILE).read_text())
+    assert meta["model_id"] == model_id and meta["window_s"] == 2.0 and meta["hop_s"] == 1.0
+    assert metadata["windows"] == meta["windows"] > 9
+
+
+def test_csi_align_matches_the_asset(project, capsys) -> None:
+    project, _ = project
+    path = project.training_dir / tools.ALIGNMENT_FILE
+    before = path.read_text() if path.exists() else None
+    args = ["align", "--dataset-dir", str(project.dataset_dir), "--training-dir", str(project.training_dir),
+            "--store", str(project.store_path), "--window", "2", "--hop", "1"]
+    assert csi(args) == 0
+    assert "27 pairs" in capsys.readouterr().out
+    if before is not None:
+        assert path.read_text() == before  # same model, same windows: same answer
+    assert csi([*args[:-4], "--window", "0", "--hop", "1"]) == 2

@@ -4,9 +4,16 @@ query_in_ref built by perf."""
 import json
 from pathlib import Path
 
+import base64
+import io
+
+import dagster as dg
 import numpy as np
 import pytest
 from PIL import Image
+
+from csi_assets.assets import data, tools
+from csi_assets.cli import main as csi
 
 from csi_model.catalog import CatalogLineError
 from csi_model.dataset_tools import (
@@ -18,6 +25,7 @@ from csi_model.dataset_tools import (
     work_size_stats,
     write_query_in_ref,
 )
+from tests.graph_fixtures import make_project
 
 
 def write_catalog(path: Path, records: list[dict], extra_lines: tuple[str, ...] = ()) -> Path:
@@ -84,3 +92,36 @@ def test_query_in_ref_refuses_a_line_that_would_shift_indices(tmp_path: Path) ->
     with pytest.raises(CatalogLineError, match="q.txt:2"):
         write_query_in_ref(query, ref, tmp_path / "out.txt")
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_catalog_histogram_asset_shows_the_png(tmp_path: Path) -> None:
+    project = make_project(tmp_path, works=3, perfs=2, seconds=2.0)
+    result = dg.materialize([data.dataset_catalog, tools.catalog_histogram], resources=project.resources,
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("catalog_histogram")[0].metadata.items()}
+    assert (metadata["works"], metadata["perfs"], metadata["min_perfs"], metadata["max_perfs"]) == (3, 6, 2, 2)
+    png = (project.dataset_dir / tools.HISTOGRAM_FILE).read_bytes()
+    prefix = "![performances per work](data:image/png;base64,"
+    assert metadata["histogram"].startswith(prefix)
+    assert base64.b64decode(metadata["histogram"][len(prefix):-1]) == png
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+
+
+def test_cli_compare_histogram_and_query_in_ref(tmp_path: Path, capsys) -> None:
+    a = write_catalog(tmp_path / "train.txt", [rec("p1", "w1"), rec("p2", "w1"), rec("p3", "w2")], ("{bad",))
+    b = write_catalog(tmp_path / "test.txt", [rec("p3", "w2"), rec("p4", "w3")])
+    assert csi(["compare", str(a), str(b), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert (counts["shared_perfs"], counts["shared_works"], counts["a"]["malformed"]) == (1, 1, 1)
+    assert csi(["compare", str(a), str(tmp_path / "nope.txt")]) == 2
+    assert "nope.txt: no such file" in capsys.readouterr().err
+    out = tmp_path / "h.png"
+    assert csi(["histogram", str(a), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 works, 3 performances, 1..2 per work" in printed and "train.txt:4" in printed and out.is_file()
+    clean = write_catalog(tmp_path / "clean.txt", [rec("p1", "w1"), rec("p2", "w1"), rec("p3", "w2")])
+    assert csi(["query-in-ref", str(b), str(clean), "--out", str(tmp_path / "qir.txt")]) == 0
+    assert json.loads((tmp_path / "qir.txt").read_text()) == {"query_in_ref": [[0, 2]]}
+    assert csi(["query-in-ref", str(a), str(b), "--out", str(tmp_path / "x.txt")]) == 2
+    assert "train.txt:4" in capsys.readouterr().err
