@@ -17,6 +17,7 @@ and its best model go into the store, nothing is re-extracted or re-trained.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -122,7 +123,11 @@ def _import_full(store: Store, data_dir: Path, full: Path, cwd: Path, report: Im
             report.rejected.append({"line_no": row.line_no, "raw": row.perf, "reason": str(err)})
     _refuse_own_features(store, data_dir.name, settings.settings_hash())
     hashes = {line.row.perf: content_hash(line.row.wav) for line in lines if line.speed == 1.0}
-    lines = [line for line in lines if line.original in hashes]  # a copy whose original was rejected goes too
+    orphans = [line for line in lines if line.original not in hashes]  # a copy whose original was rejected
+    report.rejected += [{"line_no": line.row.line_no, "raw": line.row.perf, "reason":
+                         f"{full}:{line.row.line_no}: tempo copy of {line.original!r}, whose line was rejected"}
+                        for line in orphans]
+    lines = [line for line in lines if line.original in hashes]
     _record_catalog(store, data_dir.name, str(full), [line.row for line in lines if line.speed == 1.0], hashes,
                     report)
     _record_work_ids(store, data_dir.name, lines, full)
@@ -182,7 +187,7 @@ def _resolve_feature(feat: str, data_dir: Path, cwd: Path, perf: str, where: str
 def _refuse_own_features(store: Store, dataset: str, settings_hash: str) -> None:
     """Features this project computed for the same dataset and settings must not be mixed with imported ones."""
     ours = [v for v, r in feature_store.features(store, dataset, settings_hash).items()
-            if IMPORT_ORIGIN not in (r["settings"] or "")]
+            if json.loads(r["settings"] or "{}").get("origin") != IMPORT_ORIGIN]
     if ours:
         raise ReferenceImportError(f"dataset {dataset!r} already has {len(ours)} features computed by this project "
                            f"(e.g. {ours[0]}); import into a folder of another name instead of mixing them")

@@ -84,19 +84,20 @@ def embed_windows(
 def coarse_shifts(tracks: Sequence[TrackWindows]) -> np.ndarray:
     """``[P, P]`` shifts in seconds between every ordered pair of the tracks of ONE work (diagonal 0).
 
-    One similarity matrix over all windows of the work; for each target track j, each window's nearest window in
-    j and its vote are found for every source track at once."""
+    For each target track j, one matrix product gives every window's similarity to j's windows, so the nearest
+    window in j and the votes of all source tracks are found at once (memory: windows of the work × windows of j)."""
     if not tracks:
         return np.zeros((0, 0))
     vectors = np.concatenate([t.vectors for t in tracks]).astype(np.float32)  # [N, D]
     starts_ms = np.rint(np.concatenate([t.starts_s for t in tracks]) * _MS).astype(np.int64)  # [N]
     owner = np.repeat(np.arange(len(tracks)), [len(t.starts_s) for t in tracks])  # [N] track of each window
-    similarity = vectors @ vectors.T  # [N, N] cosine (unit rows)
     bounds = np.cumsum([0] + [len(t.starts_s) for t in tracks])
     shifts = np.zeros((len(tracks), len(tracks)))
     for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        nearest = a + similarity[:, a:b].argmax(axis=1)  # [N] best window of track j for each window
-        weight = (1.0 + similarity[np.arange(len(owner)), nearest]) / 2.0
+        similarity = vectors @ vectors[a:b].T  # [N, W_j] cosine (unit rows); never the whole [N, N]
+        best = similarity.argmax(axis=1)  # [N] best window of track j for each window
+        nearest = a + best
+        weight = (1.0 + similarity[np.arange(len(owner)), best]) / 2.0
         shifts[:, j] = _vote(owner, starts_ms - starts_ms[nearest], weight, len(tracks)) / _MS
         shifts[j, j] = 0.0
     return shifts

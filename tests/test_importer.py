@@ -197,3 +197,13 @@ def test_best_generator_follows_the_reference_epoch_rule(tmp_path: Path) -> None
 def test_a_folder_without_catalog_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ReferenceImportError, match="neither full.txt nor dataset.txt"):
         import_reference(Store(tmp_path / "s.duckdb"), tmp_path, None)
+
+
+def test_a_dataset_txt_alone_fills_the_catalog_for_the_data_assets(tmp_path: Path) -> None:
+    data = tmp_path / "plain"
+    generate_covers(data, works=2, perfs=2, seed=4, seconds=2.0)
+    store = Store(tmp_path / "s.duckdb")
+    report = import_reference(store, data, None)
+    assert (report.performances, report.works, report.features, report.model_id) == (4, 2, 0, None)
+    assert [p["perf"] for p in catalog_store.performances(store, "plain")] == ["w000_p0", "w000_p1", "w001_p0",
+                                                                              "w001_p1"]
