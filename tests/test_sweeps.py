@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from csi_assets.assets import research
+from csi_assets.resources import TrainingResource
 from csi_model.hparams import HParamsError, to_dict
 from csi_model.sweeps import (RunOutcome, experiment_hparams, markdown_table, parse_tuning, plan_experiments,
                               summarise, tail_slope)
@@ -189,3 +190,33 @@ def test_sweep_summary_matches_the_runs(swept):
     assert cells[8].startswith("[") and not math.isnan(outcomes["lrate0.001__seed1"]["bootstrap"]["ci_low"])
     metadata = summary.asset_materializations_for_node("sweep_summary")[0].metadata
     assert metadata["runs"].value == 4 and "lrate0.004" in metadata["summary"].value
+
+
+def test_replanning_replaces_stale_partitions_and_a_bad_file_fails_the_plan(tmp_path):
+    training = TrainingResource(training_dir=str(tmp_path / "training"))
+    (training.root / "config").mkdir(parents=True)
+    (training.root / "config" / "hparams.yaml").write_text(yaml.safe_dump(to_dict(tiny_hparams())))
+    tuning = training.root / "config" / "hp_tuning.yaml"
+    instance = dg.DagsterInstance.ephemeral()
+
+    def plan(text: str) -> bool:
+        tuning.write_text(text)
+        return dg.materialize([research.sweep_plan], resources={"training": training}, instance=instance,
+                              raise_on_error=False).success
+
+    assert plan("early_stopping_patience: 2\nseeds: [1]\nlearning_rates: [0.001, 0.002]\n")
+    assert plan("early_stopping_patience: 2\nseeds: [1]\nlearning_rates: [0.002, 0.003]\n")
+    assert sorted(instance.get_dynamic_partitions("sweep_experiments")) == ["lrate0.002__seed1", "lrate0.003__seed1"]
+    assert not plan("seeds: [1]\nlearning_rates: [0.002]\n")  # early_stopping_patience missing
+
+
+def test_foundation_checkpoint_warm_start(tmp_path):
+    generator, state = tmp_path / "g_00000004", tmp_path / "do_00000004"
+    text = f"early_stopping_patience: 2\nfoundation_checkpoint: {generator}\nrestore_optimizer_state: true\n"
+    with pytest.raises(dg.Failure, match="does not exist"):
+        research.foundation_warm_start(parse_tuning(text, "hp_tuning.yaml"))
+    generator.write_bytes(b"")
+    assert research.foundation_warm_start(parse_tuning(text)).state is None  # no do_ file: cold optimizer
+    state.write_bytes(b"")
+    assert research.foundation_warm_start(parse_tuning(text)).state == state
+    assert research.foundation_warm_start(parse_tuning(text.replace("true", "false"))).state is None

@@ -129,7 +129,7 @@ def outcome_of(experiment: Experiment, result: TrainingResult | None, seconds: f
     )
 
 
-def _warm_start(tuning: Tuning) -> WarmStart | None:
+def foundation_warm_start(tuning: Tuning) -> WarmStart | None:
     """``foundation_checkpoint`` (a g_ file), with its do_ file when ``restore_optimizer_state``; a missing do_
     file means a cold optimizer, as in the reference (logged by the caller)."""
     if not tuning.foundation_checkpoint:
@@ -157,7 +157,7 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
     items = split_items(table)
     test_sets, _ = retrieval_test_sets(hp, table, training.root)
     folder = sweeps_dir(training) / experiment.key
-    warm = _warm_start(tuning)
+    warm = foundation_warm_start(tuning)
     if warm is not None and warm.state is None and tuning.restore_optimizer_state:
         context.log.warning(f"{tuning.foundation_checkpoint}: no matching do_ file; the optimizer starts cold")
     device = pick_device(hp.device)
