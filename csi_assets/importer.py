@@ -37,7 +37,7 @@ from csi_model.catalog import UTF8_BOM, CatalogRow, parse_catalog
 from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, load_generator, read_generator_state
 from csi_model.cqt import content_hash
 from csi_model.dataset_tools import line_fields
-from csi_model.hparams import HParamsError, load_data_hparams, load_training_hparams, to_dict
+from csi_model.hparams import DataPrepHParams, HParamsError, load_data_hparams, load_training_hparams, to_dict
 from csi_model.model import CoverHunter, ModelConfig
 
 IMPORT_ORIGIN = "reference-import"
@@ -128,9 +128,9 @@ def _import_full(store: Store, data_dir: Path, full: Path, cwd: Path, report: Im
                          f"{full}:{line.row.line_no}: tempo copy of {line.original!r}, whose line was rejected"}
                         for line in orphans]
     lines = [line for line in lines if line.original in hashes]
+    _record_work_ids(store, data_dir.name, lines, full)  # first: a work id conflict stops the import unwritten
     _record_catalog(store, data_dir.name, str(full), [line.row for line in lines if line.speed == 1.0], hashes,
                     report)
-    _record_work_ids(store, data_dir.name, lines, full)
     feature_store.replace_variants(store, data_dir.name, sorted(hashes), [
         {"variant": line.row.perf, "perf": line.original, "speed": line.speed, "wav": str(line.row.wav),
          "dur_s": line.row.dur_s, "source_hash": hashes[line.original]} for line in lines])
@@ -143,7 +143,7 @@ def _import_full(store: Store, data_dir: Path, full: Path, cwd: Path, report: Im
     report.works = len({line.row.work for line in lines})
 
 
-def _data_hparams(data_dir: Path) -> Any:
+def _data_hparams(data_dir: Path) -> DataPrepHParams:
     try:
         return load_data_hparams(data_dir / "hparams.yaml")
     except HParamsError as err:
@@ -164,8 +164,8 @@ def _feature_line(row: CatalogRow, raw: Mapping[str, Any], originals: set[str], 
         raise ReferenceImportError(f"{where}: {feat} is {array.dtype} {array.shape}, expected float [frames, {n_bins}]")
     feat_len = raw.get("feat_len")
     if feat_len is not None and str(feat_len).strip() != str(array.shape[0]):
-        report.warnings.append({"line_no": row.line_no, "perf": row.perf, "message":
-                                f"{where}: feat_len {feat_len} but {feat} has {array.shape[0]} frames; using the file's"})
+        message = f"{where}: feat_len {feat_len} but {feat} has {array.shape[0]} frames; using the file's"
+        report.warnings.append({"line_no": row.line_no, "perf": row.perf, "message": message})
     try:
         work_id = int(str(raw["work_id"]).strip())
     except ValueError:

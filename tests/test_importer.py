@@ -207,3 +207,15 @@ def test_a_dataset_txt_alone_fills_the_catalog_for_the_data_assets(tmp_path: Pat
     assert (report.performances, report.works, report.features, report.model_id) == (4, 2, 0, None)
     assert [p["perf"] for p in catalog_store.performances(store, "plain")] == ["w000_p0", "w000_p1", "w001_p0",
                                                                               "w001_p1"]
+
+
+def test_conflicting_work_ids_stop_the_import_before_anything_is_written(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    data, _ = make_reference_folders(repo)
+    lines = [json.loads(line) for line in (data / "full.txt").read_text().splitlines()]
+    lines[3]["work_id"] = 99
+    (data / "full.txt").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    store = Store(tmp_path / "s.duckdb")
+    with pytest.raises(ReferenceImportError, match=r"full.txt:\d+: work 'work_00\d' has work_id"):
+        import_reference(store, data, None, repo)
+    assert catalog_store.performances(store, "covers") == [] and split_store.work_ids(store, "covers") == {}
