@@ -37,7 +37,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 ui: setup
-	$(BIN)/dagster-webserver -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

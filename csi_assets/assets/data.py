@@ -7,9 +7,10 @@ it completes, so a killed run continues where it stopped).
 
 
 import hashlib
+import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -200,20 +201,25 @@ def render_variants(
             variant.wav.unlink(missing_ok=True)  # stale: made from audio that has since changed
         if not variant.wav.exists():
             todo.append(variant)
+    if not todo:
+        return 0, []
     progress = Progress(log, "rendering tempo variants", len(todo), "files")
-
-    def render(variant: TempoVariant) -> str | None:
-        try:
-            render_variant(variant)
-            return None
-        except AudioError as err:
-            return f"{variant.perf}: {err}"
-        finally:
+    errors = []
+    # Rubber Band holds the GIL: processes, not threads, put both cores to work.
+    with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for error in pool.map(_render_or_error, todo, chunksize=4):
             progress.advance()
-
-    with ThreadPoolExecutor(_workers()) as pool:
-        errors = [e for e in pool.map(render, todo) if e]
+            if error:
+                errors.append(error)
     return len(todo) - len(errors), errors
+
+
+def _render_or_error(variant: TempoVariant) -> str | None:
+    try:
+        render_variant(variant)
+        return None
+    except AudioError as err:
+        return f"{variant.perf}: {err}"
 
 
 @dg.asset(group_name=GROUP, deps=[dataset_catalog], kinds={"audio"})
