@@ -33,10 +33,9 @@ from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
-from csi_model.catalog import UTF8_BOM, CatalogRow, parse_catalog
+from csi_model.catalog import CatalogRow, parse_catalog, scan_records
 from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, load_generator, read_generator_state
 from csi_model.cqt import content_hash
-from csi_model.dataset_tools import line_fields
 from csi_model.hparams import DataPrepHParams, HParamsError, load_data_hparams, load_training_hparams, to_dict
 from csi_model.model import CoverHunter, ModelConfig
 
@@ -111,14 +110,14 @@ def _import_full(store: Store, data_dir: Path, full: Path, cwd: Path, report: Im
     settings = cqt_settings(_data_hparams(data_dir))
     parsed = parse_catalog(full, cwd)
     report.rejected += rejection_rows(parsed.rejected)
-    raw_lines = full.read_bytes().removeprefix(UTF8_BOM).splitlines()
+    fields_of = dict(scan_records(full))  # the extra keys (feat, work_id) of each line parse_catalog accepted
     perfs = {r.perf for r in parsed.rows}
     originals = {p for p in perfs if _original_of(p, perfs)[1] == 1.0}
     lines = []
     for row in parsed.rows:
         try:
-            fields = line_fields(raw_lines[row.line_no - 1].decode("utf-8"))  # parse_catalog accepted this line
-            lines.append(_feature_line(row, fields, originals, full, data_dir, cwd, settings.n_bins, report))
+            lines.append(_feature_line(row, fields_of[row.line_no], originals, full, data_dir, cwd, settings.n_bins,
+                                       report))
         except ReferenceImportError as err:
             report.rejected.append({"line_no": row.line_no, "raw": row.perf, "reason": str(err)})
     _refuse_own_features(store, data_dir.name, settings.settings_hash())

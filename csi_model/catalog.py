@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -96,23 +96,30 @@ def parse_catalog(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | No
     return ParsedCatalog(catalog, rows, rejected)
 
 
-def read_records(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, object]]]:
-    """``(line number, fields)`` of every non-blank line, in the catalog's JSON or TAB ``key:value`` format.
-
-    For files whose lines only need some keys (a test set's ``perf`` list, a ``query_in_ref`` file): no row
-    validation, no audio lookup. A line that is not a record at all is an error naming the file and line.
-    """
+def scan_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, object] | CatalogLineError]]:
+    """``(line number, fields)`` of every non-blank line, in the catalog's JSON or TAB ``key:value`` format; a line
+    that is not a record yields ``(line number, the error)`` instead (naming the file and line), so callers choose
+    whether a bad line is fatal. No row validation, no audio lookup."""
     catalog = Path(path)
-    records: list[tuple[int, dict[str, object]]] = []
     for line_no, data in enumerate(catalog.read_bytes().removeprefix(UTF8_BOM).splitlines(), start=1):
         text = data.decode("utf-8", errors="replace").strip()
         if not text:
             continue
         try:
             _check_utf8(data)
-            records.append((line_no, _json_fields(text) if text.startswith("{") else _tab_fields(text)))
+            yield line_no, (_json_fields(text) if text.startswith("{") else _tab_fields(text))
         except CatalogLineError as error:
-            raise CatalogLineError(f"{catalog}:{line_no}: {error}") from None
+            yield line_no, CatalogLineError(f"{catalog}:{line_no}: {error}")
+
+
+def read_records(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, object]]]:
+    """Every record of a file whose lines only need some keys (a test set's ``perf`` list, a ``query_in_ref``
+    file); a line that is not a record is an error naming the file and line."""
+    records: list[tuple[int, dict[str, object]]] = []
+    for line_no, fields in scan_records(path):
+        if isinstance(fields, CatalogLineError):
+            raise fields
+        records.append((line_no, fields))
     return records
 
 

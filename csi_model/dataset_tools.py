@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from csi_model.atomic import atomic_path, write_text_atomic
-from csi_model.catalog import UTF8_BOM, CatalogLineError, _check_utf8, _json_fields, _tab_fields, read_records
+from csi_model.catalog import CatalogLineError, read_records, scan_records
 
 HISTOGRAM_TICKS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 20, 30, 40, 50, 100, 200, 500)
 """The reference plot's x ticks (log axis)."""
@@ -44,15 +44,9 @@ def read_catalog_ids(path: str | os.PathLike[str]) -> CatalogIds:
     """Every non-blank line with string ``perf`` and ``work`` fields; any other line is reported, not fatal."""
     path = Path(path)
     perfs, works, malformed = [], [], []
-    for line_no, data in enumerate(path.read_bytes().removeprefix(UTF8_BOM).splitlines(), start=1):
-        text = data.decode("utf-8", errors="replace").strip()
-        if not text:
-            continue
-        try:
-            _check_utf8(data)
-            fields = line_fields(text)
-        except CatalogLineError as err:
-            malformed.append(f"{path}:{line_no}: {err}")
+    for line_no, fields in scan_records(path):
+        if isinstance(fields, CatalogLineError):
+            malformed.append(str(fields))
             continue
         perf, work = fields.get("perf"), fields.get("work")
         if not isinstance(perf, str) or not isinstance(work, str) or not perf.strip() or not work.strip():
@@ -61,11 +55,6 @@ def read_catalog_ids(path: str | os.PathLike[str]) -> CatalogIds:
         perfs.append(perf.strip())
         works.append(work.strip())
     return CatalogIds(path, perfs, works, malformed)
-
-
-def line_fields(text: str) -> dict[str, object]:
-    """The catalog's own line parser (JSON object or TAB ``key:value`` fields)."""
-    return _json_fields(text) if text.startswith("{") else _tab_fields(text)
 
 
 # ---------------------------------------------------------------------------------------------------------------
