@@ -19,6 +19,7 @@ import dagster as dg
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from csi_assets.assets.data import cqt_features, cqt_settings, data_splits
 from csi_assets.progress import Progress
@@ -92,10 +93,10 @@ def record_of(history: Sequence[EpochRecord], epoch: int) -> EpochRecord | None:
     return next((r for r in history if r.epoch == epoch), None)
 
 
-def curves_png(history: Sequence[EpochRecord]) -> bytes:
-    """Losses (train total, val focal) and every test set's mAP against the epoch, as PNG bytes."""
+def curves_png(history: Sequence[EpochRecord], best_epoch: int) -> bytes:
+    """Losses (train total, val focal) and every test set's mAP against the epoch, the best epoch marked; PNG."""
     fig = Figure(figsize=(9, 3.6), dpi=100)
-    loss_ax, map_ax = fig.subplots(1, 2)
+    loss_ax, map_ax = fig.subplots(1, 2, sharex=True)
     epochs = [r.epoch for r in history]
     loss_ax.plot(epochs, [r.train.get("total", math.nan) for r in history], marker=".", label="train total")
     loss_ax.plot(epochs, [r.val.get("foc_loss", math.nan) for r in history], marker=".", label="val focal")
@@ -107,14 +108,17 @@ def curves_png(history: Sequence[EpochRecord]) -> bytes:
     map_ax.set(xlabel="epoch", ylabel="mAP", title="test-set mAP", ylim=(0, 1))
     if map_ax.lines:
         map_ax.legend()
+    for ax in (loss_ax, map_ax):
+        ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
-def write_curves(folder: Path, history: Sequence[EpochRecord]) -> tuple[Path, bytes]:
-    png = curves_png(history)
+def write_curves(folder: Path, history: Sequence[EpochRecord], best_epoch: int) -> tuple[Path, bytes]:
+    png = curves_png(history, best_epoch)
     path = folder / CURVES_FILE
     with atomic_path(path) as tmp:
         tmp.write_bytes(png)
@@ -187,7 +191,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
     best = record_of(result.history, result.best_epoch)
     scores = retrieval_scores(model, hp, test_sets, best, known and known["metrics"], device)
     counts = parameter_counts(model)
-    curves_path, png = write_curves(training.root, result.history)
+    curves_path, png = write_curves(training.root, result.history, result.best_epoch)
     best_val_loss = best.val.get("foc_loss") if best else None
     metrics = {
         "epochs": result.last_epoch + 1, "best_epoch": result.best_epoch, "best_val_loss": best_val_loss,
