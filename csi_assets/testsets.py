@@ -64,7 +64,7 @@ def split_items(table: Sequence[Mapping[str, Any]]) -> SplitItems:
 
 
 def resolve_path(value: str, training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> Path:
-    """An hparams path: absolute as given, else the first that exists of ``cwd / value`` and ``training_dir / value``."""
+    """An hparams path: absolute as given, else the first that exists of ``cwd/value`` and ``training_dir/value``."""
     given = Path(value).expanduser()
     candidates = [given] if given.is_absolute() else [Path(cwd or os.getcwd()) / given, Path(training_dir) / given]
     for candidate in candidates:
@@ -80,11 +80,15 @@ class _ResolvedFile:
     dropped: int
 
 
-def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]]) -> _ResolvedFile:
+def _records(path: Path) -> list[tuple[int, dict[str, object]]]:
     try:
-        records = read_records(path)
+        return read_records(path)
     except CatalogLineError as err:
         raise InvalidTestSet(str(err)) from None
+
+
+def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]]) -> _ResolvedFile:
+    records = _records(path)
     items: list[FeatureItem] = []
     new_index: list[int | None] = []
     line_of: dict[str, int] = {}
@@ -107,10 +111,7 @@ def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]]) -> _Resolv
 
 def _query_in_ref_pairs(path: Path, queries: _ResolvedFile, refs: _ResolvedFile) -> list[tuple[int, int]]:
     """The file's (query, ref) pairs in the kept lines' numbering; pairs touching a dropped line vanish with it."""
-    try:
-        records = read_records(path)
-    except CatalogLineError as err:
-        raise InvalidTestSet(str(err)) from None
+    records = _records(path)
     pairs = records[0][1].get("query_in_ref") if records else None
     if not isinstance(pairs, list) or not all(
         isinstance(p, list) and len(p) == 2 and all(isinstance(k, int) and not isinstance(k, bool) for k in p)

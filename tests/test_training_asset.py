@@ -78,7 +78,8 @@ def test_trains_registers_promotes_and_resumes(small) -> None:
     assert "tensorboard --logdir" in meta["tensorboard"]
     assert any((project.training_dir / "logs").rglob("events.out.tfevents.*"))
     registered = model_store.get_model(project.store, meta["model_id"])
-    assert registered["checkpoint"] == meta["checkpoint"] and registered["metrics"]["mAP"]["covers"] == meta["mAP/covers"]
+    assert registered["checkpoint"] == meta["checkpoint"]
+    assert registered["metrics"]["mAP"]["covers"] == meta["mAP/covers"]
     assert model_store.promoted_model(project.store, "dataset") is None
     assert not _check(first)  # nothing promoted yet
 
