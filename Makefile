@@ -28,8 +28,10 @@ $(CSI_DATASET_DIR)/dataset.txt: | $(STAMP)
 	$(BIN)/csi synth $(CSI_DATASET_DIR) --works $(DEMO_WORKS) --perfs $(DEMO_PERFS) --seed $(DEMO_SEED) \
 		--seconds $(DEMO_SECONDS)
 
+# One torch thread per process: the executor runs two steps at once on 2 cores, and tiny models gain nothing
+# from a second thread (measured: 2 threads on a busy 2-core machine ran an epoch 10x slower).
 demo: setup $(CSI_DATASET_DIR)/dataset.txt
-	$(BIN)/dagster job execute -m csi_assets.definitions -j main
+	OMP_NUM_THREADS=1 $(BIN)/dagster job execute -m csi_assets.definitions -j main
 	@$(BIN)/python -m csi_assets.demo_summary
 
 test: setup

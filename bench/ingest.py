@@ -23,7 +23,6 @@ import torch
 import yaml
 
 from csi_assets.assets import ingestion
-from csi_assets.assets.data import cqt_settings
 from csi_assets.resources import DatasetResource
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
@@ -59,7 +58,7 @@ def build_store(root: Path, n_refs: int, audio: Path) -> tuple[Store, DatasetRes
     (dataset_dir / "hparams.yaml").write_text(yaml.safe_dump(DATA_HPARAMS))
     dataset = DatasetResource(dataset_dir=str(dataset_dir))
     store = Store(root / "csi.duckdb")
-    settings = cqt_settings(dataset.hparams())
+    settings = dataset.cqt_settings()
     feature = compute_cqt([load_audio(audio)], settings, torch.device("cpu"))[0]
     feat_path = dataset.features_dir / settings.settings_hash() / "shared.cqt.npy"
     save_feature(feat_path, feature)

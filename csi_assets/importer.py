@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from csi_assets.assets.data import cqt_settings, rejection_rows
+from csi_assets.assets.data import rejection_rows
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
@@ -35,7 +35,7 @@ from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
 from csi_model.catalog import CatalogRow, parse_catalog, scan_records
 from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, load_generator, read_generator_state
-from csi_model.cqt import content_hash
+from csi_model.cqt import content_hash, settings_for
 from csi_model.hparams import DataPrepHParams, HParamsError, load_data_hparams, load_training_hparams, to_dict
 from csi_model.model import CoverHunter, ModelConfig
 
@@ -107,7 +107,7 @@ def _original_of(perf: str, originals: set[str]) -> tuple[str, float]:
 
 
 def _import_full(store: Store, data_dir: Path, full: Path, cwd: Path, report: ImportReport) -> None:
-    settings = cqt_settings(_data_hparams(data_dir))
+    settings = settings_for(_data_hparams(data_dir))
     parsed = parse_catalog(full, cwd)
     report.rejected += rejection_rows(parsed.rejected)
     fields_of = dict(scan_records(full))  # the extra keys (feat, work_id) of each line parse_catalog accepted

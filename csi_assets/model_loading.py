@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csi_assets.assets.data import cqt_settings
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
 from csi_model.checkpoint import CheckpointError, load_generator, read_generator_state
-from csi_model.cqt import CqtSettings
+from csi_model.cqt import CqtSettings, settings_for
 from csi_model.devices import pick_device
 from csi_model.embedding import segment_starts
 from csi_model.hparams import TrainingHParams, load_data_hparams, training_hparams_from_dict
@@ -83,4 +82,4 @@ def load_model(store: Store, dataset: str, model_id: str | None = None, device: 
 
 def dataset_cqt_settings(dataset_dir: str | Path) -> CqtSettings:
     """The CQT settings the dataset's features were computed with (its data-prep ``hparams.yaml``)."""
-    return cqt_settings(load_data_hparams(Path(dataset_dir) / "hparams.yaml"))
+    return settings_for(load_data_hparams(Path(dataset_dir) / "hparams.yaml"))

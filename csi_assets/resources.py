@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from csi_assets.store import Store
+from csi_model.cqt import CqtSettings, settings_for
 from csi_model.hparams import DataPrepHParams, TrainingHParams, load_data_hparams, load_training_hparams
 
 DEFAULT_DATASET_DIR = "data/demo"
@@ -51,6 +52,10 @@ class DatasetResource(dg.ConfigurableResource):
 
     def hparams(self) -> DataPrepHParams:
         return load_data_hparams(self.root / "hparams.yaml")
+
+    def cqt_settings(self) -> CqtSettings:
+        """The CQT settings of this dataset's features: their hash keys the feature cache."""
+        return settings_for(self.hparams())
 
 
 class TrainingResource(dg.ConfigurableResource):

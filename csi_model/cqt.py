@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from csi_model.atomic import atomic_path
+from csi_model.hparams import DataPrepHParams
 from csi_model.audio import SAMPLE_RATE
 
 FORMULA = "peak0.999|cqt-magnitude-librosa-norm|db-rel-max-eps1e-9|nofloor"
@@ -94,6 +95,12 @@ class CqtSettings:
     def settings_hash(self) -> str:
         payload = json.dumps({**asdict(self), "formula": FORMULA}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def settings_for(hp: DataPrepHParams) -> CqtSettings:
+    """The CQT settings a dataset's data-preparation hparams ask for (the hop from ``hop_size`` seconds)."""
+    return CqtSettings(sample_rate=SAMPLE_RATE, hop=int(round(hp.hop_size * SAMPLE_RATE)), fmin=hp.fmin,
+                       n_bins=hp.n_bins, bins_per_octave=hp.bins_per_octave)
 
 
 @functools.lru_cache(maxsize=8)

@@ -51,7 +51,6 @@ def make_project(root: Path, works: int = 5, perfs: int = 3, seconds: float = 6.
 
 def materialize(project: Project, assets: list, instance: dg.DagsterInstance | None = None,
                 selection: str | None = None) -> dg.ExecuteInJobResult:
-    from csi_assets.definitions import defs
 
     return dg.materialize(
         assets, resources=project.resources, instance=instance or dg.DagsterInstance.ephemeral(),

@@ -62,8 +62,8 @@ def test_variants_features_and_exports(built) -> None:
     assert len(variants) == 15 * 3
     assert {v["variant"] for v in variants if v["speed"] == 0.9} == {f"sp_0.9-{p}" for p in
                                                                     {v["perf"] for v in variants}}
-    table = feature_store.feature_table(project.store, "dataset", data.cqt_settings(
-        project.resources["dataset"].hparams()).settings_hash())
+    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
+    table = feature_store.feature_table(project.store, "dataset", settings_hash)
     assert len(table) == 45
     slow = next(r for r in table if r["speed"] == 0.9)
     same = next(r for r in table if r["perf"] == slow["perf"] and r["speed"] == 1.0)
@@ -99,8 +99,9 @@ def test_splits_are_leak_free_and_unseen_works_held_out(built) -> None:
 def test_rerun_recomputes_nothing_and_keeps_ids(built) -> None:
     project, instance, _ = built
     features_before = {p: Path(p).stat().st_mtime_ns for p in
-                       (r["path"] for r in feature_store.features(project.store, "dataset", data.cqt_settings(
-                           project.resources["dataset"].hparams()).settings_hash()).values())}
+                       (r["path"] for r in feature_store.features(
+                           project.store, "dataset", project.resources["dataset"].cqt_settings().settings_hash()
+                       ).values())}
     ids_before = split_store.work_ids(project.store, "dataset")
     splits_before = split_store.splits(project.store, "dataset")
     result = dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)

@@ -29,7 +29,7 @@ dg.materialize([data.cqt_features], instance=dg.DagsterInstance.ephemeral(), res
 def test_killed_extraction_resumes_cleanly(tmp_path: Path) -> None:
     project = make_project(tmp_path, works=5, perfs=3, seconds=6.0)
     materialize(project, [data.dataset_catalog, data.speed_variants])
-    settings = data.cqt_settings(project.resources["dataset"].hparams())
+    settings = project.resources["dataset"].cqt_settings()
     folder = project.dataset_dir / "cqt_feat" / settings.settings_hash()
     total = len(feature_store.variants(project.store, "dataset"))
 

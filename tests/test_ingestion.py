@@ -18,7 +18,6 @@ from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import ingest as ingest_store
 from csi_assets.store import splits as split_store
 from csi_model.synth import generate_covers
-from csi_assets.assets.data import cqt_settings
 from csi_assets.store import features as feature_store
 from tests.graph_fixtures import make_project
 from tests.serving_fixtures import ORIGINALS_ONLY, materialize_data, project_with_model
@@ -151,7 +150,7 @@ def test_hundred_batches_are_each_ingested_exactly_once(tmp_path) -> None:
     assert sorted(perfs) == [f"drop_{i:03d}" for i in range(100)]
     states = ingest_store.batches(db, "dataset")
     assert len(states) == 100 and {s["status"] for s in states} == {"ingested"}
-    table = feature_store.feature_table(db, "dataset", cqt_settings(project.resources["dataset"].hparams())
+    table = feature_store.feature_table(db, "dataset", project.resources["dataset"].cqt_settings()
                                         .settings_hash(), perfs=perfs)
     assert sorted(r["perf"] for r in table) == sorted(perfs)
 

@@ -163,7 +163,7 @@ def test_production_model_asset_registers_the_final_model_unpromoted(tmp_path):
     assert row is not None and not row["promoted"] and row["metrics"]["final"]["epochs"] == 2
 
     table = feature_store.feature_table(project.store, project.dataset_dir.name,
-                                        research.cqt_settings(project.resources["dataset"].hparams()).settings_hash())
+                                        project.resources["dataset"].cqt_settings().settings_hash())
     pool_perfs = {r["perf"] for r in table if r["split"] in ("train", "val")}
     fold_of = json.loads((project.training_dir / "production" / FOLD_INDICES_FILE).read_text())["folds"]
     assert set(fold_of) == pool_perfs  # folds over performances; each variant follows its performance

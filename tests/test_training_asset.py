@@ -11,7 +11,6 @@ import torch
 import yaml
 
 from csi_assets.assets import data, training
-from csi_assets.assets.data import cqt_settings
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.testsets import retrieval_test_sets
@@ -19,6 +18,7 @@ from csi_model.checkpoint import list_checkpoints
 from csi_model.hparams import DataPrepHParams, training_hparams_from_dict
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.training import evaluate_test_set
+from csi_model.cqt import settings_for
 from tests.graph_fixtures import DATA_HPARAMS, Project, make_project
 
 DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
@@ -151,7 +151,7 @@ def test_training_beats_the_untrained_model_by_0_2_map(tmp_path: Path) -> None:
 
     hp = project.resources["training"].hparams()
     data_hp = project.resources["dataset"].hparams()
-    table = feature_store.feature_table(project.store, "dataset", cqt_settings(data_hp).settings_hash())
+    table = feature_store.feature_table(project.store, "dataset", settings_for(data_hp).settings_hash())
     [test_set], _ = retrieval_test_sets(hp, table, project.training_dir)
     device = torch.device("cpu")
     torch.manual_seed(hp.seed)  # the trainer's initialisation: same seed, same architecture

@@ -23,12 +23,11 @@ from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
-from csi_model.audio import SAMPLE_RATE, AudioError, load_audio
+from csi_model.audio import AudioError, load_audio
 from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, verify_row
-from csi_model.cqt import CqtSettings, compute_cqt, content_hash, load_feature, save_feature
+from csi_model.cqt import CqtSettings, compute_cqt, content_hash, load_feature, save_feature, settings_for
 from csi_model.devices import pick_device
 from csi_model.export import FeatureLine, write_reference_exports
-from csi_model.hparams import DataPrepHParams
 from csi_model.splits import Split, assign_work_ids, split_performances
 from csi_model.tempo import TempoVariant, plan_variants, render_variant
 
@@ -37,16 +36,6 @@ FEATURE_SHARDS = 4
 """Static fan-out of feature extraction: the executor runs the shards in parallel processes."""
 CQT_FILES_PER_BATCH = 16
 """Files per CQT call and per store transaction: a killed run loses at most one batch of work."""
-
-
-def cqt_settings(hp: DataPrepHParams) -> CqtSettings:
-    return CqtSettings(
-        sample_rate=SAMPLE_RATE,
-        hop=int(round(hp.hop_size * SAMPLE_RATE)),
-        fmin=hp.fmin,
-        n_bins=hp.n_bins,
-        bins_per_octave=hp.bins_per_octave,
-    )
 
 
 def _workers() -> int:
@@ -312,7 +301,7 @@ def plan_feature_shards(dataset: DatasetResource, store: StoreResource) -> list:
     Temporary files left by a killed run are removed first: no shard of this run has started yet.
     """
     db = store.store()
-    settings = cqt_settings(dataset.hparams())
+    settings = dataset.cqt_settings()
     for stale in (dataset.features_dir / settings.settings_hash()).glob(".*.tmp*"):
         stale.unlink(missing_ok=True)
     pending = pending_features(feature_store.variants(db, dataset.name),
@@ -333,7 +322,7 @@ def _make_shard_op(index: int) -> dg.OpDefinition:
                   store: StoreResource) -> dict:
         """Extract the features of one shard; rows are recorded per batch so a kill loses one batch at most."""
         hp = dataset.hparams()
-        settings = cqt_settings(hp)
+        settings = settings_for(hp)
         db = store.store()
 
         def record(rows: list[dict[str, Any]]) -> None:
@@ -352,7 +341,7 @@ _SHARD_OPS = [_make_shard_op(i) for i in range(FEATURE_SHARDS)]
 @dg.op(out=dg.Out(dg.Nothing))
 def summarise_features(context: dg.OpExecutionContext, results: list[dict], dataset: DatasetResource,
                        store: StoreResource) -> None:
-    settings = cqt_settings(dataset.hparams())
+    settings = dataset.cqt_settings()
     db = store.store()
     errors = [e for r in results for e in r["errors"]]
     stored = feature_store.features(db, dataset.name, settings.settings_hash())
@@ -385,7 +374,7 @@ def cqt_features(speed_variants) -> None:
 
 @dg.asset_check(asset=cqt_features, description="Feature files have the configured bins and no NaN/inf.")
 def features_are_finite(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
-    settings = cqt_settings(dataset.hparams())
+    settings = dataset.cqt_settings()
     stored = feature_store.features(store.store(), dataset.name, settings.settings_hash())
     bad = []
     for row in stored.values():
@@ -424,7 +413,7 @@ def build_feature_lines(table: Sequence[dict[str, Any]]) -> list[FeatureLine]:
 def export_reference_files(dataset: DatasetResource, store: StoreResource) -> dict[str, Path]:
     """Write full/train/val/test.txt, work_id.map and test-only-work-ids.txt into the dataset folder."""
     db = store.store()
-    settings = cqt_settings(dataset.hparams())
+    settings = dataset.cqt_settings()
     table = [r for r in feature_store.feature_table(db, dataset.name, settings.settings_hash())
              if r["batch_id"] is None]
     split_of = {r["variant"]: Split(r["split"]) for r in table if r["split"]}

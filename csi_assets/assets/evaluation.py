@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from csi_assets.assets.data import cqt_settings, data_splits
+from csi_assets.assets.data import data_splits
 from csi_assets.assets.training import trained_model
 from csi_assets.model_loading import LoadedModel, ModelLoadError, load_model
 from csi_assets.progress import Progress
@@ -178,7 +178,7 @@ def eval_report(context: dg.AssetExecutionContext, dataset: DatasetResource, tra
         model = load_model(db, dataset.name)
     except ModelLoadError as err:
         raise dg.Failure(description=str(err)) from err
-    table = feature_store.feature_table(db, dataset.name, cqt_settings(dataset.hparams()).settings_hash())
+    table = feature_store.feature_table(db, dataset.name, dataset.cqt_settings().settings_hash())
     test_sets = resolve_test_sets(model, table, training.root)
     unseen = set(split_store.unseen_works(db, dataset.name))
     n_bootstrap = model.hparams.bootstrap if model.hparams.bootstrap > 0 else DEFAULT_BOOTSTRAP

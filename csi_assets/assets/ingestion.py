@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from csi_assets.assets.data import cqt_settings, extract_features, rejection_rows, verify_catalog_rows
+from csi_assets.assets.data import extract_features, rejection_rows, verify_catalog_rows
 from csi_assets.assets.serving import embed_missing
 from csi_assets.model_loading import ModelLoadError, load_model
 from csi_assets.resources import DatasetResource, StoreResource
@@ -25,6 +25,7 @@ from csi_assets.store import splits as split_store
 from csi_model.catalog import RejectedLine, parse_catalog
 from csi_model.devices import pick_device
 from csi_model.splits import assign_work_ids
+from csi_model.cqt import settings_for
 
 GROUP = "ingestion"
 delta_batches = dg.DynamicPartitionsDefinition(name="delta_batches")
@@ -125,7 +126,7 @@ def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path
             db, dataset.name, assign_work_ids({r["work"] for r in fresh}, split_store.work_ids(db, dataset.name)))
         feature_store.replace_variants(db, dataset.name, [r["perf"] for r in fresh], variants)
     hp = dataset.hparams()
-    settings = cqt_settings(hp)
+    settings = settings_for(hp)
 
     def record(rows: list[dict[str, Any]]) -> None:
         feature_store.record_features(db, dataset.name, settings.settings_hash(), asdict(settings), rows)

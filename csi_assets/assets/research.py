@@ -22,7 +22,7 @@ import dagster as dg
 import numpy as np
 import torch
 
-from csi_assets.assets.data import cqt_features, cqt_settings, data_splits
+from csi_assets.assets.data import cqt_features, data_splits
 from csi_assets.assets.training import TrainingLog, best_model, check_compatible, steps_per_epoch, write_curves
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
@@ -39,6 +39,7 @@ from csi_model.sweeps import (Experiment, RunOutcome, Tuning, experiment_hparams
                               plan_experiments, summarise)
 from csi_model.tempo import is_identity
 from csi_model.training import RetrievalTestSet, TrainingDiverged, TrainingResult
+from csi_model.cqt import settings_for
 
 GROUP = "research"
 SWEEP_PARTITIONS = dg.DynamicPartitionsDefinition(name="sweep_experiments")
@@ -95,7 +96,7 @@ def dataset_items(dataset: DatasetResource, store: StoreResource, hp: TrainingHP
     """The dataset's feature table for these hparams, after checking the features fit the model."""
     data_hp = dataset.hparams()
     check_compatible(hp, data_hp)
-    return feature_store.feature_table(store.store(), dataset.name, cqt_settings(data_hp).settings_hash())
+    return feature_store.feature_table(store.store(), dataset.name, settings_for(data_hp).settings_hash())
 
 
 def bootstrap_map(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,

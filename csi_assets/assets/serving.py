@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from csi_assets.assets.data import cqt_features, cqt_settings
+from csi_assets.assets.data import cqt_features
 from csi_assets.assets.training import trained_model
 from csi_assets.model_loading import LoadedModel, ModelLoadError, load_model
 from csi_assets.progress import Progress
@@ -47,7 +47,7 @@ class EmbedStats:
 
 def reference_rows(store: Store, dataset: DatasetResource) -> list[dict[str, Any]]:
     """The original recording (speed 1.0) of every performance that has a feature, with its work id."""
-    settings_hash = cqt_settings(dataset.hparams()).settings_hash()
+    settings_hash = dataset.cqt_settings().settings_hash()
     return [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if r["speed"] == 1.0]
 
 

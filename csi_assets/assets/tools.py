@@ -18,7 +18,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from csi_assets.assets.data import cqt_features, cqt_settings, dataset_catalog
+from csi_assets.assets.data import cqt_features, dataset_catalog
 from csi_assets.assets.serving import TRACKS_PER_BATCH, reference_rows
 from csi_assets.assets.training import trained_model
 from csi_assets.model_loading import LoadedModel, ModelLoadError, load_model
@@ -67,7 +67,7 @@ def compute_alignments(store: Store, dataset: DatasetResource, model: LoadedMode
                        log: Any) -> AlignmentRun:
     """Shifts between every two original performances of each work (and each with itself), with ``model``."""
     start = time.monotonic()
-    fps = cqt_settings(dataset.hparams()).fps
+    fps = dataset.cqt_settings().fps
     rows = reference_rows(store, dataset)  # the original recording of every performance with a feature
     usable = [r for r in rows if r["n_frames"] >= model.min_raw_frames]
     too_short = sorted(r["perf"] for r in rows if r["n_frames"] < model.min_raw_frames)

@@ -21,7 +21,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from csi_assets.assets.data import cqt_features, cqt_settings, data_splits
+from csi_assets.assets.data import cqt_features, data_splits
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
@@ -34,6 +34,7 @@ from csi_model.hparams import DataPrepHParams, TrainingHParams, to_dict, trainin
 from csi_model.model import CoverHunter, ModelConfig, parameter_counts
 from csi_model.sampler import MPerClassBatchSampler
 from csi_model.training import EpochRecord, RetrievalTestSet, TrainingResult, evaluate_test_set, train
+from csi_model.cqt import settings_for
 
 GROUP = "training"
 CURVES_FILE = "training_curves.png"
@@ -168,7 +169,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
     data_hp = dataset.hparams()
     check_compatible(hp, data_hp)
     db = store.store()
-    table = feature_store.feature_table(db, dataset.name, cqt_settings(data_hp).settings_hash())
+    table = feature_store.feature_table(db, dataset.name, settings_for(data_hp).settings_hash())
     items = split_items(table)
     if not items.train:
         raise dg.Failure(description=f"dataset {dataset.name!r} has no training items: materialise data_splits "
