@@ -333,19 +333,24 @@ def data_hparams_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Da
     return _build(DataPrepHParams, raw, source)
 
 
+def parse_yaml_mapping(text: str, source: str) -> Mapping[str, Any]:
+    """A YAML document that must be a mapping of keys (every hyper-parameter file is one)."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise HParamsError(f"{source}: not valid YAML: {err}") from err
+    if not isinstance(raw, Mapping):
+        raise HParamsError(f"{source}: expected a mapping of keys at the top level")
+    return raw
+
+
 def _read_yaml(path: str | Path) -> Mapping[str, Any]:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise HParamsError(f"{path}: cannot read hyper-parameters: {err.strerror}") from err
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise HParamsError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, Mapping):
-        raise HParamsError(f"{path}: expected a mapping of keys at the top level")
-    return raw
+    return parse_yaml_mapping(text, str(path))
 
 
 def load_training_hparams(path: str | Path) -> TrainingHParams:

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from csi_model.hparams import HParamsError, TrainingHParams, with_overrides
+from csi_model.hparams import HParamsError, TrainingHParams, parse_yaml_mapping, with_overrides
 
 GROUPS = ("chunk_frames", "m_per_classes", "num_blockss", "spec_augmentations", "losses", "learning_rates",
           "lr_decays", "adam_betas", "optimizers")
@@ -70,12 +69,7 @@ class Experiment:
 
 
 def parse_tuning(text: str, source: str = "<hp_tuning>") -> Tuning:
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise HParamsError(f"{source}: not valid YAML: {err}") from err
-    if not isinstance(raw, Mapping):
-        raise HParamsError(f"{source}: expected a mapping of keys at the top level")
+    raw = parse_yaml_mapping(text, source)
     unknown = set(raw) - _SETTINGS - set(GROUPS)
     if unknown:
         raise HParamsError(f"{source}: unknown key(s) {sorted(unknown)}; the sweep keys are "

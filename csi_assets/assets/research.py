@@ -178,7 +178,7 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
         bootstrap = bootstrap_map(model, chosen, hp, device, hp.bootstrap)
     outcome = outcome_of(experiment, result, time.monotonic() - started, bootstrap)
     write_text_atomic(folder / OUTCOME_FILE, outcome.to_json())
-    curves, _ = write_curves(folder, result.history)
+    curves, _ = write_curves(folder, result.history, result.best_epoch)
     final_map = outcome.mean_ap.get(tuning.test_name or "", [])
     return dg.MaterializeResult(metadata={
         "diverged": False,
@@ -294,7 +294,7 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
         store.store(), model_id=model_id, dataset=dataset.name, training_dir=str(training.root / "production"),
         checkpoint=str(final.best_checkpoint), epoch=final.best_epoch, fingerprint=loaded.fingerprint,
         hparams=to_dict(result.hparams), metrics=metrics, promote=config.promote)
-    curves, _ = write_curves(training.root / "production", final.history)
+    curves, _ = write_curves(training.root / "production", final.history, final.best_epoch)
     rows = "\n".join(f"| {name} | {m['lr']:.3g} | {m['best_epoch']} | {m['best_value']} | {m['epochs']} |"
                      for name, m in {**folds, "final": metrics["final"]}.items())
     return dg.MaterializeResult(metadata={
