@@ -81,7 +81,8 @@ def build_store(root: Path, n_refs: int, audio: Path) -> tuple[Store, DatasetRes
     starts = [np.arange(SEGMENTS_PER_PERF) * 180 for _ in perfs]
     for first in range(0, n_refs, 2000):
         embedding_store.write_embeddings(store, dataset.name, model_id, perfs[first:first + 2000],
-                                         starts[first:first + 2000], list(vectors[first:first + 2000]))
+                                         starts[first:first + 2000], list(vectors[first:first + 2000]),
+                                         [f"h{i}" for i in range(first, min(first + 2000, n_refs))])
     return store, dataset
 
 

@@ -8,6 +8,7 @@ import json
 import dagster as dg
 import numpy as np
 import pytest
+import soundfile as sf
 
 from csi_assets.assets import serving
 from csi_assets.model_loading import load_model
@@ -73,11 +74,11 @@ def test_rerun_computes_nothing_new_perf_only_it_removed_perf_loses_rows(served)
 
     # A perf stored with another segment count (its feature changed length) is embedded again.
     stale = embedding_store.load_embeddings(project.store, "dataset", model_id)
-    expected = embedding_store.segment_counts(project.store, "dataset", model_id)[stale.perfs[0]]
+    expected = embedding_store.embedded_segments(project.store, "dataset", model_id)[stale.perfs[0]]
     embedding_store.write_embeddings(project.store, "dataset", model_id, [stale.perfs[0]], [np.zeros(1)],
-                                     [stale.vectors[:1]])
+                                     [stale.vectors[:1]], [expected[1]])
     assert _materialize(project)["computed_now"] == 1
-    assert embedding_store.segment_counts(project.store, "dataset", model_id)[stale.perfs[0]] == expected
+    assert embedding_store.embedded_segments(project.store, "dataset", model_id)[stale.perfs[0]] == expected
 
     catalog = project.dataset_dir / "dataset.txt"
     lines = catalog.read_text().splitlines()
@@ -89,3 +90,20 @@ def test_rerun_computes_nothing_new_perf_only_it_removed_perf_loses_rows(served)
     assert changed["computed_now"] == 1 and changed["reused"] == 14 and changed["removed_segment_rows"] > 0
     perfs = embedding_store.embedded_perfs(project.store, "dataset", model_id)
     assert "extra_take" in perfs and gone not in perfs and len(perfs) == 15
+
+
+def test_recording_replaced_by_other_audio_of_the_same_length_is_embedded_again(tmp_path) -> None:
+    project, model_id, _ = project_with_model(tmp_path, works=2, perfs=2, seconds=4.0)
+    _materialize(project)
+    before = embedding_store.load_embeddings(project.store, "dataset", model_id)
+    perf = str(before.perfs[0])
+    wav = project.dataset_dir / "wav" / f"{perf}.wav"
+    audio, rate = sf.read(wav, dtype="float32")
+    sf.write(wav, audio[::-1].copy(), rate, subtype="PCM_16")  # other audio, same length
+    materialize_data(project)
+    again = _materialize(project)
+    assert again["computed_now"] == 1 and again["reused"] == 3
+    after = embedding_store.load_embeddings(project.store, "dataset", model_id)
+    rows_before = before.vectors[before.segment_perf == 0]
+    rows_after = after.vectors[after.segment_perf == 0]
+    assert rows_before.shape == rows_after.shape and not np.allclose(rows_before, rows_after)

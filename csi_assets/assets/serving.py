@@ -57,9 +57,10 @@ def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Se
 
     Plain function so the delta-ingestion sensor can embed the performances of a new batch only."""
     start = time.monotonic()
-    stored = embedding_store.segment_counts(store, dataset, model.model_id)
-    # A perf whose feature changed length since it was embedded has another segment count: embed it again.
-    todo = [r for r in references if stored.get(r["perf"]) != len(model.segment_starts(r["n_frames"]))]
+    stored = embedding_store.embedded_segments(store, dataset, model.model_id)
+    # A perf whose feature changed (other audio, or another length) since it was embedded is embedded again.
+    todo = [r for r in references
+            if stored.get(r["perf"]) != (len(model.segment_starts(r["n_frames"])), r["audio_hash"])]
     too_short = [r["perf"] for r in todo if r["n_frames"] < model.min_raw_frames]
     todo = [r for r in todo if r["n_frames"] >= model.min_raw_frames]
     for perf in too_short:
@@ -76,7 +77,7 @@ def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Se
             if len(s) != len(v):
                 raise RuntimeError(f"{row['perf']}: {len(v)} embeddings for {len(s)} segment starts")
         segments += embedding_store.write_embeddings(store, dataset, model.model_id, [r["perf"] for r in batch],
-                                                     starts, vectors)
+                                                     starts, vectors, [r["audio_hash"] for r in batch])
         progress.advance(len(batch))
     return EmbedStats(len(todo), len(references) - len(todo) - len(too_short), segments, too_short,
                       time.monotonic() - start)
@@ -170,8 +171,8 @@ def reference_embeddings_cover_catalog(dataset: DatasetResource, store: StoreRes
     if model is None:
         return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {dataset.name}"})
     references = reference_rows(db, dataset)
-    counts = embedding_store.segment_counts(db, dataset.name, model["model_id"])
-    missing = sorted(r["perf"] for r in references if counts.get(r["perf"], 0) == 0)
+    embedded = embedding_store.embedded_segments(db, dataset.name, model["model_id"])
+    missing = sorted(r["perf"] for r in references if r["perf"] not in embedded)
     return dg.AssetCheckResult(passed=not missing, metadata={
         "model_id": model["model_id"], "references": len(references), "embedded": len(references) - len(missing),
         "missing": dg.MetadataValue.json(missing[:20])})

@@ -43,9 +43,11 @@ def embedded_perfs(store: Store, dataset: str, model_id: str) -> set[str]:
 
 
 def write_embeddings(store: Store, dataset: str, model_id: str, perfs: Sequence[str],
-                     start_frames: Sequence[np.ndarray], vectors: Sequence[np.ndarray]) -> int:
-    """Store the segments of each perf (``start_frames[i]`` [S_i], ``vectors[i]`` [S_i, D]), replacing any earlier
-    rows of those perfs for this model (a perf whose segment count changed keeps no stale segment)."""
+                     start_frames: Sequence[np.ndarray], vectors: Sequence[np.ndarray],
+                     audio_hashes: Sequence[str]) -> int:
+    """Store the segments of each perf (``start_frames[i]`` [S_i], ``vectors[i]`` [S_i, D], embedded from the
+    feature of audio ``audio_hashes[i]``), replacing any earlier rows of those perfs for this model (a perf whose
+    segment count changed keeps no stale segment)."""
     counts = np.array([len(v) for v in vectors], dtype=np.int64)
     frame = pd.DataFrame({
         "dataset": dataset,
@@ -54,6 +56,7 @@ def write_embeddings(store: Store, dataset: str, model_id: str, perfs: Sequence[
         "segment": np.concatenate([np.arange(n) for n in counts]).astype(np.int32),
         "start_frame": np.concatenate(start_frames).astype(np.int32),
         "vector": list(np.concatenate(vectors).astype(np.float32)),
+        "audio_hash": np.repeat(np.asarray(audio_hashes, dtype=object), counts),
     })
     with store.transaction() as con:
         con.execute("DELETE FROM embeddings WHERE dataset = ? AND model_id = ? AND list_contains(?, perf)",
@@ -101,10 +104,12 @@ def load_embeddings(store: Store, dataset: str, model_id: str) -> StoredEmbeddin
     )
 
 
-def segment_counts(store: Store, dataset: str, model_id: str) -> dict[str, int]:
+def embedded_segments(store: Store, dataset: str, model_id: str) -> dict[str, tuple[int, str | None]]:
+    """For each perf embedded by ``model_id``: (segment count, hash of the audio its feature came from)."""
     with store.transaction() as con:
-        return dict(con.execute("SELECT perf, count(*) FROM embeddings WHERE dataset = ? AND model_id = ? "
-                                "GROUP BY perf", [dataset, model_id]).fetchall())
+        rows = con.execute("SELECT perf, count(*), any_value(audio_hash) FROM embeddings "
+                           "WHERE dataset = ? AND model_id = ? GROUP BY perf", [dataset, model_id]).fetchall()
+    return {perf: (int(n), audio_hash) for perf, n, audio_hash in rows}
 
 
 def save_calibration(store: Store, dataset: str, model_id: str, record: Mapping[str, Any]) -> None:

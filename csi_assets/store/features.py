@@ -71,7 +71,7 @@ def feature_table(store: Store, dataset: str, settings_hash: str,
             con,
             f"""SELECT v.variant, v.perf, v.speed, v.wav AS variant_wav, v.dur_s AS variant_dur_s,
                       p.wav, p.dur_s, p.work, p.version, p.line_no, p.batch_id,
-                      f.path AS feat, f.n_frames, w.work_id, s.split
+                      f.path AS feat, f.n_frames, f.audio_hash, w.work_id, s.split
                FROM variants v
                JOIN performances p ON p.dataset = v.dataset AND p.perf = v.perf
                JOIN features f ON f.dataset = v.dataset AND f.variant = v.variant AND f.settings_hash = ?

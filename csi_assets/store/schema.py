@@ -71,6 +71,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                 received_at TIMESTAMP DEFAULT current_timestamp, updated_at TIMESTAMP DEFAULT current_timestamp)""",
         ),
     ),
+    (
+        2,
+        (
+            # the source-audio hash of the feature each segment was embedded from: a recording replaced by other
+            # audio of the same length is embedded again
+            "ALTER TABLE embeddings ADD COLUMN audio_hash TEXT",
+        ),
+    ),
 )
 
 
