@@ -344,13 +344,16 @@ def parse_yaml_mapping(text: str, source: str) -> Mapping[str, Any]:
     return raw
 
 
-def _read_yaml(path: str | Path) -> Mapping[str, Any]:
-    path = Path(path)
+def read_config_text(path: str | Path, what: str = "hyper-parameters") -> str:
+    """A configuration file's text; an unreadable file is an :class:`HParamsError` naming it."""
     try:
-        text = path.read_text()
+        return Path(path).read_text()
     except OSError as err:
-        raise HParamsError(f"{path}: cannot read hyper-parameters: {err.strerror}") from err
-    return parse_yaml_mapping(text, str(path))
+        raise HParamsError(f"{path}: cannot read {what}: {err.strerror}") from err
+
+
+def _read_yaml(path: str | Path) -> Mapping[str, Any]:
+    return parse_yaml_mapping(read_config_text(path), str(path))
 
 
 def load_training_hparams(path: str | Path) -> TrainingHParams:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from csi_model.hparams import HParamsError, TrainingHParams, parse_yaml_mapping, with_overrides
+from csi_model.hparams import HParamsError, TrainingHParams, parse_yaml_mapping, read_config_text, with_overrides
 
 GROUPS = ("chunk_frames", "m_per_classes", "num_blockss", "spec_augmentations", "losses", "learning_rates",
           "lr_decays", "adam_betas", "optimizers")
@@ -99,12 +99,7 @@ def parse_tuning(text: str, source: str = "<hp_tuning>") -> Tuning:
 
 
 def load_tuning(path: str | Path) -> Tuning:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise HParamsError(f"{path}: cannot read the sweep file: {err.strerror}") from err
-    return parse_tuning(text, str(path))
+    return parse_tuning(read_config_text(path, "the sweep file"), str(path))
 
 
 def _group_values(value: Any, group: str, source: str) -> list[Any]:
