@@ -18,7 +18,7 @@ import numpy as np
 
 from csi_assets.assets.data import cqt_features
 from csi_assets.assets.training import trained_model
-from csi_assets.model_loading import LoadedModel, ModelLoadError, load_model
+from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import Store
@@ -120,8 +120,11 @@ def refresh_statistics(store: Store, dataset: str, model_id: str) -> tuple[Calib
 
 
 def _promoted(store: Store, dataset: DatasetResource) -> LoadedModel:
+    """The promoted model, refused unless the dataset's features are the ones it was trained on."""
     try:
-        return load_model(store, dataset.name)
+        model = load_model(store, dataset.name)
+        dataset_input(model, dataset.hparams())
+        return model
     except ModelLoadError as err:
         raise dg.Failure(description=str(err)) from err
 
