@@ -92,7 +92,8 @@ def test_our_own_checkpoint_is_sized_from_the_hparams_stored_with_it(tmp_path: P
     info = _json(capsys, "--checkpoint", str(path))
     assert info["checkpoint"]["tensors"] == len(state) and info["checkpoint"]["fingerprint"] == model_fingerprint(state)
     assert info["config"] == dataclasses.asdict(config)
-    assert info["sized_from"] == f"sized from {run / 'config' / 'hparams.yaml'} (the hparams stored with the checkpoint)"
+    stored = run / "config" / "hparams.yaml"
+    assert info["sized_from"] == f"sized from {stored} (the hparams stored with the checkpoint)"
 
 
 def test_a_lone_checkpoint_is_sized_from_its_tensor_shapes(tmp_path: Path, capsys) -> None:
