@@ -259,8 +259,9 @@ def _import_model(store: Store, dataset: str, training_dir: Path, report: Import
         hp = load_training_hparams(config)
     except HParamsError as err:
         raise ReferenceImportError(str(err)) from err
-    contract = dataclasses.replace(InputContract.from_settings(settings_for(data_hp), str(data_hp.source)),
-                                   cqt_class=None)  # the reference's class depended on the machine
+    contract = dataclasses.replace(  # the reference's CQT class depended on the machine it ran on
+        InputContract.from_settings(settings_for(data_hp), f"{data_hp.source}, imported from CoverHunterMPS"),
+        cqt_class=None)
     try:
         check_input_contract(InputContract.from_training_hparams(hp, str(config)), contract,
                              f"of {training_dir}", warn_unknown=False)

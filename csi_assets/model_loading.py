@@ -101,17 +101,24 @@ def stored_contract(row: dict[str, Any], hp: TrainingHParams) -> InputContract:
     return contract
 
 
-def dataset_input(model: LoadedModel, data_hp: DataPrepHParams) -> CqtSettings:
+def dataset_input(model: LoadedModel, data_hp: DataPrepHParams, log: Any = None) -> CqtSettings:
     """The CQT settings of a dataset's features, after checking they are the ones ``model`` was trained on.
 
     Every path that feeds a dataset's features (or features computed with its settings) to a model calls this:
-    a mismatch is a :class:`ModelLoadError` naming both values and both sources."""
+    a mismatch is a :class:`ModelLoadError` naming both values and both sources. Fields that cannot be checked
+    are an :class:`InputContractWarning`, also written to ``log`` (e.g. a Dagster run's log) when given."""
     settings = settings_for(data_hp)
-    try:
-        check_input_contract(model.contract, InputContract.from_settings(settings, data_hp.source or "<hparams>"),
-                             model.model_id)
-    except InputContractError as err:
-        raise ModelLoadError(str(err)) from err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputContractWarning)
+        try:
+            check_input_contract(model.contract, InputContract.from_settings(settings, data_hp.source or "<hparams>"),
+                                 model.model_id)
+        except InputContractError as err:
+            raise ModelLoadError(str(err)) from err
+    for warning in caught:
+        if log is not None:
+            log.warning(str(warning.message))
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return settings
 
 

@@ -234,12 +234,13 @@ def test_a_model_trained_on_another_hop_than_the_data_folder_is_refused(tmp_path
     assert csi(["import", "--data", str(data), "--training", str(training), "--store", str(store_path)]) == 2
     err = capsys.readouterr().err
     assert f"expects hop_size 0.02 s (320 samples at 16000 Hz) ({training / 'config' / 'hparams.yaml'})" in err
-    assert f"but {data / 'hparams.yaml'} says hop_size 0.04 s (640 samples at 16000 Hz)" in err
+    assert f"({training / 'config' / 'hparams.yaml'}) but {data / 'hparams.yaml'}, imported from CoverHunterMPS " \
+           "says hop_size 0.04 s (640 samples at 16000 Hz)" in err
     assert model_store.models(Store(store_path), "covers") == []
 
 
 def test_an_imported_model_records_the_data_folders_settings_with_the_cqt_class_unknown(imported) -> None:
     _, data, _, store_path = imported
     contract = model_store.promoted_model(Store(store_path), "covers")["input_contract"]
-    assert contract == {"source": str(data / "hparams.yaml"), "sample_rate": 16000, "hop": 640, "fmin": 32.0,
+    assert contract == {"source": f"{data / 'hparams.yaml'}, imported from CoverHunterMPS", "sample_rate": 16000, "hop": 640, "fmin": 32.0,
                         "n_bins": 96, "bins_per_octave": 12, "cqt_class": None}

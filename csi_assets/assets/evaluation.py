@@ -176,7 +176,7 @@ def eval_report(context: dg.AssetExecutionContext, dataset: DatasetResource, tra
     db = store.store()
     try:
         model = load_model(db, dataset.name)
-        dataset_input(model, dataset.hparams())
+        dataset_input(model, dataset.hparams(), context.log)
     except ModelLoadError as err:
         raise dg.Failure(description=str(err)) from err
     table = feature_store.feature_table(db, dataset.name, dataset.cqt_settings().settings_hash())

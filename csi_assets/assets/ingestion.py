@@ -149,7 +149,7 @@ def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: lis
         log.warning(f"{err}; the batch is catalogued and featurised, and the reference refresh embeds it once a "
                     "model is promoted")
         return 0
-    dataset_input(model, dataset.hparams())  # a model trained on other features must not embed this batch
+    dataset_input(model, dataset.hparams(), log)  # a model trained on other features must not embed this batch
     references = [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
                   if r["speed"] == 1.0]
     return embed_missing(db, dataset.name, model, references, log).computed

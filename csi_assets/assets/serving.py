@@ -119,11 +119,11 @@ def refresh_statistics(store: Store, dataset: str, model_id: str) -> tuple[Calib
     return calibration, centroids, len(stored.perfs), len(stored)
 
 
-def _promoted(store: Store, dataset: DatasetResource) -> LoadedModel:
+def _promoted(store: Store, dataset: DatasetResource, log: Any) -> LoadedModel:
     """The promoted model, refused unless the dataset's features are the ones it was trained on."""
     try:
         model = load_model(store, dataset.name)
-        dataset_input(model, dataset.hparams())
+        dataset_input(model, dataset.hparams(), log)
         return model
     except ModelLoadError as err:
         raise dg.Failure(description=str(err)) from err
@@ -136,7 +136,7 @@ def reference_embeddings(context: dg.AssetExecutionContext, dataset: DatasetReso
     pairs are computed; performances gone from the catalog lose theirs), then the model's calibration and work
     centroids, recomputed from all of them."""
     db = store.store()
-    model = _promoted(db, dataset)
+    model = _promoted(db, dataset, context.log)
     removed = embedding_store.forget_uncatalogued(db, dataset.name)
     references = reference_rows(db, dataset)
     stats = embed_missing(db, dataset.name, model, references, context.log)

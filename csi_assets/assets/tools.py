@@ -67,7 +67,7 @@ def compute_alignments(store: Store, dataset: DatasetResource, model: LoadedMode
                        log: Any) -> AlignmentRun:
     """Shifts between every two original performances of each work (and each with itself), with ``model``."""
     start = time.monotonic()
-    fps = dataset_input(model, dataset.hparams()).fps
+    fps = dataset_input(model, dataset.hparams(), log).fps
     rows = reference_rows(store, dataset)  # the original recording of every performance with a feature
     usable = [r for r in rows if r["n_frames"] >= model.min_raw_frames]
     too_short = sorted(r["perf"] for r in rows if r["n_frames"] < model.min_raw_frames)
