@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from csi_assets.assets import ingestion
+from csi_assets.assets.training import trained_contract
 from csi_assets.resources import DatasetResource
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
@@ -74,7 +75,7 @@ def build_store(root: Path, n_refs: int, audio: Path) -> tuple[Store, DatasetRes
     feature_store.record_features(store, dataset.name, settings.settings_hash(), {}, [
         {"variant": p, "path": str(feat_path), "n_frames": len(feature), "n_bins": 96, "audio_hash": f"h{i}"}
         for i, p in enumerate(perfs)])
-    model_id = register_tiny_model(store, dataset.name, root / "training")
+    model_id = register_tiny_model(store, dataset, root / "training")
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n_refs, SEGMENTS_PER_PERF, 64)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
@@ -86,7 +87,7 @@ def build_store(root: Path, n_refs: int, audio: Path) -> tuple[Store, DatasetRes
     return store, dataset
 
 
-def register_tiny_model(store: Store, dataset: str, training_dir: Path) -> str:
+def register_tiny_model(store: Store, dataset: DatasetResource, training_dir: Path) -> str:
     hp = training_hparams_from_dict(MODEL_HPARAMS)
     torch.manual_seed(0)
     model = CoverHunter(ModelConfig.from_hparams(hp, num_classes=8))
@@ -94,9 +95,10 @@ def register_tiny_model(store: Store, dataset: str, training_dir: Path) -> str:
                            steps=0, early_stopping={})
     fingerprint = model_fingerprint(model.state_dict())
     model_id = model_store.model_id_for("bench", fingerprint)
-    model_store.register_model(store, model_id=model_id, dataset=dataset, training_dir=str(training_dir),
+    model_store.register_model(store, model_id=model_id, dataset=dataset.name, training_dir=str(training_dir),
                                checkpoint=str(pair.generator), epoch=0, fingerprint=fingerprint,
-                               hparams=to_dict(hp), metrics={}, promote=True)
+                               hparams=to_dict(hp), metrics={}, promote=True,
+                               input_contract=trained_contract(dataset.hparams()))
     return model_id
 
 

@@ -66,6 +66,7 @@ class Identifier:
         self.dataset = dataset_dir.name
         try:
             self.model: LoadedModel = load_model(store, self.dataset, model_id, device)
+            self.settings = dataset_cqt_settings(dataset_dir, self.model)  # checked against the model's input
         except ModelLoadError as err:
             raise IdentifyError(str(err)) from err
         self.refs = embedding_store.load_embeddings(store, self.dataset, self.model.model_id)
@@ -74,7 +75,6 @@ class Identifier:
                                 f"{self.dataset!r}: materialize reference_embeddings first")
         record = embedding_store.calibration(store, self.dataset, self.model.model_id)
         self.calibration = Calibration.from_dict(record) if record else None
-        self.settings = dataset_cqt_settings(dataset_dir)
         self.index = PerformanceIndex(self.refs.vectors, self.refs.segment_perf, self.refs.work_ids,
                                       device=str(self.model.device))
         self._segment_work = self.refs.work_ids[self.refs.segment_perf]  # [S]

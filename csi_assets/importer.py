@@ -12,11 +12,14 @@ and its best model go into the store, nothing is re-extracted or re-trained.
   dataset.
 * Work ids are full.txt's ``work_id``, kept as they are (the store never renumbers a work).
 * Training folder: ``config/hparams.yaml`` and the g_ checkpoint of the highest epoch (the reference's rule for
-  inference, §5.7), registered and promoted for the dataset with those hparams.
+  inference, §5.7), registered and promoted for the dataset with those hparams. Its hop and ``input_dim`` must be
+  the data folder's ``hop_size`` and ``n_bins``; its input contract is the data folder's CQT settings, with the
+  CQT class unknown.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -35,6 +38,7 @@ from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
 from csi_model.catalog import CatalogRow, parse_catalog, scan_records
 from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, load_generator, read_generator_state
+from csi_model.contract import InputContract, InputContractError, check_input_contract
 from csi_model.cqt import content_hash, settings_for
 from csi_model.hparams import DataPrepHParams, HParamsError, load_data_hparams, load_training_hparams, to_dict
 from csi_model.model import CoverHunter, ModelConfig
@@ -79,7 +83,7 @@ def import_reference(store: Store, data_dir: str | os.PathLike[str], training_di
     else:
         raise ReferenceImportError(f"{data_dir}: neither full.txt nor dataset.txt: not a CoverHunterMPS data folder")
     if training_dir is not None:
-        _import_model(store, data_dir.name, Path(training_dir).resolve(), report)
+        _import_model(store, data_dir.name, Path(training_dir).resolve(), report, _data_hparams(data_dir))
     return report
 
 
@@ -248,11 +252,20 @@ def best_generator(folder: Path) -> tuple[Path, int]:
     return epochs[epoch], epoch
 
 
-def _import_model(store: Store, dataset: str, training_dir: Path, report: ImportReport) -> None:
+def _import_model(store: Store, dataset: str, training_dir: Path, report: ImportReport,
+                  data_hp: DataPrepHParams) -> None:
     config = training_dir / "config" / "hparams.yaml"
     try:
         hp = load_training_hparams(config)
     except HParamsError as err:
+        raise ReferenceImportError(str(err)) from err
+    contract = dataclasses.replace(  # the reference's CQT class depended on the machine it ran on
+        InputContract.from_settings(settings_for(data_hp), f"{data_hp.source}, imported from CoverHunterMPS"),
+        cqt_class=None)
+    try:
+        check_input_contract(InputContract.from_training_hparams(hp, str(config)), contract,
+                             f"of {training_dir}", warn_unknown=False)
+    except InputContractError as err:
         raise ReferenceImportError(str(err)) from err
     checkpoint, epoch = best_generator(training_dir / "checkpoints")
     try:
@@ -265,5 +278,5 @@ def _import_model(store: Store, dataset: str, training_dir: Path, report: Import
     model_store.register_model(
         store, model_id=model_id, dataset=dataset, training_dir=str(training_dir), checkpoint=str(checkpoint),
         epoch=epoch, fingerprint=loaded.fingerprint, hparams=to_dict(hp),
-        metrics={"origin": IMPORT_ORIGIN}, promote=True)
+        metrics={"origin": IMPORT_ORIGIN}, promote=True, input_contract=contract.to_dict())
     report.model_id, report.checkpoint, report.epoch = model_id, str(checkpoint), epoch

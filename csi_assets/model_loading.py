@@ -4,23 +4,29 @@ load it here, so they embed with the same weights, architecture, device rule and
 The architecture comes from the hyper-parameters stored with the model (not from whatever ``hparams.yaml`` says
 today), the classifier width from the checkpoint itself, and the weights must still have the fingerprint the
 model id was derived from: a checkpoint overwritten after registration is refused instead of silently serving
-other weights under the old id.
+other weights under the old id. Features are fed to the model only after :func:`dataset_input` compared the
+dataset's CQT settings with the model's input contract (``csi_model.contract``).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
 from csi_model.checkpoint import CheckpointError, load_generator, read_generator_state
+from csi_model.contract import InputContract, InputContractError, InputContractWarning, check_input_contract
 from csi_model.cqt import CqtSettings, settings_for
 from csi_model.devices import pick_device
 from csi_model.embedding import segment_starts
-from csi_model.hparams import TrainingHParams, load_data_hparams, training_hparams_from_dict
+from csi_model.hparams import (DataPrepHParams, HParamsError, TrainingHParams, load_data_hparams,
+                               training_hparams_from_dict)
 from csi_model.model import CoverHunter, ModelConfig
 
 _CLASSIFIER_KEY = "_ce_layer.weight"
@@ -39,6 +45,7 @@ class LoadedModel:
     hparams: TrainingHParams
     device: torch.device
     checkpoint: Path
+    contract: InputContract  # the CQT settings of the features it was trained on
 
     def segment_starts(self, n_frames: int) -> np.ndarray:
         """Raw-frame starts of the segments ``csi_model.embedding.embed_tracks`` cuts a track into.
@@ -77,9 +84,48 @@ def load_model(store: Store, dataset: str, model_id: str | None = None, device: 
         raise ModelLoadError(f"{checkpoint}: weights changed since model {row['model_id']} was registered "
                              f"(fingerprint {report.fingerprint}, registered {row['fingerprint']})")
     target = pick_device(device or hp.device)
-    return LoadedModel(row["model_id"], model.to(target).eval(), hp, target, checkpoint)
+    return LoadedModel(row["model_id"], model.to(target).eval(), hp, target, checkpoint, stored_contract(row, hp))
 
 
-def dataset_cqt_settings(dataset_dir: str | Path) -> CqtSettings:
-    """The CQT settings the dataset's features were computed with (its data-prep ``hparams.yaml``)."""
-    return settings_for(load_data_hparams(Path(dataset_dir) / "hparams.yaml"))
+def stored_contract(row: dict[str, Any], hp: TrainingHParams) -> InputContract:
+    """The input contract recorded with a model row; for a model registered before contracts were recorded,
+    what its stored hparams say (hop and bins), with a warning that the rest cannot be checked."""
+    if row.get("input_contract"):
+        return InputContract.from_dict(row["input_contract"])
+    contract = InputContract.from_training_hparams(
+        hp, f"hparams stored with model {row['model_id']} (registered without an input contract)")
+    warnings.warn(f"model {row['model_id']} was registered before input contracts were recorded: only its "
+                  f"hop and n_bins are known (from its hparams); {', '.join(contract.unknown())} of the features "
+                  "fed to it cannot be checked. Re-register it (materialize trained_model) to record them.",
+                  InputContractWarning, stacklevel=2)
+    return contract
+
+
+def dataset_input(model: LoadedModel, data_hp: DataPrepHParams, log: Any = None) -> CqtSettings:
+    """The CQT settings of a dataset's features, after checking they are the ones ``model`` was trained on.
+
+    Every path that feeds a dataset's features (or features computed with its settings) to a model calls this:
+    a mismatch is a :class:`ModelLoadError` naming both values and both sources. Fields that cannot be checked
+    are an :class:`InputContractWarning`, also written to ``log`` (e.g. a Dagster run's log) when given."""
+    settings = settings_for(data_hp)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputContractWarning)
+        try:
+            check_input_contract(model.contract, InputContract.from_settings(settings, data_hp.source or "<hparams>"),
+                                 model.model_id)
+        except InputContractError as err:
+            raise ModelLoadError(str(err)) from err
+    for warning in caught:
+        if log is not None:
+            log.warning(str(warning.message))
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return settings
+
+
+def dataset_cqt_settings(dataset_dir: str | Path, model: LoadedModel) -> CqtSettings:
+    """The CQT settings of the dataset folder's ``hparams.yaml``, checked against ``model``'s input contract."""
+    try:
+        data_hp = load_data_hparams(Path(dataset_dir) / "hparams.yaml")
+    except HParamsError as err:
+        raise ModelLoadError(str(err)) from err
+    return dataset_input(model, data_hp)

@@ -25,6 +25,8 @@ from csi_model.atomic import atomic_path
 GENERATOR_PREFIX = "g_"
 STATE_PREFIX = "do_"
 CENTRES_KEY = "_center_loss.centers"
+PARALLEL_PREFIX = "module."
+"""What ``nn.DataParallel`` puts in front of every tensor name of the model it wraps."""
 _EPOCH_FILE = re.compile(r"^(g|do)_(\d+)$")
 
 
@@ -175,12 +177,33 @@ def _load(path: Path, map_location: Any) -> Any:
 
 
 def read_generator_state(path: str | Path, map_location: Any = "cpu") -> dict[str, Tensor]:
-    """The model state dict of a g_ file (ours or CoverHunterMPS's)."""
+    """The model state dict of a g_ file (ours or CoverHunterMPS's), without a ``nn.DataParallel`` prefix."""
     path = Path(path)
     content = _load(path, map_location)
     if not isinstance(content, Mapping) or "generator" not in content:
         raise CheckpointError(f"{path}: not a generator checkpoint (no 'generator' entry)")
-    return dict(content["generator"])
+    try:
+        return strip_parallel_prefix(content["generator"])
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def strip_parallel_prefix(state: Mapping[str, Tensor], prefix: str = PARALLEL_PREFIX) -> dict[str, Tensor]:
+    """``state`` with a uniform ``module.`` prefix removed (a model saved while wrapped in ``nn.DataParallel``
+    or ``DistributedDataParallel``); unchanged when no key has it.
+
+    Some keys with the prefix and some without is no layout any wrapper writes: a :class:`CheckpointError`
+    listing examples of both, rather than a guess that would drop or misname tensors."""
+    prefixed = [k for k in state if k.startswith(prefix)]
+    if not prefixed:
+        return dict(state)
+    plain = [k for k in state if not k.startswith(prefix)]
+    if plain:
+        raise CheckpointError(
+            f"{len(prefixed)} of {len(state)} tensor names start with {prefix!r} and {len(plain)} do not "
+            f"(e.g. {', '.join(sorted(prefixed)[:3])} but {', '.join(sorted(plain)[:3])}): "
+            "a mixed prefix is not a checkpoint of one model")
+    return {k[len(prefix):]: v for k, v in state.items()}
 
 
 def mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> list[str]:

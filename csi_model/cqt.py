@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from csi_model.atomic import atomic_path
-from csi_model.hparams import DataPrepHParams
+from csi_model.hparams import DataPrepHParams, cqt_range_problem
 from csi_model.audio import SAMPLE_RATE
 
 FORMULA = "peak0.999|cqt-magnitude-librosa-norm|db-rel-max-eps1e-9|nofloor"
@@ -71,6 +71,11 @@ class CqtSettings:
             object.__setattr__(self, name, kind(getattr(self, name)))
         if not hasattr(nnAudio.features, self.cqt_class):
             raise ValueError(f"unknown nnAudio CQT class {self.cqt_class!r}")
+        if self.hop < 1:
+            raise ValueError(f"hop must be at least one sample, got {self.hop}")
+        problem = cqt_range_problem(self.fmin, self.n_bins, self.bins_per_octave, self.sample_rate)
+        if problem:
+            raise ValueError(problem)
         np.dtype(self.dtype)  # raises TypeError on a bad dtype name
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import math
 import types
 import typing
 import warnings
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
+
+from csi_model.audio import SAMPLE_RATE
 
 
 class HParamsError(ValueError):
@@ -180,6 +183,7 @@ class TrainingHParams:
         _require(self.learning_rate > 0, "learning_rate", "must be > 0", self)
         _require(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]", self)
         _require(self.cqt.hop_size > 0, "cqt.hop_size", "must be > 0", self)
+        _require(self.hop_samples(SAMPLE_RATE) >= 1, "cqt.hop_size", _sub_sample_hop(self.cqt.hop_size), self)
 
     def hop_samples(self, sample_rate: int = 16000) -> int:
         """The CQT hop in samples at ``sample_rate`` (640 at 16 kHz for the reference's 0.04 s)."""
@@ -218,11 +222,43 @@ class DataPrepHParams:
         _require(self.n_bins > 0, "n_bins", "must be > 0", self)
         _require(self.bins_per_octave > 0, "bins_per_octave", "must be > 0", self)
         _require(self.hop_size > 0, "hop_size", "must be > 0", self)
+        _require(round(self.hop_size * SAMPLE_RATE) >= 1, "hop_size", _sub_sample_hop(self.hop_size), self)
+        problem = cqt_range_problem(self.fmin, self.n_bins, self.bins_per_octave, SAMPLE_RATE)
+        _require(problem is None, "fmin, n_bins, bins_per_octave", str(problem), self)
         _require(len(self.aug_speed_mode) > 0, "aug_speed_mode", "needs at least one factor (use [1.0])", self)
         _require(all(k > 0 for k in self.aug_speed_mode), "aug_speed_mode", "factors must be > 0", self)
         for key in ("val_data_split", "val_unseen", "test_data_split", "test_data_unseen"):
             value = getattr(self, key)
             _require(0.0 <= value < 1.0, key, f"{value} is not a fraction in [0, 1)", self)
+
+
+def cqt_top_bin_hz(fmin: float, n_bins: int, bins_per_octave: int) -> float:
+    """Centre frequency (Hz) of the highest CQT bin: ``fmin · 2^((n_bins − 1) / bins_per_octave)``."""
+    return fmin * 2.0 ** ((n_bins - 1) / bins_per_octave)
+
+
+def cqt_range_problem(fmin: float, n_bins: int, bins_per_octave: int, sample_rate: int) -> str | None:
+    """Why a CQT bin layout cannot work at ``sample_rate`` Hz, or None when it can.
+
+    The rule is nnAudio's own (both ``CQT1992v2`` and ``CQT2010v2`` refuse a top-bin centre above the Nyquist
+    frequency ``sample_rate / 2``, and build every layout below it): a bin above Nyquist would only see aliased
+    energy. The message gives the largest ``n_bins`` (or ``fmin``) that would fit."""
+    nyquist = sample_rate / 2
+    top = cqt_top_bin_hz(fmin, n_bins, bins_per_octave)
+    if top <= nyquist:
+        return None
+    if fmin > nyquist:
+        return f"fmin {fmin:g} Hz is above the Nyquist frequency {nyquist:g} Hz of {sample_rate} Hz audio"
+    max_bins = math.floor(bins_per_octave * math.log2(nyquist / fmin)) + 1
+    highest_fmin = nyquist / 2.0 ** ((n_bins - 1) / bins_per_octave)
+    return (f"the top CQT bin fmin·2^((n_bins−1)/bins_per_octave) = {fmin:g}·2^({n_bins - 1}/{bins_per_octave}) "
+            f"= {top:.1f} Hz is above the Nyquist frequency {nyquist:g} Hz of {sample_rate} Hz audio; "
+            f"use at most {max_bins} bins from fmin {fmin:g} Hz, or fmin ≤ {math.floor(highest_fmin * 100) / 100:g} "
+            f"Hz for {n_bins} bins")
+
+
+def _sub_sample_hop(hop_size: float) -> str:
+    return f"{hop_size:g} s is less than one sample at {SAMPLE_RATE} Hz"
 
 
 def _require(ok: bool, key: str, message: str, hp: Any) -> None:

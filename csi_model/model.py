@@ -15,12 +15,15 @@ E embedding width, H heads, K classes.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from csi_model.checkpoint import CENTRES_KEY
 
 if TYPE_CHECKING:
     from csi_model.hparams import TrainingHParams
@@ -63,6 +66,34 @@ class ModelConfig:
             num_classes=hp.foc.output_dims if hp.foc.output_dims is not None else num_classes,
             with_centres=hp.center.weight > 0,
         )
+
+
+_SHAPE_OF = {  # config field -> (tensor name, dimension whose size it is)
+    "input_dim": ("_global_cmvn.weight", 0),
+    "d_model": ("_encoder.embed.conv.0.weight", 0),
+    "ff_dim": ("_encoder.encoders.0.feed_forward.w_1.weight", 0),
+    "heads": ("_encoder.encoders.0.self_attn.pos_bias_u", 0),
+    "conv_kernel": ("_encoder.encoders.0.conv_module.depthwise_conv.weight", -1),
+    "embed_dim": ("_bottleneck.weight", 0),
+    "num_classes": ("_ce_layer.weight", 0),
+}
+_BLOCK_KEY = "_encoder.encoders."
+
+
+def config_from_state(state: Mapping[str, Tensor]) -> tuple[ModelConfig, list[str]]:
+    """The architecture a state dict (a g_ file's ``generator``) was saved from, as far as its tensor shapes say.
+
+    Returns the config and the fields read from the shapes; every other field keeps the reference default
+    (``dropout`` never shows in a shape). Centres are present exactly when the file holds them."""
+    found: dict[str, object] = {}
+    for name, (key, dim) in _SHAPE_OF.items():
+        if key in state and state[key].dim() > 0:
+            found[name] = int(state[key].shape[dim])
+    blocks = {k[len(_BLOCK_KEY):].split(".", 1)[0] for k in state if k.startswith(_BLOCK_KEY)}
+    if blocks and all(b.isdigit() for b in blocks):
+        found["num_blocks"] = max(int(b) for b in blocks) + 1
+    found["with_centres"] = CENTRES_KEY in state
+    return ModelConfig(**found), sorted(found)
 
 
 def padding_mask(lengths: Tensor | None, max_len: int) -> Tensor | None:

@@ -10,9 +10,10 @@ import torch
 import yaml
 
 from csi_assets.assets import data
+from csi_assets.assets.training import trained_contract
 from csi_assets.store import models as model_store
 from csi_model.checkpoint import model_fingerprint, save_checkpoint
-from csi_model.hparams import TrainingHParams, to_dict
+from csi_model.hparams import TrainingHParams, load_data_hparams, to_dict
 from csi_model.model import CoverHunter, ModelConfig
 from tests.graph_fixtures import DATA_HPARAMS, Project, make_project
 from tests.train_fixtures import tiny_hparams
@@ -45,7 +46,7 @@ def register_model(project: Project, model: CoverHunter, hp: TrainingHParams, ep
     model_store.register_model(
         project.store, model_id=model_id, dataset=project.dataset_dir.name, training_dir=str(project.training_dir),
         checkpoint=str(pair.generator), epoch=epoch, fingerprint=fingerprint, hparams=to_dict(hp), metrics={},
-        promote=True)
+        promote=True, input_contract=trained_contract(load_data_hparams(project.dataset_dir / "hparams.yaml")))
     return model_id
 
 

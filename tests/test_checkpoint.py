@@ -2,6 +2,7 @@
 
 import hashlib
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from csi_model.checkpoint import (
+    PARALLEL_PREFIX,
     CheckpointError,
     capture_rng_state,
     checkpoint_paths,
@@ -20,6 +22,7 @@ from csi_model.checkpoint import (
     model_fingerprint,
     restore_rng_state,
     save_checkpoint,
+    strip_parallel_prefix,
 )
 from csi_model.model import CoverHunter, ModelConfig
 
@@ -179,3 +182,48 @@ def test_extra_state_cannot_replace_core_keys(tmp_path: Path) -> None:
         save_checkpoint(tmp_path, 1, model, torch.optim.AdamW(model.parameters()), steps=1, early_stopping={},
                         extra={"steps": 5})
     assert list(tmp_path.iterdir()) == []
+
+
+# -- checkpoints saved from a wrapped model (nn.DataParallel) -------------------------------------------------------
+
+def _random_names(rng: random.Random) -> list[str]:
+    parts = ["_encoder", "encoders", "0", "module", "w_1", "weight", "bias", "_ce_layer", "modules", "x"]
+    return sorted({".".join(rng.choice(parts) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 12))})
+
+
+def test_a_uniform_module_prefix_is_stripped_and_anything_else_round_trips() -> None:
+    rng = random.Random(11)
+    for _ in range(200):
+        state = {name: torch.tensor(float(i)) for i, name in enumerate(_random_names(rng))}
+        if any(k.startswith(PARALLEL_PREFIX) for k in state):
+            continue  # a plain model never has a top-level attribute called "module"
+        assert strip_parallel_prefix(state) == state
+        wrapped = {PARALLEL_PREFIX + k: v for k, v in state.items()}
+        assert strip_parallel_prefix(wrapped) == state
+        if len(state) > 1:
+            mixed = dict(wrapped)
+            name = rng.choice(sorted(state))
+            mixed[name] = mixed.pop(PARALLEL_PREFIX + name)
+            with pytest.raises(CheckpointError, match=rf"1 do not \(e\.g\. .*but {re.escape(name)}\)"):
+                strip_parallel_prefix(mixed)
+
+
+def test_a_dataparallel_checkpoint_loads_with_the_same_fingerprint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = CoverHunter(TINY)
+    path = tmp_path / "g_00000001"
+    torch.save({"generator": torch.nn.DataParallel(model).state_dict()}, path)
+    fresh = CoverHunter(TINY)
+    report = load_generator(path, fresh)
+    assert report.fingerprint == model_fingerprint(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
+def test_a_mixed_prefix_is_an_error_naming_the_file_and_examples(tmp_path: Path) -> None:
+    state = CoverHunter(TINY).state_dict()
+    state = {(PARALLEL_PREFIX + k if i % 2 else k): v for i, (k, v) in enumerate(state.items())}
+    path = tmp_path / "g_00000002"
+    torch.save({"generator": state}, path)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: \d+ of \d+ tensor names start with "
+                                              r"'module\.' and \d+ do not \(e\.g\. module\._"):
+        load_generator(path, CoverHunter(TINY))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -12,6 +13,7 @@ from csi_model.devices import pick_device
 from csi_model.hparams import (
     HParamsError,
     UnknownHParamWarning,
+    data_hparams_from_dict,
     load_data_hparams,
     load_training_hparams,
     to_dict,
@@ -114,3 +116,63 @@ def test_unavailable_device_falls_back_with_warning() -> None:
         device = pick_device(hp.device)
     assert device.type in ("cuda", "cpu")
     assert pick_device("cpu").type == "cpu"
+
+
+# -- hyper-parameters that cannot work are refused when loaded -------------------------------------------------------
+
+def test_a_top_cqt_bin_above_nyquist_names_the_file_and_the_keys(tmp_path: Path) -> None:
+    path = tmp_path / "hparams.yaml"
+    path.write_text(yaml.safe_dump({"fmin": 65.4, "n_bins": 96, "bins_per_octave": 12}))
+    with pytest.raises(HParamsError) as raised:
+        load_data_hparams(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: fmin, n_bins, bins_per_octave: ")
+    assert "15802.7 Hz is above the Nyquist frequency 8000 Hz" in message
+    assert "at most 84 bins from fmin 65.4 Hz, or fmin ≤ 33.1 Hz for 96 bins" in message
+
+
+def test_the_cqt_range_rule_is_the_one_nnaudio_applies() -> None:
+    """Random bin layouts around the limit: the hparams accept exactly those the CQT layers can be built for
+    (and both CQT classes agree), so nothing refused would have worked and nothing accepted fails later."""
+    import math
+
+    import nnAudio.features
+
+    rng = np.random.default_rng(3)
+    outcomes = set()
+    for _ in range(25):
+        bpo = int(rng.choice([6, 12, 24]))
+        fmin = float(rng.uniform(40.0, 3000.0))
+        limit = math.floor(bpo * math.log2(8000.0 / fmin)) + 1
+        n_bins = max(1, limit + int(rng.integers(-2, 3)))
+        try:
+            data_hparams_from_dict({"fmin": fmin, "n_bins": n_bins, "bins_per_octave": bpo})
+            accepted = True
+        except HParamsError:
+            accepted = False
+        for layer in (nnAudio.features.CQT1992v2, nnAudio.features.CQT2010v2):
+            try:
+                layer(sr=16000, hop_length=640, fmin=fmin, n_bins=n_bins, bins_per_octave=bpo, verbose=False)
+                built = True
+            except ValueError as err:
+                assert "Nyquist" in str(err)
+                built = False
+            assert accepted == built, (fmin, n_bins, bpo, layer.__name__)
+        outcomes.add(accepted)
+    assert outcomes == {True, False}
+
+
+def test_the_reference_and_demo_cqt_settings_stay_accepted() -> None:
+    from csi_model.cqt import settings_for
+
+    for path in [*REFERENCE.glob("*data_hparams.yaml"), ROOT / "data" / "demo" / "hparams.yaml"]:
+        settings = settings_for(load_data_hparams(path))
+        assert (settings.fmin, settings.n_bins, settings.bins_per_octave, settings.hop) == (32.0, 96, 12, 640)
+
+
+@pytest.mark.parametrize("hop", [0.0, -0.04, 1e-5])
+def test_a_hop_below_one_sample_is_refused_in_both_files(hop: float) -> None:
+    with pytest.raises(HParamsError, match=r"d\.yaml: hop_size: "):
+        data_hparams_from_dict({"hop_size": hop}, source="d.yaml")
+    with pytest.raises(HParamsError, match=r"t\.yaml: cqt\.hop_size: "):
+        training_hparams_from_dict({"cqt": {"hop_size": hop}}, source="t.yaml")

@@ -122,7 +122,8 @@ def test_clear_errors_exit_2_without_traceback(served, tmp_path, capsys) -> None
 
     row = model_store.get_model(project.store, model_id)
     model_store.register_model(Store(empty), **{k: row[k] for k in (
-        "model_id", "dataset", "training_dir", "checkpoint", "epoch", "fingerprint", "hparams", "metrics")},
+        "model_id", "dataset", "training_dir", "checkpoint", "epoch", "fingerprint", "hparams", "metrics",
+        "input_contract")},
         promote=True)
     assert csi(["identify", query, "--dataset-dir", str(project.dataset_dir), "--store", str(empty)]) == 2
     assert "materialize reference_embeddings first" in capsys.readouterr().err

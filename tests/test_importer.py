@@ -219,3 +219,28 @@ def test_conflicting_work_ids_stop_the_import_before_anything_is_written(tmp_pat
     with pytest.raises(ReferenceImportError, match=r"full.txt:\d+: work 'work_00\d' has work_id"):
         import_reference(store, data, None, repo)
     assert catalog_store.performances(store, "covers") == [] and split_store.work_ids(store, "covers") == {}
+
+
+def test_a_model_trained_on_another_hop_than_the_data_folder_is_refused(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data" / "covers"
+    generate_covers(data, works=2, perfs=1, seed=5, seconds=2.0)
+    (data / "hparams.yaml").write_text(yaml.safe_dump(DATA_HPARAMS))
+    training = tmp_path / "training" / "covers"
+    (training / "config").mkdir(parents=True)
+    (training / "config" / "hparams.yaml").write_text(yaml.safe_dump({**TRAINING_HPARAMS, "cqt": {"hop_size": 0.02}}))
+    (training / "checkpoints").mkdir()
+    torch.save({"generator": _reference_model(1)}, training / "checkpoints" / "g_00000001")
+    store_path = tmp_path / "csi.duckdb"
+    assert csi(["import", "--data", str(data), "--training", str(training), "--store", str(store_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"expects hop_size 0.02 s (320 samples at 16000 Hz) ({training / 'config' / 'hparams.yaml'})" in err
+    assert f"({training / 'config' / 'hparams.yaml'}) but {data / 'hparams.yaml'}, imported from CoverHunterMPS " \
+           "says hop_size 0.04 s (640 samples at 16000 Hz)" in err
+    assert model_store.models(Store(store_path), "covers") == []
+
+
+def test_an_imported_model_records_the_data_folders_settings_with_the_cqt_class_unknown(imported) -> None:
+    _, data, _, store_path = imported
+    contract = model_store.promoted_model(Store(store_path), "covers")["input_contract"]
+    assert contract == {"source": f"{data / 'hparams.yaml'}, imported from CoverHunterMPS", "sample_rate": 16000, "hop": 640, "fmin": 32.0,
+                        "n_bins": 96, "bins_per_octave": 12, "cqt_class": None}

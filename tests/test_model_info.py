@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -75,3 +76,37 @@ def test_unsized_classifier_and_missing_file_are_clear_errors(tmp_path: Path, ca
     assert "pass --num-classes N" in capsys.readouterr().err
     assert main(["model-info", "--checkpoint", str(tmp_path / "g_nothing")]) == 2
     assert "g_nothing: no such file" in capsys.readouterr().err
+
+
+def test_our_own_checkpoint_is_sized_from_the_hparams_stored_with_it(tmp_path: Path, capsys) -> None:
+    """A training folder in the reference layout: ``config/hparams.yaml`` next to ``checkpoints/g_…``."""
+    run = tmp_path / "training" / "demo"
+    (run / "config").mkdir(parents=True)
+    (run / "config" / "hparams.yaml").write_text(yaml.safe_dump({**TINY_HPARAMS, "foc": {}}))
+    config = ModelConfig(input_dim=24, embed_dim=32, d_model=32, num_blocks=1, ff_dim=64, num_classes=5,
+                         with_centres=False)
+    state = CoverHunter(config).state_dict()
+    path = run / "checkpoints" / "g_00000004"
+    path.parent.mkdir()
+    torch.save({"generator": state}, path)
+    info = _json(capsys, "--checkpoint", str(path))
+    assert info["checkpoint"]["tensors"] == len(state) and info["checkpoint"]["fingerprint"] == model_fingerprint(state)
+    assert info["config"] == dataclasses.asdict(config)
+    stored = run / "config" / "hparams.yaml"
+    assert info["sized_from"] == f"sized from {stored} (the hparams stored with the checkpoint)"
+
+
+def test_a_lone_checkpoint_is_sized_from_its_tensor_shapes(tmp_path: Path, capsys) -> None:
+    config = ModelConfig(input_dim=84, embed_dim=48, d_model=64, num_blocks=3, ff_dim=96, heads=8, conv_kernel=7,
+                         num_classes=11, with_centres=True)
+    state = CoverHunter(config).state_dict()
+    path = tmp_path / "g_00000009"
+    torch.save({"generator": {f"module.{k}": v for k, v in state.items()}}, path)  # saved from nn.DataParallel
+    info = _json(capsys, "--checkpoint", str(path))
+    assert info["config"] == dataclasses.asdict(config)
+    assert info["checkpoint"]["fingerprint"] == model_fingerprint(state)
+    assert info["sized_from"] == ("no hparams: conv_kernel, d_model, embed_dim, ff_dim, heads, input_dim, "
+                                  "num_blocks, num_classes, with_centres read from the checkpoint's tensor shapes; "
+                                  "reference defaults for dropout")
+    assert main(["model-info", "--checkpoint", str(path)]) == 0
+    assert "read from the checkpoint's tensor shapes" in capsys.readouterr().out

@@ -25,7 +25,7 @@ import numpy as np
 
 from csi_assets.assets.data import data_splits
 from csi_assets.assets.training import trained_model
-from csi_assets.model_loading import LoadedModel, ModelLoadError, load_model
+from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import evaluations as evaluation_store
@@ -176,6 +176,7 @@ def eval_report(context: dg.AssetExecutionContext, dataset: DatasetResource, tra
     db = store.store()
     try:
         model = load_model(db, dataset.name)
+        dataset_input(model, dataset.hparams(), context.log)
     except ModelLoadError as err:
         raise dg.Failure(description=str(err)) from err
     table = feature_store.feature_table(db, dataset.name, dataset.cqt_settings().settings_hash())

@@ -16,7 +16,7 @@ import dagster as dg
 
 from csi_assets.assets.data import extract_features, rejection_rows, verify_catalog_rows
 from csi_assets.assets.serving import embed_missing
-from csi_assets.model_loading import ModelLoadError, load_model
+from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
@@ -149,6 +149,7 @@ def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: lis
         log.warning(f"{err}; the batch is catalogued and featurised, and the reference refresh embeds it once a "
                     "model is promoted")
         return 0
+    dataset_input(model, dataset.hparams(), log)  # a model trained on other features must not embed this batch
     references = [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
                   if r["speed"] == 1.0]
     return embed_missing(db, dataset.name, model, references, log).computed

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from csi_assets.assets.data import cqt_features, data_splits
-from csi_assets.assets.training import TrainingLog, best_model, check_compatible, steps_per_epoch, write_curves
+from csi_assets.assets.training import (TrainingLog, best_model, check_compatible, steps_per_epoch,
+                                       trained_contract, write_curves)
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
@@ -293,7 +294,8 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
     model_store.register_model(
         store.store(), model_id=model_id, dataset=dataset.name, training_dir=str(training.root / "production"),
         checkpoint=str(final.best_checkpoint), epoch=final.best_epoch, fingerprint=loaded.fingerprint,
-        hparams=to_dict(result.hparams), metrics=metrics, promote=config.promote)
+        hparams=to_dict(result.hparams), metrics=metrics, promote=config.promote,
+        input_contract=trained_contract(dataset.hparams()))
     curves, _ = write_curves(training.root / "production", final.history, final.best_epoch)
     rows = "\n".join(f"| {name} | {m['lr']:.3g} | {m['best_epoch']} | {m['best_value']} | {m['epochs']} |"
                      for name, m in {**folds, "final": metrics["final"]}.items())

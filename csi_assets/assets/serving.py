@@ -18,7 +18,7 @@ import numpy as np
 
 from csi_assets.assets.data import cqt_features
 from csi_assets.assets.training import trained_model
-from csi_assets.model_loading import LoadedModel, ModelLoadError, load_model
+from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import Store
@@ -119,9 +119,12 @@ def refresh_statistics(store: Store, dataset: str, model_id: str) -> tuple[Calib
     return calibration, centroids, len(stored.perfs), len(stored)
 
 
-def _promoted(store: Store, dataset: DatasetResource) -> LoadedModel:
+def _promoted(store: Store, dataset: DatasetResource, log: Any) -> LoadedModel:
+    """The promoted model, refused unless the dataset's features are the ones it was trained on."""
     try:
-        return load_model(store, dataset.name)
+        model = load_model(store, dataset.name)
+        dataset_input(model, dataset.hparams(), log)
+        return model
     except ModelLoadError as err:
         raise dg.Failure(description=str(err)) from err
 
@@ -133,7 +136,7 @@ def reference_embeddings(context: dg.AssetExecutionContext, dataset: DatasetReso
     pairs are computed; performances gone from the catalog lose theirs), then the model's calibration and work
     centroids, recomputed from all of them."""
     db = store.store()
-    model = _promoted(db, dataset)
+    model = _promoted(db, dataset, context.log)
     removed = embedding_store.forget_uncatalogued(db, dataset.name)
     references = reference_rows(db, dataset)
     stats = embed_missing(db, dataset.name, model, references, context.log)

@@ -21,7 +21,7 @@ import numpy as np
 from csi_assets.assets.data import cqt_features, dataset_catalog
 from csi_assets.assets.serving import TRACKS_PER_BATCH, reference_rows
 from csi_assets.assets.training import trained_model
-from csi_assets.model_loading import LoadedModel, ModelLoadError, load_model
+from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import Store
@@ -67,7 +67,7 @@ def compute_alignments(store: Store, dataset: DatasetResource, model: LoadedMode
                        log: Any) -> AlignmentRun:
     """Shifts between every two original performances of each work (and each with itself), with ``model``."""
     start = time.monotonic()
-    fps = dataset.cqt_settings().fps
+    fps = dataset_input(model, dataset.hparams(), log).fps
     rows = reference_rows(store, dataset)  # the original recording of every performance with a feature
     usable = [r for r in rows if r["n_frames"] >= model.min_raw_frames]
     too_short = sorted(r["perf"] for r in rows if r["n_frames"] < model.min_raw_frames)
@@ -106,7 +106,7 @@ def alignments(context: dg.AssetExecutionContext, config: AlignmentConfig, datas
         raise dg.Failure(description=str(err)) from err
     try:
         run = compute_alignments(db, dataset, model, config.window_s, config.hop_s, context.log)
-    except ValueError as err:
+    except (ValueError, ModelLoadError) as err:
         raise dg.Failure(description=f"alignment failed: {err}") from err
     path = write_alignments(training.root, run)
     context.log.info(f"{len(run.alignments)} pairs from {run.windows} windows in {run.seconds:.1f} s -> {path}")

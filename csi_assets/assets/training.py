@@ -34,6 +34,7 @@ from csi_model.hparams import DataPrepHParams, TrainingHParams, to_dict, trainin
 from csi_model.model import CoverHunter, ModelConfig, parameter_counts
 from csi_model.sampler import MPerClassBatchSampler
 from csi_model.training import EpochRecord, RetrievalTestSet, TrainingResult, evaluate_test_set, train
+from csi_model.contract import InputContract, InputContractError, check_input_contract
 from csi_model.cqt import settings_for
 
 GROUP = "training"
@@ -50,16 +51,18 @@ class TrainingConfig(dg.Config):
 
 
 def check_compatible(hp: TrainingHParams, data_hp: DataPrepHParams) -> None:
-    """The model's input must be the features the data stage made: same bins, same hop."""
-    problems = []
-    if hp.input_dim != data_hp.n_bins:
-        problems.append(f"input_dim {hp.input_dim} (training, {hp.source}) ≠ n_bins {data_hp.n_bins} "
-                        f"(data, {data_hp.source})")
-    if not math.isclose(hp.cqt.hop_size, data_hp.hop_size, rel_tol=1e-9):
-        problems.append(f"cqt.hop_size {hp.cqt.hop_size} (training, {hp.source}) ≠ hop_size {data_hp.hop_size} "
-                        f"(data, {data_hp.source})")
-    if problems:
-        raise dg.Failure(description="the training hparams do not fit the dataset's features: " + "; ".join(problems))
+    """The model's input must be the features the data stage made: same bins (``input_dim``), same hop."""
+    try:
+        check_input_contract(InputContract.from_training_hparams(hp, hp.source or "<training hparams>"),
+                             InputContract.from_settings(settings_for(data_hp), data_hp.source or "<data hparams>"),
+                             "to be trained", warn_unknown=False)
+    except InputContractError as err:
+        raise dg.Failure(description=f"the training hparams do not fit the dataset's features: {err}") from err
+
+
+def trained_contract(data_hp: DataPrepHParams) -> dict[str, Any]:
+    """The input contract recorded with a model trained on the features of ``data_hp``."""
+    return InputContract.from_settings(settings_for(data_hp), data_hp.source or "<data hparams>").to_dict()
 
 
 class TrainingLog:
@@ -204,7 +207,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
     model_store.register_model(
         db, model_id=model_id, dataset=dataset.name, training_dir=str(training.root),
         checkpoint=str(result.best_checkpoint), epoch=result.best_epoch, fingerprint=loaded.fingerprint,
-        hparams=to_dict(hp), metrics=metrics, promote=promote,
+        hparams=to_dict(hp), metrics=metrics, promote=promote, input_contract=trained_contract(data_hp),
     )
     context.log.info(f"registered {model_id} (best epoch {result.best_epoch}, {result.best_checkpoint})"
                      + (", promoted" if promote else ", not promoted"))

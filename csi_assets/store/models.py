@@ -31,8 +31,12 @@ def register_model(
     hparams: Mapping[str, Any],
     metrics: Mapping[str, Any],
     promote: bool,
+    input_contract: Mapping[str, Any] | None,
 ) -> None:
-    """Record (or update) a model; with ``promote`` it becomes the dataset's only promoted model."""
+    """Record (or update) a model; with ``promote`` it becomes the dataset's only promoted model.
+
+    ``input_contract`` is ``csi_model.contract.InputContract.to_dict()`` of the features the model was trained
+    on (None only when nobody knows them)."""
     with store.transaction() as con:
         if promote:
             con.execute("UPDATE models SET promoted = false WHERE dataset = ?", [dataset])
@@ -40,6 +44,7 @@ def register_model(
             "model_id": model_id, "dataset": dataset, "training_dir": training_dir, "checkpoint": checkpoint,
             "epoch": epoch, "fingerprint": fingerprint, "hparams": json.dumps(dict(hparams), default=str),
             "metrics": json.dumps(dict(metrics), default=str), "promoted": promote,
+            "input_contract": None if input_contract is None else json.dumps(dict(input_contract)),
         }])
 
 
@@ -70,4 +75,6 @@ def models(store: Store, dataset: str) -> list[dict[str, Any]]:
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    return dict(row, hparams=json.loads(row["hparams"] or "{}"), metrics=json.loads(row["metrics"] or "{}"))
+    contract = row.get("input_contract")
+    return dict(row, hparams=json.loads(row["hparams"] or "{}"), metrics=json.loads(row["metrics"] or "{}"),
+                input_contract=json.loads(contract) if contract else None)

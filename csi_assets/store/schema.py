@@ -79,6 +79,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE embeddings ADD COLUMN audio_hash TEXT",
         ),
     ),
+    (
+        4,
+        (
+            # the CQT settings of the features a model was trained on (its input contract); NULL for models
+            # registered before: their contract is derived from their hparams as far as those say
+            "ALTER TABLE models ADD COLUMN input_contract JSON",
+        ),
+    ),
 )
 
 
