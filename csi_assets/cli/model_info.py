@@ -13,12 +13,12 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csi_assets.cli import CliError
-from csi_model.checkpoint import CENTRES_KEY, CheckpointError, load_generator, read_generator_state
-from csi_model.hparams import HParamsError, load_training_hparams
-from csi_model.model import CoverHunter, ModelConfig, parameter_counts
+
+if TYPE_CHECKING:
+    from csi_model.model import ModelConfig
 
 CLASSIFIER_KEY = "_ce_layer.weight"
 PART_NAMES = {"embedding_network": "embedding network", "bn_neck": "BN-neck", "classifier": "classifier",
@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def model_config(hparams: Path | None, num_classes: int | None, file_state: dict[str, Any] | None) -> ModelConfig:
     """The hparams' model (or the reference's), sized by --num-classes, else by the checkpoint's classifier."""
+    from csi_model.checkpoint import CENTRES_KEY
+    from csi_model.hparams import HParamsError, load_training_hparams
+    from csi_model.model import ModelConfig
+
     if hparams is None:
         base = ModelConfig()
     else:
@@ -55,6 +59,9 @@ def model_config(hparams: Path | None, num_classes: int | None, file_state: dict
 
 
 def inspect(hparams: Path | None, checkpoint: Path | None, num_classes: int | None) -> dict[str, Any]:
+    from csi_model.checkpoint import CheckpointError, load_generator, read_generator_state
+    from csi_model.model import CoverHunter, parameter_counts
+
     state = None
     if checkpoint is not None:
         try:

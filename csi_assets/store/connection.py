@@ -49,7 +49,8 @@ def _lock_holder(err: Exception) -> tuple[int | None, str]:
         return None, "holder unknown"
     pid = int(found.group(2))
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        command = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+                           .split())  # one line, even for ``python -c`` with a multi-line program
     except OSError:
         command = ""
     return pid, f"PID {pid}: {(command or found.group(1))[:160]}"
@@ -135,4 +136,4 @@ class Store:
 
     def schema_version(self) -> int:
         with self.transaction() as con:
-            return schema.current_version(con)
+            return schema.stored_version(con)
