@@ -18,6 +18,7 @@ import numpy as np
 
 from csi_assets.assets.data import cqt_features
 from csi_assets.assets.training import trained_model
+from csi_assets.assets.upstream import require_upstream
 from csi_assets.model_loading import LoadedModel, ModelLoadError, load_model
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource
@@ -136,6 +137,7 @@ def reference_embeddings(context: dg.AssetExecutionContext, dataset: DatasetReso
     model = _promoted(db, dataset)
     removed = embedding_store.forget_uncatalogued(db, dataset.name)
     references = reference_rows(db, dataset)
+    require_upstream(references, "cqt_features", dataset.name, "CQT features of its catalogued performances")
     stats = embed_missing(db, dataset.name, model, references, context.log)
     try:
         calibration, centroids, n_perfs, n_segments = refresh_statistics(db, dataset.name, model.model_id)
