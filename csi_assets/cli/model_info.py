@@ -2,7 +2,7 @@
 
 Before a long training (or before loading a CoverHunterMPS checkpoint) one wants to know how big the model is
 and where the weights sit: the reference's defaults carry 2.2 M embedding parameters but 9.9 M in total, because
-of its 30000-class classifier and centres (spec §3.4, §11.28). Without ``--hparams`` the configuration is the
+of its 30000-class classifier and centres. Without ``--hparams`` the configuration is the
 reference's shipped one; with ``--checkpoint`` the classifier size and the presence of centres are read from the
 file unless given, and a file that does not fit is exit status 2 with every mismatched tensor listed.
 """

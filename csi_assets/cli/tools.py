@@ -93,18 +93,18 @@ def run_align(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    _missing(args.a, args.b)
     from csi_model.dataset_tools import compare_catalogs
 
-    _missing(args.a, args.b)
     report = compare_catalogs(args.a, args.b)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0
 
 
 def run_histogram(args: argparse.Namespace) -> int:
+    _missing(args.catalog)
     from csi_model.dataset_tools import perfs_per_work, plot_perfs_per_work, read_catalog_ids, work_size_stats
 
-    _missing(args.catalog)
     ids = read_catalog_ids(args.catalog)
     counts = perfs_per_work(ids.perfs, ids.works)
     if not counts:
@@ -119,10 +119,10 @@ def run_histogram(args: argparse.Namespace) -> int:
 
 
 def run_query_in_ref(args: argparse.Namespace) -> int:
+    _missing(args.query, args.ref)
     from csi_model.catalog import CatalogLineError
     from csi_model.dataset_tools import write_query_in_ref
 
-    _missing(args.query, args.ref)
     try:
         pairs = write_query_in_ref(args.query, args.ref, args.out)
     except CatalogLineError as err:
