@@ -4,7 +4,7 @@ A query goes through exactly the reference path: decoded to 16 kHz mono, the dat
 (``csi_model.cqt.compute_cqt``, batched over queries), every segment embedded by the promoted model with
 ``embed_tracks``, then ranked by exact chunked cosine search (``csi_model.search``) against every stored segment:
 a performance is as near as its nearest segment pair, a work as near as its nearest performance. The whole
-query is used, not its first 135 s (§11.12), and many queries share one model load and one index (§11.33).
+query is used, not its first 135 s, and many queries share one model load and one index.
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ class Identifier:
     """The promoted (or a given) model, the reference index and the calibration of one dataset, loaded once."""
 
     def __init__(self, store_path: str | os.PathLike[str], dataset_dir: str | os.PathLike[str],
-                 model_id: str | None = None, device: str | None = None) -> None:
+                 model_id: str | None = None, device: str | None = None, lock_timeout_s: float = 120.0) -> None:
+        """Opens the store read-only (raises ``StoreLockedError`` if a writer holds it beyond ``lock_timeout_s``)."""
         store_path, dataset_dir = Path(store_path), Path(dataset_dir).resolve()
         if not store_path.is_file():
             raise IdentifyError(f"no store at {store_path}: materialize reference_embeddings first")
-        store = Store(store_path)
+        store = Store(store_path, lock_timeout_s, read_only=True)
         self.dataset = dataset_dir.name
         try:
             self.model: LoadedModel = load_model(store, self.dataset, model_id, device)
@@ -81,36 +82,54 @@ class Identifier:
         self._work_name = dict(zip(self.refs.work_ids.tolist(), self.refs.works.tolist()))
 
     def identify(self, queries: Sequence[str | os.PathLike[str]], top: int = 10, works: bool = False,
-                 calibrated: bool = False, progress: Callable[[int], None] | None = None) -> list[QueryResult]:
-        """Rank performances (or works) for every query file; ``progress(n)`` after each batch of n queries."""
+                 calibrated: bool = False, progress: Callable[[int], None] | None = None,
+                 failed: Callable[[str, str], None] | None = None) -> list[QueryResult]:
+        """Rank performances (or works) for every query file; ``progress(n)`` after each batch of n queries.
+
+        A file that cannot be decoded or is too short raises :class:`IdentifyError`, or with ``failed`` is
+        reported as ``failed(path, message)`` and left out of the results, so the other queries are answered."""
         if calibrated and self.calibration is None:
             raise IdentifyError(f"no calibration stored for model {self.model.model_id}: materialize "
                                 "reference_embeddings first")
         results: list[QueryResult] = []
         for first in range(0, len(queries), QUERIES_PER_BATCH):
             batch = [str(q) for q in queries[first:first + QUERIES_PER_BATCH]]
-            tracks = self.embed_queries(batch)
-            results += self._rank(batch, tracks, top, works)
+            embedded, tracks = self.embed_queries(batch, failed)
+            if embedded:
+                results += self._rank(embedded, tracks, top, works)
             if progress:
                 progress(len(batch))
         return results
 
-    def embed_queries(self, paths: Sequence[str]) -> list[np.ndarray]:
-        """Decode, CQT and embed every segment of each file -> per file [segments, embed_dim] unit rows."""
-        signals = []
+    def embed_queries(self, paths: Sequence[str], failed: Callable[[str, str], None] | None = None
+                      ) -> tuple[list[str], list[np.ndarray]]:
+        """Decode, CQT and embed every segment of each file -> (the files embedded, per file [segments, embed_dim]
+        unit rows); a file that fails goes to ``failed`` (see :meth:`identify`)."""
+        def fail(path: str, message: str) -> None:
+            if failed is None:
+                raise IdentifyError(message)
+            failed(path, message)
+
+        kept, signals = [], []
         for path in paths:
             try:
                 signals.append(load_audio(path))
+                kept.append(path)
             except AudioError as err:
-                raise IdentifyError(str(err)) from err
-        features = compute_cqt(signals, self.settings, self.model.device)
-        for path, feature in zip(paths, features):
-            if len(feature) < self.model.min_raw_frames:
-                raise IdentifyError(f"{path}: too short to identify ({len(feature) / self.settings.fps:.2f} s; "
-                                    f"the model needs {self.model.min_raw_frames / self.settings.fps:.2f} s)")
+                fail(path, str(err))
+        features = compute_cqt(signals, self.settings, self.model.device) if signals else []
+        long_enough = [len(feature) >= self.model.min_raw_frames for feature in features]
+        for path, feature, ok in zip(kept, features, long_enough):
+            if not ok:
+                fail(path, f"{path}: too short to identify ({len(feature) / self.settings.fps:.2f} s; "
+                           f"the model needs {self.model.min_raw_frames / self.settings.fps:.2f} s)")
+        kept = [path for path, ok in zip(kept, long_enough) if ok]
+        features = [feature for feature, ok in zip(features, long_enough) if ok]
+        if not features:
+            return [], []
         hp = self.model.hparams
-        return embed_tracks(self.model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size,
-                            self.model.device)
+        return kept, embed_tracks(self.model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size,
+                                  self.model.device)
 
     def _rank(self, paths: Sequence[str], tracks: list[np.ndarray], top: int, works: bool) -> list[QueryResult]:
         found = self.index.search_works(tracks, top) if works else self.index.search_perfs(tracks, top)

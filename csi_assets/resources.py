@@ -6,18 +6,15 @@ at another dataset without editing code; run config may override each field.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 
+from csi_assets import locations
+from csi_assets.locations import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH, DEFAULT_TRAINING_DIR
 from csi_assets.store import Store
 from csi_model.cqt import CqtSettings, settings_for
 from csi_model.hparams import DataPrepHParams, TrainingHParams, load_data_hparams, load_training_hparams
-
-DEFAULT_DATASET_DIR = "data/demo"
-DEFAULT_TRAINING_DIR = "training/demo"
-DEFAULT_STORE_PATH = "data/csi.duckdb"
 
 
 class DatasetResource(dg.ConfigurableResource):
@@ -91,7 +88,7 @@ class StoreResource(dg.ConfigurableResource):
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources for a local deployment, read from the environment so any command can point elsewhere."""
     return {
-        "dataset": DatasetResource(dataset_dir=os.environ.get("CSI_DATASET_DIR", DEFAULT_DATASET_DIR)),
-        "training": TrainingResource(training_dir=os.environ.get("CSI_TRAINING_DIR", DEFAULT_TRAINING_DIR)),
-        "store": StoreResource(path=os.environ.get("CSI_STORE_PATH", DEFAULT_STORE_PATH)),
+        "dataset": DatasetResource(dataset_dir=locations.dataset_dir()),
+        "training": TrainingResource(training_dir=locations.training_dir()),
+        "store": StoreResource(path=locations.store_path()),
     }

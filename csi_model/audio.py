@@ -7,6 +7,7 @@ the reason, so a caller that processes thousands of files can catch it per file,
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,16 @@ Its CQT would be quantisation or dither noise, normalised up to 0 dB by the rela
 teaches the model nothing and poisons nearest-neighbour search; better to reject it with a reason.
 """
 
+CANCELLATION_DB = 20.0
+"""A mono mix whose RMS is this far below its loudest channel's means the channels cancel (e.g. one channel
+phase-inverted): such a file is read from its loudest channel instead.
+
+Ordinary recordings never come near it: channels that are equal give 0 dB, independent ones -3 dB, one silent
+channel -6 dB; an inverted copy gives minus infinity, and a copy inverted with a 10 % level difference -26 dB.
+"""
+
+_log = logging.getLogger(__name__)
+
 
 class AudioError(Exception):
     """A file that cannot serve as audio input: unreadable, corrupt, empty, silent or non-finite."""
@@ -39,29 +50,67 @@ class AudioError(Exception):
 def load_audio(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode ``path`` to a 16 kHz mono float32 signal ``[N]``.
 
-    Channels are averaged (the reference tool's mono mix). soxr's default "HQ" quality is used: it is far
-    faster than real time (~18,000x here) and its passband is flat to well above the top CQT bin (7.7 kHz).
+    Channels are averaged (the reference tool's mono mix), unless they cancel in the mix (see
+    :data:`CANCELLATION_DB`): then the loudest channel is used, with a warning. soxr's default "HQ" quality is
+    used: it is far faster than real time (~18,000x here) and its passband is flat to well above the top CQT bin
+    (7.7 kHz).
     """
     source = Path(path)
     signal, rate = _decode(source)
-    mono = signal.mean(axis=1, dtype=np.float32)
+    mono = _mono_mix(source, signal)
     _check_content(source, mono)
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE)
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """Read every channel as float32 ``[N, C]``, turning libsndfile's failures into an :class:`AudioError`."""
+def check_audio_file(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`AudioError` unless ``path`` is a file whose audio header libsndfile can read.
+
+    Cheap (the header only), so a command can screen all its inputs before loading a model; the samples
+    themselves can still be corrupt, which :func:`load_audio` reports."""
+    source = Path(path)
+    _check_file(source)
+    try:
+        sf.info(str(source))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise AudioError(source, f"cannot decode audio: {error}") from error
+
+
+def _check_file(path: Path) -> None:
+    """Missing, a directory or empty: the failures that need no decoder."""
+    if path.is_dir():
+        raise AudioError(path, "is a directory, not an audio file")
     if not path.is_file():
         raise AudioError(path, "file not found")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """Read every channel as float32 ``[N, C]``, turning libsndfile's failures into an :class:`AudioError`."""
+    _check_file(path)
     try:
         signal, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioError(path, f"cannot decode audio: {error}") from error
     return signal, int(rate)
+
+
+def _mono_mix(path: Path, signal: np.ndarray) -> np.ndarray:
+    """The channel average of ``signal`` ``[N, C]`` -> ``[N]``, or its loudest channel when the channels cancel."""
+    mono = signal.mean(axis=1, dtype=np.float32)
+    if signal.shape[1] < 2 or mono.size == 0 or not np.isfinite(signal).all():
+        return mono  # nothing to fall back to; _check_content names the fault
+    channel_rms = np.sqrt(np.mean(np.square(signal, dtype=np.float64), axis=0))  # [C]
+    loudest = int(np.argmax(channel_rms))
+    mix_rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+    if channel_rms[loudest] == 0 or mix_rms > channel_rms[loudest] * 10 ** (-CANCELLATION_DB / 20):
+        return mono
+    mix_db = 20 * np.log10(mix_rms / channel_rms[loudest]) if mix_rms > 0 else -np.inf
+    _log.warning("%s: the channels cancel in the mono mix (%.1f dB below channel %d, e.g. one is phase-inverted); "
+                 "using channel %d alone", path, mix_db, loudest + 1, loudest + 1)
+    return np.ascontiguousarray(signal[:, loudest])
 
 
 def _check_content(path: Path, mono: np.ndarray) -> None:

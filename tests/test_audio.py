@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 
 from audio_fixtures import dominant_frequency, harmonic_tone, write_tone
-from csi_model.audio import SAMPLE_RATE, AudioError, load_audio, write_wav
+from csi_model.audio import SAMPLE_RATE, AudioError, check_audio_file, load_audio, write_wav
 
 
 def test_stereo_44k_becomes_16k_mono_with_the_right_length(tmp_path: Path) -> None:
@@ -69,3 +69,64 @@ def test_write_wav_scales_overshoot_instead_of_clipping(tmp_path: Path) -> None:
     back = load_audio(path)
     assert np.abs(back).max() == pytest.approx(1.0, abs=1e-3)
     assert np.abs(back - y / 2.0).max() < 1e-4
+
+
+CHANNEL_RELATIONS = {
+    "in-phase": lambda left, rng: rng.uniform(0.1, 1.0) * left,
+    "inverted": lambda left, rng: -rng.uniform(0.9, 1.1) * left,
+    "one-silent": lambda left, rng: np.zeros_like(left),
+    "uncorrelated": lambda left, rng: rng.uniform(0.1, 1.0) * rng.standard_normal(left.size) * left.std(),
+}
+
+
+@pytest.mark.parametrize("relation", CHANNEL_RELATIONS)
+def test_stereo_channels_that_cancel_in_the_mix_are_still_read_loud(tmp_path: Path, relation: str) -> None:
+    """Whatever the relation between the channels, a loud file is read at no less than half its loudest channel's
+    level (6 dB); where the mix does not cancel it is exactly the reference's channel average."""
+    rng = np.random.default_rng(list(CHANNEL_RELATIONS).index(relation))
+    for trial in range(8):
+        left = rng.standard_normal(SAMPLE_RATE // 4).astype(np.float32)
+        stereo = np.stack([left, CHANNEL_RELATIONS[relation](left, rng)], axis=1)
+        stereo = (0.9 * stereo / np.abs(stereo).max()).astype(np.float32)  # the louder channel peaks at 0.9
+        if rng.random() < 0.5:
+            stereo = stereo[:, ::-1]
+        path = tmp_path / f"{relation}-{trial}.wav"
+        sf.write(path, stereo, SAMPLE_RATE, subtype="FLOAT")
+        mono = load_audio(path)
+        loudest_rms = np.sqrt(np.mean(np.square(stereo), axis=0)).max()
+        assert np.sqrt(np.mean(np.square(mono))) >= 0.5 * loudest_rms * 0.999, (relation, trial)
+        if relation != "inverted":
+            np.testing.assert_array_equal(mono, stereo.mean(axis=1, dtype=np.float32))
+
+
+def test_out_of_phase_stereo_uses_one_channel_and_says_why(tmp_path: Path, caplog) -> None:
+    left = 0.9 * harmonic_tone(220.0, 0.5, SAMPLE_RATE) / 0.5
+    path = tmp_path / "out_of_phase.wav"
+    sf.write(path, np.stack([left, -left], axis=1), SAMPLE_RATE, subtype="FLOAT")
+    mono = load_audio(path)
+    np.testing.assert_allclose(np.abs(mono).max(), np.abs(left).max(), rtol=1e-6)
+    assert "channels cancel" in caplog.text and str(path) in caplog.text
+
+
+def test_silent_stereo_is_rejected_even_when_its_channels_cancel(tmp_path: Path) -> None:
+    quiet = np.full(SAMPLE_RATE, 1e-5, dtype=np.float32)
+    for name, stereo in {"zeros": np.zeros((SAMPLE_RATE, 2), dtype=np.float32),
+                         "quiet-inverted": np.stack([quiet, -quiet], axis=1)}.items():
+        sf.write(tmp_path / f"{name}.wav", stereo, SAMPLE_RATE, subtype="FLOAT")
+        with pytest.raises(AudioError, match="silent"):
+            load_audio(tmp_path / f"{name}.wav")
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: None, "file not found"),
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(b"RIFF0000WAVEnot really audio"), "cannot decode"),
+], ids=["directory", "missing", "empty", "undecodable"])
+def test_header_check_names_each_kind_of_unreadable_input(tmp_path: Path, make, reason: str) -> None:
+    path = tmp_path / "query.wav"
+    make(path)
+    with pytest.raises(AudioError, match=reason):
+        check_audio_file(path)
+    with pytest.raises(AudioError, match=reason):
+        load_audio(path)

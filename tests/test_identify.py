@@ -128,8 +128,46 @@ def test_clear_errors_exit_2_without_traceback(served, tmp_path, capsys) -> None
     assert csi(["identify", query, "--dataset-dir", str(project.dataset_dir), "--store", str(empty)]) == 2
     assert "materialize reference_embeddings first" in capsys.readouterr().err
 
-    broken = tmp_path / "broken.wav"
-    broken.write_bytes(b"RIFF0000WAVEnot really audio")
-    assert csi(_cli(project, query, str(broken))) == 2
+
+def _bad_queries(tmp_path) -> dict[str, str]:
+    """{path: expected reason} for each kind of query that cannot be answered: caught by the header check
+    (missing, directory, undecodable) or only when decoded (silent) or embedded (too short)."""
+    (tmp_path / "folder.wav").mkdir()
+    (tmp_path / "broken.wav").write_bytes(b"RIFF0000WAVEnot really audio")
+    sf.write(tmp_path / "silent.wav", np.zeros(16000 * 2, dtype=np.float32), 16000)
+    sf.write(tmp_path / "short.wav", np.sin(np.arange(1600) * 0.2).astype(np.float32), 16000)
+    return {str(tmp_path / "missing.wav"): "file not found", str(tmp_path / "folder.wav"): "is a directory",
+            str(tmp_path / "broken.wav"): "cannot decode", str(tmp_path / "silent.wav"): "silent audio",
+            str(tmp_path / "short.wav"): "too short"}
+
+
+def test_every_good_query_is_answered_and_every_bad_one_listed(served, tmp_path, capsys) -> None:
+    project, _, queries = served
+    bad = _bad_queries(tmp_path)
+    rng = np.random.default_rng(0)
+    order = [str(q) for q in queries[:3]] + list(bad)
+    rng.shuffle(order)
+    assert csi(_cli(project, *order, "--json", "--top", "2")) == 1
+    out = capsys.readouterr()
+    entries = json.loads(out.out)
+    assert [e["query"] for e in entries] == order
+    for entry in entries:
+        if entry["query"] in bad:
+            assert bad[entry["query"]] in entry["error"] and entry["query"] in entry["error"]
+        else:
+            assert len(entry["matches"]) == 2 and "error" not in entry
+    err_lines = out.err.strip().splitlines()
+    assert all(any(path in line and reason in line for line in err_lines) for path, reason in bad.items())
+    assert "3 of 8 queries answered" in out.err and "Traceback" not in out.err
+
+    assert csi(_cli(project, str(queries[0]), *bad)) == 1
+    text = capsys.readouterr()
+    assert str(queries[0]) in text.out and not any(path in text.out for path in bad)
+
+
+def test_no_answerable_query_exits_2_listing_each(served, tmp_path, capsys) -> None:
+    project, _, _ = served
+    bad = _bad_queries(tmp_path)
+    assert csi(_cli(project, *bad)) == 2
     err = capsys.readouterr().err
-    assert str(broken) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert all(path in err and reason in err for path, reason in bad.items()) and "Traceback" not in err

@@ -79,6 +79,10 @@ class ManagedProcess:
             pass
 
 
+RUN_STALL_S = 600.0
+"""A run with no new event for this long is stuck, not slow: every step logs its start, output and end."""
+
+
 @dataclass
 class DagsterUi:
     """A running web UI (and daemon) for one Dagster home; ``url`` is its base address."""
@@ -89,6 +93,41 @@ class DagsterUi:
 
     def log_tails(self, lines: int = 60) -> str:
         return _log_tails([self.webserver, self.daemon], lines)
+
+    def wait_for_run(self, dagster_home: Path, run_id: str, stall_s: float = RUN_STALL_S) -> str:
+        """Poll the run's status in the instance's storage until it is terminal; return its name ("SUCCESS", ...).
+
+        No deadline for a run that moves: a slow machine only makes it take longer. It fails (with the run's
+        status, its last events and the webserver and daemon logs) when the webserver or daemon dies, or when the
+        run records no new event and no status change for ``stall_s`` seconds."""
+        import dagster as dg
+
+        last_change, seen = time.monotonic(), None
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            while True:
+                run = instance.get_run_by_id(run_id)
+                events = instance.all_logs(run_id) if run else []
+                state = (run.status if run else None, len(events))
+                if run is not None and run.is_finished:
+                    return run.status.name
+                if state != seen:
+                    seen, last_change = state, time.monotonic()
+                try:
+                    for process in (self.webserver, self.daemon):
+                        process.check_alive()
+                    if time.monotonic() - last_change > stall_s:
+                        raise TimeoutError(f"run {run_id} made no progress for {stall_s:.0f} s")
+                except (RuntimeError, TimeoutError) as exc:
+                    status = run.status.name if run else "not in the run storage"
+                    raise AssertionError(f"{exc}; run status {status}; last run events:\n"
+                                         f"{_event_tail(events)}\n{self.log_tails()}") from exc
+                time.sleep(1.0)
+
+
+def _event_tail(events: list, count: int = 20) -> str:
+    """The last ``count`` event-log entries of a run, one line each."""
+    return "\n".join(f"  {e.dagster_event.event_type_value if e.dagster_event else 'log'}: {e.message}"
+                     for e in events[-count:]) or "  (no events)"
 
 
 def _log_tails(processes: list[ManagedProcess], lines: int = 60) -> str:

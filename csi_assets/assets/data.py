@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
+from csi_assets.assets.upstream import require_upstream
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import catalog as catalog_store
@@ -220,6 +221,7 @@ def speed_variants(
     db = store.store()
     hp = dataset.hparams()
     originals = [p for p in catalog_store.performances(db, dataset.name) if p["batch_id"] is None]
+    require_upstream(originals, "dataset_catalog", dataset.name, "catalogued performances")
     planned = plan_dataset_variants(originals, hp.aug_speed_mode, dataset.variants_dir)
     stored = {v["variant"]: v for v in feature_store.variants(db, dataset.name)}
     rendered, errors = render_variants(planned, stored, context.log)
@@ -304,8 +306,9 @@ def plan_feature_shards(dataset: DatasetResource, store: StoreResource) -> list:
     settings = dataset.cqt_settings()
     for stale in (dataset.features_dir / settings.settings_hash()).glob(".*.tmp*"):
         stale.unlink(missing_ok=True)
-    pending = pending_features(feature_store.variants(db, dataset.name),
-                               feature_store.features(db, dataset.name, settings.settings_hash()))
+    variants = feature_store.variants(db, dataset.name)
+    require_upstream(variants, "speed_variants", dataset.name, "recordings to compute features of")
+    pending = pending_features(variants, feature_store.features(db, dataset.name, settings.settings_hash()))
     shards: list[list[dict[str, Any]]] = [[] for _ in range(FEATURE_SHARDS)]
     for v in pending:
         shards[int(content_key(v["variant"]), 16) % FEATURE_SHARDS].append(v)
@@ -395,6 +398,7 @@ def work_ids(dataset: DatasetResource, store: StoreResource) -> dg.MaterializeRe
     db = store.store()
     existing = split_store.work_ids(db, dataset.name)
     works = {p["work"] for p in catalog_store.performances(db, dataset.name)}
+    require_upstream(works, "dataset_catalog", dataset.name, "catalogued performances")
     assigned = assign_work_ids(works, existing)
     added = split_store.add_work_ids(db, dataset.name, assigned)
     return dg.MaterializeResult(metadata={"works": len(assigned), "new_works": added})
@@ -431,6 +435,11 @@ def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
     hp = dataset.hparams()
     ids = split_store.work_ids(db, dataset.name)
     originals = [p for p in catalog_store.performances(db, dataset.name) if p["batch_id"] is None]
+    require_upstream(originals, "dataset_catalog", dataset.name, "catalogued performances")
+    require_upstream(all(p["work"] in ids for p in originals), "work_ids", dataset.name,
+                     "work id for every catalogued work")
+    require_upstream(feature_store.features(db, dataset.name, dataset.cqt_settings().settings_hash()),
+                     "cqt_features", dataset.name, "CQT features at its hparams' settings")
     assignment = split_performances(
         {p["perf"]: ids[p["work"]] for p in originals},
         val_data_split=hp.val_data_split, val_unseen=hp.val_unseen, test_data_split=hp.test_data_split,

@@ -4,7 +4,7 @@ A reference is the original recording of a performance (its speed-1.0 variant; t
 augmentation, not recordings anyone will query for), from the main catalog or from an ingested batch. Each is
 embedded with ``csi_model.embedding.embed_tracks`` -- every segment, tail included -- exactly as evaluation and
 identification embed their tracks, so the three measure the same thing (the reference tool used one 135 s chunk
-here and all segments elsewhere, §11.9).
+here and all segments elsewhere).
 """
 
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from csi_assets.assets.data import cqt_features
 from csi_assets.assets.training import trained_model
+from csi_assets.assets.upstream import require_upstream
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource
@@ -139,6 +140,7 @@ def reference_embeddings(context: dg.AssetExecutionContext, dataset: DatasetReso
     model = _promoted(db, dataset, context.log)
     removed = embedding_store.forget_uncatalogued(db, dataset.name)
     references = reference_rows(db, dataset)
+    require_upstream(references, "cqt_features", dataset.name, "CQT features of its catalogued performances")
     stats = embed_missing(db, dataset.name, model, references, context.log)
     try:
         calibration, centroids, n_perfs, n_segments = refresh_statistics(db, dataset.name, model.model_id)

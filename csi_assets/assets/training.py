@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from csi_assets.assets.data import cqt_features, data_splits
+from csi_assets.assets.upstream import require_upstream
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
@@ -174,9 +175,8 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
     db = store.store()
     table = feature_store.feature_table(db, dataset.name, settings_for(data_hp).settings_hash())
     items = split_items(table)
-    if not items.train:
-        raise dg.Failure(description=f"dataset {dataset.name!r} has no training items: materialise data_splits "
-                                     "(and check its split fractions)")
+    require_upstream(items.train, "data_splits", dataset.name, "training items (if it was materialized, check "
+                     "its split fractions)")
     test_sets, test_counts = retrieval_test_sets(hp, table, training.root)
     device = pick_device(hp.device)
     latest = ckpt.latest_checkpoint(training.checkpoints_dir)

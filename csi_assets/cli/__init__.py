@@ -2,6 +2,12 @@
 
 Sub-commands live beside this file (``synth.py``, ``identify.py``, ...); each exposes ``register(subparsers)``
 that adds its parser and sets ``func`` to a callable taking the parsed namespace and returning an exit code.
+To add one, write the module and add its name to ``_SUBCOMMAND_MODULES``.
+
+Start-up rule: building the parser runs every module's top level and ``register``, so those import nothing heavy
+(no torch, dagster, duckdb, scipy, sklearn, matplotlib, nnAudio, not even numpy); ``csi --help`` and argument
+errors then take a fraction of a second. Each ``func`` imports what it needs and checks its arguments and input
+files before it loads a model or opens the store.
 """
 
 from __future__ import annotations
@@ -33,6 +39,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class CliError(Exception):
     """A user-facing failure: printed as one clear line, exit status 2, no traceback."""
+
+
+def add_store_options(p: argparse.ArgumentParser) -> None:
+    """``--dataset-dir``, ``--store`` and ``--lock-wait`` of the commands that read the store."""
+    p.add_argument("--dataset-dir", default=None, help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
+    p.add_argument("--store", default=None, help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    p.add_argument("--lock-wait", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to wait while another process writes the store (default 120)")
+
+
+def locations(args: argparse.Namespace) -> tuple[str, str]:
+    """(dataset folder, store path): the options, else the environment the Dagster resources read."""
+    from csi_assets import locations as default
+
+    return args.dataset_dir or default.dataset_dir(), args.store or default.store_path()
 
 
 if __name__ == "__main__":

@@ -7,13 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
-from csi_assets.cli import CliError
-from csi_assets.cli.identify import locations
-from csi_assets.store import Store
-from csi_assets.store import evaluations as evaluation_store
-from csi_assets.store import models as model_store
+from csi_assets.cli import CliError, add_store_options, locations
 
 _COLUMNS = (("mean_ap", "mAP"), ("mr1", "MR1"), ("hit_rate", "HR@1"), ("precision_at_10", "P@10"))
 
@@ -22,31 +16,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="show the stored evaluation metrics of the promoted model")
     p.add_argument("--json", action="store_true", help="print the stored records as JSON")
     p.add_argument("--model", default=None, help="a registered model id (default: the promoted model)")
-    p.add_argument("--dataset-dir", default=None, help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
-    p.add_argument("--store", default=None, help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    add_store_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset_dir, store = locations(args)
-    store_path, dataset = Path(store), Path(dataset_dir).resolve().name
+    from csi_assets.store import StoreError
+
+    dataset_dir, store_path = locations(args)
+    dataset = Path(dataset_dir).resolve().name
+    try:
+        model_id, records = _stored_evaluations(Path(store_path), dataset, args)
+    except StoreError as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print(json.dumps([dict(r, model=model_id, created_at=str(r["created_at"])) for r in records], indent=2))
+    else:
+        from tabulate import tabulate
+
+        print(f"model {model_id}, dataset {dataset}\n" + tabulate(
+            [[r["test_set"], r["metrics"].get("n_queries")] + [_cell(r["metrics"], key) for key, _ in _COLUMNS]
+             + [r["report_path"]] for r in records],
+            headers=["test set", "queries"] + [name for _, name in _COLUMNS] + ["report"]))
+    return 0
+
+
+def _stored_evaluations(store_path: Path, dataset: str, args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
+    """(model id, its evaluation records) from the store opened read-only; CliError when there is nothing."""
+    from csi_assets.store import Store
+    from csi_assets.store import evaluations as evaluation_store
+    from csi_assets.store import models as model_store
+
     if not store_path.is_file():
         raise CliError(f"no store at {store_path}: materialize eval_report first")
-    store = Store(store_path)
+    store = Store(store_path, args.lock_wait, read_only=True)
     model_id = args.model or (model_store.promoted_model(store, dataset) or {}).get("model_id")
     if model_id is None:
         raise CliError(f"no promoted model for dataset {dataset!r}: materialize trained_model first")
     records = evaluation_store.evaluations(store, dataset, model_id)
     if not records:
         raise CliError(f"no evaluation of model {model_id} for dataset {dataset!r}: materialize eval_report first")
-    if args.json:
-        print(json.dumps([dict(r, model=model_id, created_at=str(r["created_at"])) for r in records], indent=2))
-    else:
-        print(f"model {model_id}, dataset {dataset}\n" + tabulate(
-            [[r["test_set"], r["metrics"].get("n_queries")] + [_cell(r["metrics"], key) for key, _ in _COLUMNS]
-             + [r["report_path"]] for r in records],
-            headers=["test set", "queries"] + [name for _, name in _COLUMNS] + ["report"]))
-    return 0
+    return model_id, records
 
 
 def _cell(metrics: dict[str, Any], key: str) -> str:

@@ -2,7 +2,7 @@
 
 Before a long training (or before loading a CoverHunterMPS checkpoint) one wants to know how big the model is
 and where the weights sit: the reference's defaults carry 2.2 M embedding parameters but 9.9 M in total, because
-of its 30000-class classifier and centres (spec §3.4, §11.28). Without ``--hparams`` the configuration is the
+of its 30000-class classifier and centres. Without ``--hparams`` the configuration is the
 reference's shipped one. With ``--checkpoint`` the model is sized like the file: from ``--hparams``, else from the
 hparams stored with it (``config/hparams.yaml`` of its training folder), else from its tensor shapes, with the
 reference defaults only for what none of these says; the output says which. The classifier size and the
@@ -16,12 +16,12 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csi_assets.cli import CliError
-from csi_model.checkpoint import CENTRES_KEY, CheckpointError, load_generator, read_generator_state
-from csi_model.hparams import HParamsError, load_training_hparams
-from csi_model.model import CoverHunter, ModelConfig, config_from_state, parameter_counts
+
+if TYPE_CHECKING:
+    from csi_model.model import ModelConfig
 
 CLASSIFIER_KEY = "_ce_layer.weight"
 PART_NAMES = {"embedding_network": "embedding network", "bn_neck": "BN-neck", "classifier": "classifier",
@@ -50,6 +50,8 @@ def sizing(hparams: Path | None, checkpoint: Path | None,
            file_state: dict[str, Any] | None) -> tuple[Path | None, ModelConfig | None, str]:
     """Which hparams size the model (given, else stored with the checkpoint), or the config read from the
     checkpoint's tensor shapes when there are none; plus a sentence saying which, for the output."""
+    from csi_model.model import ModelConfig, config_from_state
+
     if hparams is not None:
         return hparams, None, f"sized from {hparams}"
     stored = stored_hparams(checkpoint) if checkpoint is not None else None
@@ -67,6 +69,10 @@ def model_config(hparams: Path | None, num_classes: int | None, file_state: dict
                  inferred: ModelConfig | None = None) -> ModelConfig:
     """The hparams' model (else ``inferred``, else the reference's), sized by --num-classes, else by the
     checkpoint's classifier."""
+    from csi_model.checkpoint import CENTRES_KEY
+    from csi_model.hparams import HParamsError, load_training_hparams
+    from csi_model.model import ModelConfig
+
     if hparams is None:
         base = inferred or ModelConfig()
     else:
@@ -85,6 +91,9 @@ def model_config(hparams: Path | None, num_classes: int | None, file_state: dict
 
 
 def inspect(hparams: Path | None, checkpoint: Path | None, num_classes: int | None) -> dict[str, Any]:
+    from csi_model.checkpoint import CheckpointError, load_generator, read_generator_state
+    from csi_model.model import CoverHunter, parameter_counts
+
     state = None
     if checkpoint is not None:
         try:

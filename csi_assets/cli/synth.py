@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
-
-from csi_model.synth import generate_covers
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("synth", help="generate a deterministic synthetic covers dataset")
@@ -21,6 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from csi_model.synth import generate_covers
+
     total = args.works * args.perfs
     with tqdm(total=total, unit="perf", desc="synth") as bar:
         def progress(done: int, _total: int) -> None:

@@ -6,40 +6,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
-from csi_assets.assets.tools import compute_alignments, write_alignments
 from csi_assets.cli import CliError
-from csi_assets.importer import ReferenceImportError, import_reference
-from csi_assets.model_loading import ModelLoadError, load_model
-from csi_assets.resources import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH, DEFAULT_TRAINING_DIR, DatasetResource
-from csi_assets.store import Store
-from csi_model.alignment import DEFAULT_HOP_S, DEFAULT_WINDOW_S
-from csi_model.catalog import CatalogLineError
-from csi_model.dataset_tools import (
-    compare_catalogs,
-    perfs_per_work,
-    plot_perfs_per_work,
-    read_catalog_ids,
-    work_size_stats,
-    write_query_in_ref,
-)
-from csi_model.hparams import HParamsError
 
 
 def _store_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", default=os.environ.get("CSI_STORE_PATH", DEFAULT_STORE_PATH),
-                   help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    p.add_argument("--store", default=None, help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+
+
+def _store_path(args: argparse.Namespace) -> str:
+    from csi_assets import locations
+
+    return args.store or locations.store_path()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("align", help="coarse time offsets between performances of the same work")
-    p.add_argument("--dataset-dir", default=os.environ.get("CSI_DATASET_DIR", DEFAULT_DATASET_DIR))
-    p.add_argument("--training-dir", default=os.environ.get("CSI_TRAINING_DIR", DEFAULT_TRAINING_DIR),
+    p.add_argument("--dataset-dir", default=None, help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
+    p.add_argument("--training-dir", default=None,
                    help="where alignments.jsonl is written (default $CSI_TRAINING_DIR or training/demo)")
-    p.add_argument("--window", type=float, default=DEFAULT_WINDOW_S, help="window length in seconds (default 15)")
-    p.add_argument("--hop", type=float, default=DEFAULT_HOP_S, help="window hop in seconds (default 5)")
+    p.add_argument("--window", type=float, default=None, help="window length in seconds (default 15)")
+    p.add_argument("--hop", type=float, default=None, help="window hop in seconds (default 5)")
     p.add_argument("--model", default=None, help="a registered model id (default: the promoted model)")
     p.add_argument("--device", default=None)
     _store_option(p)
@@ -79,23 +67,35 @@ def _missing(*paths: Path) -> None:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    if args.window <= 0 or args.hop <= 0:
+    if any(value is not None and value <= 0 for value in (args.window, args.hop)):
         raise CliError(f"--window and --hop must be positive, got {args.window} and {args.hop}")
-    dataset = DatasetResource(dataset_dir=args.dataset_dir)
-    store = Store(args.store)
+    from csi_assets import locations
+    from csi_assets.assets.tools import compute_alignments, write_alignments
+    from csi_assets.model_loading import ModelLoadError, load_model
+    from csi_assets.resources import DatasetResource
+    from csi_assets.store import Store
+    from csi_model.alignment import DEFAULT_HOP_S, DEFAULT_WINDOW_S
+    from csi_model.hparams import HParamsError
+
+    window = DEFAULT_WINDOW_S if args.window is None else args.window
+    hop = DEFAULT_HOP_S if args.hop is None else args.hop
+    dataset = DatasetResource(dataset_dir=args.dataset_dir or locations.dataset_dir())
+    store = Store(_store_path(args))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         model = load_model(store, dataset.name, args.model, args.device)
-        run = compute_alignments(store, dataset, model, args.window, args.hop, logging.getLogger("csi.align"))
+        run = compute_alignments(store, dataset, model, window, hop, logging.getLogger("csi.align"))
     except (ModelLoadError, HParamsError, ValueError) as err:
         raise CliError(str(err)) from err
-    path = write_alignments(Path(args.training_dir).resolve(), run)
+    path = write_alignments(Path(args.training_dir or locations.training_dir()).resolve(), run)
     print(f"{len(run.alignments)} pairs ({run.windows} windows, {run.seconds:.1f} s) -> {path}")
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
     _missing(args.a, args.b)
+    from csi_model.dataset_tools import compare_catalogs
+
     report = compare_catalogs(args.a, args.b)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0
@@ -103,6 +103,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_histogram(args: argparse.Namespace) -> int:
     _missing(args.catalog)
+    from csi_model.dataset_tools import perfs_per_work, plot_perfs_per_work, read_catalog_ids, work_size_stats
+
     ids = read_catalog_ids(args.catalog)
     counts = perfs_per_work(ids.perfs, ids.works)
     if not counts:
@@ -118,6 +120,9 @@ def run_histogram(args: argparse.Namespace) -> int:
 
 def run_query_in_ref(args: argparse.Namespace) -> int:
     _missing(args.query, args.ref)
+    from csi_model.catalog import CatalogLineError
+    from csi_model.dataset_tools import write_query_in_ref
+
     try:
         pairs = write_query_in_ref(args.query, args.ref, args.out)
     except CatalogLineError as err:
@@ -127,8 +132,12 @@ def run_query_in_ref(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from csi_assets.importer import ReferenceImportError, import_reference
+    from csi_assets.store import Store
+    from csi_model.hparams import HParamsError
+
     try:
-        report = import_reference(Store(args.store), args.data, args.training, args.cwd)
+        report = import_reference(Store(_store_path(args)), args.data, args.training, args.cwd)
     except (ReferenceImportError, HParamsError) as err:
         raise CliError(str(err)) from err
     print(f"dataset {report.dataset!r}: {report.performances} performances, {report.variants} variants, "

@@ -4,6 +4,6 @@
 module holds the reads and writes of one part of the graph, so an asset never builds SQL itself.
 """
 
-from csi_assets.store.connection import Store, StoreError
+from csi_assets.store.connection import Store, StoreError, StoreLockedError
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["Store", "StoreError", "StoreLockedError"]

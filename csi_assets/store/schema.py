@@ -96,6 +96,14 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0])
 
 
+def stored_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The file's schema version without writing anything (0 for a file with no tables): for read-only opens."""
+    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'")
+    if not exists.fetchone()[0]:
+        return 0
+    return int(con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
     """Apply every migration newer than the file's version, each in its own transaction; return the new version."""
     version = current_version(con)
