@@ -72,9 +72,9 @@ def _table(result: Any, works: bool, calibrated: bool) -> str:
     table = f"{result.query}  (model {result.model})\n" + tabulate(rows, headers=headers)
     if not calibrated:
         return table
-    return (f"{table}\np: chance that searching {result.n_compared} unrelated performances finds one this close; "
-            f"p_pair: chance for one unrelated pair ('<': below what the null sample can resolve, "
-            f"{result.p_pair_floor:.1e} per pair)")
+    return (f"{table}\np: chance that a search of {result.n_compared} unrelated performances finds one this close\n"
+            f"p_pair: chance for one unrelated pair; '< x': nearer than every pair of the null sample "
+            f"(floor {result.p_pair_floor:.1e} per pair)")
 
 
 def _p_text(value: float, floored: bool) -> str:
