@@ -33,13 +33,13 @@ from csi_assets.resources import DatasetResource, StoreResource, TrainingResourc
 from csi_assets.store import evaluations as evaluation_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
-from csi_assets.testsets import InvalidTestSet, retrieval_test_sets, split_items
+from csi_assets.testsets import InvalidTestSet, require_answerable_test_sets, retrieval_test_sets, split_items
 from csi_model.atomic import atomic_path, write_text_atomic
 from csi_model.cqt import load_feature
 from csi_model.dataset import FeatureItem
 from csi_model.embedding import embed_tracks
-from csi_model.metrics import (MetricInterval, NoAnswerableQueries, RetrievalMetrics, bootstrap_metrics,
-                               min_segment_distance, per_query_metrics, require_answerable, self_match_mask)
+from csi_model.metrics import (MetricInterval, RetrievalMetrics, bootstrap_metrics, min_segment_distance,
+                               per_query_metrics, self_match_mask)
 from csi_model.training import RetrievalTestSet
 from csi_model.tsne_plot import plot_tsne
 
@@ -175,18 +175,6 @@ def resolve_test_sets(model: LoadedModel, table: Sequence[dict[str, Any]],
     return [RetrievalTestSet(FALLBACK_TEST_SET, test_items)]
 
 
-def _require_answerable(test_sets: Sequence[RetrievalTestSet]) -> None:
-    """Fail, before any embedding, when a test set has no query whose work has another reference to find."""
-    problems = []
-    for test_set in test_sets:
-        try:
-            require_answerable(test_set.answerable(), f"test set {test_set.name!r}")
-        except NoAnswerableQueries as err:
-            problems.append(str(err))
-    if problems:
-        raise dg.Failure(description="\n".join(problems))
-
-
 @dg.asset(group_name=GROUP, deps=[trained_model, data_splits], kinds={"pytorch", "duckdb"})
 def eval_report(context: dg.AssetExecutionContext, dataset: DatasetResource, training: TrainingResource,
                 store: StoreResource) -> dg.MaterializeResult:
@@ -199,7 +187,10 @@ def eval_report(context: dg.AssetExecutionContext, dataset: DatasetResource, tra
         raise dg.Failure(description=str(err)) from err
     table = feature_store.feature_table(db, dataset.name, dataset.cqt_settings().settings_hash())
     test_sets = resolve_test_sets(model, table, training.root)
-    _require_answerable(test_sets)
+    try:
+        require_answerable_test_sets(test_sets)  # before anything is embedded
+    except InvalidTestSet as err:
+        raise dg.Failure(description=str(err)) from err
     unseen = set(split_store.unseen_works(db, dataset.name))
     n_bootstrap = model.hparams.bootstrap if model.hparams.bootstrap > 0 else DEFAULT_BOOTSTRAP
     metadata: dict[str, Any] = {"model_id": model.model_id, "test_sets": len(test_sets),
