@@ -136,14 +136,15 @@ def per_query_metrics(distances: np.ndarray, query_labels: np.ndarray, ref_label
     Raises ``NoAnswerableQueries`` when no query is answerable (see the module docstring).
     """
     distances, query_labels, ref_labels, excluded = _checked(distances, query_labels, ref_labels, excluded, topk)
-    require_answerable(answerable_queries(query_labels, ref_labels, excluded), "distance matrix")
     n_queries, n_refs = distances.shape
     depth = min(topk, n_refs)
     rows_per_block = max(1, _CELLS_PER_BLOCK // max(n_refs, 1))
     parts = [_score_rows(distances[lo:lo + rows_per_block], query_labels[lo:lo + rows_per_block], ref_labels,
                          None if excluded is None else excluded[lo:lo + rows_per_block], depth)
              for lo in range(0, n_queries, rows_per_block)]
-    return PerQueryMetrics(*(np.concatenate(column) for column in zip(*parts)))
+    scored = PerQueryMetrics(*(np.concatenate(column) for column in zip(*parts)))
+    require_answerable(scored.answerable, "distance matrix")
+    return scored
 
 
 def retrieval_metrics(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
@@ -291,6 +292,8 @@ def _checked(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.nda
     if query_labels.shape != (distances.shape[0],) or ref_labels.shape != (distances.shape[1],):
         raise ValueError(f"labels {query_labels.shape} / {ref_labels.shape} do not match the distance matrix "
                          f"{distances.shape}")
+    if distances.shape[0] == 0:
+        raise NoAnswerableQueries(f"distance matrix {distances.shape} has no query rows: nothing to score")
     if excluded is not None:
         excluded = np.asarray(excluded, dtype=bool)
         if excluded.shape != distances.shape:

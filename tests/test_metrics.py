@@ -70,6 +70,8 @@ def test_no_answerable_query_is_an_error_not_a_zero_score():
         retrieval_metrics(np.ones((3, 3)), labels, labels, self_match_mask(3))
     with pytest.raises(NoAnswerableQueries):  # the match exists but is the excluded cell itself
         per_query_metrics(np.zeros((1, 2)), np.array([5]), np.array([5, 6]), np.array([[True, False]]))
+    with pytest.raises(NoAnswerableQueries, match="no query rows"):
+        retrieval_metrics(np.zeros((0, 3)), np.array([], dtype=np.int64), np.array([0, 1, 2]))
 
 
 def test_pair_mask_rejects_pairs_outside_the_matrix():
