@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
         print("Unanswerable queries (no other performance of their work among the references) are left out of "
               "every metric.")
         if any("n_unanswerable" not in r["metrics"] for r in records):
-            print("'?': evaluated by an older version that scored unanswerable queries as 0; materialize "
-                  "eval_report again for comparable numbers.")
+            print("'?': evaluated before unanswerable queries were counted (they were then scored as AP 0, rank 0); "
+                  "materialize eval_report again for comparable numbers.")
     return 0
 
 
