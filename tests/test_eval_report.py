@@ -123,3 +123,13 @@ def test_csi_eval_prints_the_stored_metrics(evaluated, capsys, monkeypatch) -> N
     assert csi(["eval", "--dataset-dir", str(project.dataset_dir), "--store",
                 str(project.root / "nowhere.duckdb")]) == 2
     assert "materialize" in capsys.readouterr().err
+
+
+def test_csi_eval_flags_records_stored_before_unanswerable_queries_were_counted(evaluated, capsys) -> None:
+    project, *_ = evaluated
+    old = {"mean_ap": 0.8, "mr1": 0.8, "hit_rate": 0.8, "precision_at_10": 0.08, "n_queries": 5}
+    evaluation_store.record_evaluation(project.store, "dataset", "old-model", "self", old, "/nowhere")
+    assert csi(["eval", "--model", "old-model", "--dataset-dir", str(project.dataset_dir), "--store",
+                str(project.store_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "?" in printed and "materialize eval_report again" in printed
