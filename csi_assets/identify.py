@@ -5,6 +5,10 @@ A query goes through exactly the reference path: decoded to 16 kHz mono, the dat
 ``embed_tracks``, then ranked by exact chunked cosine search (``csi_model.search``) against every stored segment:
 a performance is as near as its nearest segment pair, a work as near as its nearest performance. The whole
 query is used, not its first 135 s, and many queries share one model load and one index.
+
+With a calibration, each match gets a z-score and two p-values: ``p_pair`` (one unrelated pair this close) and
+``p`` (a search of all N reference performances finding an unrelated one this close, the number to judge a match
+by); ``p_floored`` marks values raised to the floor a finite null sample supports. See docs/statistics.md.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ class Match:
     work: str
     distance: float  # 1 − cosine similarity of the nearest segment pair
     z: float | None  # (distance − mu) / sigma of the null distribution; None without a calibration
-    p: float | None  # P(D ≤ distance | unrelated recordings); None without a calibration
+    p: float | None  # per search: P(nearest of the N references searched is this close | all unrelated)
+    p_pair: float | None  # per pair: P(D ≤ distance | one unrelated pair), never below 1/(n_pairs + 1)
+    p_floored: bool | None  # True: the null sample has no pair this close, p and p_pair are upper bounds
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,12 @@ class QueryResult:
     query: str
     model: str
     matches: list[Match]
+    n_compared: int  # reference performances the query was compared with (the N of the per-search p)
+    p_pair_floor: float | None  # 1/(n_pairs + 1) of the calibration; None without one
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "model": self.model, "matches": [asdict(m) for m in self.matches]}
+        return {"query": self.query, "model": self.model, "n_compared": self.n_compared,
+                "p_pair_floor": self.p_pair_floor, "matches": [asdict(m) for m in self.matches]}
 
 
 class Identifier:
@@ -133,9 +142,8 @@ class Identifier:
 
     def _rank(self, paths: Sequence[str], tracks: list[np.ndarray], top: int, works: bool) -> list[QueryResult]:
         found = self.index.search_works(tracks, top) if works else self.index.search_perfs(tracks, top)
-        z = p = np.full(found.distances.shape, np.nan)
-        if self.calibration is not None:
-            z, p = self.calibration.z_score(found.distances), self.calibration.p_value(found.distances)
+        n_compared = len(self.refs.perfs)  # works mode too: a work's distance is its nearest performance's
+        scores = self._scores(found.distances, n_compared)
         results = []
         for q, path in enumerate(paths):
             if works:
@@ -145,10 +153,20 @@ class Identifier:
                 perfs = found.indices[q]
                 work_ids = self.refs.work_ids[perfs]
             matches = [Match(rank=r + 1, perf=str(self.refs.perfs[perf]), work=self._work_name[int(work)],
-                             distance=float(found.distances[q, r]), z=_optional(z[q, r]), p=_optional(p[q, r]))
+                             distance=float(found.distances[q, r]), **{k: v[q][r] for k, v in scores.items()})
                        for r, (perf, work) in enumerate(zip(perfs, work_ids))]
-            results.append(QueryResult(path, self.model.model_id, matches))
+            results.append(QueryResult(path, self.model.model_id, matches, n_compared,
+                                       None if self.calibration is None else self.calibration.p_floor))
         return results
+
+    def _scores(self, distances: np.ndarray, n_compared: int) -> dict[str, list[list[Any]]]:
+        """z, p (per search), p_pair and p_floored of every [query, rank] distance; None without a calibration."""
+        cal = self.calibration
+        if cal is None:
+            return {key: [[None] * distances.shape[1]] * distances.shape[0] for key in ("z", "p", "p_pair",
+                                                                                         "p_floored")}
+        return {"z": cal.z_score(distances).tolist(), "p": cal.search_p_value(distances, n_compared).tolist(),
+                "p_pair": cal.p_value(distances).tolist(), "p_floored": cal.at_floor(distances).tolist()}
 
     def _best_perfs(self, query: np.ndarray, work_ids: np.ndarray) -> np.ndarray:
         """For each work, the index of its performance with the nearest segment pair (ties: lowest index)."""
@@ -159,7 +177,3 @@ class Identifier:
         first_of_work = order[np.r_[True, np.diff(row_work[order]) != 0]]
         best = dict(zip(row_work[first_of_work].tolist(), row_perf[first_of_work].tolist()))
         return np.array([best[int(w)] for w in work_ids], dtype=np.int64)
-
-
-def _optional(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)

@@ -30,6 +30,7 @@ from typing import Any
 from csi_model.catalog import CatalogLineError, read_records
 from csi_model.dataset import FeatureItem
 from csi_model.hparams import TestSetHParams, TrainingHParams
+from csi_model.metrics import NoAnswerableQueries, require_answerable
 from csi_model.tempo import is_identity
 from csi_model.training import RetrievalTestSet
 
@@ -154,6 +155,19 @@ def retrieval_test_set(name: str, spec: TestSetHParams, table: Sequence[Mapping[
     counts = {"queries": len(queries.items), "refs": len(refs.items),
               "dropped_variant_lines": queries.dropped + (refs.dropped if refs is not queries else 0)}
     return RetrievalTestSet(name, queries.items, refs.items, tuple(sorted(pairs)), every), counts
+
+
+def require_answerable_test_sets(test_sets: Sequence[RetrievalTestSet]) -> None:
+    """Raise ``InvalidTestSet`` naming every test set in which no query has another performance of its work among
+    the references: its metrics are undefined, so it must be fixed before any training or evaluation."""
+    problems = []
+    for test_set in test_sets:
+        try:
+            require_answerable(test_set.answerable(), f"test set {test_set.name!r}")
+        except NoAnswerableQueries as err:
+            problems.append(str(err))
+    if problems:
+        raise InvalidTestSet("\n".join(problems))
 
 
 def retrieval_test_sets(hp: TrainingHParams, table: Sequence[Mapping[str, Any]],

@@ -1,9 +1,19 @@
-"""Turn a cosine distance into a score: z-score and p-value under the null of *unrelated* recordings (spec §7.3).
+"""Turn a cosine distance into a score: z-score and p-values under the null of *unrelated* recordings.
 
 The null distribution is sampled from pairs of unit embeddings of different works, with works given by the
-catalog's integer work ids (the reference tool guessed works from perf-id prefixes, which made same-work pairs
-count as negatives; §11.10). Sampling is one bounded procedure: enumerate every cross-work pair when there are
-few, otherwise rejection-sample with a bounded number of vectorised rounds (§11.11).
+catalog's integer work ids (guessing works from perf-id prefixes would make same-work pairs count as negatives).
+Sampling is one bounded procedure: enumerate every cross-work pair when there are few, otherwise rejection-sample
+with a bounded number of vectorised rounds.
+
+Two p-values (definitions and reasoning in docs/statistics.md):
+
+- ``p_value`` (per pair): P(D ≤ d) for *one* unrelated pair, read off the null sample's ECDF. A sample of n pairs
+  cannot tell probabilities below 1/(n + 1) apart, so the value never goes below ``p_floor`` = 1/(n + 1), and
+  ``at_floor`` says when it was raised to it (the true value is then smaller: report "< p_floor").
+- ``search_p_value`` (per search): a query is compared with N references, so even an unrelated query has a best
+  match far into the tail of the per-pair null. P(best of N unrelated distances ≤ d) = 1 − (1 − p_pair)^N is the
+  chance that a search of N unrelated references turns up a distance this small; it is conservative when the
+  references are exchangeable given the query (Jensen's inequality), and it uses the N actually searched.
 """
 
 from __future__ import annotations
@@ -41,8 +51,32 @@ class Calibration:
     def z_score(self, distance: np.ndarray | float) -> np.ndarray:
         return (np.asarray(distance, dtype=np.float64) - self.mu) / self.sigma
 
+    @property
+    def p_floor(self) -> float:
+        """The smallest per-pair p the null sample supports: 1/(n_pairs + 1)."""
+        return 1.0 / (self.n_pairs + 1)
+
     def p_value(self, distance: np.ndarray | float) -> np.ndarray:
-        """Estimated P(D ≤ d | unrelated works), floored at the lowest anchor probability (1e-6)."""
+        """Per-pair p: estimated P(D ≤ d | unrelated works), never below ``p_floor``."""
+        return np.maximum(self._ecdf(distance), self.p_floor)
+
+    def at_floor(self, distance: np.ndarray | float) -> np.ndarray:
+        """True where the null sample puts less than ``p_floor`` below ``distance``: both p-values are then
+        upper bounds (print them as "< value")."""
+        return self._ecdf(distance) < self.p_floor
+
+    def search_p_value(self, distance: np.ndarray | float, n_compared: int) -> np.ndarray:
+        """Per-search p: P(the nearest of ``n_compared`` unrelated references is at ≤ d) = 1 − (1 − p_pair)^N.
+
+        ``n_compared`` is the number of references the query was compared with (performances, also when works
+        are ranked: a work is as near as its nearest performance). Never below 1 − (1 − p_floor)^N.
+        """
+        if n_compared < 1:
+            raise ValueError(f"a search compares a query with at least 1 reference, got n_compared={n_compared}")
+        with np.errstate(divide="ignore"):  # p_pair = 1 gives log 0 = −inf, hence p = 1: right
+            return -np.expm1(n_compared * np.log1p(-self.p_value(distance)))
+
+    def _ecdf(self, distance: np.ndarray | float) -> np.ndarray:
         return np.clip(np.interp(distance, self.ecdf_quantiles, self.ecdf_probs), 0.0, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +114,7 @@ def compute_calibration(embeddings: np.ndarray, work_ids: np.ndarray, n_pairs: i
 
 def compute_track_calibration(tracks: Sequence[np.ndarray], work_ids: np.ndarray, n_pairs: int = DEFAULT_N_PAIRS,
                               n_quantiles: int = DEFAULT_N_QUANTILES, seed: int = DEFAULT_SEED) -> Calibration:
-    """Null distribution of the *track* distance (min over segment pairs, §6.1.5) between different works.
+    """Null distribution of the *track* distance (min over segment pairs) between different works.
 
     Identification and evaluation score tracks by their nearest segment pair; a minimum over many pairs is
     smaller than a single pair's distance, so only a null of that same statistic gives honest p-values.

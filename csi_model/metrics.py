@@ -1,10 +1,14 @@
 """Retrieval metrics of a query × reference distance matrix (mAP, MR1, HR@1, P@10) and their bootstrap CIs.
 
-The definitions follow the reference tool's ``calc_map`` (spec §6.3): each query row is ranked by ascending
-distance with a *stable* sort (ties go to the lower reference index), excluded cells are skipped, and a query
-without any relevant reference still counts with AP 0 and rank 0. Excluded cells are given as a boolean mask
-instead of the reference's −1 sentinel, so a genuine distance of −1e-7 (rounding of 1 − cos) is never mistaken
-for "skip this cell".
+Each query row is ranked by ascending distance with a *stable* sort (ties go to the lower reference index) and
+excluded cells are skipped. Excluded cells are given as a boolean mask rather than a −1 sentinel, so a genuine
+distance of −1e-7 (rounding of 1 − cos) is never mistaken for "skip this cell".
+
+A query is *answerable* when at least one kept cell of its row holds a reference of its own work. An
+unanswerable query (typically a work with a single performance in a self-similarity test set) says nothing about
+the model: it is left out of every metric and only counted (``n_unanswerable``), so a perfect ranking scores
+mAP 1 and MR1 1 whatever the test set's make-up, and MR1 is never below 1. With no answerable query at all the
+metrics are undefined and ``NoAnswerableQueries`` is raised rather than a 0 reported as a score.
 """
 
 from __future__ import annotations
@@ -23,37 +27,52 @@ _CELLS_PER_BLOCK = 1 << 22
 _MAX_COUNTED_RELEVANT = 16
 
 
+class NoAnswerableQueries(ValueError):
+    """No query has a relevant reference among its kept cells: every retrieval metric is undefined."""
+
+
 @dataclass(frozen=True)
 class RetrievalMetrics:
-    """Means over all queries; ``mr1`` is the mean 1-based rank of the first relevant reference (0 if none)."""
+    """Means over the answerable queries; ``mr1`` is the mean 1-based rank of the first relevant reference.
+
+    ``n_queries`` counts every query row, ``n_unanswerable`` those left out (no relevant reference among their
+    kept cells), ``n_scored`` = ``n_queries − n_unanswerable`` the rows the means are over.
+    """
 
     mean_ap: float
     mr1: float
     hit_rate: float
     precision_at_10: float
     n_queries: int
+    n_unanswerable: int
+
+    @property
+    def n_scored(self) -> int:
+        return self.n_queries - self.n_unanswerable
 
     def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        return {**asdict(self), "n_scored": self.n_scored}
 
 
 @dataclass(frozen=True)
 class PerQueryMetrics:
-    """One value per query row, kept so the bootstrap can resample queries without re-ranking anything."""
+    """One value per query row, kept so the bootstrap can resample queries without re-ranking anything.
 
-    average_precision: np.ndarray  # [Q] float64
-    first_relevant_rank: np.ndarray  # [Q] int64, 0 = no relevant reference within topk
+    Rows of unanswerable queries hold NaN (AP, P@10), rank 0 and no hit; every summary skips them by
+    ``answerable``, and a NaN makes any use that forgets the mask visible instead of quietly low.
+    """
+
+    average_precision: np.ndarray  # [Q] float64, AP within topk (0 if no relevant reference within topk)
+    first_relevant_rank: np.ndarray  # [Q] int64, ≥ 1 (full ranking, not cut at topk); 0 = unanswerable
     hit_at_1: np.ndarray  # [Q] bool
     precision_at_10: np.ndarray  # [Q] float64
+    answerable: np.ndarray  # [Q] bool, a relevant reference exists among the row's kept cells
 
     def summary(self) -> RetrievalMetrics:
-        return RetrievalMetrics(
-            mean_ap=float(self.average_precision.mean()),
-            mr1=float(self.first_relevant_rank.mean()),
-            hit_rate=float(self.hit_at_1.mean()),
-            precision_at_10=float(self.precision_at_10.mean()),
-            n_queries=int(self.average_precision.size),
-        )
+        require_answerable(self.answerable, "summary")
+        scored = _metric_columns(self)[self.answerable].mean(axis=0)  # [M]
+        return RetrievalMetrics(*map(float, scored), n_queries=int(self.answerable.size),
+                                n_unanswerable=int((~self.answerable).sum()))
 
 
 @dataclass(frozen=True)
@@ -89,9 +108,33 @@ def pair_mask(pairs: Iterable[tuple[int, int]], n_queries: int, n_refs: int) -> 
     return mask
 
 
+def answerable_queries(query_labels: np.ndarray, ref_labels: np.ndarray,
+                       excluded: np.ndarray | None = None) -> np.ndarray:
+    """[Q] bool: which queries have a reference of their own work among their kept (not excluded) cells.
+
+    Needs labels only, so a test set can be checked before any model exists.
+    """
+    relevant = np.asarray(ref_labels)[None, :] == np.asarray(query_labels)[:, None]  # [Q, R]
+    if excluded is not None:
+        relevant &= ~np.asarray(excluded, dtype=bool)
+    return relevant.any(axis=1)
+
+
+def require_answerable(answerable: np.ndarray, what: str = "the test set") -> None:
+    """Raise ``NoAnswerableQueries`` naming ``what`` when no query can be answered."""
+    if not np.any(answerable):
+        raise NoAnswerableQueries(
+            f"{what}: none of its {np.size(answerable)} queries has another performance of its work among the "
+            "references (after excluding the query itself / its query_in_ref pairs), so mAP, MR1, HR@1 and P@10 "
+            "are undefined; add works with at least two performances")
+
+
 def per_query_metrics(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
                       excluded: np.ndarray | None = None, topk: int = DEFAULT_TOPK) -> PerQueryMetrics:
-    """Score every query row against its label, in blocks of rows (no per-query Python loop)."""
+    """Score every query row against its label, in blocks of rows (no per-query Python loop).
+
+    Raises ``NoAnswerableQueries`` when no query is answerable (see the module docstring).
+    """
     distances, query_labels, ref_labels, excluded = _checked(distances, query_labels, ref_labels, excluded, topk)
     n_queries, n_refs = distances.shape
     depth = min(topk, n_refs)
@@ -99,21 +142,25 @@ def per_query_metrics(distances: np.ndarray, query_labels: np.ndarray, ref_label
     parts = [_score_rows(distances[lo:lo + rows_per_block], query_labels[lo:lo + rows_per_block], ref_labels,
                          None if excluded is None else excluded[lo:lo + rows_per_block], depth)
              for lo in range(0, n_queries, rows_per_block)]
-    return PerQueryMetrics(*(np.concatenate(column) for column in zip(*parts)))
+    scored = PerQueryMetrics(*(np.concatenate(column) for column in zip(*parts)))
+    require_answerable(scored.answerable, "distance matrix")
+    return scored
 
 
 def retrieval_metrics(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
                       excluded: np.ndarray | None = None, topk: int = DEFAULT_TOPK) -> RetrievalMetrics:
-    """mAP, MR1, HR@1 and P@10 of a distance matrix (spec §6.3)."""
+    """mAP, MR1, HR@1 and P@10 of a distance matrix over its answerable queries (see the module docstring)."""
     return per_query_metrics(distances, query_labels, ref_labels, excluded, topk).summary()
 
 
 def bootstrap_metrics(per_query: PerQueryMetrics, query_labels: np.ndarray, n_bootstrap: int = 1000,
                       seed: int = 12345, confidence: float = 0.95) -> dict[str, MetricInterval]:
-    """Work-stratified bootstrap (spec §6.5): resample query *works*, keep all their rows and all references.
+    """Work-stratified bootstrap: resample query *works*, keep all their answerable rows and all references.
 
-    Every reference column is kept, so a query row's metrics do not change under resampling; a replicate is
-    therefore a weighted mean of per-work sums, with weights = how often each work was drawn.
+    Only answerable rows take part (a work whose queries are all unanswerable is never drawn), so every
+    replicate is a mean over answerable queries like the point estimate. Every reference column is kept, so a
+    query row's metrics do not change under resampling; a replicate is therefore a weighted mean of per-work
+    sums, with weights = how often each work was drawn.
     """
     query_labels = np.asarray(query_labels)
     if query_labels.shape != per_query.average_precision.shape:
@@ -123,10 +170,11 @@ def bootstrap_metrics(per_query: PerQueryMetrics, query_labels: np.ndarray, n_bo
         raise ValueError(f"n_bootstrap must be ≥ 1, got {n_bootstrap}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    _, work_of_row = np.unique(query_labels, return_inverse=True)
+    require_answerable(per_query.answerable, "bootstrap")
+    values = _metric_columns(per_query)[per_query.answerable]  # [A, M]
+    _, work_of_row = np.unique(query_labels[per_query.answerable], return_inverse=True)
     n_works = int(work_of_row.max()) + 1
     rows_per_work = np.bincount(work_of_row, minlength=n_works)
-    values = _metric_columns(per_query)  # [Q, M]
     sums_per_work = np.stack([np.bincount(work_of_row, weights=column, minlength=n_works) for column in values.T],
                              axis=1)  # [W, M]
     rng = np.random.default_rng(seed)
@@ -146,7 +194,7 @@ def bootstrap_metrics(per_query: PerQueryMetrics, query_labels: np.ndarray, n_bo
 
 def min_segment_distance(query_segments: list[np.ndarray], ref_segments: list[np.ndarray],
                          max_cells: int = 1 << 24) -> np.ndarray:
-    """Track × track distance = min cosine distance over segment pairs (spec §6.1.5), as float32 [Q, R].
+    """Track × track distance = min cosine distance over segment pairs, as float32 [Q, R].
 
     One matrix product per block of query tracks, then segment→track max-similarity reductions along both axes
     (``np.maximum.reduceat``); blocks hold at most ``max_cells`` similarities.
@@ -181,18 +229,26 @@ def _metric_columns(per_query: PerQueryMetrics) -> np.ndarray:
 
 def _score_rows(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.ndarray,
                 excluded: np.ndarray | None, depth: int) -> tuple[np.ndarray, ...]:
-    """All four metrics follow from the ranks of a row's relevant cells, so only those are ranked."""
+    """All four metrics follow from the ranks of a row's relevant cells, so only those are ranked.
+
+    AP is over the relevant references within the top ``depth`` (0 when none is); the first relevant rank is
+    taken from the full ranking, so a query whose match lies beyond ``depth`` ranks low instead of 0.
+    """
     kept = np.ones(distances.shape, dtype=bool) if excluded is None else ~excluded
-    ranks = _relevant_ranks(distances, (ref_labels[None, :] == query_labels[:, None]) & kept, kept)  # [B, K]
+    relevant = (ref_labels[None, :] == query_labels[:, None]) & kept
+    answerable = relevant.any(axis=1)
+    ranks = _relevant_ranks(distances, relevant, kept)  # [B, K]
     found = ranks <= depth  # sorted ranks, so the found ones come first in each row
     n_found = found.sum(axis=1)
     hits_so_far = np.arange(1, ranks.shape[1] + 1)  # the m-th relevant cell has m hits up to its rank
     precision_sum = np.where(found, hits_so_far / ranks, 0.0).sum(axis=1)
     average_precision = np.divide(precision_sum, n_found, out=np.zeros(len(ranks)), where=n_found > 0)
-    first_rank = np.where(n_found > 0, ranks[:, 0], 0).astype(np.int64)
+    first_rank = np.where(answerable, ranks[:, 0], 0).astype(np.int64)
     hit_at_1 = first_rank == 1
     precision_at_10 = (ranks <= min(10, depth)).sum(axis=1) / 10.0
-    return average_precision, first_rank, hit_at_1, precision_at_10
+    average_precision[~answerable] = np.nan
+    precision_at_10[~answerable] = np.nan
+    return average_precision, first_rank, hit_at_1, precision_at_10, answerable
 
 
 def _relevant_ranks(distances: np.ndarray, relevant: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -236,6 +292,8 @@ def _checked(distances: np.ndarray, query_labels: np.ndarray, ref_labels: np.nda
     if query_labels.shape != (distances.shape[0],) or ref_labels.shape != (distances.shape[1],):
         raise ValueError(f"labels {query_labels.shape} / {ref_labels.shape} do not match the distance matrix "
                          f"{distances.shape}")
+    if distances.shape[0] == 0:
+        raise NoAnswerableQueries(f"distance matrix {distances.shape} has no query rows: nothing to score")
     if excluded is not None:
         excluded = np.asarray(excluded, dtype=bool)
         if excluded.shape != distances.shape:

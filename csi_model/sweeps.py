@@ -216,7 +216,7 @@ class RunOutcome:
     val_loss: list[tuple[int, float]]
     mean_ap: dict[str, list[tuple[int, float]]]
     seconds: float
-    bootstrap: dict[str, float] | None = None  # ci_low, ci_high, std of the test set's mAP
+    bootstrap: dict[str, float] | None = None  # ci_low, ci_high, std of the mAP; n_unanswerable (left out)
     error: str | None = None
 
     def to_json(self) -> str:

@@ -1,4 +1,4 @@
-"""The training loop (spec §5, with §11.1, §11.15–11.17 fixed): resumable bit for bit from any checkpoint.
+"""The training loop: resumable bit for bit from any checkpoint.
 
 One epoch zips the three chunk-length loaders and visits each step's three batches in a shuffled order; each
 batch is one AdamW step with the global grad norm clipped to 1.0. After the epoch come the validation loss (fixed
@@ -31,7 +31,8 @@ from csi_model.early_stopping import EarlyStopping
 from csi_model.embedding import embed_tracks
 from csi_model.hparams import TrainingHParams
 from csi_model.losses import CoverHunterLoss
-from csi_model.metrics import min_segment_distance, pair_mask, retrieval_metrics, self_match_mask
+from csi_model.metrics import (RetrievalMetrics, answerable_queries, min_segment_distance, pair_mask,
+                               require_answerable, retrieval_metrics, self_match_mask)
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.sampler import MPerClassBatchSampler
 from csi_model.scheduler import StepDecayLR
@@ -55,6 +56,25 @@ class RetrievalTestSet:
     refs: Sequence[FeatureItem] | None = None
     exclude_pairs: Sequence[tuple[int, int]] = ()  # (query index, ref index): the same recording
     every_n_epoch: int = 1
+
+    @property
+    def ref_items(self) -> Sequence[FeatureItem]:
+        return self.queries if self.refs is None else self.refs
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """(query work ids [Q], reference work ids [R]) as int64."""
+        return (np.array([it.work_id for it in self.queries], dtype=np.int64),
+                np.array([it.work_id for it in self.ref_items], dtype=np.int64))
+
+    def exclusion_mask(self) -> np.ndarray:
+        """[Q, R] bool cells never ranked: the diagonal of a self test set, else the listed same-recording pairs."""
+        if self.refs is None:
+            return self_match_mask(len(self.queries))
+        return pair_mask(self.exclude_pairs, len(self.queries), len(self.refs))
+
+    def answerable(self) -> np.ndarray:
+        """[Q] bool: queries with another performance of their work among the kept references."""
+        return answerable_queries(*self.labels(), self.exclusion_mask())
 
 
 @dataclass(frozen=True)
@@ -126,6 +146,7 @@ class Trainer:
         self.num_classes = _num_classes(hp, [train_items, val_items, test_items])
         for ts in self.test_sets:
             _check_long_enough([*ts.queries, *(ts.refs or ())], hp.mean_size, f"test set {ts.name!r}")
+            require_answerable(ts.answerable(), f"test set {ts.name!r}")
         for name, items in (("train", train_items), ("val", val_items), ("test", test_items)):
             _check_long_enough(items, hp.mean_size, f"{name} split")
 
@@ -378,18 +399,20 @@ class Trainer:
         return path if path.exists() else None
 
 
-def evaluate_test_set(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device):
-    """mAP / MR1 / HR@1 of one test set: every track embedded per segment, min cosine distance over segments."""
+def evaluate_test_set(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams,
+                      device: torch.device) -> RetrievalMetrics:
+    """mAP / MR1 / HR@1 of one test set over its answerable queries: every track embedded per segment, min
+    cosine distance over segments. Raises ``NoAnswerableQueries`` when no query has a match to find."""
+    return retrieval_metrics(retrieval_distances(model, test_set, hp, device), *test_set.labels(),
+                             test_set.exclusion_mask())
+
+
+def retrieval_distances(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams,
+                       device: torch.device) -> np.ndarray:
+    """[Q, R] min-segment cosine distances of a test set's queries to its references (embedded once if equal)."""
     queries = _embed(model, test_set.queries, hp, device)
-    if test_set.refs is None:
-        refs, ref_items = queries, test_set.queries
-        excluded = self_match_mask(len(queries))
-    else:
-        refs, ref_items = _embed(model, test_set.refs, hp, device), test_set.refs
-        excluded = pair_mask(test_set.exclude_pairs, len(queries), len(refs)) if test_set.exclude_pairs else None
-    distances = min_segment_distance(queries, refs)
-    return retrieval_metrics(distances, np.array([it.work_id for it in test_set.queries]),
-                             np.array([it.work_id for it in ref_items]), excluded)
+    refs = queries if test_set.refs is None else _embed(model, test_set.refs, hp, device)
+    return min_segment_distance(queries, refs)
 
 
 def _embed(model: CoverHunter, items: Sequence[FeatureItem], hp: TrainingHParams,

@@ -1,4 +1,5 @@
-"""Null-distribution calibration on clustered synthetic embeddings: both pair paths, anchors, scores, JSON."""
+"""Null-distribution calibration on clustered synthetic embeddings: both pair paths, anchors, scores, JSON, and
+the two p-values (per pair, per search) with the floor a finite null sample imposes."""
 
 import json
 
@@ -64,7 +65,7 @@ def test_sampled_calibration_scores_same_work_pairs_as_matches():
     grid = np.linspace(0.0, 2.0, 401)
     p_values = calibration.p_value(grid)
     assert (np.diff(p_values) >= 0).all()
-    assert p_values[0] == pytest.approx(1e-6) and p_values[-1] == pytest.approx(1 - 1e-6)  # the end anchors
+    assert p_values[0] == calibration.p_floor == 1 / 2001 and p_values[-1] == pytest.approx(1 - 1e-6)
 
 
 def test_ecdf_anchor_probabilities():
@@ -125,3 +126,51 @@ def test_track_calibration_of_single_segment_tracks_equals_the_vector_calibratio
     by_track = compute_track_calibration(list(vectors[:, None, :]), work_ids, n_pairs=1000)
     assert by_track.mu == pytest.approx(by_vector.mu) and by_track.sigma == pytest.approx(by_vector.sigma)
     np.testing.assert_allclose(by_track.ecdf_quantiles, by_vector.ecdf_quantiles, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_pairs", [45, 2000])
+def test_p_never_goes_below_what_the_null_sample_supports(n_pairs):
+    rng = np.random.default_rng(8)
+    calibration = compute_calibration(*_clustered(rng, n_works=20, per_work=3), n_pairs=n_pairs)
+    floor = 1.0 / (calibration.n_pairs + 1)
+    distances = np.concatenate([[-1.0, 0.0, float(calibration.ecdf_quantiles[0]) - 1e-6],
+                                rng.uniform(-0.5, 2.5, 500)])
+    p_pair = calibration.p_value(distances)
+    assert calibration.p_floor == floor and (p_pair >= floor).all()
+    below_every_null_pair = distances < calibration.ecdf_quantiles[0]
+    assert (p_pair[below_every_null_pair] == floor).all() and calibration.at_floor(distances[:3]).all()
+    assert not calibration.at_floor(calibration.mu) and calibration.p_value(calibration.mu) > floor
+    for n_compared in (1, 7, 300):
+        search = calibration.search_p_value(distances, n_compared)
+        assert search.min() == pytest.approx(1.0 - (1.0 - floor) ** n_compared)
+
+
+def test_search_p_is_per_pair_p_corrected_for_the_number_of_references():
+    rng = np.random.default_rng(9)
+    calibration = compute_calibration(*_clustered(rng, n_works=20, per_work=3), n_pairs=1000)
+    distances = np.sort(rng.uniform(0.0, 2.0, 200))
+    p_pair = calibration.p_value(distances)
+    np.testing.assert_allclose(calibration.search_p_value(distances, 1), p_pair, rtol=1e-12)
+    np.testing.assert_allclose(calibration.search_p_value(distances, 50), 1.0 - (1.0 - p_pair) ** 50, rtol=1e-9)
+    by_n = np.stack([calibration.search_p_value(distances, n) for n in (1, 10, 100, 1000)])
+    assert (np.diff(by_n, axis=0) >= 0).all() and (np.diff(by_n, axis=1) >= 0).all()
+    assert ((by_n >= 0) & (by_n <= 1)).all()
+    with pytest.raises(ValueError, match="at least 1 reference"):
+        calibration.search_p_value(0.5, 0)
+
+
+def test_wrong_top_matches_do_not_get_small_search_p_values():
+    """Queries of works absent from the references: their best match is chance, and its search p must look it,
+    while right matches (another performance of the query's work is a reference) still get small ones."""
+    rng = np.random.default_rng(10)
+    vectors, work_ids = _clustered(rng, n_works=60, per_work=4, spread=0.5)
+    refs, ref_works = vectors[:160], work_ids[:160]  # 40 works; the other 20 are never referenced
+    calibration = compute_calibration(refs, ref_works, n_pairs=20_000)
+    best_wrong = (1.0 - vectors[160:].astype(np.float64) @ refs.T).min(axis=1)  # [80]
+    assert calibration.p_value(best_wrong).mean() < 0.05  # per pair, chance matches look significant...
+    wrong = calibration.search_p_value(best_wrong, len(refs))  # ...per search they do not
+    assert wrong.mean() > 0.3 and (wrong < 0.05).mean() <= 0.1
+    to_others = 1.0 - refs[::4].astype(np.float64) @ refs.T  # [40, 160]: one performance of each work ...
+    to_others[np.arange(40), np.arange(0, 160, 4)] = np.inf  # ... against every other reference
+    right = calibration.search_p_value(to_others.min(axis=1), len(refs) - 1)
+    assert np.median(right) < 0.05 and right.mean() < wrong.mean() / 3

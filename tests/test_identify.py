@@ -1,5 +1,6 @@
 """Identification end to end on a real synthetic project: audio files in, ranked performances or works out, through
-the same decode → CQT → segment embedding path as the references, with a model trained here for a minute."""
+the same decode → CQT → segment embedding path as the references, with a model trained here for a minute; p-values
+that account for the search and never claim more than the null sample supports."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from csi_assets.assets import serving
 from csi_assets.cli import main as csi
 from csi_assets.identify import Identifier
 from csi_assets.store import Store
+from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import models as model_store
 from csi_assets.testsets import feature_item
 from csi_model import hparams
@@ -54,6 +56,14 @@ def served(tmp_path_factory):
     return project, model_id, queries
 
 
+@pytest.fixture(scope="module")
+def strangers(served, tmp_path_factory):
+    """One recording each of four works the catalog does not hold (same generator, work indexes 5..8)."""
+    folder = tmp_path_factory.mktemp("strangers")
+    generate_covers(folder, WORKS + 4, 1, seed=0, seconds=SECONDS)
+    return [folder / "wav" / f"w{w:03d}_p0.wav" for w in range(WORKS, WORKS + 4)]
+
+
 def _cli(project, *args: str) -> list[str]:
     return ["identify", *args, "--dataset-dir", str(project.dataset_dir), "--store", str(project.store_path)]
 
@@ -75,10 +85,13 @@ def test_json_lists_every_query_with_ranked_matches(served, capsys) -> None:
     for query in printed:
         assert query["model"] == model_id and len(query["matches"]) == 4
         assert [m["rank"] for m in query["matches"]] == [1, 2, 3, 4]
-        assert all(set(m) == {"rank", "perf", "work", "distance", "z", "p"} for m in query["matches"])
+        assert query["n_compared"] == WORKS * PERFS and 0 < query["p_pair_floor"] < 0.01
+        assert all(set(m) == {"rank", "perf", "work", "distance", "z", "p", "p_pair", "p_floored"}
+                   for m in query["matches"])
         distances = [m["distance"] for m in query["matches"]]
         assert distances == sorted(distances) and len({m["perf"] for m in query["matches"]}) == 4
-        assert all(0.0 <= m["p"] <= 1.0 and isinstance(m["z"], float) for m in query["matches"])
+        assert all(0.0 <= m["p_pair"] <= m["p"] <= 1.0 and isinstance(m["z"], float) for m in query["matches"])
+        assert all(isinstance(m["p_floored"], bool) for m in query["matches"])
         assert all(m["perf"].startswith(m["work"].replace("work_", "w")) for m in query["matches"])
 
 
@@ -171,3 +184,25 @@ def test_no_answerable_query_exits_2_listing_each(served, tmp_path, capsys) -> N
     assert csi(_cli(project, *bad)) == 2
     err = capsys.readouterr().err
     assert all(path in err and reason in err for path, reason in bad.items()) and "Traceback" not in err
+
+
+def test_search_p_of_strangers_is_not_small_and_no_p_beats_the_null_sample(served, strangers, capsys) -> None:
+    """Queries of works absent from the references have a best match by chance only: per search that must not
+    look significant, even though per pair it does; and no p goes below 1/(n_pairs + 1)."""
+    project, model_id, queries = served
+    n_pairs = embedding_store.calibration(project.store, "dataset", model_id)["n_pairs"]
+    floor = 1.0 / (n_pairs + 1)
+    results = Identifier(project.store_path, project.dataset_dir).identify([*strangers, *queries], top=WORKS * PERFS)
+    for result in results:
+        assert result.n_compared == WORKS * PERFS and result.p_pair_floor == floor
+        assert all(m.p_pair >= floor and m.p >= 1.0 - (1.0 - floor) ** result.n_compared for m in result.matches)
+        assert all(m.p_pair == floor for m in result.matches if m.p_floored)
+    best_of_strangers = [r.matches[0] for r in results[:len(strangers)]]
+    # Per pair every stranger's chance match looks significant; per search none does.
+    assert max(m.p_pair for m in best_of_strangers) < 0.05 < min(m.p for m in best_of_strangers), best_of_strangers
+    assert csi(_cli(project, str(strangers[0]), str(queries[0]), "--calibrated", "--top", str(WORKS * PERFS))) == 0
+    table = capsys.readouterr().out
+    assert "p_pair" in table and f"a search of {WORKS * PERFS} unrelated performances" in table
+    shown = (results[0], results[len(strangers)])  # the two queries of the table
+    # A match nearer than every null pair is printed as an upper bound, never as a smaller number.
+    assert any(m.p_floored for r in shown for m in r.matches) == (f"< {floor:.1e}" in table)

@@ -11,6 +11,7 @@ from csi_model import checkpoint as ckpt
 from csi_model.dataset import FeatureItem
 from csi_model.early_stopping import EarlyStopping
 from csi_model.hparams import RandomEraseHParams, RollPitchHParams, SpecAugHParams
+from csi_model.metrics import NoAnswerableQueries
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.training import RetrievalTestSet, TrainingDiverged, evaluate_test_set, train
 from tests.train_fixtures import synthetic_features, tiny_hparams
@@ -87,6 +88,27 @@ def test_too_short_tracks_are_named_before_training(tmp_path):
     items = synthetic_features(tmp_path, n_works=2, perfs_per_work=4, n_frames=(12, 12), seed=1)
     with pytest.raises(ValueError, match="fewer than 13 raw frames.*w000_p0.npy"):
         train(tiny_hparams(), items, tmp_path / "model")
+
+
+def test_test_set_without_answerable_queries_is_rejected_before_training(data, tmp_path):
+    singles = [it for it in data["unseen"] if it.perf.endswith("p0")]  # one performance per work
+    with pytest.raises(NoAnswerableQueries, match="test set 'singles': none of its 3 queries"):
+        train(tiny_hparams(), data["train"], tmp_path, test_sets=[RetrievalTestSet("singles", singles)])
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_training_time_metrics_leave_unanswerable_queries_out(data):
+    hp = tiny_hparams()
+    torch.manual_seed(hp.seed)
+    model = CoverHunter(ModelConfig.from_hparams(hp, 6))
+    refs = data["held_out"]
+    pairs = tuple((i, i) for i in range(len(refs)))
+    plain = evaluate_test_set(model, RetrievalTestSet("plain", refs, refs, pairs), hp, torch.device("cpu"))
+    lonely = RetrievalTestSet("lonely", [*refs, data["unseen"][0]], refs, pairs)  # its work has no reference
+    scored = evaluate_test_set(model, lonely, hp, torch.device("cpu"))
+    assert (scored.n_queries, scored.n_unanswerable) == (plain.n_queries + 1, 1)
+    assert (scored.mean_ap, scored.mr1, scored.hit_rate) == (plain.mean_ap, plain.mr1, plain.hit_rate)
+    assert scored.mr1 >= 1.0
 
 
 def test_early_stopping_stops_and_a_rerun_does_nothing(data, tmp_path):

@@ -118,6 +118,22 @@ def test_promoted_checkpoint_that_vanished_fails_the_check(small, tmp_path: Path
         moved.rename(promoted["checkpoint"])
 
 
+def test_a_test_set_without_answerable_queries_fails_before_training(small) -> None:
+    project, instance = small
+    singles = project.root / "singles.txt"  # one performance of each of two works, queried against each other
+    singles.write_text('{"perf": "w000_p0"}\n{"perf": "w001_p0"}\n')
+    checkpoints = sorted(project.training_dir.rglob("*_0*"))
+    _write_config(project, tiny_training(project.dataset_dir, singles={"query_path": str(singles),
+                                                                       "ref_path": str(singles)}))
+    try:
+        result = dg.materialize(TRAINING, resources=project.resources, instance=instance, raise_on_error=False)
+    finally:
+        _write_config(project, tiny_training(project.dataset_dir))
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "test set 'singles': none of its 2 queries has another performance of its work" in failure
+    assert sorted(project.training_dir.rglob("*_0*")) == checkpoints  # nothing trained
+
+
 def test_hparams_that_do_not_fit_the_features_are_refused() -> None:
     hp = training_hparams_from_dict({"input_dim": 84, "cqt": {"hop_size": 0.02}}, source="train.yaml")
     with pytest.raises(dg.Failure, match=r"expects hop_size 0.02 s .*\(train.yaml\) but data.yaml says hop_size 0.04 s"

@@ -8,7 +8,9 @@ they usually share references, which one process embeds once. A test set's repor
 nothing is lost by evaluating them together.
 
 Every track is embedded by ``embed_tracks`` (all segments, tail included) and two tracks are as far apart as
-their nearest segment pair (§6.1.5), the same rule identification ranks by.
+their nearest segment pair, the same rule identification ranks by. Queries with no other performance of their work
+among the references cannot be answered: they are left out of every metric and counted (``n_unanswerable``), and
+a test set without any answerable query fails the asset before anything is embedded.
 """
 
 
@@ -31,13 +33,13 @@ from csi_assets.resources import DatasetResource, StoreResource, TrainingResourc
 from csi_assets.store import evaluations as evaluation_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
-from csi_assets.testsets import InvalidTestSet, retrieval_test_sets, split_items
+from csi_assets.testsets import InvalidTestSet, require_answerable_test_sets, retrieval_test_sets, split_items
 from csi_model.atomic import atomic_path, write_text_atomic
 from csi_model.cqt import load_feature
 from csi_model.dataset import FeatureItem
 from csi_model.embedding import embed_tracks
 from csi_model.metrics import (MetricInterval, RetrievalMetrics, bootstrap_metrics, min_segment_distance,
-                               pair_mask, per_query_metrics, self_match_mask)
+                               per_query_metrics, self_match_mask)
 from csi_model.training import RetrievalTestSet
 from csi_model.tsne_plot import plot_tsne
 
@@ -90,12 +92,8 @@ def evaluate_test_set(model: LoadedModel, test_set: RetrievalTestSet, folder: Pa
                        embed_items(model, unique, log, f"embedding test set {test_set.name}")))
     query_vectors = [vectors[item.feat_path] for item in queries]
     distances = min_segment_distance(query_vectors, [vectors[item.feat_path] for item in refs])  # [Q, R]
-    if test_set.refs is None:
-        excluded = self_match_mask(len(queries))
-    else:
-        excluded = pair_mask(test_set.exclude_pairs, len(queries), len(refs))
-    query_labels = np.array([item.work_id for item in queries], dtype=np.int64)
-    ref_labels = np.array([item.work_id for item in refs], dtype=np.int64)
+    excluded = test_set.exclusion_mask()
+    query_labels, ref_labels = test_set.labels()
     per_query = per_query_metrics(distances, query_labels, ref_labels, excluded)
     intervals = bootstrap_metrics(per_query, query_labels, n_bootstrap)
     plot = folder / "tsne.png"
@@ -139,11 +137,20 @@ def _metric_table(report: TestSetReport) -> str:
     return "| metric | value | 95 % CI | std |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
 
 
+def _scope(metrics: RetrievalMetrics) -> str:
+    """Which queries the metrics are over, in words: the unanswerable ones are named as left out."""
+    if not metrics.n_unanswerable:
+        return f"{metrics.n_queries} queries"
+    return (f"{metrics.n_queries} queries, of which {metrics.n_unanswerable} are unanswerable (no other "
+            f"performance of their work among the references) and left out: metrics over {metrics.n_scored}")
+
+
 def _markdown(report: TestSetReport, model_id: str, image: str) -> str:
     n_bootstrap = next(iter(report.intervals.values())).n_bootstrap
-    return (f"# {report.name}: model {model_id}\n\n{report.metrics.n_queries} queries against {report.n_refs} "
+    return (f"# {report.name}: model {model_id}\n\n{_scope(report.metrics)} against {report.n_refs} "
             f"references; distance = min cosine distance over segment pairs; 95 % CIs from a work-stratified "
-            f"bootstrap of {n_bootstrap} iterations.\n\n{_metric_table(report)}\n![t-SNE of the queries]({image})\n\n"
+            f"bootstrap of {n_bootstrap} iterations over the answerable queries.\n\n{_metric_table(report)}\n"
+            f"![t-SNE of the queries]({image})\n\n"
             "Files: `distances.npy` (queries × references, −1 = excluded cell), `excluded.npy`, `query_labels.npy`, "
             f"`ref_labels.npy` (work ids), `metrics.json`, `tsne.png`. Took {report.seconds:.1f} s.\n")
 
@@ -181,6 +188,10 @@ def eval_report(context: dg.AssetExecutionContext, dataset: DatasetResource, tra
         raise dg.Failure(description=str(err)) from err
     table = feature_store.feature_table(db, dataset.name, dataset.cqt_settings().settings_hash())
     test_sets = resolve_test_sets(model, table, training.root)
+    try:
+        require_answerable_test_sets(test_sets)  # before anything is embedded
+    except InvalidTestSet as err:
+        raise dg.Failure(description=str(err)) from err
     unseen = set(split_store.unseen_works(db, dataset.name))
     n_bootstrap = model.hparams.bootstrap if model.hparams.bootstrap > 0 else DEFAULT_BOOTSTRAP
     metadata: dict[str, Any] = {"model_id": model.model_id, "test_sets": len(test_sets),
@@ -192,13 +203,15 @@ def eval_report(context: dg.AssetExecutionContext, dataset: DatasetResource, tra
         evaluation_store.record_evaluation(db, dataset.name, model.model_id, test_set.name, report.record(),
                                            str(folder))
         context.log.info(f"{test_set.name}: mAP {report.metrics.mean_ap:.4f}, MR1 {report.metrics.mr1:.2f}, "
-                         f"HR@1 {report.metrics.hit_rate:.4f} ({report.metrics.n_queries} queries, "
-                         f"{report.seconds:.1f} s)")
+                         f"HR@1 {report.metrics.hit_rate:.4f} over {_scope(report.metrics)}, "
+                         f"{report.seconds:.1f} s")
         metadata |= {f"{test_set.name}/{label}": round(report.intervals[key].point, 4)
                      for key, label in _METRIC_LABELS.items()}
         metadata |= {f"{test_set.name}/queries": report.metrics.n_queries,
+                     f"{test_set.name}/unanswerable": report.metrics.n_unanswerable,
                      f"{test_set.name}/seconds": round(report.seconds, 2)}
-        sections.append(f"### {test_set.name}\n\n{_metric_table(report)}\n{_inline_png(report.plot)}\n")
+        sections.append(f"### {test_set.name}\n\n{_scope(report.metrics)}\n\n{_metric_table(report)}\n"
+                        f"{_inline_png(report.plot)}\n")
     metadata["report"] = dg.MetadataValue.md("\n".join(sections))
     metadata["folder"] = dg.MetadataValue.path(str(training.root / "reports" / model.model_id))
     return dg.MaterializeResult(metadata=metadata)

@@ -1,4 +1,4 @@
-"""Group ``research``: hyper-parameter sweeps and production K-fold training (spec §7.5, §7.6).
+"""Group ``research``: hyper-parameter sweeps and production K-fold training.
 
 Sweeps: ``sweep_plan`` reads ``<training_dir>/config/hp_tuning.yaml`` and registers one dynamic partition of
 ``sweep_runs`` per (value, seed). The plan is an asset rather than code run at definition time so that editing the
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import dagster as dg
-import numpy as np
 import torch
 
 from csi_assets.assets.data import cqt_features, data_splits
@@ -31,15 +30,14 @@ from csi_assets.store import models as model_store
 from csi_assets.testsets import feature_item, retrieval_test_sets, split_items
 from csi_model.atomic import write_text_atomic
 from csi_model.devices import pick_device
-from csi_model.embedding import embed_tracks
 from csi_model.folds import PoolItem, ProductionRun, StageResult, WarmStart, train_from
 from csi_model.hparams import HParamsError, TrainingHParams, load_training_hparams, to_dict
-from csi_model.metrics import bootstrap_metrics, min_segment_distance, pair_mask, per_query_metrics, self_match_mask
+from csi_model.metrics import bootstrap_metrics, per_query_metrics
 from csi_model.model import CoverHunter
 from csi_model.sweeps import (Experiment, RunOutcome, Tuning, experiment_hparams, load_tuning, markdown_table,
                               plan_experiments, summarise)
 from csi_model.tempo import is_identity
-from csi_model.training import RetrievalTestSet, TrainingDiverged, TrainingResult
+from csi_model.training import RetrievalTestSet, TrainingDiverged, TrainingResult, retrieval_distances
 from csi_model.cqt import settings_for
 
 GROUP = "research"
@@ -102,21 +100,15 @@ def dataset_items(dataset: DatasetResource, store: StoreResource, hp: TrainingHP
 
 def bootstrap_map(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,
                   n_bootstrap: int) -> dict[str, float]:
-    """Work-stratified bootstrap CI of one test set's mAP for ``model`` (spec §6.5)."""
-    model.to(device).eval()
-    def embed(items: Sequence) -> list[np.ndarray]:
-        features = [np.load(it.feat_path, mmap_mode="r") for it in items]
-        return embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, device)
-    queries = embed(test_set.queries)
-    refs = queries if test_set.refs is None else embed(test_set.refs)
-    ref_items = test_set.queries if test_set.refs is None else test_set.refs
-    excluded = (self_match_mask(len(queries)) if test_set.refs is None
-                else pair_mask(test_set.exclude_pairs, len(queries), len(refs)))
-    labels = np.array([it.work_id for it in test_set.queries])
-    per_query = per_query_metrics(min_segment_distance(queries, refs), labels,
-                                  np.array([it.work_id for it in ref_items]), excluded)
-    interval = bootstrap_metrics(per_query, labels, n_bootstrap)["mean_ap"]
-    return {"ci_low": interval.ci_low, "ci_high": interval.ci_high, "std": interval.std}
+    """Work-stratified bootstrap CI of one test set's mAP for ``model``, over its answerable queries; also
+    how many queries had no match to find (left out of the mAP)."""
+    model.to(device)
+    query_labels, ref_labels = test_set.labels()
+    per_query = per_query_metrics(retrieval_distances(model, test_set, hp, device), query_labels, ref_labels,
+                                  test_set.exclusion_mask())
+    interval = bootstrap_metrics(per_query, query_labels, n_bootstrap)["mean_ap"]
+    return {"ci_low": interval.ci_low, "ci_high": interval.ci_high, "std": interval.std,
+            "n_unanswerable": per_query.summary().n_unanswerable}
 
 
 def outcome_of(experiment: Experiment, result: TrainingResult | None, seconds: float,

@@ -27,7 +27,7 @@ from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
-from csi_assets.testsets import retrieval_test_sets, split_items
+from csi_assets.testsets import InvalidTestSet, require_answerable_test_sets, retrieval_test_sets, split_items
 from csi_model import checkpoint as ckpt
 from csi_model.atomic import atomic_path
 from csi_model.devices import pick_device
@@ -178,6 +178,10 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
     require_upstream(items.train, "data_splits", dataset.name, "training items (if it was materialized, check "
                      "its split fractions)")
     test_sets, test_counts = retrieval_test_sets(hp, table, training.root)
+    try:
+        require_answerable_test_sets(test_sets)
+    except InvalidTestSet as err:
+        raise dg.Failure(description=str(err)) from err
     device = pick_device(hp.device)
     latest = ckpt.latest_checkpoint(training.checkpoints_dir)
     first_epoch = latest.epoch + 1 if latest else 0

@@ -1,4 +1,7 @@
-"""``csi eval [--json]``: the latest stored evaluation of each test set for the promoted (or a given) model."""
+"""``csi eval [--json]``: the latest stored evaluation of each test set for the promoted (or a given) model.
+
+Metrics are over the answerable queries; ``n_unanswerable`` (JSON) / ``unanswerable`` (table) counts those left
+out because their work has no other performance among the references."""
 
 from __future__ import annotations
 
@@ -35,9 +38,14 @@ def run(args: argparse.Namespace) -> int:
         from tabulate import tabulate
 
         print(f"model {model_id}, dataset {dataset}\n" + tabulate(
-            [[r["test_set"], r["metrics"].get("n_queries")] + [_cell(r["metrics"], key) for key, _ in _COLUMNS]
-             + [r["report_path"]] for r in records],
-            headers=["test set", "queries"] + [name for _, name in _COLUMNS] + ["report"]))
+            [[r["test_set"], r["metrics"].get("n_queries"), r["metrics"].get("n_unanswerable", "?")]
+             + [_cell(r["metrics"], key) for key, _ in _COLUMNS] + [r["report_path"]] for r in records],
+            headers=["test set", "queries", "unanswerable"] + [name for _, name in _COLUMNS] + ["report"]))
+        print("Unanswerable queries (no other performance of their work among the references) are left out of "
+              "every metric.")
+        if any("n_unanswerable" not in r["metrics"] for r in records):
+            print("'?': evaluated before unanswerable queries were counted (they were then scored as AP 0, rank 0); "
+                  "materialize eval_report again for comparable numbers.")
     return 0
 
 

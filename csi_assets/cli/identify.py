@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("queries", nargs="+", metavar="QUERY", help="audio files (any format libsndfile reads)")
     p.add_argument("--top", type=int, default=10, help="matches per query (default 10)")
     p.add_argument("--works", action="store_true", help="rank works (a work is as near as its nearest performance)")
-    p.add_argument("--calibrated", action="store_true", help="show z-score and p-value of each distance")
+    p.add_argument("--calibrated", action="store_true",
+                   help="show each distance's z-score, p (per search: corrected for the N references compared) "
+                        "and p_pair (one unrelated pair)")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per query")
     p.add_argument("--model", default=None, help="a registered model id (default: the promoted model)")
     add_store_options(p)
@@ -90,10 +92,23 @@ def _print(args: argparse.Namespace, results: list[Any], errors: dict[str, str])
 
 
 def _table(result: Any, works: bool, calibrated: bool) -> str:
-    """One query's matches (a ``csi_assets.identify.QueryResult``) as a text table."""
+    """One query's matches (a ``csi_assets.identify.QueryResult``) as a text table; with ``calibrated`` a note
+    says what p and p_pair mean and how many references p accounts for."""
     from tabulate import tabulate
 
-    headers = ["rank", "work", "best perf" if works else "perf", "distance"] + (["z", "p"] if calibrated else [])
-    rows = [[m.rank, m.work, m.perf, f"{m.distance:.4f}"] + ([f"{m.z:+.2f}", f"{m.p:.2e}"] if calibrated else [])
+    headers = ["rank", "work", "best perf" if works else "perf", "distance"]
+    headers += ["z", "p", "p_pair"] if calibrated else []
+    rows = [[m.rank, m.work, m.perf, f"{m.distance:.4f}"]
+            + ([f"{m.z:+.2f}", _p_text(m.p, m.p_floored), _p_text(m.p_pair, m.p_floored)] if calibrated else [])
             for m in result.matches]
-    return f"{result.query}  (model {result.model})\n" + tabulate(rows, headers=headers)
+    table = f"{result.query}  (model {result.model})\n" + tabulate(rows, headers=headers)
+    if not calibrated:
+        return table
+    return (f"{table}\np: chance that a search of {result.n_compared} unrelated performances finds one this close\n"
+            f"p_pair: chance for one unrelated pair; '< x': nearer than every pair of the null sample "
+            f"(floor {result.p_pair_floor:.1e} per pair)")
+
+
+def _p_text(value: float, floored: bool) -> str:
+    """A p-value with 3 significant digits; a floored one as an upper bound, ``< 1.0e-04``."""
+    return f"< {value:.1e}" if floored else f"{value:.3g}"
