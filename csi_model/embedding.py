@@ -95,3 +95,15 @@ def embed_tracks(
     finally:
         model.train(was_training)
     return embeddings
+
+
+def mean_unit_vectors(segment_vectors: np.ndarray, segment_track: np.ndarray) -> np.ndarray:
+    """One unit vector per track: the renormalised mean of its unit segment vectors ``[S, D]``, where
+    ``segment_track`` ``[S]`` (non-decreasing, starting at 0, no gaps) numbers each segment's track -> ``[T, D]``.
+
+    The spherical mean is the point closest (in summed cosine) to all of a track's segments, and a long track
+    counts once, like a short one."""
+    first_rows = np.flatnonzero(np.r_[True, np.diff(segment_track) != 0])
+    sums = np.add.reduceat(np.asarray(segment_vectors, dtype=np.float64), first_rows, axis=0)  # [T, D]
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)

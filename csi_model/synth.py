@@ -27,10 +27,11 @@ from csi_model.atomic import write_text_atomic
 from csi_model.audio import SAMPLE_RATE, write_wav
 
 MAX_TRANSPOSE = 5
-BRIGHT_CENTROID = 1.4
-DEMO_LABELS = ("mode", "timbre", "batch_tag")
-"""Labels every synthetic catalog line carries: ``mode`` (of the work) and ``timbre`` (of the performance's lead)
-are audible by construction; ``batch_tag`` is a coin flip that nothing in the audio depends on."""
+HIGH_REGISTER_MIDI = 66.5
+"""Mean melody pitch (MIDI) from which a performance counts as ``register: high``: about the median of the demo."""
+DEMO_LABELS = ("mode", "register", "batch_tag")
+"""Labels every synthetic catalog line carries: ``mode`` (of the work) and ``register`` (of the performance) are
+audible by construction; ``batch_tag`` is a coin flip that nothing in the audio depends on."""
 BATCH_TAGS = ("A", "B")
 TEMPO_RANGE = (0.8, 1.25)
 SNR_DB_RANGE = (12.0, 30.0)
@@ -115,13 +116,6 @@ class Rendition:
     bass_gain: float
     snr_db: float
     peak: float
-
-    @property
-    def timbre(self) -> str:
-        """``bright`` or ``dark``: whether the lead's power-weighted mean partial number (its spectral centroid in
-        harmonics) reaches ``BRIGHT_CENTROID`` -- the median of what ``_draw_timbre`` draws, so about half each."""
-        h = np.arange(1, len(self.lead.harmonics) + 1)
-        return "bright" if float(np.sum(h * self.lead.harmonics**2)) >= BRIGHT_CENTROID else "dark"
 
     def describe(self) -> str:
         start = f"cut {self.start_beat:g} beats" if self.start_beat else f"lead-in {self.lead_silence_s:.2f} s"
@@ -333,6 +327,12 @@ def _pink_noise(rng: np.random.Generator, n: int) -> np.ndarray:
 # The dataset on disk.
 
 
+def register(work: Work, rendition: Rendition) -> str:
+    """``high`` or ``low``: where the performed melody sits -- its mean pitch after the performance's
+    transposition, against ``HIGH_REGISTER_MIDI`` (a singer's tessitura, a flute against a cello)."""
+    return "high" if float(np.nanmean(work.melody.pitches)) + rendition.transpose >= HIGH_REGISTER_MIDI else "low"
+
+
 def _batch_tag(seed: int, work: int, perf: int) -> str:
     """A random tag from its own stream (spawn key ``(w, p, 1)``): drawing it never shifts the audio's random
     numbers, and no audio property depends on it -- the control a label probe must score at chance."""
@@ -377,7 +377,7 @@ def generate_covers(
                 "work": f"work_{w:0{digits}d}",
                 "version": rendition.describe(),
                 "mode": work.mode,
-                "timbre": rendition.timbre,
+                "register": register(work, rendition),
                 "batch_tag": _batch_tag(seed, w, p),
             }
             lines.append(json.dumps(record, ensure_ascii=False))

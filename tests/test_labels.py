@@ -118,10 +118,10 @@ def test_an_ingested_batch_carries_its_labels(tmp_path: Path) -> None:
     generate_covers(batch, 1, 2, seed=5, seconds=2.0)
     records = [dict(json.loads(line), perf=f"new{i}", work="new_work")
                for i, line in enumerate((batch / "dataset.txt").read_text().splitlines())]
-    del records[1]["timbre"]
+    del records[1]["register"]
     (batch / "dataset.txt").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     dataset = DatasetResource(dataset_dir=str(project.dataset_dir))
     ingestion.ingest_batch(project.store, dataset, "b1", batch / "dataset.txt", logging.getLogger("test"))
-    stored = _stored(project, "timbre")
-    assert {p: stored[p] for p in ("new0", "new1")} == {"new0": records[0]["timbre"], "new1": None}
+    stored = _stored(project, "register")
+    assert {p: stored[p] for p in ("new0", "new1")} == {"new0": records[0]["register"], "new1": None}
     assert len(stored) == 4  # the main catalog's two performances keep theirs

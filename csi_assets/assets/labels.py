@@ -1,0 +1,182 @@
+"""Musical categories beyond cover songs: ``label_probe`` (group ``evaluation``) asks how much the promoted CSI
+model's embedding already knows about a label of the catalog; ``label_model`` (group ``training``) trains the
+CoverHunter network with the label as its class.
+
+Both are partitioned by label, one partition per name in the dataset hparams' ``labels:`` list, read when the
+definitions load (``StaticPartitionsDefinition``): a new label appears after a reload of the code location (the UI's
+"Reload" or a new ``dagster`` command). A dataset without labels, or whose hparams cannot be read, gets assets with
+no partitions; nothing else changes. :func:`label_assets` builds the pair for any list of labels.
+
+A label's values come from the store (``performance_labels``, filled by ``dataset_catalog`` and ingestion); a
+performance whose value is missing is left out and counted. Reports go to
+``<training_dir>/reports/<model_id>/labels/<label>/`` (probe) and ``<training_dir>/labels/<label>/`` (label model).
+"""
+
+
+import base64
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+
+from csi_assets.assets.data import dataset_catalog
+from csi_assets.assets.serving import perf_vectors, reference_embeddings
+from csi_assets.resources import DEFAULT_DATASET_DIR, DatasetResource, StoreResource, TrainingResource
+from csi_assets.store import Store
+from csi_assets.store import catalog as catalog_store
+from csi_assets.store import embeddings as embedding_store
+from csi_assets.store import models as model_store
+from csi_model.atomic import write_text_atomic
+from csi_model.hparams import HParamsError, load_data_hparams
+from csi_model.label_probe import (METRICS, PROBES, ProbeDataError, ProbeResult, confusion_png, fit_linear,
+                                   label_map_png, probe_label)
+
+PROBE_FILE = "probe.npz"
+"""The logistic probe fitted on every labelled performance, as plain arrays (``csi classify`` loads it)."""
+
+
+def configured_labels(dataset_dir: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
+    """The ``labels:`` of a dataset's hparams (default: ``$CSI_DATASET_DIR``); none when they cannot be read --
+    the data assets report that error when they run, and the definitions still load."""
+    folder = Path(dataset_dir or os.environ.get("CSI_DATASET_DIR", DEFAULT_DATASET_DIR))
+    try:
+        return load_data_hparams(folder / "hparams.yaml").labels
+    except HParamsError:
+        return ()
+
+
+def probe_folder(training_dir: Path, model_id: str, label: str) -> Path:
+    return training_dir / "reports" / model_id / "labels" / label
+
+
+@dataclass(frozen=True)
+class LabelledPerformances:
+    """The performances a label can be probed on, in ``stored.perfs`` order, and what was left out."""
+
+    perfs: np.ndarray  # [P] perf ids
+    works: np.ndarray  # [P] work ids
+    values: np.ndarray  # [P] label values
+    vectors: np.ndarray  # [P, D] unit performance vectors
+    counts: dict[str, int]
+
+
+def labelled_performances(db: Store, dataset: str, model_id: str, label: str) -> LabelledPerformances:
+    """Join the label's stored values with the model's stored embeddings (one vector per performance: the mean of
+    its unit segment vectors, renormalised). Raises :class:`dg.Failure` when the label was never catalogued."""
+    values = catalog_store.performance_labels(db, dataset, label)
+    if not values:
+        raise dg.Failure(description=f"no values of label {label!r} in the store for dataset {dataset!r}: list it "
+                                     "under `labels:` in the data hparams and materialize dataset_catalog")
+    stored = embedding_store.load_embeddings(db, dataset, model_id)
+    vectors = perf_vectors(stored) if len(stored) else np.empty((0, 0), np.float32)
+    keep = np.array([values.get(perf) is not None for perf in stored.perfs.tolist()], dtype=bool)
+    with_value = sum(v is not None for v in values.values())
+    counts = {"catalogued": len(values), "missing_value": len(values) - with_value,
+              "with_value_not_embedded": with_value - int(keep.sum()), "probed": int(keep.sum())}
+    return LabelledPerformances(stored.perfs[keep], stored.work_ids[keep],
+                                np.array([values[p] for p in stored.perfs[keep].tolist()], dtype=str),
+                                vectors[keep], counts)
+
+
+def write_probe_report(folder: Path, label: str, model_id: str, data: LabelledPerformances,
+                       result: ProbeResult, seed: int) -> dict[str, Path]:
+    """metrics.json, report.md, confusion.png, tsne.png, predictions.csv and the fitted probe (probe.npz)."""
+    kept = result.kept if result.kept is not None else np.ones(len(data.perfs), bool)
+    files = {name: folder / name for name in ("metrics.json", "report.md", "confusion.png", "tsne.png",
+                                              "predictions.csv", PROBE_FILE)}
+    fit_linear(data.vectors[kept], result.y_true, result.classes, seed).save(files[PROBE_FILE])
+    confusion_png(result.y_true, result.predictions["logistic"], result.classes, files["confusion.png"],
+                  f"{label}: logistic probe, out-of-fold")
+    label_map_png(data.vectors, data.values, files["tsne.png"], f"{label}: t-SNE of embeddings ({model_id})")
+    classes = np.asarray(result.classes)
+    rows = ["perf,work_id,value,logistic,knn"] + [
+        ",".join([json.dumps(str(p)), str(w), json.dumps(str(v)), json.dumps(str(classes[a])),
+                  json.dumps(str(classes[b]))])
+        for p, w, v, a, b in zip(data.perfs[kept], data.works[kept], data.values[kept],
+                                 result.predictions["logistic"], result.predictions["knn"])]
+    write_text_atomic(files["predictions.csv"], "\n".join(rows) + "\n")
+    record = {"label": label, "model_id": model_id, "counts": data.counts, **result.record()}
+    write_text_atomic(files["metrics.json"], json.dumps(record, indent=2, ensure_ascii=False))
+    write_text_atomic(files["report.md"], probe_markdown(label, model_id, data.counts, result))
+    return files
+
+
+def score_table(result: ProbeResult) -> str:
+    rows = [f"| {probe} | " + " | ".join(f"{result.scores[probe][m].point:.3f} [{result.scores[probe][m].ci_low:.3f}, "
+                                         f"{result.scores[probe][m].ci_high:.3f}]" for m in METRICS) + " |"
+            for probe in PROBES]
+    return ("| probe | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS) + "\n" + "\n".join(rows) + "\n")
+
+
+def probe_markdown(label: str, model_id: str, counts: dict[str, int], result: ProbeResult) -> str:
+    left_out = ", ".join(f"{v!r} ({n})" for v, n in result.left_out.items()) or "none"
+    return (f"# Label probe: {label} (model {model_id})\n\n**{result.verdict}**\n\n"
+            f"{score_table(result)}\n"
+            f"Probes: logistic regression and a {5}-nearest-neighbour vote (cosine) on one vector per performance "
+            "(the mean of its unit segment embeddings, renormalised); majority = the most frequent value of the "
+            f"training folds. {result.n_folds}-fold cross-validation grouped by work (no work in both training and "
+            f"test), {result.n_works} works; 95 % intervals from a bootstrap over works.\n\n"
+            f"Performances: {counts['catalogued']} catalogued, {counts['missing_value']} without a value, "
+            f"{counts['with_value_not_embedded']} with a value but no embedding, {len(result.y_true)} probed; "
+            f"values of a single work left out: {left_out}.\n\n"
+            "![confusion](confusion.png)\n\n![t-SNE](tsne.png)\n")
+
+
+def _inline(path: Path) -> str:
+    return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')})"
+
+
+def _probe_metadata(result: ProbeResult, files: dict[str, Path], data: LabelledPerformances,
+                    model_id: str) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "model_id": model_id, "verdict": dg.MetadataValue.md(result.verdict),
+        "above_baseline": result.gain.ci_low > 0, "classes": dg.MetadataValue.json(result.classes),
+        "gain_balanced_accuracy": dg.MetadataValue.json(result.gain.to_dict()),
+        "counts": dg.MetadataValue.json(data.counts), "works": result.n_works, "folds": result.n_folds,
+        "left_out_single_work_values": dg.MetadataValue.json(result.left_out),
+        "scores": dg.MetadataValue.md(score_table(result)),
+        "confusion": dg.MetadataValue.md(_inline(files["confusion.png"])),
+        "tsne": dg.MetadataValue.md(_inline(files["tsne.png"])),
+        "folder": dg.MetadataValue.path(str(files["report.md"].parent)),
+    }
+    for probe in PROBES:
+        metadata |= {f"{probe}/{m}": dg.MetadataValue.float(result.scores[probe][m].point) for m in METRICS}
+    return metadata
+
+
+def label_assets(labels: Sequence[str]) -> tuple[dg.AssetsDefinition, ...]:
+    """``label_probe`` and ``label_model`` with one partition per label."""
+    partitions = dg.StaticPartitionsDefinition(list(labels))
+
+    @dg.asset(group_name="evaluation", partitions_def=partitions, deps=[reference_embeddings, dataset_catalog],
+              kinds={"scikitlearn", "duckdb"})
+    def label_probe(context: dg.AssetExecutionContext, dataset: DatasetResource, training: TrainingResource,
+                    store: StoreResource) -> dg.MaterializeResult:
+        """Is this category reflected in the promoted model's embedding? Logistic and kNN probes against a
+        majority baseline, cross-validated with works never split, bootstrap CIs, confusion matrix, t-SNE."""
+        label = context.partition_key
+        db = store.store()
+        model = model_store.promoted_model(db, dataset.name)
+        if model is None:
+            raise dg.Failure(description=f"no promoted model for dataset {dataset.name!r}: materialize "
+                                         "trained_model and reference_embeddings first")
+        data = labelled_performances(db, dataset.name, model["model_id"], label)
+        try:
+            result = probe_label(data.vectors, data.values, data.works, seed=dataset.hparams().seed)
+        except ProbeDataError as err:
+            raise dg.Failure(description=f"label {label!r} cannot be probed: {err} ({data.counts})") from err
+        folder = probe_folder(training.root, model["model_id"], label)
+        files = write_probe_report(folder, label, model["model_id"], data, result, dataset.hparams().seed)
+        context.log.info(f"{label}: {result.verdict}")
+        return dg.MaterializeResult(metadata=_probe_metadata(result, files, data, model["model_id"]))
+
+    return (label_probe,)
+
+
+LABEL_ASSETS = label_assets(configured_labels())
+label_probe, = LABEL_ASSETS
