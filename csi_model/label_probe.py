@@ -156,7 +156,7 @@ def probe_label(vectors: np.ndarray, values: np.ndarray, groups: np.ndarray, see
         knn = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(train)), metric="cosine")
         predictions["knn"][test] = knn.fit(vectors[train], y[train]).predict(vectors[test])
         predictions["majority"][test] = np.bincount(y[train], minlength=len(classes)).argmax()
-    scores, gain = _bootstrap(y, predictions, groups, len(classes), seed, n_bootstrap)
+    scores, gain = bootstrap_scores(y, predictions, groups, len(classes), seed, n_bootstrap)
     n_works = len(np.unique(groups))
     fold_works = [(sorted(set(groups[tr].tolist())), sorted(set(groups[te].tolist()))) for tr, te in folds]
     return ProbeResult(classes.tolist(), y, predictions, scores, gain, len(folds), n_works,
@@ -187,9 +187,12 @@ def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int
             "macro_f1": float(f1.mean())}
 
 
-def _bootstrap(y: np.ndarray, predictions: dict[str, np.ndarray], groups: np.ndarray, n_classes: int, seed: int,
-               n_bootstrap: int) -> tuple[dict[str, dict[str, Interval]], Interval]:
-    """95 % percentile intervals from resampling whole works with replacement (the same draws for every probe)."""
+def bootstrap_scores(y: np.ndarray, predictions: dict[str, np.ndarray], groups: np.ndarray, n_classes: int,
+                     seed: int = 0, n_bootstrap: int = N_BOOTSTRAP, primary: str = "logistic",
+                     ) -> tuple[dict[str, dict[str, Interval]], Interval]:
+    """Scores of each predictor (name -> ``[P]`` class indices; one must be ``majority``) with 95 % percentile
+    intervals from resampling whole works with replacement (the same draws for every predictor), and the gain in
+    balanced accuracy of ``primary`` over ``majority``."""
     works, members = np.unique(groups, return_inverse=True)
     by_work = [np.flatnonzero(members == w) for w in range(len(works))]
     rng = np.random.default_rng(seed)
@@ -201,8 +204,8 @@ def _bootstrap(y: np.ndarray, predictions: dict[str, np.ndarray], groups: np.nda
     points = {name: classification_scores(y, predicted, n_classes) for name, predicted in predictions.items()}
     scores = {name: {m: _interval(points[name][m], [d[m] for d in draws[name]]) for m in METRICS}
               for name in predictions}
-    gains = [a["balanced_accuracy"] - b["balanced_accuracy"] for a, b in zip(draws["logistic"], draws["majority"])]
-    gain = _interval(points["logistic"]["balanced_accuracy"] - points["majority"]["balanced_accuracy"], gains)
+    gains = [a["balanced_accuracy"] - b["balanced_accuracy"] for a, b in zip(draws[primary], draws["majority"])]
+    gain = _interval(points[primary]["balanced_accuracy"] - points["majority"]["balanced_accuracy"], gains)
     return scores, gain
 
 
@@ -211,17 +214,20 @@ def _interval(point: float, draws: list[float]) -> Interval:
     return Interval(round(point, 4), round(float(low), 4), round(float(high), 4))
 
 
-def verdict(scores: dict[str, dict[str, Interval]], gain: Interval, n_works: int) -> str:
+def verdict(scores: dict[str, dict[str, Interval]], gain: Interval, n_works: int, primary: str = "logistic",
+            finding: str = "the category is reflected in the embedding",
+            meaning: str = "so it is audible in what the model encodes") -> str:
     """The careful reading: above baseline only when the whole 95 % interval of the gain is above zero."""
-    probe, base = scores["logistic"]["balanced_accuracy"], scores["majority"]["balanced_accuracy"]
+    probe, base = scores[primary]["balanced_accuracy"], scores["majority"]["balanced_accuracy"]
     numbers = (f"balanced accuracy {probe.point:.3f} [{probe.ci_low:.3f}, {probe.ci_high:.3f}] against "
                f"{base.point:.3f} for the majority class; gain {gain.point:+.3f} [{gain.ci_low:+.3f}, "
                f"{gain.ci_high:+.3f}] over {n_works} works")
     if gain.ci_low > 0:
-        return (f"Above baseline: the category is reflected in the embedding ({numbers}). A linear probe recovers "
-                "it on works it never saw, so it is audible in what the model encodes.")
-    return (f"Not evidenced: the probe does not beat the baseline ({numbers}). This is no proof that the "
-            "category is absent from the music or the embedding: another probe, model or more works may find it.")
+        return (f"Above baseline: {finding} ({numbers}). The {primary} classifier recovers it on works it never "
+                f"saw, {meaning}.")
+    return (f"Not evidenced: the {primary} classifier does not beat the baseline ({numbers}). This is no proof "
+            "that the category is absent from the music or the features: another probe, model or more works may "
+            "find it.")
 
 
 def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], out_path: str | Path,

@@ -14,30 +14,37 @@ performance whose value is missing is left out and counted. Reports go to
 
 
 import base64
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import dagster as dg
 import numpy as np
 
-from csi_assets.assets.data import dataset_catalog
+from csi_assets.assets.data import cqt_features, data_splits, dataset_catalog
 from csi_assets.assets.serving import perf_vectors, reference_embeddings
+from csi_assets.assets.training import TrainingLog, best_model, check_compatible, steps_per_epoch, trained_model
+from csi_assets.classify import PROBE_FILE, label_model_folder, probe_file
+from csi_assets.label_model import LabelSplit, label_split, write_label_model
 from csi_assets.resources import DEFAULT_DATASET_DIR, DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import embeddings as embedding_store
+from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_model.atomic import write_text_atomic
-from csi_model.hparams import HParamsError, load_data_hparams
-from csi_model.label_probe import (METRICS, PROBES, ProbeDataError, ProbeResult, confusion_png, fit_linear,
-                                   label_map_png, probe_label)
+from csi_model.cqt import load_feature, settings_for
+from csi_model.devices import pick_device
+from csi_model.embedding import embed_tracks, softmax_rows
+from csi_model.hparams import HParamsError, TrainingHParams, load_data_hparams
+from csi_model.label_probe import (METRICS, PROBES, ProbeDataError, ProbeResult, bootstrap_scores, confusion_png,
+                                   fit_linear, label_map_png, probe_label, verdict)
+from csi_model.training import train
 
-PROBE_FILE = "probe.npz"
-"""The logistic probe fitted on every labelled performance, as plain arrays (``csi classify`` loads it)."""
 
 
 def configured_labels(dataset_dir: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
@@ -48,10 +55,6 @@ def configured_labels(dataset_dir: str | os.PathLike[str] | None = None) -> tupl
         return load_data_hparams(folder / "hparams.yaml").labels
     except HParamsError:
         return ()
-
-
-def probe_folder(training_dir: Path, model_id: str, label: str) -> Path:
-    return training_dir / "reports" / model_id / "labels" / label
 
 
 @dataclass(frozen=True)
@@ -170,13 +173,107 @@ def label_assets(labels: Sequence[str]) -> tuple[dg.AssetsDefinition, ...]:
             result = probe_label(data.vectors, data.values, data.works, seed=dataset.hparams().seed)
         except ProbeDataError as err:
             raise dg.Failure(description=f"label {label!r} cannot be probed: {err} ({data.counts})") from err
-        folder = probe_folder(training.root, model["model_id"], label)
+        folder = probe_file(training.root, model["model_id"], label).parent
         files = write_probe_report(folder, label, model["model_id"], data, result, dataset.hparams().seed)
         context.log.info(f"{label}: {result.verdict}")
         return dg.MaterializeResult(metadata=_probe_metadata(result, files, data, model["model_id"]))
 
-    return (label_probe,)
+    @dg.asset(group_name="training", partitions_def=partitions, deps=[data_splits, cqt_features, trained_model],
+              pool="training", kinds={"pytorch"})
+    def label_model(context: dg.AssetExecutionContext, config: LabelModelConfig, dataset: DatasetResource,
+                    training: TrainingResource, store: StoreResource) -> dg.MaterializeResult:
+        """CoverHunter trained with this label as its class (the training loop, losses, sampler, augmentation
+        and resumable checkpoints of trained_model), scored on held-out works like the probe."""
+        label = context.partition_key
+        db = store.store()
+        data_hp = dataset.hparams()
+        hp = label_hparams(training.hparams(), config)
+        check_compatible(hp, data_hp)
+        table = feature_store.feature_table(db, dataset.name, settings_for(data_hp).settings_hash())
+        try:
+            split = label_split(table, catalog_store.performance_labels(db, dataset.name, label), data_hp.seed)
+        except ProbeDataError as err:
+            raise dg.Failure(description=f"label {label!r} cannot be learnt: {err}") from err
+        warm = _warm_start(db, dataset.name) if config.warm_start else None
+        folder = label_model_folder(training.root, label)
+        device = pick_device(hp.device)
+        context.log.info(f"{label}: {len(split.classes)} values {split.classes}, {len(split.train)} train / "
+                         f"{len(split.val)} val / {len(split.test)} test items, warm start {warm or 'none'}")
+        log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in split.train]), 0, hp.max_epochs)
+        result = train(hp, split.train, folder, split.val, device=device, progress=log, warm_start=warm)
+        model, loaded = best_model(hp, result)
+        scores, gain, predicted = held_out_scores(model, hp, split, device, data_hp.seed)
+        reading = verdict(scores, gain, len(set(split.test_works.tolist())), "label_model",
+                          "the category is learnable from the audio features",
+                          "so this network hears it beyond the tunes it was trained on")
+        record = {"label": label, "classes": split.classes, "best_epoch": result.best_epoch,
+                  "epochs": result.last_epoch + 1, "items": {"train": len(split.train), "val": len(split.val),
+                                                             "test": len(split.test)},
+                  "left_out_single_work_values": split.left_out, "verdict": reading,
+                  "gain_balanced_accuracy": gain.to_dict(),
+                  "scores": {p: {m: i.to_dict() for m, i in v.items()} for p, v in scores.items()}}
+        y_test = np.array([it.work_id for it in split.test])
+        confusion_png(y_test, predicted, split.classes, folder / "confusion.png", f"{label}: label model, held out")
+        write_text_atomic(folder / "metrics.json", json.dumps(record, indent=2, ensure_ascii=False))
+        write_label_model(folder, label, split.classes, result.best_checkpoint, loaded.fingerprint, hp, record,
+                          str(warm) if warm else None)
+        context.log.info(f"{label}: {reading}")
+        return dg.MaterializeResult(metadata={
+            "verdict": dg.MetadataValue.md(reading), "above_baseline": gain.ci_low > 0,
+            "classes": dg.MetadataValue.json(split.classes), "best_epoch": result.best_epoch,
+            "epochs_trained_now": result.epochs_run, "gain_balanced_accuracy": dg.MetadataValue.json(gain.to_dict()),
+            **{f"{p}/{m}": dg.MetadataValue.float(v[m].point) for p, v in scores.items() for m in METRICS},
+            "items": dg.MetadataValue.json(record["items"]), "warm_start": str(warm) if warm else "none",
+            "confusion": dg.MetadataValue.md(_inline(folder / "confusion.png")),
+            "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
+            "folder": dg.MetadataValue.path(str(folder)),
+        })
+
+    return label_probe, label_model
+
+
+class LabelModelConfig(dg.Config):
+    """Run config of ``label_model``."""
+
+    max_epochs: Optional[int] = None
+    """Override the training hparams' ``max_epochs``."""
+    warm_start: bool = False
+    """Start the embedding network from the promoted CSI model's weights (its class heads are not reused)."""
+    augmentation: bool = True
+    """The hparams' spectrogram augmentation; switch it off for labels it would erase (pitch rolls move a
+    register, for instance)."""
+
+
+def label_hparams(hp: TrainingHParams, config: LabelModelConfig) -> TrainingHParams:
+    """The training hparams with the label's values as classes: no retrieval test sets, validation loss for early
+    stopping and the best checkpoint, the classifier sized by the values."""
+    return dataclasses.replace(
+        hp, test_sets={}, early_stop_metric="val_loss", map_stopping_testsets=(), foc=dataclasses.replace(
+            hp.foc, output_dims=None), max_epochs=config.max_epochs or hp.max_epochs,
+        spec_augmentation=hp.spec_augmentation if config.augmentation else None)
+
+
+def _warm_start(db: Store, dataset: str) -> Path:
+    promoted = model_store.promoted_model(db, dataset)
+    if promoted is None:
+        raise dg.Failure(description=f"warm_start needs a promoted model for dataset {dataset!r}: materialize "
+                                     "trained_model (or run without warm_start)")
+    return Path(promoted["checkpoint"])
+
+
+def held_out_scores(model: Any, hp: TrainingHParams, split: LabelSplit, device: Any, seed: int) -> tuple:
+    """(scores, gain, predicted [T]): each held-out recording's value is the argmax of its segments' mean class
+    probabilities; the baseline answers the training items' most frequent value."""
+    features = [load_feature(item.feat_path) for item in split.test]
+    logits = embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, device, logits=True)
+    predicted = np.array([softmax_rows(track).mean(axis=0).argmax() for track in logits])
+    y = np.array([item.work_id for item in split.test])
+    majority = np.bincount([item.work_id for item in split.train], minlength=len(split.classes)).argmax()
+    predictions = {"label_model": predicted, "majority": np.full(len(y), majority)}
+    scores, gain = bootstrap_scores(y, predictions, split.test_works, len(split.classes), seed,
+                                    primary="label_model")
+    return scores, gain, predicted
 
 
 LABEL_ASSETS = label_assets(configured_labels())
-label_probe, = LABEL_ASSETS
+label_probe, label_model = LABEL_ASSETS
