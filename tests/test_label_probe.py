@@ -114,3 +114,101 @@ def test_probe_report_files_and_counts(probed) -> None:
     assert set(record["scores"]) == {"logistic", "knn", "majority"}
     assert LinearProbe.load(folder / labels.PROBE_FILE).classes == ["high", "low"]
     assert len((folder / "predictions.csv").read_text().splitlines()) == 49
+
+
+def test_label_split_keeps_each_work_on_one_side(probed) -> None:
+    project, _, _ = probed
+    from csi_assets.label_model import label_split
+    from csi_assets.store import catalog as catalog_store
+    from csi_assets.store import features as feature_store
+
+    table = feature_store.feature_table(project.store, "dataset", project.resources["dataset"].cqt_settings()
+                                        .settings_hash())
+    work_of = {r["variant"]: r["work_id"] for r in table}
+    for seed in range(5):
+        split = label_split(table, catalog_store.performance_labels(project.store, "dataset", "register"), seed)
+        sides = [{work_of[it.perf] for it in items} for items in (split.train, split.val, split.test)]
+        assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+        assert split.test_works.tolist() == [work_of[it.perf] for it in split.test]
+
+
+def test_warm_start_loads_the_embedding_network_and_leaves_the_class_heads(tmp_path) -> None:
+    import torch
+
+    from csi_model.checkpoint import CLASS_HEAD_KEYS, load_embedding_network, save_checkpoint
+
+    hp = serving_hparams()
+    source, target = random_model(hp, num_classes=8, seed=1), random_model(hp, num_classes=2, seed=2)
+    heads_before = {k: v.clone() for k, v in target.state_dict().items() if k in CLASS_HEAD_KEYS}
+    pair = save_checkpoint(tmp_path, 0, source, torch.optim.AdamW(source.parameters()), steps=0, early_stopping={})
+    load_embedding_network(pair.generator, target)
+    for key, value in target.state_dict().items():
+        expected = heads_before[key] if key in CLASS_HEAD_KEYS else source.state_dict()[key]
+        assert torch.equal(value, expected), key
+
+
+def _classify(project, capsys, *args: str) -> tuple[int, str, str]:
+    from csi_assets.cli import main
+
+    code = main(["classify", *args, "--store", str(project.store_path), "--dataset-dir", str(project.dataset_dir)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _check_prediction_shape(prediction: dict, label: str, values: set[str]) -> None:
+    assert set(prediction) == {"query", "label", "value", "probability", "top", "source", "model"}
+    assert prediction["label"] == label and prediction["value"] in values
+    top = prediction["top"]
+    assert 1 <= len(top) <= 3 and all(set(t) == {"value", "probability"} for t in top)
+    assert top[0] == {"value": prediction["value"], "probability": prediction["probability"]}
+    assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+    assert 0.0 <= prediction["probability"] <= 1.0 and sum(t["probability"] for t in top) <= 1.0 + 1e-3
+
+
+def test_classify_json_from_the_probe(probed, capsys) -> None:
+    project, model_id, _ = probed
+    wavs = sorted(str(p) for p in (project.dataset_dir / "wav").glob("*.wav"))[:2]
+    code, out, _ = _classify(project, capsys, *wavs, "--label", "batch_tag", "--json")
+    predictions = json.loads(out)
+    assert code == 0 and [p["query"] for p in predictions] == wavs
+    for prediction in predictions:
+        _check_prediction_shape(prediction, "batch_tag", {"A", "B"})
+        assert prediction["source"] == "probe" and prediction["model"] == model_id
+
+
+def test_classify_checks_every_file_before_any_model_loads(probed, capsys, tmp_path) -> None:
+    project, _, _ = probed
+    good = str(sorted((project.dataset_dir / "wav").glob("*.wav"))[0])
+    garbage = tmp_path / "noise.wav"
+    garbage.write_bytes(b"not audio at all")
+    missing = str(tmp_path / "missing.flac")
+    code, out, err = _classify(project, capsys, good, missing, str(garbage), "--label", "batch_tag", "--json")
+    assert code == 2 and [p["query"] for p in json.loads(out)] == [good]
+    assert missing in err and str(garbage) in err
+    from csi_assets.cli import main
+
+    code = main(["classify", missing, str(garbage), "--label", "batch_tag", "--store", str(tmp_path / "none.duckdb"),
+                 "--dataset-dir", str(tmp_path / "nowhere")])
+    _, err = capsys.readouterr()
+    assert code == 2 and missing in err and "store" not in err  # failed on the audio, before the store or model
+
+
+def test_label_model_trains_scores_held_out_works_and_serves_classify(probed, capsys) -> None:
+    project, _, _ = probed
+    assets = labels.label_assets(["mode", *PROBED])
+    config = {"ops": {"label_model": {"config": {"max_epochs": 2, "warm_start": True, "augmentation": False}}}}
+    result = dg.materialize([*assets, serving.reference_embeddings], selection=["label_model"], partition_key="register",
+                            resources=project.resources, instance=dg.DagsterInstance.ephemeral(), run_config=config)
+    assert result.success
+    metadata = result.asset_materializations_for_node("label_model")[0].metadata
+    assert {"label_model/balanced_accuracy", "majority/macro_f1", "verdict", "above_baseline"} <= set(metadata)
+    folder = project.training_dir / "labels" / "register"
+    record = json.loads((folder / "label_model.json").read_text())
+    assert record["classes"] == ["high", "low"] and record["warm_start"]
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["do_00000000", "do_00000001",
+                                                                           "g_00000000", "g_00000001"]
+    wav = str(sorted((project.dataset_dir / "wav").glob("*.wav"))[0])
+    code, out, _ = _classify(project, capsys, wav, "--label", "register", "--json")
+    (prediction,) = json.loads(out)
+    assert code == 0 and prediction["source"] == "label_model"
+    _check_prediction_shape(prediction, "register", {"high", "low"})

@@ -277,3 +277,7 @@ def held_out_scores(model: Any, hp: TrainingHParams, split: LabelSplit, device: 
 
 LABEL_ASSETS = label_assets(configured_labels())
 label_probe, label_model = LABEL_ASSETS
+
+
+if __name__ == "__main__":  # `make demo` loops over the labels to probe
+    print(" ".join(configured_labels()))
