@@ -55,9 +55,8 @@ class ProbeResult:
     n_folds: int
     n_works: int
     verdict: str
-    fold_works: list[tuple[list[int], list[int]]] = field(default_factory=list)  # (train works, test works)
     left_out: dict[str, int] = field(default_factory=dict)  # values of a single work -> performances left out
-    kept: np.ndarray | None = None  # [P_in] bool: which input rows were probed (y_true and predictions follow it)
+    kept: np.ndarray = field(default_factory=lambda: np.ones(0, bool))  # [P_in] bool: the input rows probed
 
     def record(self) -> dict:
         return {"classes": self.classes, "n_performances": int(len(self.y_true)), "n_works": self.n_works,
@@ -158,9 +157,8 @@ def probe_label(vectors: np.ndarray, values: np.ndarray, groups: np.ndarray, see
         predictions["majority"][test] = np.bincount(y[train], minlength=len(classes)).argmax()
     scores, gain = bootstrap_scores(y, predictions, groups, len(classes), seed, n_bootstrap)
     n_works = len(np.unique(groups))
-    fold_works = [(sorted(set(groups[tr].tolist())), sorted(set(groups[te].tolist()))) for tr, te in folds]
     return ProbeResult(classes.tolist(), y, predictions, scores, gain, len(folds), n_works,
-                       verdict(scores, gain, n_works), fold_works, single, kept)
+                       verdict(scores, gain, n_works), single, kept)
 
 
 def single_work_values(values: np.ndarray, groups: np.ndarray) -> dict[str, int]:

@@ -110,7 +110,7 @@ def test_probe_report_files_and_counts(probed) -> None:
     assert {p.name for p in folder.iterdir()} == {"metrics.json", "report.md", "confusion.png", "tsne.png",
                                                  "predictions.csv", labels.PROBE_FILE}
     record = json.loads((folder / "metrics.json").read_text())
-    assert record["counts"] == {"catalogued": 48, "missing_value": 0, "with_value_not_embedded": 0, "probed": 48}
+    assert record["counts"] == {"catalogued": 48, "missing_value": 0, "with_value_not_embedded": 0, "with_value_and_embedding": 48}
     assert set(record["scores"]) == {"logistic", "knn", "majority"}
     assert LinearProbe.load(folder / labels.PROBE_FILE).classes == ["high", "low"]
     assert len((folder / "predictions.csv").read_text().splitlines()) == 49

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from csi_assets.assets import data, ingestion
 from csi_assets.resources import DatasetResource

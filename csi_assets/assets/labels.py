@@ -14,7 +14,9 @@ performance whose value is missing is left out and counted. Reports go to
 
 
 import base64
+import csv
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -41,10 +43,9 @@ from csi_model.cqt import load_feature, settings_for
 from csi_model.devices import pick_device
 from csi_model.embedding import embed_tracks, softmax_rows
 from csi_model.hparams import HParamsError, TrainingHParams, load_data_hparams
-from csi_model.label_probe import (METRICS, PROBES, ProbeDataError, ProbeResult, bootstrap_scores, confusion_png,
+from csi_model.label_probe import (KNN_NEIGHBOURS, METRICS, PROBES, ProbeDataError, ProbeResult, bootstrap_scores, confusion_png,
                                    fit_linear, label_map_png, probe_label, verdict)
 from csi_model.training import train
-
 
 
 def configured_labels(dataset_dir: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
@@ -80,7 +81,7 @@ def labelled_performances(db: Store, dataset: str, model_id: str, label: str) ->
     keep = np.array([values.get(perf) is not None for perf in stored.perfs.tolist()], dtype=bool)
     with_value = sum(v is not None for v in values.values())
     counts = {"catalogued": len(values), "missing_value": len(values) - with_value,
-              "with_value_not_embedded": with_value - int(keep.sum()), "probed": int(keep.sum())}
+              "with_value_not_embedded": with_value - int(keep.sum()), "with_value_and_embedding": int(keep.sum())}
     return LabelledPerformances(stored.perfs[keep], stored.work_ids[keep],
                                 np.array([values[p] for p in stored.perfs[keep].tolist()], dtype=str),
                                 vectors[keep], counts)
@@ -89,7 +90,7 @@ def labelled_performances(db: Store, dataset: str, model_id: str, label: str) ->
 def write_probe_report(folder: Path, label: str, model_id: str, data: LabelledPerformances,
                        result: ProbeResult, seed: int) -> dict[str, Path]:
     """metrics.json, report.md, confusion.png, tsne.png, predictions.csv and the fitted probe (probe.npz)."""
-    kept = result.kept if result.kept is not None else np.ones(len(data.perfs), bool)
+    kept = result.kept
     files = {name: folder / name for name in ("metrics.json", "report.md", "confusion.png", "tsne.png",
                                               "predictions.csv", PROBE_FILE)}
     fit_linear(data.vectors[kept], result.y_true, result.classes, seed).save(files[PROBE_FILE])
@@ -97,12 +98,12 @@ def write_probe_report(folder: Path, label: str, model_id: str, data: LabelledPe
                   f"{label}: logistic probe, out-of-fold")
     label_map_png(data.vectors, data.values, files["tsne.png"], f"{label}: t-SNE of embeddings ({model_id})")
     classes = np.asarray(result.classes)
-    rows = ["perf,work_id,value,logistic,knn"] + [
-        ",".join([json.dumps(str(p)), str(w), json.dumps(str(v)), json.dumps(str(classes[a])),
-                  json.dumps(str(classes[b]))])
-        for p, w, v, a, b in zip(data.perfs[kept], data.works[kept], data.values[kept],
-                                 result.predictions["logistic"], result.predictions["knn"])]
-    write_text_atomic(files["predictions.csv"], "\n".join(rows) + "\n")
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["perf", "work_id", "value", "logistic", "knn"])
+    writer.writerows(zip(data.perfs[kept], data.works[kept], data.values[kept],
+                         classes[result.predictions["logistic"]], classes[result.predictions["knn"]]))
+    write_text_atomic(files["predictions.csv"], table.getvalue())
     record = {"label": label, "model_id": model_id, "counts": data.counts, **result.record()}
     write_text_atomic(files["metrics.json"], json.dumps(record, indent=2, ensure_ascii=False))
     write_text_atomic(files["report.md"], probe_markdown(label, model_id, data.counts, result))
@@ -120,7 +121,7 @@ def probe_markdown(label: str, model_id: str, counts: dict[str, int], result: Pr
     left_out = ", ".join(f"{v!r} ({n})" for v, n in result.left_out.items()) or "none"
     return (f"# Label probe: {label} (model {model_id})\n\n**{result.verdict}**\n\n"
             f"{score_table(result)}\n"
-            f"Probes: logistic regression and a {5}-nearest-neighbour vote (cosine) on one vector per performance "
+            f"Probes: logistic regression and a {KNN_NEIGHBOURS}-nearest-neighbour vote (cosine) on one vector per performance "
             "(the mean of its unit segment embeddings, renormalised); majority = the most frequent value of the "
             f"training folds. {result.n_folds}-fold cross-validation grouped by work (no work in both training and "
             f"test), {result.n_works} works; 95 % intervals from a bootstrap over works.\n\n"
