@@ -3,8 +3,8 @@
 A probe is trained on performance embeddings to predict a label (a metre, a mode, a region...) and scored on
 performances of *other works* only: cross-validation folds are grouped by work, so a probe cannot score by
 recognising the tune it saw in training -- for a cover-song model that would be trivially easy. Scores are
-compared with a majority-class baseline (what guessing the most frequent value of the training folds gives) on
-the same folds, with percentile intervals from a bootstrap over works (performances of one work are not
+compared with a majority-class baseline (always answering the most frequent value: balanced accuracy 1/K) on
+the same performances, with percentile intervals from a bootstrap over works (performances of one work are not
 independent). A probe far above its baseline shows the category is reflected in the embedding; a probe at the
 baseline shows only that this probe, on this model and this many works, finds no evidence -- not that the
 category is absent from the music or from the features.
@@ -113,12 +113,15 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, seed: int = 0,
 
 def _logistic(seed: int):
     """Standardised features (unit embeddings have tiny coordinates, which C=1 would regularise to nothing), then
-    L2 logistic regression (C=1, lbfgs; multinomial beyond two classes)."""
+    L2 logistic regression (C=1, lbfgs; multinomial beyond two classes) with classes weighted inversely to their
+    frequency: the value shares of a training fold are not learnt as a prior (with folds of whole works they
+    differ from the test fold's, which would pull the probe below chance)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced",
+                                                              random_state=seed))
 
 
 def fit_linear(vectors: np.ndarray, y: np.ndarray, classes: list[str], seed: int = 0) -> LinearProbe:
@@ -147,6 +150,7 @@ def probe_label(vectors: np.ndarray, values: np.ndarray, groups: np.ndarray, see
         raise ProbeDataError(f"only one value ({classes.tolist()}): nothing to tell apart")
     folds = grouped_folds(y, groups, seed)
     predictions = {name: np.full(len(y), -1) for name in PROBES}
+    predictions["majority"][:] = np.bincount(y).argmax()  # one constant answer: balanced accuracy exactly 1/K
     for train, test in folds:
         if len(np.unique(y[train])) == 1:  # the fold's works all share one value: that value is every answer
             predictions["logistic"][test] = y[train][0]
@@ -154,7 +158,6 @@ def probe_label(vectors: np.ndarray, values: np.ndarray, groups: np.ndarray, see
             predictions["logistic"][test] = _logistic(seed).fit(vectors[train], y[train]).predict(vectors[test])
         knn = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(train)), metric="cosine")
         predictions["knn"][test] = knn.fit(vectors[train], y[train]).predict(vectors[test])
-        predictions["majority"][test] = np.bincount(y[train], minlength=len(classes)).argmax()
     scores, gain = bootstrap_scores(y, predictions, groups, len(classes), seed, n_bootstrap)
     n_works = len(np.unique(groups))
     return ProbeResult(classes.tolist(), y, predictions, scores, gain, len(folds), n_works,
@@ -223,6 +226,10 @@ def verdict(scores: dict[str, dict[str, Interval]], gain: Interval, n_works: int
     if gain.ci_low > 0:
         return (f"Above baseline: {finding} ({numbers}). The {primary} classifier recovers it on works it never "
                 f"saw, {meaning}.")
+    if gain.ci_high < 0:
+        return (f"Not evidenced, below baseline: the {primary} classifier does worse than always answering the "
+                f"most frequent value ({numbers}), a sign of overfitting to the training works, not of information "
+                "about the category. This is no proof that the category is absent from the music or the features.")
     return (f"Not evidenced: the {primary} classifier does not beat the baseline ({numbers}). This is no proof "
             "that the category is absent from the music or the features: another probe, model or more works may "
             "find it.")

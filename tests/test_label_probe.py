@@ -58,7 +58,8 @@ def test_saved_linear_probe_predicts_as_scikit_learn_for_two_and_three_classes(t
         probe = fit_linear(x, y, [f"c{i}" for i in range(k)])
         probe.save(tmp_path / f"p{k}.npz")
         loaded = LinearProbe.load(tmp_path / f"p{k}.npz")
-        reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=0))
+        reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced",
+                                                                       random_state=0))
         expected = reference.fit(x, y).predict_proba(x)
         assert np.allclose(loaded.predict_proba(x), expected, atol=1e-6)
 

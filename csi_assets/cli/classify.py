@@ -26,8 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from csi_assets.classify import Classifier, ClassifyError
-    from csi_assets.cli.identify import locations
     from csi_model.audio import AudioError, load_audio
 
     names, signals, failed = [], [], []
@@ -39,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
             failed.append(str(err))
     if not names:
         raise CliError("no readable audio:\n  " + "\n  ".join(failed))
+    from csi_assets.classify import Classifier, ClassifyError
+    from csi_assets.cli.identify import locations
+
     dataset_dir, store = locations(args)
     try:
         predictions = Classifier(store, dataset_dir, args.label, args.device).classify(names, signals)
