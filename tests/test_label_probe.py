@@ -112,7 +112,8 @@ def test_probe_report_files_and_counts(probed) -> None:
     assert {p.name for p in folder.iterdir()} == {"metrics.json", "report.md", "confusion.png", "tsne.png",
                                                  "predictions.csv", labels.PROBE_FILE}
     record = json.loads((folder / "metrics.json").read_text())
-    assert record["counts"] == {"catalogued": 48, "missing_value": 0, "with_value_not_embedded": 0, "with_value_and_embedding": 48}
+    assert record["counts"] == {"catalogued": 48, "missing_value": 0, "with_value_not_embedded": 0,
+                                "with_value_and_embedding": 48}
     assert set(record["scores"]) == {"logistic", "knn", "majority"}
     assert LinearProbe.load(folder / labels.PROBE_FILE).classes == ["high", "low"]
     assert len((folder / "predictions.csv").read_text().splitlines()) == 49
@@ -199,8 +200,9 @@ def test_label_model_trains_scores_held_out_works_and_serves_classify(probed, ca
     project, _, _ = probed
     assets = labels.label_assets(["mode", *PROBED])
     config = {"ops": {"label_model": {"config": {"max_epochs": 2, "warm_start": True, "augmentation": False}}}}
-    result = dg.materialize([*assets, serving.reference_embeddings], selection=["label_model"], partition_key="register",
-                            resources=project.resources, instance=dg.DagsterInstance.ephemeral(), run_config=config)
+    result = dg.materialize([*assets, serving.reference_embeddings], selection=["label_model"],
+                            partition_key="register", resources=project.resources,
+                            instance=dg.DagsterInstance.ephemeral(), run_config=config)
     assert result.success
     metadata = result.asset_materializations_for_node("label_model")[0].metadata
     assert {"label_model/balanced_accuracy", "majority/macro_f1", "verdict", "above_baseline"} <= set(metadata)

@@ -43,8 +43,8 @@ from csi_model.cqt import load_feature, settings_for
 from csi_model.devices import pick_device
 from csi_model.embedding import embed_tracks, softmax_rows
 from csi_model.hparams import HParamsError, TrainingHParams, load_data_hparams
-from csi_model.label_probe import (KNN_NEIGHBOURS, METRICS, PROBES, ProbeDataError, ProbeResult, bootstrap_scores, confusion_png,
-                                   fit_linear, label_map_png, probe_label, verdict)
+from csi_model.label_probe import (KNN_NEIGHBOURS, METRICS, PROBES, ProbeDataError, ProbeResult, bootstrap_scores,
+                                   confusion_png, fit_linear, label_map_png, probe_label, verdict)
 from csi_model.training import train
 
 
@@ -121,10 +121,10 @@ def probe_markdown(label: str, model_id: str, counts: dict[str, int], result: Pr
     left_out = ", ".join(f"{v!r} ({n})" for v, n in result.left_out.items()) or "none"
     return (f"# Label probe: {label} (model {model_id})\n\n**{result.verdict}**\n\n"
             f"{score_table(result)}\n"
-            f"Probes: logistic regression and a {KNN_NEIGHBOURS}-nearest-neighbour vote (cosine) on one vector per performance "
-            "(the mean of its unit segment embeddings, renormalised); majority = always the most frequent value "
-            f"(balanced accuracy 1/K). {result.n_folds}-fold cross-validation grouped by work (no work in both training and "
-            f"test), {result.n_works} works; 95 % intervals from a bootstrap over works.\n\n"
+            f"Probes: logistic regression and a {KNN_NEIGHBOURS}-nearest-neighbour vote (cosine) on one vector per "
+            "performance (the mean of its unit segment embeddings, renormalised); majority = always the most frequent "
+            f"value (balanced accuracy 1/K). {result.n_folds}-fold cross-validation grouped by work (no work in both "
+            f"training and test), {result.n_works} works; 95 % intervals from a bootstrap over works.\n\n"
             f"Performances: {counts['catalogued']} catalogued, {counts['missing_value']} without a value, "
             f"{counts['with_value_not_embedded']} with a value but no embedding, {len(result.y_true)} probed; "
             f"values of a single work left out: {left_out}.\n\n"
