@@ -32,6 +32,10 @@ $(CSI_DATASET_DIR)/dataset.txt: | $(STAMP)
 # from a second thread (measured: 2 threads on a busy 2-core machine ran an epoch 10x slower).
 demo: setup $(CSI_DATASET_DIR)/dataset.txt
 	OMP_NUM_THREADS=1 $(BIN)/dagster job execute -m csi_assets.definitions -j main
+	for label in $$($(BIN)/python -m csi_assets.assets.labels); do \
+		OMP_NUM_THREADS=1 $(BIN)/dagster asset materialize -m csi_assets.definitions --select label_probe \
+			--partition $$label || exit 1; \
+	done
 	@$(BIN)/python -m csi_assets.demo_summary
 
 test: setup

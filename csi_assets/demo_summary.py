@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from csi_assets.resources import default_resources
-from csi_assets.store import summary
+from csi_assets.store import Store, models, summary
 
 
 def main() -> None:
@@ -23,9 +24,24 @@ def main() -> None:
     print(f"  training folder  {training.root}  (checkpoints/, logs/ for TensorBoard)")
     print(f"  metadata store   {store.path}")
     print(f"  Dagster instance {os.environ.get('DAGSTER_HOME', '(temporary)')}")
+    _label_verdicts(store, dataset.name)
     print()
     print("Look at it:  make ui   → http://127.0.0.1:3000  (asset graph, metadata, plots)")
     print("Identify:    .venv/bin/csi identify data/demo/wav/<some perf>.wav --works")
+
+
+def _label_verdicts(store: Store, dataset: str) -> None:
+    """Each label probe's reading (from its metrics.json), when the promoted model has been probed."""
+    from csi_assets.assets.labels import configured_labels
+    from csi_assets.classify import probe_file
+
+    promoted = models.promoted_model(store, dataset)
+    if promoted is None:
+        return
+    for label in configured_labels():
+        metrics = probe_file(promoted["training_dir"], promoted["model_id"], label).parent / "metrics.json"
+        if metrics.is_file():
+            print(f"\n  label {label}: {json.loads(metrics.read_text(encoding='utf-8'))['verdict']}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import unicodedata
 from collections.abc import Iterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,8 @@ class CatalogRow:
     work: str
     version: str | None
     line_no: int
+    labels: Mapping[str, str | None] = field(default_factory=dict, hash=False)
+    """Each label the data hparams list -> its value (trimmed, NFC), or None when the line has none."""
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,11 @@ class CatalogLineError(ValueError):
     """Why one catalog line cannot be used (caught per line by :func:`parse_catalog`)."""
 
 
-def parse_catalog(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> ParsedCatalog:
+def parse_catalog(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
+                  labels: Sequence[str] = ()) -> ParsedCatalog:
     """Parse and validate every line of a catalog file; relative ``wav`` paths are tried against the
-    catalog's folder first and then against ``cwd`` (default: the current working directory).
+    catalog's folder first and then against ``cwd`` (default: the current working directory). ``labels``: the
+    extra keys kept per row (see :func:`label_values`).
 
     Lines are split on bytes (``\n``, ``\r\n``, ``\r``) and decoded one by one, so a line that is not UTF-8
     is one rejection, not a failed file, and Unicode line separators inside JSON strings stay intact.
@@ -86,7 +91,7 @@ def parse_catalog(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | No
             continue
         try:
             _check_utf8(data)
-            row = _parse_line(text, line_no, search_dirs)
+            row = _parse_line(text, line_no, search_dirs, labels)
             _check_unique(row, first_line_of)
         except CatalogLineError as error:
             rejected.append(RejectedLine(line_no, raw, f"{catalog}:{line_no}: {error}"))
@@ -130,7 +135,7 @@ def _check_utf8(data: bytes) -> None:
         raise CatalogLineError(f"not valid UTF-8 (byte 0x{data[error.start]:02x} at column {error.start + 1})") from None
 
 
-def _parse_line(text: str, line_no: int, search_dirs: Sequence[Path]) -> CatalogRow:
+def _parse_line(text: str, line_no: int, search_dirs: Sequence[Path], labels: Sequence[str] = ()) -> CatalogRow:
     fields = _json_fields(text) if text.startswith("{") else _tab_fields(text)
     missing = [key for key in REQUIRED_KEYS if key not in fields]
     if missing:
@@ -147,7 +152,23 @@ def _parse_line(text: str, line_no: int, search_dirs: Sequence[Path]) -> Catalog
         work=_text_field(fields, "work"),
         version=None if version is None else str(version),
         line_no=line_no,
+        labels=label_values(fields, labels),
     )
+
+
+def label_values(fields: Mapping[str, object], names: Sequence[str]) -> dict[str, str | None]:
+    """Each label name -> its value on this line, as text: trimmed and Unicode NFC-normalised (so a value typed
+    with combining accents equals its precomposed form); numbers and true/false as JSON writes them. A key that
+    is absent, null or blank is a missing value (None). A list or object is not a category value: an error."""
+    values: dict[str, str | None] = {}
+    for name in names:
+        value = fields.get(name)
+        if isinstance(value, (list, dict)):
+            raise CatalogLineError(f"label {name!r} must be a text or number, got {value!r}")
+        text = value if isinstance(value, str) or value is None else json.dumps(value)
+        text = unicodedata.normalize("NFC", text).strip() if text is not None else None
+        values[name] = text or None
+    return values
 
 
 def _json_fields(text: str) -> dict[str, object]:

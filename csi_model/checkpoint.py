@@ -246,3 +246,23 @@ def load_training_state(path: str | Path, map_location: Any = "cpu") -> dict[str
     if missing:
         raise CheckpointError(f"{path}: not a training-state checkpoint (missing {sorted(missing)})")
     return dict(content)
+
+
+CLASS_HEAD_KEYS = ("_ce_layer.weight", CENTRES_KEY)
+"""Tensors whose shape depends on the classes: a warm start onto other classes leaves them as initialised."""
+
+
+def load_embedding_network(path: str | Path, model: nn.Module, map_location: Any = "cpu") -> LoadReport:
+    """Warm start: load every tensor of a g_ file except the class heads (classifier, centres) -- e.g. a CSI model's
+    embedding network under a network that learns other classes. The rest must fit exactly (errors name each
+    tensor); ``fingerprint`` is that of the whole file."""
+    path = Path(path)
+    full = read_generator_state(path, map_location)
+    state = {k: v for k, v in full.items() if k not in CLASS_HEAD_KEYS}
+    expected = {k: v for k, v in model.state_dict().items() if k not in CLASS_HEAD_KEYS}
+    problems = mismatches(expected, state)
+    if problems:
+        raise CheckpointError(f"{path}: its embedding network does not fit the model ({len(problems)} problems):"
+                              "\n  " + "\n  ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return LoadReport(path, len(state), model_fingerprint(full), tuple(k for k in CLASS_HEAD_KEYS if k in full))

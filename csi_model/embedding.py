@@ -64,8 +64,10 @@ def embed_tracks(
     mean_size: int,
     batch_size: int,
     device: torch.device | str | None = None,
+    logits: bool = False,
 ) -> list[np.ndarray]:
-    """Embed every segment of every track -> per track `[segments, embed_dim]` float32, rows of unit norm.
+    """Embed every segment of every track -> per track `[segments, embed_dim]` float32, rows of unit norm (with
+    `logits`: the classifier head's `[segments, num_classes]` logits of each segment embedding instead).
 
     `features` are raw (un-pooled) `[frames, bins]` arrays, memory-maps welcome (float16 or float32).
     `chunk_frames` is the window in pooled frames (hparams `chunk_frame[0]`). Segments of all tracks are sorted
@@ -76,7 +78,8 @@ def embed_tracks(
     segments = _segments(features, seg_len, max(seg_len // 4, min_frames), min_frames, model.config.input_dim)
     segments.sort(key=lambda s: s.stop - s.start, reverse=True)
     counts = np.bincount([s.track for s in segments], minlength=len(features))
-    embeddings = [np.empty((n, model.config.embed_dim), dtype=np.float32) for n in counts]
+    width = model.config.num_classes if logits else model.config.embed_dim
+    embeddings = [np.empty((n, width), dtype=np.float32) for n in counts]
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -89,9 +92,28 @@ def embed_tracks(
                 pooled = [pool_and_pad(features[s.track][s.start : s.stop], mean_size, frames) for s in batch]
                 x = torch.from_numpy(np.stack([p for p, _ in pooled])).to(device)  # [b, frames, F]
                 lengths = torch.tensor([n for _, n in pooled], device=device)  # [b]
-                vectors = F.normalize(model.embed(x, lengths), dim=1).cpu().numpy()  # [b, E]
+                embedded = model.embed(x, lengths)  # [b, E]
+                vectors = (model.classify(embedded) if logits else F.normalize(embedded, dim=1)).cpu().numpy()
                 for segment, vector in zip(batch, vectors):
                     embeddings[segment.track][segment.index] = vector
     finally:
         model.train(was_training)
     return embeddings
+
+
+def mean_unit_vectors(segment_vectors: np.ndarray, segment_track: np.ndarray) -> np.ndarray:
+    """One unit vector per track: the renormalised mean of its unit segment vectors ``[S, D]``, where
+    ``segment_track`` ``[S]`` (non-decreasing, starting at 0, no gaps) numbers each segment's track -> ``[T, D]``.
+
+    The spherical mean is the point closest (in summed cosine) to all of a track's segments, and a long track
+    counts once, like a short one."""
+    first_rows = np.flatnonzero(np.r_[True, np.diff(segment_track) != 0])
+    sums = np.add.reduceat(np.asarray(segment_vectors, dtype=np.float64), first_rows, axis=0)  # [T, D]
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities ``[S, K]`` of logits ``[S, K]`` (e.g. ``embed_tracks(..., logits=True)`` per track)."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

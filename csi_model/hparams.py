@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
+import re
 import types
 import typing
 import warnings
@@ -20,6 +21,9 @@ from typing import Any, Mapping, TypeVar
 import yaml
 
 from csi_model.audio import SAMPLE_RATE
+
+LABEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+RESERVED_LABEL_NAMES = frozenset({"perf", "wav", "dur_s", "work", "version"})
 
 
 class HParamsError(ValueError):
@@ -215,6 +219,8 @@ class DataPrepHParams:
     test_data_split: float = 0.0
     test_data_unseen: float = 0.0
     seed: int = 1234
+    labels: tuple[str, ...] = ()
+    """Ours: extra ``dataset.txt`` keys stored per performance as musical categories (``label_probe``)."""
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -230,6 +236,12 @@ class DataPrepHParams:
         for key in ("val_data_split", "val_unseen", "test_data_split", "test_data_unseen"):
             value = getattr(self, key)
             _require(0.0 <= value < 1.0, key, f"{value} is not a fraction in [0, 1)", self)
+        for name in self.labels:
+            _require(LABEL_NAME.fullmatch(name) is not None, "labels",
+                     f"{name!r} is not a label name (letters, digits, _ . -; it names a partition and a folder)", self)
+            _require(name not in RESERVED_LABEL_NAMES, "labels",
+                     f"{name!r} is a catalog key of its own, not a label", self)
+        _require(len(set(self.labels)) == len(self.labels), "labels", f"{list(self.labels)} repeats a name", self)
 
 
 def cqt_top_bin_hz(fmin: float, n_bins: int, bins_per_octave: int) -> float:

@@ -27,6 +27,12 @@ from csi_model.atomic import write_text_atomic
 from csi_model.audio import SAMPLE_RATE, write_wav
 
 MAX_TRANSPOSE = 5
+HIGH_REGISTER_MIDI = 66.5
+"""Mean melody pitch (MIDI) from which a performance counts as ``register: high``: about the median of the demo."""
+DEMO_LABELS = ("mode", "register", "batch_tag")
+"""Labels every synthetic catalog line carries: ``mode`` (of the work) and ``register`` (of the performance) are
+audible by construction; ``batch_tag`` is a coin flip that nothing in the audio depends on."""
+BATCH_TAGS = ("A", "B")
 TEMPO_RANGE = (0.8, 1.25)
 SNR_DB_RANGE = (12.0, 30.0)
 BEATS_PER_BAR = 4
@@ -74,6 +80,12 @@ class Work:
     melody: Voice
     chords: tuple[Voice, Voice, Voice]  # root, third, fifth of each bar's triad
     bass: Voice
+    scale: str = "major"  # the mode its tune and chords are built on (a key of _SCALES)
+
+    @property
+    def mode(self) -> str:
+        """``major`` or ``minor``: the quality of the scale's third (mixolydian counts as major, dorian as minor)."""
+        return "major" if _SCALES[self.scale][2] == 4 else "minor"
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,8 @@ class Rendition:
 
 def compose_work(rng: np.random.Generator, seconds: float) -> Work:
     """A tune over a diatonic chord progression, two or three 4-bar phrases arranged in a song form."""
-    scale = _SCALES[rng.choice(sorted(_SCALES))]
+    scale_name = str(rng.choice(sorted(_SCALES)))
+    scale = _SCALES[scale_name]
     tonic = 57 + int(rng.integers(12))  # A3 .. G#4
     bpm = float(rng.uniform(84.0, 132.0))
     form = _FORMS[int(rng.integers(len(_FORMS)))]
@@ -141,7 +154,8 @@ def compose_work(rng: np.random.Generator, seconds: float) -> Work:
         Voice(bar_onsets, bar_lengths, _degree_to_midi(roots + 2 * k, scale, tonic - 12)) for k in range(3)
     )
     bass = Voice(bar_onsets, bar_lengths, _degree_to_midi(roots, scale, tonic - 24))
-    return Work(bpm=bpm, total_beats=seconds * bpm / 60.0, melody=melody, chords=chords, bass=bass)
+    return Work(bpm=bpm, total_beats=seconds * bpm / 60.0, melody=melody, chords=chords, bass=bass,
+                scale=scale_name)
 
 
 def _compose_phrase(rng: np.random.Generator) -> Phrase:
@@ -313,6 +327,20 @@ def _pink_noise(rng: np.random.Generator, n: int) -> np.ndarray:
 # The dataset on disk.
 
 
+def register(work: Work, rendition: Rendition) -> str:
+    """``high`` or ``low``: where the performed melody sits -- its mean pitch after the performance's
+    transposition, against ``HIGH_REGISTER_MIDI`` (a singer's tessitura, a flute against a cello)."""
+    return "high" if float(np.nanmean(work.melody.pitches)) + rendition.transpose >= HIGH_REGISTER_MIDI else "low"
+
+
+def _batch_tag(seed: int, work: int, perf: int) -> str:
+    """A random tag from its own stream (spawn key ``(w, p, 1)``): drawing it never shifts the audio's random
+    numbers, and no audio property depends on it -- the control a label probe must score at chance."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(work, perf, 1)))
+    return BATCH_TAGS[int(rng.integers(len(BATCH_TAGS)))]
+
+
+
 def generate_covers(
     out_dir: Path,
     works: int,
@@ -348,6 +376,9 @@ def generate_covers(
                 "dur_s": round(len(audio) / SAMPLE_RATE, 2),
                 "work": f"work_{w:0{digits}d}",
                 "version": rendition.describe(),
+                "mode": work.mode,
+                "register": register(work, rendition),
+                "batch_tag": _batch_tag(seed, w, p),
             }
             lines.append(json.dumps(record, ensure_ascii=False))
             if progress is not None:

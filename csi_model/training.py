@@ -116,9 +116,13 @@ def train(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     run_id: str = "train",
+    warm_start: str | Path | None = None,
 ) -> TrainingResult:
-    """Train (or resume) in ``model_dir``: ``checkpoints/`` and ``logs/<run_id>/`` are created under it."""
-    return Trainer(hp, train_items, model_dir, val_items, test_items, test_sets, device, progress, run_id).run()
+    """Train (or resume) in ``model_dir``: ``checkpoints/`` and ``logs/<run_id>/`` are created under it.
+    ``warm_start``: a g_ file whose embedding network (not its class heads) starts a run that has no checkpoint
+    yet (:func:`csi_model.checkpoint.load_embedding_network`); a resumed run ignores it."""
+    return Trainer(hp, train_items, model_dir, val_items, test_items, test_sets, device, progress, run_id,
+                   warm_start).run()
 
 
 class Trainer:
@@ -133,6 +137,7 @@ class Trainer:
         device: str | torch.device | None = None,
         progress: Progress | None = None,
         run_id: str = "train",
+        warm_start: str | Path | None = None,
     ) -> None:
         if not train_items:
             raise ValueError("no training items: the train split is empty")
@@ -166,6 +171,7 @@ class Trainer:
         self.stopped_early = False
         self.history: list[EpochRecord] = []
         self._nan_streak = 0
+        self.warm_start = warm_start
 
     # -- set-up ----------------------------------------------------------------------------------------------
 
@@ -202,6 +208,8 @@ class Trainer:
     def run(self) -> TrainingResult:
         started = time.monotonic()
         self._resume()
+        if self.last_epoch < 0 and self.warm_start is not None:
+            ckpt.load_embedding_network(self.warm_start, self.model)
         first_epoch = self.last_epoch + 1
         writer = SummaryWriter(str(self.log_dir), purge_step=self.steps + 1 if self.steps else None)
         try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from csi_model.synth import compose_work, draw_rendition, generate_covers, render_performance
+from csi_model.synth import DEMO_LABELS, compose_work, draw_rendition, generate_covers, render_performance
 
 WORKS, PERFS, SECONDS = 3, 2, 5.0
 
@@ -62,7 +62,7 @@ def test_catalog_matches_the_audio(demo: Path) -> None:
     assert len(records) == WORKS * PERFS
     assert len({r["perf"] for r in records}) == len(records)
     for record in records:
-        assert set(record) == {"perf", "wav", "dur_s", "work", "version"}
+        assert set(record) == {"perf", "wav", "dur_s", "work", "version", *DEMO_LABELS}
         assert record["wav"] == f"wav/{record['perf']}.wav"
         info = sf.info(demo / record["wav"])
         assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")

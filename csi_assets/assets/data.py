@@ -11,7 +11,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ def verify_catalog_rows(
             if needs_decode:
                 row, warning = verify_row(row)
             else:
-                row = CatalogRow(row.perf, row.wav, known[row.perf]["dur_s"], row.work, row.version, row.line_no)
+                row = replace(row, dur_s=known[row.perf]["dur_s"])
         except AudioError as err:
             return None, RejectedLine(row.line_no, row.perf, f"{err.path} (line {row.line_no}): {err.reason}"), None
         finally:
@@ -77,6 +77,7 @@ def verify_catalog_rows(
         record = {
             "perf": row.perf, "wav": str(row.wav), "dur_s": row.dur_s, "work": row.work, "version": row.version,
             "line_no": row.line_no, "audio_hash": audio_hash, "audio_size": size, "audio_mtime_ns": mtime,
+            "labels": dict(row.labels),
         }
         return record, None, warning
 
@@ -115,7 +116,7 @@ def dataset_catalog(
         raise dg.Failure(description=f"{dataset.catalog_path}: no catalog (dataset.txt) in the dataset folder; "
                                      "set CSI_DATASET_DIR or run `csi synth` for the demo")
     db = store.store()
-    parsed = parse_catalog(dataset.catalog_path)
+    parsed = parse_catalog(dataset.catalog_path, labels=dataset.hparams().labels)
     known = {r["perf"]: r for r in catalog_store.performances(db, dataset.name)}
     good, bad_audio, warned = verify_catalog_rows(parsed.rows, known, context.log, "checking audio")
     rejected = rejection_rows([*parsed.rejected, *bad_audio])
@@ -138,8 +139,16 @@ def dataset_catalog(
             "removed": change.removed,
             "audio_hours": round(sum(r["dur_s"] for r in good) / 3600, 3),
             "rejected": dg.MetadataValue.md(_markdown_table(rejected, ["line_no", "reason"]) if rejected else "none"),
+            **label_metadata(catalog_store.label_counts(db, dataset.name)),
         }
     )
+
+
+def label_metadata(counts: dict[str, dict[str | None, int]]) -> dict[str, Any]:
+    """Per label: how many performances have a value, how many miss one, and the count of each value."""
+    return {f"label/{label}": dg.MetadataValue.json({
+        "with_value": sum(n for v, n in values.items() if v is not None), "missing": values.get(None, 0),
+        "values": {v: n for v, n in values.items() if v is not None}}) for label, values in counts.items()}
 
 
 @dg.asset_check(asset=dataset_catalog, description="Every catalog line was usable (bad lines are listed).")

@@ -113,7 +113,7 @@ def _split_collisions(
 
 def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path, log: Any) -> dict[str, Any]:
     """Catalog, identify, extract and embed one batch; returns counts. Raises on a batch that cannot finish."""
-    parsed = parse_catalog(catalog)
+    parsed = parse_catalog(catalog, labels=dataset.hparams().labels)
     known = ingest_store.known_perfs(db, dataset.name, [r.perf for r in parsed.rows])
     verified, bad_audio, warned = verify_catalog_rows(parsed.rows, {}, log, f"batch {batch_id}: checking audio")
     fresh, clashes, already = _split_collisions(verified, known)

@@ -29,7 +29,7 @@ from csi_assets.store import models as model_store
 from csi_model.calibration import Calibration, compute_track_calibration
 from csi_model.centroids import WorkCentroids, compute_centroids
 from csi_model.cqt import load_feature
-from csi_model.embedding import embed_tracks
+from csi_model.embedding import embed_tracks, mean_unit_vectors
 
 GROUP = "serving"
 TRACKS_PER_BATCH = 64
@@ -93,12 +93,8 @@ def perf_vectors(stored: embedding_store.StoredEmbeddings) -> np.ndarray:
     """One unit vector per performance: the normalised mean of its segment vectors, [P, D].
 
     Centroids need one point per *recording*: with segments as points a 10-minute track would weigh five times
-    as much as a 2-minute one in its work's centroid. The spherical mean is the point closest (in summed cosine)
-    to all of a track's segments."""
-    first_rows = np.flatnonzero(np.r_[True, np.diff(stored.segment_perf) != 0])
-    sums = np.add.reduceat(stored.vectors.astype(np.float64), first_rows, axis=0)  # [P, D]
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    as much as a 2-minute one in its work's centroid."""
+    return mean_unit_vectors(stored.vectors, stored.segment_perf)
 
 
 def refresh_statistics(store: Store, dataset: str, model_id: str) -> tuple[Calibration, WorkCentroids, int, int]:

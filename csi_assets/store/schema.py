@@ -87,6 +87,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE models ADD COLUMN input_contract JSON",
         ),
     ),
+    (
+        5,
+        (
+            # musical categories of each performance (the data hparams' `labels:`); value NULL = the catalog line
+            # has no value for that label, so missing values are counted, not guessed
+            """CREATE TABLE performance_labels (
+                dataset TEXT NOT NULL, perf TEXT NOT NULL, label TEXT NOT NULL, value TEXT,
+                PRIMARY KEY (dataset, perf, label))""",
+        ),
+    ),
 )
 
 

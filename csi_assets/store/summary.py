@@ -6,7 +6,7 @@ from csi_assets.store.connection import Store
 
 _DATASET_TABLES = (
     "performances", "rejected", "works", "variants", "features", "splits", "models", "embeddings",
-    "evaluations", "ingest_batches",
+    "evaluations", "ingest_batches", "performance_labels",
 )
 
 

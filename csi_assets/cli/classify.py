@@ -1,0 +1,61 @@
+"""``csi classify AUDIO... --label NAME [--json]``: the value of a musical category (a catalog label) for each
+recording, with its probability and the top 3, from the label's model (``label_model``) or, without one, from
+the promoted model's probe (``label_probe``).
+
+Every file is checked (present, decodable) before any model loads: the readable ones are answered, the others
+listed on stderr, and the exit status is 2 when any failed. Heavy libraries load inside :func:`run` only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from csi_assets.cli import CliError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("classify", help="predict a catalog label (musical category) of recordings")
+    p.add_argument("queries", nargs="+", metavar="AUDIO", help="audio files (any format libsndfile reads)")
+    p.add_argument("--label", required=True, help="a label of the data hparams' labels: list")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per readable file")
+    p.add_argument("--dataset-dir", default=None, help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
+    p.add_argument("--store", default=None, help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    p.add_argument("--device", default=None, help="torch device (default: the model's, else cuda > mps > cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from csi_model.audio import AudioError, load_audio
+
+    names, signals, failed = [], [], []
+    for path in args.queries:
+        try:
+            signals.append(load_audio(path))
+            names.append(path)
+        except AudioError as err:
+            failed.append(str(err))
+    if not names:
+        raise CliError("no readable audio:\n  " + "\n  ".join(failed))
+    from csi_assets.classify import Classifier, ClassifyError
+    from csi_assets.cli.identify import locations
+
+    dataset_dir, store = locations(args)
+    try:
+        predictions = Classifier(store, dataset_dir, args.label, args.device).classify(names, signals)
+    except ClassifyError as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(_line(p) for p in predictions))
+    for reason in failed:
+        print(f"csi classify: error: {reason}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _line(prediction) -> str:
+    """``path  label=value (p)  [top 3]`` for a ``csi_assets.classify.Prediction``."""
+    top = ", ".join(f"{value} {probability:.3f}" for value, probability in prediction.top)
+    return (f"{prediction.query}  {prediction.label} = {prediction.value} ({prediction.probability:.3f})  "
+            f"top: {top}  [{prediction.source} {prediction.model}]")
