@@ -26,7 +26,7 @@ from csi_assets.label_model import LABEL_MODEL_FILE, load_label_model
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_cqt_settings, load_model
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
-from csi_model.cqt import compute_cqt
+from csi_model.cqt import CqtSettings, compute_cqt
 from csi_model.embedding import embed_tracks, mean_unit_vectors, softmax_rows
 from csi_model.label_probe import LinearProbe
 
@@ -63,6 +63,14 @@ def probe_file(training_dir: str | os.PathLike[str], model_id: str, label: str) 
     return Path(training_dir) / "reports" / model_id / "labels" / label / PROBE_FILE
 
 
+def _checked_settings(dataset_dir: Path, model: LoadedModel) -> CqtSettings:
+    """The dataset's CQT settings, refused (ClassifyError) unless they are the ones ``model`` was trained on."""
+    try:
+        return dataset_cqt_settings(dataset_dir, model)
+    except ModelLoadError as err:
+        raise ClassifyError(str(err)) from err
+
+
 class Classifier:
     """The label model of ``label`` or, without one, the promoted model and its probe; loaded once."""
 
@@ -73,7 +81,6 @@ class Classifier:
             raise ClassifyError(f"no store at {store_path}: materialize the main job first")
         store = Store(store_path)
         self.label = label
-        self.settings = dataset_cqt_settings(dataset_dir)
         promoted = model_store.promoted_model(store, dataset_dir.name)
         if promoted is None:
             raise ClassifyError(f"no promoted model for dataset {dataset_dir.name!r}: materialize trained_model")
@@ -82,6 +89,7 @@ class Classifier:
             self.source, self.name = "label_model", str(folder)
             self.model, self.classes = load_label_model(folder / LABEL_MODEL_FILE, device)
             self.probe = None
+            self.settings = _checked_settings(dataset_dir, self.model)
             return
         path = probe_file(promoted["training_dir"], promoted["model_id"], label)
         if not path.is_file():
@@ -92,6 +100,7 @@ class Classifier:
         except ModelLoadError as err:
             raise ClassifyError(str(err)) from err
         self.source, self.name = "probe", self.model.model_id
+        self.settings = _checked_settings(dataset_dir, self.model)
         self.probe = LinearProbe.load(path)
         self.classes = self.probe.classes
 

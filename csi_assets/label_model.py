@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from csi_assets.model_loading import LoadedModel, ModelLoadError
+from csi_assets.model_loading import LoadedModel, ModelLoadError, stored_contract
 from csi_model.atomic import write_text_atomic
 from csi_model.checkpoint import CheckpointError, load_generator
 from csi_model.dataset import FeatureItem
@@ -73,11 +73,14 @@ def label_split(table: Sequence[Mapping[str, Any]], values: Mapping[str, str | N
 
 
 def write_label_model(folder: Path, label: str, classes: Sequence[str], checkpoint: Path, fingerprint: str,
-                      hp: Any, metrics: Mapping[str, Any], warm_start: str | None) -> Path:
+                      hp: Any, metrics: Mapping[str, Any], warm_start: str | None,
+                      input_contract: Mapping[str, Any]) -> Path:
+    """Record a trained label model; ``input_contract`` is the CQT settings of the features it was trained on."""
     path = folder / LABEL_MODEL_FILE
     write_text_atomic(path, json.dumps({
         "label": label, "classes": list(classes), "checkpoint": str(checkpoint), "fingerprint": fingerprint,
-        "warm_start": warm_start, "hparams": to_dict(hp), "metrics": dict(metrics)}, indent=2, ensure_ascii=False))
+        "warm_start": warm_start, "hparams": to_dict(hp), "metrics": dict(metrics),
+        "input_contract": dict(input_contract)}, indent=2, ensure_ascii=False))
     return path
 
 
@@ -99,4 +102,5 @@ def load_label_model(path: str | Path, device: str | None = None) -> tuple[Loade
                              f"{report.fingerprint}, recorded {record['fingerprint']})")
     target = pick_device(device or hp.device)
     name = f"label-{record['label']}-{report.fingerprint[:12]}"
-    return LoadedModel(name, model.to(target).eval(), hp, target, checkpoint), classes
+    contract = stored_contract({"model_id": name, "input_contract": record.get("input_contract")}, hp)
+    return LoadedModel(name, model.to(target).eval(), hp, target, checkpoint, contract), classes

@@ -29,7 +29,8 @@ import numpy as np
 
 from csi_assets.assets.data import cqt_features, data_splits, dataset_catalog
 from csi_assets.assets.serving import perf_vectors, reference_embeddings
-from csi_assets.assets.training import TrainingLog, best_model, check_compatible, steps_per_epoch, trained_model
+from csi_assets.assets.training import (TrainingLog, best_model, check_compatible, steps_per_epoch, trained_contract,
+                                       trained_model)
 from csi_assets.classify import PROBE_FILE, label_model_folder, probe_file
 from csi_assets.label_model import LabelSplit, label_split, write_label_model
 from csi_assets.resources import DEFAULT_DATASET_DIR, DatasetResource, StoreResource, TrainingResource
@@ -217,7 +218,7 @@ def label_assets(labels: Sequence[str]) -> tuple[dg.AssetsDefinition, ...]:
         confusion_png(y_test, predicted, split.classes, folder / "confusion.png", f"{label}: label model, held out")
         write_text_atomic(folder / "metrics.json", json.dumps(record, indent=2, ensure_ascii=False))
         write_label_model(folder, label, split.classes, result.best_checkpoint, loaded.fingerprint, hp, record,
-                          str(warm) if warm else None)
+                          str(warm) if warm else None, trained_contract(data_hp))
         context.log.info(f"{label}: {reading}")
         return dg.MaterializeResult(metadata={
             "verdict": dg.MetadataValue.md(reading), "above_baseline": gain.ci_low > 0,
