@@ -155,7 +155,7 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
                                      "re-materialise sweep_plan")
     hp = experiment_hparams(training.hparams(), tuning, experiment)
     table = dataset_items(dataset, store, hp)
-    items = split_items(table)
+    items = split_items(table, hp.mean_size)
     test_sets, _ = retrieval_test_sets(hp, table, training.root)
     folder = sweeps_dir(training) / experiment.key
     warm = foundation_warm_start(tuning)
@@ -243,12 +243,14 @@ def production_hparams(training: TrainingResource, config: ProductionConfig) -> 
     return dataclasses.replace(hp, **changes)
 
 
-def production_pool(table: Sequence[dict[str, Any]]) -> tuple[list[PoolItem], list]:
-    """Folds cover every train and val performance (all their tempo variants); the final run validates on the
-    test split's original recordings, the held-out data the folds never saw."""
+def production_pool(table: Sequence[dict[str, Any]], mean_size: int) -> tuple[list[PoolItem], list]:
+    """Folds cover every train and val performance (all their tempo variants) long enough for the model at
+    ``mean_size``; the final run validates on the test split's original recordings, the held-out data the folds
+    never saw."""
+    shortest = CoverHunter.min_raw_frames(mean_size)
     pool = [PoolItem(feature_item(r), r["perf"], is_identity(r["speed"])) for r in table
-            if r["split"] in ("train", "val")]
-    return pool, split_items(table).test
+            if r["split"] in ("train", "val") and r["n_frames"] >= shortest]
+    return pool, split_items(table, mean_size).test
 
 
 def _stage_metadata(stage: StageResult) -> dict[str, Any]:
@@ -267,7 +269,7 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
     except HParamsError as err:
         raise _failure(err) from None
     table = dataset_items(dataset, store, hp)
-    pool, final_val = production_pool(table)
+    pool, final_val = production_pool(table, hp.mean_size)
     if not pool:
         raise dg.Failure(description=f"dataset {dataset.name!r} has no train/val performances: materialise "
                                      "data_splits")
