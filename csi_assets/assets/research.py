@@ -27,7 +27,7 @@ from csi_assets.assets.training import TrainingLog, best_model, check_compatible
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
-from csi_assets.testsets import feature_item, retrieval_test_sets, split_items
+from csi_assets.testsets import feature_item, retrieval_test_sets, split_items, too_short_message
 from csi_model.atomic import write_text_atomic
 from csi_model.devices import pick_device
 from csi_model.embedding import embed_tracks
@@ -92,11 +92,16 @@ def sweep_plan(context: dg.AssetExecutionContext, training: TrainingResource) ->
     })
 
 
-def dataset_items(dataset: DatasetResource, store: StoreResource, hp: TrainingHParams) -> list[dict[str, Any]]:
-    """The dataset's feature table for these hparams, after checking the features fit the model."""
+def dataset_items(dataset: DatasetResource, store: StoreResource, hp: TrainingHParams,
+                  log: Any) -> list[dict[str, Any]]:
+    """The dataset's feature table for these hparams, after checking the features fit the model; recordings too
+    short for the model (which the splits and test sets leave out) are named in ``log``."""
     data_hp = dataset.hparams()
     check_compatible(hp, data_hp)
-    return feature_store.feature_table(store.store(), dataset.name, settings_for(data_hp).settings_hash())
+    table = feature_store.feature_table(store.store(), dataset.name, settings_for(data_hp).settings_hash())
+    for row in split_items(table, hp.mean_size).too_short:
+        log.warning(too_short_message(row, hp.mean_size))
+    return table
 
 
 def bootstrap_map(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,
@@ -154,7 +159,7 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
         raise dg.Failure(description=f"{context.partition_key!r} is not in {tuning.source} any more; "
                                      "re-materialise sweep_plan")
     hp = experiment_hparams(training.hparams(), tuning, experiment)
-    table = dataset_items(dataset, store, hp)
+    table = dataset_items(dataset, store, hp, context.log)
     items = split_items(table, hp.mean_size)
     test_sets, _ = retrieval_test_sets(hp, table, training.root)
     folder = sweeps_dir(training) / experiment.key
@@ -268,7 +273,7 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
         hp = production_hparams(training, config)
     except HParamsError as err:
         raise _failure(err) from None
-    table = dataset_items(dataset, store, hp)
+    table = dataset_items(dataset, store, hp, context.log)
     pool, final_val = production_pool(table, hp.mean_size)
     if not pool:
         raise dg.Failure(description=f"dataset {dataset.name!r} has no train/val performances: materialise "
