@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,12 +39,12 @@ from csi_model.catalog import CatalogRow, parse_catalog, scan_records
 from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, load_generator, read_generator_state
 from csi_model.contract import InputContract, InputContractError, check_input_contract
 from csi_model.cqt import content_hash, settings_for
+from csi_model.identifiers import UnsafePathError, contained, tempo_copy_of
 from csi_model.hparams import DataPrepHParams, HParamsError, load_data_hparams, load_training_hparams, to_dict
 from csi_model.model import CoverHunter, ModelConfig
 
 IMPORT_ORIGIN = "reference-import"
 UNKNOWN_CQT_CLASS = "unknown: CQT1992v2 (MPS) or CQT2010v2 (CUDA)"
-_TEMPO_COPY = re.compile(r"^sp_(?P<factor>[0-9.]+)-(?P<perf>.+)$")
 _CLASSIFIER_KEY = "_ce_layer.weight"
 
 
@@ -103,32 +102,28 @@ class _Line:
     work_id: int
 
 
-def _original_of(perf: str, originals: set[str]) -> tuple[str, float]:
-    match = _TEMPO_COPY.match(perf)
-    if match and match["perf"] in originals:
-        return match["perf"], float(match["factor"])
-    return perf, 1.0
+def _original_of(perf: str) -> tuple[str, float]:
+    """A tempo copy's original and factor; ``(perf, 1.0)`` for an original. A copy whose original has no line is
+    rejected later, never taken for an original: its id is in the namespace of generated copies."""
+    return tempo_copy_of(perf) or (perf, 1.0)
 
 
 def _import_full(store: Store, data_dir: Path, full: Path, cwd: Path, report: ImportReport) -> None:
     settings = settings_for(_data_hparams(data_dir))
-    parsed = parse_catalog(full, cwd)
+    parsed = parse_catalog(full, cwd, tempo_copies=True)
     report.rejected += rejection_rows(parsed.rejected)
     fields_of = dict(scan_records(full))  # the extra keys (feat, work_id) of each line parse_catalog accepted
-    perfs = {r.perf for r in parsed.rows}
-    originals = {p for p in perfs if _original_of(p, perfs)[1] == 1.0}
     lines = []
     for row in parsed.rows:
         try:
-            lines.append(_feature_line(row, fields_of[row.line_no], originals, full, data_dir, cwd, settings.n_bins,
-                                       report))
+            lines.append(_feature_line(row, fields_of[row.line_no], full, data_dir, cwd, settings.n_bins, report))
         except ReferenceImportError as err:
             report.rejected.append({"line_no": row.line_no, "raw": row.perf, "reason": str(err)})
     _refuse_own_features(store, data_dir.name, settings.settings_hash())
     hashes = {line.row.perf: content_hash(line.row.wav) for line in lines if line.speed == 1.0}
     orphans = [line for line in lines if line.original not in hashes]  # a copy whose original was rejected
     report.rejected += [{"line_no": line.row.line_no, "raw": line.row.perf, "reason":
-                         f"{full}:{line.row.line_no}: tempo copy of {line.original!r}, whose line was rejected"}
+                         f"{full}:{line.row.line_no}: tempo copy of {line.original!r}, which has no usable line"}
                         for line in orphans]
     lines = [line for line in lines if line.original in hashes]
     _record_work_ids(store, data_dir.name, lines, full)  # first: a work id conflict stops the import unwritten
@@ -153,8 +148,8 @@ def _data_hparams(data_dir: Path) -> DataPrepHParams:
         raise ReferenceImportError(str(err)) from err
 
 
-def _feature_line(row: CatalogRow, raw: Mapping[str, Any], originals: set[str], full: Path, data_dir: Path,
-                  cwd: Path, n_bins: int, report: ImportReport) -> _Line:
+def _feature_line(row: CatalogRow, raw: Mapping[str, Any], full: Path, data_dir: Path, cwd: Path, n_bins: int,
+                  report: ImportReport) -> _Line:
     where = f"{full}:{row.line_no}"
     if "feat" not in raw or "work_id" not in raw:
         raise ReferenceImportError(f"{where}: a full.txt line needs feat and work_id (perf {row.perf!r})")
@@ -173,14 +168,17 @@ def _feature_line(row: CatalogRow, raw: Mapping[str, Any], originals: set[str], 
         work_id = int(str(raw["work_id"]).strip())
     except ValueError:
         raise ReferenceImportError(f"{where}: work_id {raw['work_id']!r} is not an integer") from None
-    original, speed = _original_of(row.perf, originals)
+    original, speed = _original_of(row.perf)
     return _Line(row, original, speed, feat, int(array.shape[0]), int(array.shape[1]), str(array.dtype), work_id)
 
 
 def _resolve_feature(feat: str, data_dir: Path, cwd: Path, perf: str, where: str) -> Path:
     given = Path(feat).expanduser()
     candidates = [given] if given.is_absolute() else [data_dir / given, cwd / given]
-    candidates.append(data_dir / "cqt_feat" / f"{perf}.cqt.npy")
+    try:  # the reference's own name for the feature, looked up only when it stays inside cqt_feat/
+        candidates.append(contained(data_dir / "cqt_feat", f"{perf}.cqt.npy"))
+    except UnsafePathError:
+        pass
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()

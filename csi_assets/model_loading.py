@@ -57,7 +57,7 @@ class LoadedModel:
     @property
     def min_raw_frames(self) -> int:
         """Shortest track (raw CQT frames) the model can embed."""
-        return (self.model.min_input_frames - 1) * self.hparams.mean_size + 1
+        return self.model.min_raw_frames(self.hparams.mean_size)
 
 
 def load_model(store: Store, dataset: str, model_id: str | None = None, device: str | None = None) -> LoadedModel:

@@ -10,6 +10,8 @@ this dataset actually has:
 - lines naming a tempo variant (speed ≠ 1, e.g. the ``sp_0.9-…`` lines of an exported ``full.txt``) are dropped:
   a retrieval test measures how well real recordings find each other, and a tempo copy of a query would be an
   artificial near-duplicate of it. The kept lines are the original recordings;
+- lines naming a recording shorter than the model's minimum input (``CoverHunter.min_raw_frames`` at the hparams'
+  ``mean_size``) are dropped and counted, like the split items: a clip the catalog accepted never stops a run;
 - ``query_path == ref_path`` is a self set: references are the queries, the diagonal is excluded;
 - otherwise a query is never matched against the same performance among the references, and the pairs of an
   optional ``query_in_ref_path`` file (``{"query_in_ref": [[i, j], …]}``, indexes in file order) are excluded too,
@@ -31,6 +33,7 @@ from csi_model.catalog import CatalogLineError, read_records
 from csi_model.dataset import FeatureItem
 from csi_model.hparams import TestSetHParams, TrainingHParams
 from csi_model.metrics import NoAnswerableQueries, require_answerable
+from csi_model.model import CoverHunter
 from csi_model.tempo import is_identity
 from csi_model.training import RetrievalTestSet
 
@@ -43,11 +46,13 @@ class InvalidTestSet(ValueError):
 class SplitItems:
     """Training items: every tempo variant of the train performances (the augmentation the variants exist for).
     Validation and test: the original recordings only, so each performance counts once and the losses measure
-    real recordings, not tempo copies of them."""
+    real recordings, not tempo copies of them. Items shorter than the model's minimum are left out of all three and
+    listed in ``too_short`` (the feature_table rows), so the caller can name them."""
 
     train: list[FeatureItem]
     val: list[FeatureItem]
     test: list[FeatureItem]
+    too_short: list[Mapping[str, Any]]
 
 
 def feature_item(row: Mapping[str, Any]) -> FeatureItem:
@@ -55,13 +60,25 @@ def feature_item(row: Mapping[str, Any]) -> FeatureItem:
     return FeatureItem(row["variant"], int(row["work_id"]), Path(row["feat"]), int(row["n_frames"]))
 
 
-def split_items(table: Sequence[Mapping[str, Any]]) -> SplitItems:
-    """Train / val / test items of a ``store.features.feature_table``; rows without a split are ignored."""
+def split_items(table: Sequence[Mapping[str, Any]], mean_size: int) -> SplitItems:
+    """Train / val / test items of a ``store.features.feature_table``; rows without a split are ignored, rows too
+    short for the model at ``mean_size`` go to ``too_short``."""
+    shortest = CoverHunter.min_raw_frames(mean_size)
+    usable = [r for r in table if r["split"] and r["n_frames"] >= shortest]
+
     def members(split: str, originals_only: bool) -> list[FeatureItem]:
-        return [feature_item(r) for r in table
+        return [feature_item(r) for r in usable
                 if r["split"] == split and (not originals_only or is_identity(r["speed"]))]
 
-    return SplitItems(members("train", False), members("val", True), members("test", True))
+    too_short = [r for r in table if r["split"] and r["n_frames"] < shortest]
+    return SplitItems(members("train", False), members("val", True), members("test", True), too_short)
+
+
+def too_short_message(row: Mapping[str, Any], mean_size: int) -> str:
+    """One line naming a recording (variant) too short for the model, with its catalog line and length."""
+    line = f"catalog line {row['line_no']}, " if row.get("line_no") else ""
+    return (f"{row['variant']} ({line}{row['variant_dur_s']:g} s, {row['n_frames']} CQT frames): shorter than the "
+            f"{CoverHunter.min_raw_frames(mean_size)} frames the model needs at mean_size {mean_size}; left out")
 
 
 def resolve_path(value: str, training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> Path:
@@ -88,7 +105,7 @@ def _records(path: Path) -> list[tuple[int, dict[str, object]]]:
         raise InvalidTestSet(str(err)) from None
 
 
-def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]]) -> _ResolvedFile:
+def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]], min_frames: int) -> _ResolvedFile:
     records = _records(path)
     items: list[FeatureItem] = []
     new_index: list[int | None] = []
@@ -99,7 +116,7 @@ def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]]) -> _Resolv
         if row is None:
             raise InvalidTestSet(f"{path}:{line_no}: perf {perf!r} is not a performance of this dataset with a CQT "
                                "feature (run the data assets first, or fix the test-set file)")
-        if not is_identity(row["speed"]):
+        if not is_identity(row["speed"]) or row["n_frames"] < min_frames:
             new_index.append(None)
             continue
         if perf in line_of:
@@ -135,20 +152,21 @@ def _same_perf_pairs(queries: Sequence[FeatureItem], refs: Sequence[FeatureItem]
 
 
 def retrieval_test_set(name: str, spec: TestSetHParams, table: Sequence[Mapping[str, Any]],
-                       training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None
-                       ) -> tuple[RetrievalTestSet, dict[str, int]]:
-    """One test set and its line counts (``queries``, ``refs``, ``dropped_variant_lines``)."""
+                       training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
+                       min_frames: int = 1) -> tuple[RetrievalTestSet, dict[str, int]]:
+    """One test set and its line counts (``queries``, ``refs``, ``dropped_variant_lines``: tempo copies and
+    recordings shorter than ``min_frames`` raw frames)."""
     by_variant = {r["variant"]: r for r in table}
     query_path = resolve_path(spec.query_path, training_dir, cwd)
     ref_path = resolve_path(spec.ref_path, training_dir, cwd)
-    queries = _resolve_file(query_path, by_variant)
+    queries = _resolve_file(query_path, by_variant, min_frames)
     if not queries.items:
         raise InvalidTestSet(f"{query_path}: test set {name!r} has no original recordings to query with")
     every = spec.every_n_epoch_to_test
     if query_path == ref_path and spec.query_in_ref_path is None:
         counts = {"queries": len(queries.items), "refs": len(queries.items), "dropped_variant_lines": queries.dropped}
         return RetrievalTestSet(name, queries.items, None, (), every), counts
-    refs = queries if query_path == ref_path else _resolve_file(ref_path, by_variant)
+    refs = queries if query_path == ref_path else _resolve_file(ref_path, by_variant, min_frames)
     pairs = set(_same_perf_pairs(queries.items, refs.items))
     if spec.query_in_ref_path is not None:
         pairs |= set(_query_in_ref_pairs(resolve_path(spec.query_in_ref_path, training_dir, cwd), queries, refs))
@@ -174,5 +192,7 @@ def retrieval_test_sets(hp: TrainingHParams, table: Sequence[Mapping[str, Any]],
                         training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None
                         ) -> tuple[list[RetrievalTestSet], dict[str, dict[str, int]]]:
     """Every test set of ``hp`` (in the hparams' order) with its line counts, by name."""
-    resolved = {name: retrieval_test_set(name, spec, table, training_dir, cwd) for name, spec in hp.test_sets.items()}
+    shortest = CoverHunter.min_raw_frames(hp.mean_size)
+    resolved = {name: retrieval_test_set(name, spec, table, training_dir, cwd, shortest)
+                for name, spec in hp.test_sets.items()}
     return [ts for ts, _ in resolved.values()], {name: counts for name, (_, counts) in resolved.items()}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from csi_model.atomic import write_text_atomic
 from csi_model.audio import SAMPLE_RATE, AudioError, load_audio
+from csi_model.identifiers import id_problem, tempo_copy_of
 
 REQUIRED_KEYS = ("perf", "wav", "dur_s", "work")
 SEGMENT_DELIMITER = "-\u2581start-"
@@ -71,10 +72,14 @@ class CatalogLineError(ValueError):
 
 
 def parse_catalog(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
-                  labels: Sequence[str] = ()) -> ParsedCatalog:
+                  tempo_copies: bool = False, labels: Sequence[str] = ()) -> ParsedCatalog:
     """Parse and validate every line of a catalog file; relative ``wav`` paths are tried against the
     catalog's folder first and then against ``cwd`` (default: the current working directory). ``labels``: the
     extra keys kept per row (see :func:`label_values`).
+
+    Ids (``perf``, ``work``) are any text without control characters; surrounding whitespace is removed. A perf id
+    of the form of a generated tempo copy (``sp_<k>-<perf>``) is refused, since it would name the copy of another
+    performance, unless ``tempo_copies`` is set: for exported files that list copies (``full.txt``, the splits).
 
     Lines are split on bytes (``\n``, ``\r\n``, ``\r``) and decoded one by one, so a line that is not UTF-8
     is one rejection, not a failed file, and Unicode line separators inside JSON strings stay intact.
@@ -91,7 +96,7 @@ def parse_catalog(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | No
             continue
         try:
             _check_utf8(data)
-            row = _parse_line(text, line_no, search_dirs, labels)
+            row = _parse_line(text, line_no, search_dirs, tempo_copies, labels)
             _check_unique(row, first_line_of)
         except CatalogLineError as error:
             rejected.append(RejectedLine(line_no, raw, f"{catalog}:{line_no}: {error}"))
@@ -135,21 +140,27 @@ def _check_utf8(data: bytes) -> None:
         raise CatalogLineError(f"not valid UTF-8 (byte 0x{data[error.start]:02x} at column {error.start + 1})") from None
 
 
-def _parse_line(text: str, line_no: int, search_dirs: Sequence[Path], labels: Sequence[str] = ()) -> CatalogRow:
+def _parse_line(text: str, line_no: int, search_dirs: Sequence[Path], tempo_copies: bool,
+                labels: Sequence[str] = ()) -> CatalogRow:
     fields = _json_fields(text) if text.startswith("{") else _tab_fields(text)
     missing = [key for key in REQUIRED_KEYS if key not in fields]
     if missing:
         hint = "" if text.startswith("{") or "\t" in text else " (key:value fields must be separated by TABs)"
         raise CatalogLineError(f"missing required key(s) {', '.join(missing)}{hint}")
-    perf = _text_field(fields, "perf")
+    perf, work = _id_field(fields, "perf"), _id_field(fields, "work")
     if SEGMENT_DELIMITER in perf:
         raise CatalogLineError(f"perf {perf!r} contains the reserved text {SEGMENT_DELIMITER!r}")
+    copy_of = tempo_copy_of(perf)
+    if copy_of and not tempo_copies:
+        raise CatalogLineError(
+            f"perf {perf!r} has the form sp_<k>-<perf> reserved for generated tempo copies (it would name the "
+            f"{copy_of[1]:g}x copy of {copy_of[0]!r}); rename it (tempo copies are made by the speed_variants step)")
     version = fields.get("version")
     return CatalogRow(
         perf=perf,
         wav=_resolve_audio(_text_field(fields, "wav"), search_dirs),
         dur_s=_duration_field(fields["dur_s"]),
-        work=_text_field(fields, "work"),
+        work=work,
         version=None if version is None else str(version),
         line_no=line_no,
         labels=label_values(fields, labels),
@@ -196,6 +207,15 @@ def _text_field(fields: Mapping[str, object], key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise CatalogLineError(f"{key} must be a non-empty string, got {value!r}")
     return value.strip()
+
+
+def _id_field(fields: Mapping[str, object], key: str) -> str:
+    """A perf or work id: a non-empty string (surrounding whitespace removed) of text characters only."""
+    value = _text_field(fields, key)
+    problem = id_problem(value)
+    if problem:
+        raise CatalogLineError(f"{key} {value!r} {problem}: ids must be plain text")
+    return value
 
 
 def _duration_field(value: object) -> float:

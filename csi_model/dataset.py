@@ -63,7 +63,7 @@ def open_features(item: FeatureItem, input_dim: int | None = None) -> np.ndarray
     """Memory-map a ``[T, F]`` feature file and check it against the catalog's frame count and bin count."""
     try:
         feat = np.load(item.feat_path, mmap_mode="r")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
         raise FeatureFileError(f"{item.feat_path}: cannot read features of {item.perf!r}: {err}") from err
     if feat.ndim != 2 or feat.shape[0] == 0:
         raise FeatureFileError(f"{item.feat_path}: expected a non-empty [frames, bins] array, got shape {feat.shape}")
@@ -74,6 +74,17 @@ def open_features(item: FeatureItem, input_dim: int | None = None) -> np.ndarray
     if input_dim is not None and feat.shape[1] != input_dim:
         raise FeatureFileError(f"{item.feat_path}: {feat.shape[1]} bins, the model expects input_dim {input_dim}")
     return feat
+
+
+def check_feature_file(item: FeatureItem, input_dim: int) -> None:
+    """Read a whole stored feature and raise :class:`FeatureFileError` (naming the file) unless it is readable,
+    ``[item.n_frames, input_dim]`` and finite: catches truncated, overwritten and corrupted files."""
+    feat = open_features(item, input_dim)
+    finite = np.isfinite(feat)
+    if not finite.all():
+        frame = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise FeatureFileError(f"{item.feat_path}: features of {item.perf!r} hold {int((~finite).sum())} NaN/inf "
+                               f"values (first at frame {frame})")
 
 
 class ChunkDataset(Dataset):

@@ -74,7 +74,7 @@ def embed_tracks(
     by length and embedded `batch_size` at a time, so batches are nearly padding-free. The model is moved to
     `device` (default: where it is) and run in eval mode; its train/eval mode is restored afterwards."""
     seg_len = chunk_frames * mean_size
-    min_frames = (model.min_input_frames - 1) * mean_size + 1  # pools to min_input_frames (last group partial)
+    min_frames = model.min_raw_frames(mean_size)
     segments = _segments(features, seg_len, max(seg_len // 4, min_frames), min_frames, model.config.input_dim)
     segments.sort(key=lambda s: s.stop - s.start, reverse=True)
     counts = np.bincount([s.track for s in segments], minlength=len(features))

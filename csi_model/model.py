@@ -360,6 +360,13 @@ class CoverHunter(nn.Module):
     #: Shortest input (pooled frames) that leaves one encoder frame after the ×4 subsampling.
     min_input_frames = 7
 
+    @classmethod
+    def min_raw_frames(cls, mean_size: int) -> int:
+        """Shortest track (raw CQT frames) the model accepts when ``mean_size`` frames are pooled into one: it
+        pools to ``min_input_frames`` (the last group may be partial). The one rule training, embedding,
+        evaluation and identification share."""
+        return (cls.min_input_frames - 1) * mean_size + 1
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg

@@ -33,6 +33,7 @@ import numpy as np
 import pedalboard
 
 from csi_model.audio import SAMPLE_RATE, load_audio, write_wav
+from csi_model.identifiers import TEMPO_COPY_ID, id_path
 
 IDENTITY_TOLERANCE = 0.01
 """A factor closer than this to 1.0 means "the original": no file is rendered (the reference tool's rule)."""
@@ -69,8 +70,14 @@ def is_identity(factor: float) -> bool:
 
 
 def variant_perf_id(perf: str, factor: float) -> str:
-    """``sp_<k>-<perf>``, with k printed as Python prints the float, so ids match the reference tool's."""
-    return f"sp_{float(factor)}-{perf}"
+    """``sp_<k>-<perf>``, with k printed as Python prints the float, so ids match the reference tool's.
+
+    Raises ``ValueError`` for a factor Python prints in exponent form (``1e-05``): its id would fall outside
+    :data:`TEMPO_COPY_ID`, the namespace user ids cannot take."""
+    variant = f"sp_{float(factor)}-{perf}"
+    if not TEMPO_COPY_ID.match(variant):
+        raise ValueError(f"tempo factor {factor!r} cannot name a copy (its id {variant!r} is not sp_<digits.digits>-)")
+    return variant
 
 
 def plan_variants(
@@ -79,9 +86,10 @@ def plan_variants(
     """All (performance, factor) items, performance-major and factor-minor like the reference tool.
 
     Identity factors yield the original itself (its own id, file and a duration of ``round(dur_s, 2)``);
-    they are not divided by a factor like 1.005, because the audio is not changed. Variant files are named
-    ``<out_dir>/sp_<k>-<perf>.wav``. Factors that name the same item (1.0 and 1.005, or a repeated 0.8) give
-    it once, so perf ids stay unique downstream. Pure: nothing is read or written.
+    they are not divided by a factor like 1.005, because the audio is not changed. Variant files are
+    ``<out_dir>/<file name of the variant id>.wav`` (``csi_model.identifiers.id_file_name``: inside ``out_dir``,
+    unique per id, bounded length). Factors that name the same item (1.0 and 1.005, or a repeated 0.8) give
+    it once, so perf ids stay unique downstream. Nothing is written.
     """
     folder = Path(out_dir)
     unique: dict[str, TempoVariant] = {}
@@ -101,7 +109,7 @@ def _plan_one(performance: Performance, factor: float, folder: Path) -> TempoVar
         perf=perf,
         original_perf=performance.perf,
         factor=factor,
-        wav=folder / f"{perf}.wav",
+        wav=id_path(folder, perf, ".wav"),
         source_wav=Path(performance.wav),
         dur_s=round(performance.dur_s / factor, 2),
     )

@@ -446,7 +446,7 @@ def _num_classes(hp: TrainingHParams, item_lists: Iterable[Sequence[FeatureItem]
 
 def _check_long_enough(items: Iterable[FeatureItem], mean_size: int, where: str) -> None:
     """Fail before training, naming the files, rather than when a random batch first meets a too-short track."""
-    shortest = (CoverHunter.min_input_frames - 1) * mean_size + 1  # pools to the model's minimum input
+    shortest = CoverHunter.min_raw_frames(mean_size)
     short = [it for it in items if it.n_frames < shortest]
     if short:
         names = ", ".join(f"{it.feat_path} ({it.n_frames})" for it in short[:3])

@@ -71,7 +71,7 @@ def test_variants_features_and_exports(built) -> None:
     assert ratio == pytest.approx(1 / 0.9, rel=0.02)
     feature = load_feature(slow["feat"])
     assert feature.dtype == np.float16 and feature.shape == (slow["n_frames"], 96)
-    full = parse_catalog(project.dataset_dir / "full.txt")
+    full = parse_catalog(project.dataset_dir / "full.txt", tempo_copies=True)
     assert len(full.rows) == 45 and not full.rejected
     record = json.loads((project.dataset_dir / "full.txt").read_text().splitlines()[0])
     assert {"perf", "wav", "dur_s", "work", "feat", "feat_len", "work_id"} <= set(record)
@@ -88,8 +88,8 @@ def test_splits_are_leak_free_and_unseen_works_held_out(built) -> None:
     for perf in catalog_store.performances(project.store, "dataset"):
         if ids[perf["work"]] in unseen:
             assert split_of[perf["perf"]] == "test"
-    train = {r.perf for r in parse_catalog(project.dataset_dir / "train.txt").rows}
-    test = {r.perf for r in parse_catalog(project.dataset_dir / "test.txt").rows}
+    train = {r.perf for r in parse_catalog(project.dataset_dir / "train.txt", tempo_copies=True).rows}
+    test = {r.perf for r in parse_catalog(project.dataset_dir / "test.txt", tempo_copies=True).rows}
     originals = lambda ids: {p.split("-", 1)[1] if p.startswith("sp_") else p for p in ids}  # noqa: E731
     assert not originals(train) & originals(test)
     test_only = [int(x) for x in (project.dataset_dir / "test-only-work-ids.txt").read_text().split()]

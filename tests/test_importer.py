@@ -176,6 +176,22 @@ def test_bad_lines_are_rejected_with_file_and_line(tmp_path: Path) -> None:
     assert len(catalog_store.rejected(Store(tmp_path / "s.duckdb"), "covers")) == 2
 
 
+def test_a_tempo_copy_without_its_original_is_rejected_not_taken_for_an_original(tmp_path: Path) -> None:
+    """A full.txt line whose id has the tempo-copy form but no original line would put a generated-form id among
+    the user's recordings (where it collides with a later copy of ``ghost``): it is rejected with file and line."""
+    repo = tmp_path / "repo"
+    data, _ = make_reference_folders(repo)
+    full = data / "full.txt"
+    lines = full.read_text().splitlines()
+    orphan = dict(json.loads(lines[1]), perf="sp_0.9-ghost")
+    full.write_text("\n".join([*lines, json.dumps(orphan)]) + "\n")
+    store = Store(tmp_path / "s.duckdb")
+    report = import_reference(store, data, None, repo)
+    assert report.performances == 6 and report.features == 12
+    assert any("full.txt:13" in r["reason"] and "tempo copy of 'ghost'" in r["reason"] for r in report.rejected)
+    assert "sp_0.9-ghost" not in {p["perf"] for p in catalog_store.performances(store, "covers")}
+
+
 def test_features_computed_here_are_never_mixed_with_imported_ones(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     data, _ = make_reference_folders(repo)

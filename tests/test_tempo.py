@@ -5,6 +5,7 @@ import pytest
 from audio_fixtures import dominant_frequency, write_tone
 from csi_model.audio import SAMPLE_RATE, load_audio
 from csi_model.catalog import CatalogRow
+from csi_model.identifiers import id_file_name
 from csi_model.tempo import plan_variants, render_variant, variant_perf_id
 
 
@@ -24,7 +25,8 @@ def test_plan_is_perf_major_identity_keeps_the_original_and_ids_are_unique(tmp_p
     assert [v.perf for v in plan] == ["sp_0.8-a", "a", "sp_1.2-a", "sp_0.8-b", "b", "sp_1.2-b"]
     assert [v.dur_s for v in plan[:3]] == [12.5, 10.0, 8.33]
     assert plan[4].dur_s == 3.33 and plan[4].is_original and plan[4].wav == tmp_path / "b.wav"
-    assert plan[0].wav == tmp_path / "sp_wav" / "sp_0.8-a.wav" and plan[0].source_wav == tmp_path / "a.wav"
+    assert plan[0].wav == tmp_path / "sp_wav" / id_file_name("sp_0.8-a", ".wav")
+    assert plan[0].source_wav == tmp_path / "a.wav"
     assert not plan[0].is_original and plan[0].original_perf == "a"
 
 

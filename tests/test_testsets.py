@@ -118,7 +118,7 @@ def test_relative_paths_try_the_working_directory_then_the_training_folder(tmp_p
 def test_split_items_train_on_every_variant_evaluate_on_originals(tmp_path: Path) -> None:
     table = _table(tmp_path) + [{"variant": "z", "perf": "z", "speed": 1.0, "feat": "z.npy", "n_frames": 5,
                                  "work_id": 3, "split": None, "batch_id": "delta-1"}]
-    items = split_items(table)
+    items = split_items(table, mean_size=1)
     assert sorted(it.perf for it in items.train) == sorted(
         [*"ab", "sp_0.9-a", "sp_1.1-a", "sp_0.9-b", "sp_1.1-b"])
     assert [it.perf for it in items.val] == ["d"]

@@ -3,6 +3,7 @@ acceptance test that training really learns cover identification on synthetic co
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -10,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from audio_fixtures import write_tone
 from csi_assets.assets import data, training
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
@@ -132,6 +134,25 @@ def test_a_test_set_without_answerable_queries_fails_before_training(small) -> N
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
     assert "test set 'singles': none of its 2 queries has another performance of its work" in failure
     assert sorted(project.training_dir.rglob("*_0*")) == checkpoints  # nothing trained
+
+
+def test_a_clip_too_short_for_the_model_is_left_out_by_name_and_training_runs(tmp_path: Path) -> None:
+    """Whatever the catalog accepts, training accepts: a 0.3 s clip (8 CQT frames, the model needs 19 at
+    mean_size 3) is left out of the splits and the test sets, named in the log and the metadata."""
+    project = make_project(tmp_path, works=4, perfs=3, seconds=6.0)
+    write_tone(project.dataset_dir / "wav" / "blip.wav", seconds=0.3)
+    catalog = project.dataset_dir / "dataset.txt"
+    work = json.loads(catalog.read_text().splitlines()[0])["work"]
+    with catalog.open("a") as stream:
+        stream.write(json.dumps({"perf": "blip", "wav": "wav/blip.wav", "dur_s": 0.3, "work": work}) + "\n")
+    instance = dg.DagsterInstance.ephemeral()
+    dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
+    _write_config(project, tiny_training(project.dataset_dir))
+    result = _train(project, instance, promote=True)
+    assert result.success
+    assert sorted(_metadata(result)["too_short_left_out"]) == ["blip", "sp_0.9-blip", "sp_1.1-blip"]
+    logged = " ".join(e.message or "" for e in instance.all_logs(result.run_id) if e.level >= 30)
+    assert "blip (catalog line 13, 0.3 s, 8 CQT frames): shorter than the 19 frames" in logged
 
 
 def test_hparams_that_do_not_fit_the_features_are_refused() -> None:

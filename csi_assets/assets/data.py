@@ -7,9 +7,10 @@ it completes, so a killed run continues where it stopped).
 
 
 import hashlib
+import json
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,8 +27,10 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
 from csi_model.audio import AudioError, load_audio
 from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, verify_row
-from csi_model.cqt import CqtSettings, compute_cqt, content_hash, load_feature, save_feature, settings_for
+from csi_model.cqt import CqtSettings, compute_cqt, content_hash, save_feature, settings_for
+from csi_model.dataset import FeatureFileError, FeatureItem, check_feature_file
 from csi_model.devices import pick_device
+from csi_model.identifiers import id_path
 from csi_model.export import FeatureLine, write_reference_exports
 from csi_model.splits import Split, assign_work_ids, split_performances
 from csi_model.tempo import TempoVariant, plan_variants, render_variant
@@ -260,21 +263,44 @@ def variant_row(variant: TempoVariant, source_hash: str) -> dict[str, Any]:
 
 
 def feature_path(features_dir: Path, settings: CqtSettings, variant: str) -> Path:
-    return features_dir / settings.settings_hash() / f"{variant}.cqt.npy"
+    """``<features_dir>/<settings hash>/<file name of the variant id>.cqt.npy`` (``csi_model.identifiers``)."""
+    return id_path(features_dir / settings.settings_hash(), variant, ".cqt.npy")
 
 
 def pending_features(
-    variants: Sequence[dict[str, Any]], stored: dict[str, dict[str, Any]]
+    variants: Sequence[dict[str, Any]], stored: dict[str, dict[str, Any]], bad: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    """Variants whose feature is missing, was made from other audio, or whose file has gone."""
+    """Variants whose feature is missing, was made from other audio, whose file has gone, or is in ``bad``."""
     return [
         v for v in variants
         if not (
             (known := stored.get(v["variant"]))
             and known["audio_hash"] == v["source_hash"]
             and Path(known["path"]).exists()
+            and v["variant"] not in (bad or {})
         )
     ]
+
+
+def feature_problems(stored: Mapping[str, Mapping[str, Any]], n_bins: int) -> dict[str, str]:
+    """Why each unusable stored feature file cannot be used, by variant: unreadable, truncated, not
+    ``[n_frames recorded, n_bins]``, NaN/inf, or one file recorded for several variants (their ids were once
+    turned into the same path). Missing files are left to :func:`pending_features`. Reads every file whole."""
+    owners: dict[Path, list[str]] = {}
+    for variant, row in stored.items():
+        owners.setdefault(Path(row["path"]).resolve(), []).append(variant)
+    problems: dict[str, str] = {}
+    for variant, row in stored.items():
+        path = Path(row["path"])
+        sharing = owners[path.resolve()]
+        if len(sharing) > 1:
+            problems[variant] = f"{path}: one file recorded for {len(sharing)} variants ({', '.join(sharing[:3])})"
+        elif path.exists():
+            try:
+                check_feature_file(FeatureItem(variant, 0, path, int(row["n_frames"])), n_bins)
+            except FeatureFileError as err:
+                problems[variant] = str(err)
+    return problems
 
 
 def extract_features(
@@ -305,19 +331,40 @@ def extract_features(
     return done, errors
 
 
+def _discard_bad_features(stored: Mapping[str, Mapping[str, Any]], problems: Mapping[str, str], folder: Path,
+                          log: Any) -> None:
+    """Name every bad feature file and delete those this project wrote (inside ``folder``), so they are computed
+    again; bad files imported from the reference tool cannot be recomputed here without mixing two feature
+    extractors, so they stop the run."""
+    imported = [v for v in problems if "origin" in json.loads(stored[v]["settings"] or "{}")]
+    if imported:
+        raise dg.Failure(description=f"{len(imported)} imported feature file(s) are unusable; import the reference "
+                                     "folder again:\n" + "\n".join(problems[v] for v in imported[:20]))
+    for variant, reason in problems.items():
+        log.warning(f"{reason}; computing it again")
+        path = Path(stored[variant]["path"])
+        if path.resolve().parent == folder.resolve():
+            path.unlink(missing_ok=True)
+
+
 @dg.op(ins={"start": dg.In(dg.Nothing)}, out=dg.Out(list))
-def plan_feature_shards(dataset: DatasetResource, store: StoreResource) -> list:
+def plan_feature_shards(context: dg.OpExecutionContext, dataset: DatasetResource, store: StoreResource) -> list:
     """Split the variants that still need a feature into FEATURE_SHARDS lists by a stable hash of their id.
 
-    Temporary files left by a killed run are removed first: no shard of this run has started yet.
+    Temporary files left by a killed run are removed first: no shard of this run has started yet. Bad stored
+    files (truncated, corrupted, wrong shape, shared) are named in the log and computed again.
     """
     db = store.store()
     settings = dataset.cqt_settings()
-    for stale in (dataset.features_dir / settings.settings_hash()).glob(".*.tmp*"):
+    folder = dataset.features_dir / settings.settings_hash()
+    for stale in folder.glob(".*.tmp*"):
         stale.unlink(missing_ok=True)
     variants = feature_store.variants(db, dataset.name)
     require_upstream(variants, "speed_variants", dataset.name, "recordings to compute features of")
-    pending = pending_features(variants, feature_store.features(db, dataset.name, settings.settings_hash()))
+    stored = feature_store.features(db, dataset.name, settings.settings_hash())
+    problems = feature_problems(stored, settings.n_bins)
+    _discard_bad_features(stored, problems, folder, context.log)
+    pending = pending_features(variants, stored, problems)
     shards: list[list[dict[str, Any]]] = [[] for _ in range(FEATURE_SHARDS)]
     for v in pending:
         shards[int(content_key(v["variant"]), 16) % FEATURE_SHARDS].append(v)
@@ -384,17 +431,20 @@ def cqt_features(speed_variants) -> None:
     return summarise_features([op(shards) for op in _SHARD_OPS])
 
 
-@dg.asset_check(asset=cqt_features, description="Feature files have the configured bins and no NaN/inf.")
+@dg.asset_check(asset=cqt_features, description="Every feature file is readable, has the recorded frames and the "
+                                               "configured bins, and no NaN/inf (bad ones are named).")
 def features_are_finite(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
     settings = dataset.cqt_settings()
     stored = feature_store.features(store.store(), dataset.name, settings.settings_hash())
-    bad = []
-    for row in stored.values():
-        feature = load_feature(row["path"])
-        if feature.shape != (row["n_frames"], settings.n_bins) or not np.isfinite(feature).all():
-            bad.append(row["variant"])
-    return dg.AssetCheckResult(passed=not bad, metadata={"checked": len(stored), "bad": len(bad),
-                                                         "examples": dg.MetadataValue.json(bad[:10])})
+    problems = feature_problems(stored, settings.n_bins)
+    problems |= {v: f"{r['path']}: file missing" for v, r in stored.items() if not Path(r["path"]).exists()}
+    listing = "\n".join(f"- `{v}`: {reason}" for v, reason in sorted(problems.items())[:20])
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description=None if not problems else f"{len(problems)} bad feature file(s); materialize cqt_features to "
+                                              "compute them again",
+        metadata={"checked": len(stored), "bad": len(problems),
+                  "examples": dg.MetadataValue.md(listing or "none")})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -480,7 +530,7 @@ def splits_are_leak_free(dataset: DatasetResource, store: StoreResource) -> dg.A
     for split in Split:
         path = dataset.root / f"{split.value}.txt"
         if path.exists():
-            for row in parse_catalog(path).rows:
+            for row in parse_catalog(path, tempo_copies=True).rows:
                 seen_in.setdefault(original_of.get(row.perf, row.perf), set()).add(split.value)
     in_two = sorted(p for p, s in seen_in.items() if len(s) > 1)
     leaks = split_store.split_leaks(db, dataset.name)

@@ -168,7 +168,7 @@ def resolve_test_sets(model: LoadedModel, table: Sequence[dict[str, Any]],
         raise dg.Failure(description=str(err)) from err
     if test_sets:
         return test_sets
-    test_items = split_items(table).test
+    test_items = split_items(table, model.hparams.mean_size).test
     if not test_items:
         raise dg.Failure(description="the model's hparams name no test set and the data split has no test "
                                      "performances: nothing to evaluate")

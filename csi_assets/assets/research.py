@@ -27,7 +27,7 @@ from csi_assets.assets.training import (TrainingLog, best_model, check_compatibl
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
-from csi_assets.testsets import feature_item, retrieval_test_sets, split_items
+from csi_assets.testsets import feature_item, retrieval_test_sets, split_items, too_short_message
 from csi_model.atomic import write_text_atomic
 from csi_model.devices import pick_device
 from csi_model.folds import PoolItem, ProductionRun, StageResult, WarmStart, train_from
@@ -91,11 +91,16 @@ def sweep_plan(context: dg.AssetExecutionContext, training: TrainingResource) ->
     })
 
 
-def dataset_items(dataset: DatasetResource, store: StoreResource, hp: TrainingHParams) -> list[dict[str, Any]]:
-    """The dataset's feature table for these hparams, after checking the features fit the model."""
+def dataset_items(dataset: DatasetResource, store: StoreResource, hp: TrainingHParams,
+                  log: Any) -> list[dict[str, Any]]:
+    """The dataset's feature table for these hparams, after checking the features fit the model; recordings too
+    short for the model (which the splits and test sets leave out) are named in ``log``."""
     data_hp = dataset.hparams()
     check_compatible(hp, data_hp)
-    return feature_store.feature_table(store.store(), dataset.name, settings_for(data_hp).settings_hash())
+    table = feature_store.feature_table(store.store(), dataset.name, settings_for(data_hp).settings_hash())
+    for row in split_items(table, hp.mean_size).too_short:
+        log.warning(too_short_message(row, hp.mean_size))
+    return table
 
 
 def bootstrap_map(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,
@@ -147,8 +152,8 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
         raise dg.Failure(description=f"{context.partition_key!r} is not in {tuning.source} any more; "
                                      "re-materialise sweep_plan")
     hp = experiment_hparams(training.hparams(), tuning, experiment)
-    table = dataset_items(dataset, store, hp)
-    items = split_items(table)
+    table = dataset_items(dataset, store, hp, context.log)
+    items = split_items(table, hp.mean_size)
     test_sets, _ = retrieval_test_sets(hp, table, training.root)
     folder = sweeps_dir(training) / experiment.key
     warm = foundation_warm_start(tuning)
@@ -236,12 +241,14 @@ def production_hparams(training: TrainingResource, config: ProductionConfig) -> 
     return dataclasses.replace(hp, **changes)
 
 
-def production_pool(table: Sequence[dict[str, Any]]) -> tuple[list[PoolItem], list]:
-    """Folds cover every train and val performance (all their tempo variants); the final run validates on the
-    test split's original recordings, the held-out data the folds never saw."""
+def production_pool(table: Sequence[dict[str, Any]], mean_size: int) -> tuple[list[PoolItem], list]:
+    """Folds cover every train and val performance (all their tempo variants) long enough for the model at
+    ``mean_size``; the final run validates on the test split's original recordings, the held-out data the folds
+    never saw."""
+    shortest = CoverHunter.min_raw_frames(mean_size)
     pool = [PoolItem(feature_item(r), r["perf"], is_identity(r["speed"])) for r in table
-            if r["split"] in ("train", "val")]
-    return pool, split_items(table).test
+            if r["split"] in ("train", "val") and r["n_frames"] >= shortest]
+    return pool, split_items(table, mean_size).test
 
 
 def _stage_metadata(stage: StageResult) -> dict[str, Any]:
@@ -259,8 +266,8 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
         hp = production_hparams(training, config)
     except HParamsError as err:
         raise _failure(err) from None
-    table = dataset_items(dataset, store, hp)
-    pool, final_val = production_pool(table)
+    table = dataset_items(dataset, store, hp, context.log)
+    pool, final_val = production_pool(table, hp.mean_size)
     if not pool:
         raise dg.Failure(description=f"dataset {dataset.name!r} has no train/val performances: materialise "
                                      "data_splits")

@@ -27,7 +27,8 @@ from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
-from csi_assets.testsets import InvalidTestSet, require_answerable_test_sets, retrieval_test_sets, split_items
+from csi_assets.testsets import (InvalidTestSet, require_answerable_test_sets, retrieval_test_sets, split_items,
+                                 too_short_message)
 from csi_model import checkpoint as ckpt
 from csi_model.atomic import atomic_path
 from csi_model.devices import pick_device
@@ -174,7 +175,9 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
     check_compatible(hp, data_hp)
     db = store.store()
     table = feature_store.feature_table(db, dataset.name, settings_for(data_hp).settings_hash())
-    items = split_items(table)
+    items = split_items(table, hp.mean_size)
+    for row in items.too_short:
+        context.log.warning(too_short_message(row, hp.mean_size))
     require_upstream(items.train, "data_splits", dataset.name, "training items (if it was materialized, check "
                      "its split fractions)")
     test_sets, test_counts = retrieval_test_sets(hp, table, training.root)
@@ -227,6 +230,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
         **{f"hit_rate/{name}": dg.MetadataValue.float(v) for name, v in scores["hit_rate"].items()},
         "test_sets": dg.MetadataValue.json(test_counts),
         "items": dg.MetadataValue.json({"train": len(items.train), "val": len(items.val), "test": len(items.test)}),
+        "too_short_left_out": dg.MetadataValue.json([r["variant"] for r in items.too_short]),
         "num_classes": result.num_classes,
         "parameters_total": counts["total"],
         "parameters_embedding_network": counts["embedding_network"],

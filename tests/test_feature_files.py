@@ -1,0 +1,65 @@
+"""Bad feature files (truncated, empty, NaN, one file recorded for two variants) are named by the feature check,
+never crash it, and are computed again by the next cqt_features materialisation; sound files stored under an
+older naming stay in use."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from csi_assets.assets import data
+from csi_assets.store import features as feature_store
+from tests.graph_fixtures import make_project, materialize
+
+
+def _check(project, instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
+    result = dg.materialize([data.cqt_features, data.features_are_finite], resources=project.resources,
+                            instance=instance, selection=dg.AssetSelection.checks(data.features_are_finite))
+    [evaluation] = result.get_asset_check_evaluations()
+    return evaluation
+
+
+def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: Path) -> None:
+    project = make_project(tmp_path, works=2, perfs=2, seconds=3.0)
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(project, [data.dataset_catalog, data.speed_variants, data.cqt_features], instance)
+    settings = project.resources["dataset"].cqt_settings()
+    stored = feature_store.features(project.store, "dataset", settings.settings_hash())
+    truncated, empty, nan, shared_a, shared_b, legacy = sorted(stored)[:6]
+    path = {v: Path(r["path"]) for v, r in stored.items()}
+    path[truncated].write_bytes(path[truncated].read_bytes()[:300])
+    path[empty].write_bytes(b"")
+    broken = np.load(path[nan])
+    broken[3, 5] = np.nan
+    np.save(path[nan], broken)
+    old_name = path[legacy].with_name(f"{legacy}.cqt.npy")  # a file named as before ids were hashed
+    path[legacy].rename(old_name)
+
+    def moved(variant: str, to: Path) -> dict:
+        row = stored[variant]
+        return {"variant": variant, "path": str(to), "n_frames": row["n_frames"], "n_bins": row["n_bins"],
+                "audio_hash": row["audio_hash"]}
+
+    feature_store.record_features(project.store, "dataset", settings.settings_hash(), asdict(settings),
+                                  [moved(shared_b, path[shared_a]), moved(legacy, old_name)])
+
+    evaluation = _check(project, instance)
+    assert evaluation.passed is False and evaluation.metadata["bad"].value == 5
+    listing = evaluation.metadata["examples"].value
+    for variant in (truncated, empty, nan, shared_a, shared_b):
+        assert f"`{variant}`" in listing
+    assert str(path[truncated]) in listing and "NaN/inf" in listing and "one file recorded for 2 variants" in listing
+
+    result = materialize(project, [data.cqt_features], instance)
+    [event] = result.get_asset_materialization_events()
+    assert event.materialization.metadata["computed_now"].value == 5
+    assert _check(project, instance).passed
+    after = feature_store.features(project.store, "dataset", settings.settings_hash())
+    assert len({r["path"] for r in after.values()}) == len(after)
+    assert after[legacy]["path"] == str(old_name)  # a sound file under the old name is kept, not recomputed
+    for row in after.values():
+        feature = np.load(row["path"])
+        assert feature.shape == (row["n_frames"], 96) and np.isfinite(feature).all()
