@@ -31,7 +31,7 @@ from csi_model import checkpoint as ckpt
 from csi_model.atomic import write_text_atomic
 from csi_model.dataset import FeatureItem
 from csi_model.hparams import HParamsError, TrainingHParams
-from csi_model.training import Progress, RetrievalTestSet, Trainer, TrainingResult
+from csi_model.training import Progress, RetrievalTestSet, TrainingResult, WarmStart, train
 
 FOLD_INDICES_FILE = "fold_indices.json"
 LR_ANCHOR_FILE = "lr_anchor.json"
@@ -40,47 +40,6 @@ FINAL_STAGE = "final"
 
 
 # -- warm start ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WarmStart:
-    """Weights (and optionally the optimizer's moments) a fresh run starts from instead of a random init."""
-
-    generator: Path  # a g_ file
-    state: Path | None = None  # its do_ file, to carry the optimizer's moment estimates over
-
-
-class WarmStartTrainer(Trainer):
-    """A Trainer whose first epoch starts from another run's checkpoint; once it has checkpoints of its own, it
-    resumes from those as usual, so a killed warm-started run continues exactly.
-
-    Only the optimizer's per-parameter state is carried over: lr, betas and weight decay stay this run's
-    hyper-parameters (the reference copied the old ones, which silently undid a swept ``adam_betas``)."""
-
-    def __init__(self, *args: Any, warm_start: WarmStart | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.warm_start = warm_start
-
-    def _resume(self) -> None:
-        if self.warm_start is None or ckpt.latest_checkpoint(self.checkpoint_dir) is not None:
-            super()._resume()
-            return
-        ckpt.load_generator(self.warm_start.generator, self.model)
-        if self.warm_start.state is not None:
-            settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(ckpt.load_training_state(self.warm_start.state)["optim_g"])
-            for group, own in zip(self.optimizer.param_groups, settings):
-                group.update(own)
-
-
-def train_from(hp: TrainingHParams, train_items: Sequence[FeatureItem], model_dir: str | Path,
-               warm_start: WarmStart | None = None, val_items: Sequence[FeatureItem] = (),
-               test_sets: Sequence[RetrievalTestSet] = (), device: str | torch.device | None = None,
-               progress: Progress | None = None, run_id: str = "train") -> TrainingResult:
-    """``csi_model.training.train`` with an optional warm start (used by folds and by sweeps)."""
-    trainer = WarmStartTrainer(hp, train_items, model_dir, val_items, (), test_sets, device, progress, run_id,
-                               warm_start=warm_start)
-    return trainer.run()
 
 
 # -- folds -----------------------------------------------------------------------------------------------------
@@ -237,8 +196,8 @@ class ProductionRun:
                val_items: list[FeatureItem]) -> tuple[StageResult, TrainingResult]:
         best = self.state["global_best"]
         warm = None if best is None else WarmStart(Path(best["checkpoint"]), Path(best["state"]))
-        training = train_from(hp, train_items, self.stage_dir(stage), warm, val_items, self.test_sets, self.device,
-                              self.progress(stage, hp), run_id=f"stage_{stage}")
+        training = train(hp, train_items, self.stage_dir(stage), val_items, (), self.test_sets, self.device,
+                         self.progress(stage, hp), run_id=f"stage_{stage}", warm_start=warm)
         if training.best_checkpoint is None:
             raise RuntimeError(f"{training.checkpoint_dir}: stage {stage} left no checkpoint of its best epoch")
         result = StageResult(stage, hp.learning_rate, training.best_epoch, training.best_value,

@@ -106,6 +106,21 @@ class TrainingResult:
     latest_checkpoint: Path | None
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Weights a run with no checkpoint of its own starts from instead of a random init; once it has checkpoints
+    it resumes from those as usual, so a killed warm-started run continues exactly.
+
+    ``state``: the source's do_ file, to carry the optimizer's per-parameter moments over; lr, betas and weight
+    decay stay this run's hyper-parameters (the reference copied the old ones, which silently undid a swept
+    ``adam_betas``). ``heads``: load the classifier and centres too (the same classes); False loads the embedding
+    network only, for a run that learns other classes (a label model)."""
+
+    generator: Path  # a g_ file
+    state: Path | None = None  # its do_ file
+    heads: bool = True
+
+
 def train(
     hp: TrainingHParams,
     train_items: Sequence[FeatureItem],
@@ -116,11 +131,10 @@ def train(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     run_id: str = "train",
-    warm_start: str | Path | None = None,
+    warm_start: WarmStart | None = None,
 ) -> TrainingResult:
     """Train (or resume) in ``model_dir``: ``checkpoints/`` and ``logs/<run_id>/`` are created under it.
-    ``warm_start``: a g_ file whose embedding network (not its class heads) starts a run that has no checkpoint
-    yet (:func:`csi_model.checkpoint.load_embedding_network`); a resumed run ignores it."""
+    ``warm_start``: weights a run with no checkpoint yet starts from (see :class:`WarmStart`)."""
     return Trainer(hp, train_items, model_dir, val_items, test_items, test_sets, device, progress, run_id,
                    warm_start).run()
 
@@ -137,7 +151,7 @@ class Trainer:
         device: str | torch.device | None = None,
         progress: Progress | None = None,
         run_id: str = "train",
-        warm_start: str | Path | None = None,
+        warm_start: WarmStart | None = None,
     ) -> None:
         if not train_items:
             raise ValueError("no training items: the train split is empty")
@@ -209,7 +223,7 @@ class Trainer:
         started = time.monotonic()
         self._resume()
         if self.last_epoch < 0 and self.warm_start is not None:
-            ckpt.load_embedding_network(self.warm_start, self.model)
+            self._warm_start(self.warm_start)
         first_epoch = self.last_epoch + 1
         writer = SummaryWriter(str(self.log_dir), purge_step=self.steps + 1 if self.steps else None)
         try:
@@ -220,6 +234,17 @@ class Trainer:
         finally:
             writer.close()
         return self._result(self.last_epoch - first_epoch + 1, time.monotonic() - started)
+
+    def _warm_start(self, start: WarmStart) -> None:
+        if start.heads:
+            ckpt.load_generator(start.generator, self.model)
+        else:
+            ckpt.load_embedding_network(start.generator, self.model)
+        if start.state is not None:
+            own = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+            self.optimizer.load_state_dict(ckpt.load_training_state(start.state)["optim_g"])
+            for group, settings in zip(self.optimizer.param_groups, own):
+                group.update(settings)
 
     def _epoch(self, epoch: int, writer: SummaryWriter) -> None:
         began = time.monotonic()

@@ -222,7 +222,7 @@ def test_trainer_warm_start_applies_to_a_fresh_run_only(tmp_path) -> None:
     import torch
 
     from csi_model.checkpoint import CLASS_HEAD_KEYS, save_checkpoint
-    from csi_model.training import Trainer
+    from csi_model.training import Trainer, WarmStart
     from tests.train_fixtures import synthetic_features, tiny_hparams
 
     hp = tiny_hparams(max_epochs=0)
@@ -230,15 +230,15 @@ def test_trainer_warm_start_applies_to_a_fresh_run_only(tmp_path) -> None:
     source = random_model(hp, num_classes=8, seed=3)
     pair = save_checkpoint(tmp_path / "src", 0, source, torch.optim.AdamW(source.parameters()), steps=0,
                            early_stopping={})
-    trainer = Trainer(hp, items, tmp_path / "run", warm_start=pair.generator)
+    trainer = Trainer(hp, items, tmp_path / "run", warm_start=WarmStart(pair.generator, heads=False))
     trainer.run()
     loaded = trainer.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in source.state_dict().items() if k not in CLASS_HEAD_KEYS)
-    trained = Trainer(dataclasses.replace(hp, max_epochs=1), items, tmp_path / "run", warm_start=pair.generator)
+    trained = Trainer(dataclasses.replace(hp, max_epochs=1), items, tmp_path / "run", warm_start=WarmStart(pair.generator, heads=False))
     trained.run()  # one epoch from the warm start, checkpointed
     other = random_model(hp, num_classes=8, seed=4)
     other_pair = save_checkpoint(tmp_path / "other", 0, other, torch.optim.AdamW(other.parameters()), steps=0,
                                  early_stopping={})
-    resumed = Trainer(dataclasses.replace(hp, max_epochs=1), items, tmp_path / "run", warm_start=other_pair.generator)
+    resumed = Trainer(dataclasses.replace(hp, max_epochs=1), items, tmp_path / "run", warm_start=WarmStart(other_pair.generator, heads=False))
     resumed.run()  # a checkpoint exists: it resumes from it and ignores the warm start
     assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in trained.model.state_dict().items())

@@ -18,11 +18,10 @@ from csi_assets.assets import research
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_model import checkpoint as ckpt
-from csi_model.folds import (FOLD_INDICES_FILE, LR_ANCHOR_FILE, PoolItem, ProductionRun, WarmStart,
-                             WarmStartTrainer, final_lr, fold_lr, ladder_ratio, load_or_make_folds,
-                             stratified_folds)
+from csi_model.folds import (FOLD_INDICES_FILE, LR_ANCHOR_FILE, PoolItem, ProductionRun, final_lr, fold_lr,
+                             ladder_ratio, load_or_make_folds, stratified_folds)
 from csi_model.hparams import to_dict
-from csi_model.training import train
+from csi_model.training import Trainer, WarmStart, train
 from tests.graph_fixtures import make_project
 from tests.serving_fixtures import DATA_ASSETS
 from tests.train_fixtures import synthetic_features, tiny_hparams
@@ -66,7 +65,7 @@ def test_warm_start_loads_weights_and_optimizer_moments_but_keeps_own_settings(t
     source = train(tiny_hparams(max_epochs=1), items, tmp_path / "source")
     warm = WarmStart(source.latest_checkpoint, ckpt.checkpoint_paths(source.checkpoint_dir, 0).state)
     hp = tiny_hparams(max_epochs=0, adam_b1=0.95, learning_rate=0.005)
-    trainer = WarmStartTrainer(hp, items, tmp_path / "warm", warm_start=warm)
+    trainer = Trainer(hp, items, tmp_path / "warm", warm_start=warm)
     trainer.run()
     saved = ckpt.read_generator_state(source.latest_checkpoint)
     assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in saved.items())

@@ -46,7 +46,7 @@ from csi_model.embedding import embed_tracks, softmax_rows
 from csi_model.hparams import HParamsError, TrainingHParams, load_data_hparams
 from csi_model.label_probe import (KNN_NEIGHBOURS, METRICS, PROBES, ProbeDataError, ProbeResult, bootstrap_scores,
                                    confusion_png, fit_linear, label_map_png, probe_label, verdict)
-from csi_model.training import train
+from csi_model.training import WarmStart, train
 
 
 def configured_labels(dataset_dir: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
@@ -196,11 +196,11 @@ def label_assets(labels: Sequence[str]) -> tuple[dg.AssetsDefinition, ...]:
             split = label_split(table, catalog_store.performance_labels(db, dataset.name, label), data_hp.seed)
         except ProbeDataError as err:
             raise dg.Failure(description=f"label {label!r} cannot be learnt: {err}") from err
-        warm = _warm_start(db, dataset.name) if config.warm_start else None
+        warm = WarmStart(_warm_start(db, dataset.name), heads=False) if config.warm_start else None
         folder = label_model_folder(training.root, label)
         device = pick_device(hp.device)
         context.log.info(f"{label}: {len(split.classes)} values {split.classes}, {len(split.train)} train / "
-                         f"{len(split.val)} val / {len(split.test)} test items, warm start {warm or 'none'}")
+                         f"{len(split.val)} val / {len(split.test)} test items, warm start {warm.generator if warm else 'none'}")
         log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in split.train]), 0, hp.max_epochs)
         result = train(hp, split.train, folder, split.val, device=device, progress=log, warm_start=warm)
         model, loaded = best_model(hp, result)
@@ -218,14 +218,14 @@ def label_assets(labels: Sequence[str]) -> tuple[dg.AssetsDefinition, ...]:
         confusion_png(y_test, predicted, split.classes, folder / "confusion.png", f"{label}: label model, held out")
         write_text_atomic(folder / "metrics.json", json.dumps(record, indent=2, ensure_ascii=False))
         write_label_model(folder, label, split.classes, result.best_checkpoint, loaded.fingerprint, hp, record,
-                          str(warm) if warm else None, trained_contract(data_hp))
+                          str(warm.generator) if warm else None, trained_contract(data_hp))
         context.log.info(f"{label}: {reading}")
         return dg.MaterializeResult(metadata={
             "verdict": dg.MetadataValue.md(reading), "above_baseline": gain.ci_low > 0,
             "classes": dg.MetadataValue.json(split.classes), "best_epoch": result.best_epoch,
             "epochs_trained_now": result.epochs_run, "gain_balanced_accuracy": dg.MetadataValue.json(gain.to_dict()),
             **{f"{p}/{m}": dg.MetadataValue.float(v[m].point) for p, v in scores.items() for m in METRICS},
-            "items": dg.MetadataValue.json(record["items"]), "warm_start": str(warm) if warm else "none",
+            "items": dg.MetadataValue.json(record["items"]), "warm_start": str(warm.generator) if warm else "none",
             "confusion": dg.MetadataValue.md(_inline(folder / "confusion.png")),
             "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
             "folder": dg.MetadataValue.path(str(folder)),

@@ -30,14 +30,15 @@ from csi_assets.store import models as model_store
 from csi_assets.testsets import feature_item, retrieval_test_sets, split_items, too_short_message
 from csi_model.atomic import write_text_atomic
 from csi_model.devices import pick_device
-from csi_model.folds import PoolItem, ProductionRun, StageResult, WarmStart, train_from
+from csi_model.folds import PoolItem, ProductionRun, StageResult
 from csi_model.hparams import HParamsError, TrainingHParams, load_training_hparams, to_dict
 from csi_model.metrics import bootstrap_metrics, per_query_metrics
 from csi_model.model import CoverHunter
 from csi_model.sweeps import (Experiment, RunOutcome, Tuning, experiment_hparams, load_tuning, markdown_table,
                               plan_experiments, summarise)
 from csi_model.tempo import is_identity
-from csi_model.training import RetrievalTestSet, TrainingDiverged, TrainingResult, retrieval_distances
+from csi_model.training import (RetrievalTestSet, TrainingDiverged, TrainingResult, WarmStart, retrieval_distances,
+                                train)
 from csi_model.cqt import settings_for
 
 GROUP = "research"
@@ -163,7 +164,8 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
     log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in items.train]), 0, hp.max_epochs)
     started = time.monotonic()
     try:
-        result = train_from(hp, items.train, folder, warm, items.val, test_sets, device, log, run_id=experiment.key)
+        result = train(hp, items.train, folder, items.val, (), test_sets, device, log, run_id=experiment.key,
+                       warm_start=warm)
     except TrainingDiverged as err:
         context.log.warning(f"{experiment.key}: {err}")
         outcome = outcome_of(experiment, None, time.monotonic() - started, error=str(err))
