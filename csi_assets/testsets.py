@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csi_model.augment import TempoRange
 from csi_model.catalog import CatalogLineError, read_records
 from csi_model.dataset import FeatureItem
-from csi_model.hparams import TestSetHParams, TrainingHParams
+from csi_model.hparams import DataPrepHParams, TestSetHParams, TrainingHParams
 from csi_model.tempo import is_identity
 from csi_model.training import RetrievalTestSet
 
@@ -54,13 +55,53 @@ def feature_item(row: Mapping[str, Any]) -> FeatureItem:
     return FeatureItem(row["variant"], int(row["work_id"]), Path(row["feat"]), int(row["n_frames"]))
 
 
-def split_items(table: Sequence[Mapping[str, Any]]) -> SplitItems:
-    """Train / val / test items of a ``store.features.feature_table``; rows without a split are ignored."""
+def split_items(table: Sequence[Mapping[str, Any]], stored_variants: bool = True) -> SplitItems:
+    """Train / val / test items of a ``store.features.feature_table``; rows without a split are ignored.
+    ``stored_variants=False`` trains on the original recordings only (tempo is then drawn in the feature domain)."""
     def members(split: str, originals_only: bool) -> list[FeatureItem]:
         return [feature_item(r) for r in table
                 if r["split"] == split and (not originals_only or is_identity(r["speed"]))]
 
-    return SplitItems(members("train", False), members("val", True), members("test", True))
+    return SplitItems(members("train", not stored_variants), members("val", True), members("test", True))
+
+
+class TempoModeMismatch(ValueError):
+    """The data hparams ask for rendered tempo variants that the store does not hold."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a training run uses: its items, the feature-domain tempo range (None with rendered variants or no
+    tempo augmentation) and a record of the tempo mode for logs and metadata."""
+
+    items: SplitItems
+    tempo: TempoRange | None
+    tempo_record: dict[str, Any]
+
+
+def training_data(data_hp: DataPrepHParams, table: Sequence[Mapping[str, Any]]) -> TrainingData:
+    """Apply ``tempo_augmentation`` to the stored features, never stacking both kinds of tempo augmentation.
+
+    ``features``: train on the originals, each chunk at a random tempo; tempo variants stored by an earlier
+    ``audio`` run are ignored (and counted). ``audio``: train on the stored variants as they are, with no tempo
+    drawn on top; if ``aug_speed_mode`` asks for variants and none are stored (the dataset was processed in
+    ``features`` mode), that is an error rather than a silent run without tempo augmentation.
+    """
+    stored = sum(1 for r in table if r["split"] == "train" and not is_identity(r["speed"]))
+    mode = data_hp.tempo_augmentation
+    record: dict[str, Any] = {"mode": mode, "aug_speed_mode": list(data_hp.aug_speed_mode)}
+    if mode == "audio":
+        wanted = any(not is_identity(k) for k in data_hp.aug_speed_mode)
+        if wanted and not stored:
+            raise TempoModeMismatch(
+                f"{data_hp.source or 'data hparams'}: tempo_augmentation is 'audio' with aug_speed_mode "
+                f"{list(data_hp.aug_speed_mode)} but the store holds no rendered tempo variants of the train split; "
+                "materialise speed_variants and cqt_features again")
+        return TrainingData(split_items(table, stored_variants=True), None, record | {"stored_variants_used": stored})
+    tempo = TempoRange.from_factors(data_hp.aug_speed_mode)
+    record |= {"tempo": tempo.describe() if tempo else "none (aug_speed_mode is the identity)",
+               "stored_variants_ignored": stored}
+    return TrainingData(split_items(table, stored_variants=False), tempo, record)
 
 
 def resolve_path(value: str, training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> Path:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from csi_model.augment import TempoRange, max_pooled_span, pooled_span
+
 # The reference's padding value; it sits below any real dB frame so leaked padding looks like silence.
 PAD_VALUE = -100.0
 
@@ -81,6 +83,10 @@ class ChunkDataset(Dataset):
 
     ``mode='random'`` draws the start uniformly in ``[0, n_frames - chunk]``; ``'defined'`` uses each item's start.
     ``augment`` (training only) receives the pooled chunk, its valid length and this dataset's generator.
+
+    With ``tempo`` (training only) each item draws a factor ``k`` and returns the ``round(T' * k)`` pooled frames
+    that a chunk played ``k`` times faster covers, padded to the range's longest span, plus a fourth element: the
+    scale ``span / T'`` that :func:`csi_model.augment.tempo_resample` uses to bring the batch to ``T'`` frames.
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class ChunkDataset(Dataset):
         augment: Augment | None = None,
         seed: int = 0,
         input_dim: int | None = None,
+        tempo: TempoRange | None = None,
     ) -> None:
         if mode not in ("random", "defined"):
             raise ValueError(f"mode {mode!r} is not 'random' or 'defined'")
@@ -104,6 +111,7 @@ class ChunkDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.input_dim = input_dim
+        self.tempo = tempo
         self.epoch = 0
         self._checked: set[int] = set()
         self._rng_key: tuple[int, int] | None = None
@@ -119,25 +127,32 @@ class ChunkDataset(Dataset):
     def labels(self) -> list[int]:
         return [item.work_id for item in self.items]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple:
         item = self.items[index]
         feat = self._features(index)
         rng = self._generator()
-        start = self._start(item, rng)
-        raw = feat[start : start + self.chunk_frames]  # a view into the memory map: only these frames are read
-        pooled, length = pool_and_pad(raw, self.mean_size, self.chunk_frames // self.mean_size)
+        out_frames = self.chunk_frames // self.mean_size
+        span, padded = out_frames, out_frames
+        if self.tempo is not None:
+            span, padded = pooled_span(out_frames, self.tempo.draw(rng)), max_pooled_span(out_frames, self.tempo)
+        raw_span = span * self.mean_size
+        start = self._start(item, rng, raw_span)
+        raw = feat[start : start + raw_span]  # a view into the memory map: only these frames are read
+        pooled, length = pool_and_pad(raw, self.mean_size, padded)
         if self.augment is not None:
             pooled = self.augment(pooled, length, rng)
-        return torch.from_numpy(pooled), length, item.work_id
+        if self.tempo is None:
+            return torch.from_numpy(pooled), length, item.work_id
+        return torch.from_numpy(pooled), length, item.work_id, span / out_frames
 
-    def _start(self, item: FeatureItem, rng: np.random.Generator) -> int:
+    def _start(self, item: FeatureItem, rng: np.random.Generator, span: int) -> int:
         if self.mode == "defined":
             if not 0 <= item.start < max(item.n_frames, 1):
                 raise FeatureFileError(
                     f"{item.feat_path}: start {item.start} is outside the {item.n_frames} frames of {item.perf!r}"
                 )
             return item.start
-        return int(rng.integers(0, max(item.n_frames - self.chunk_frames, 0) + 1))
+        return int(rng.integers(0, max(item.n_frames - span, 0) + 1))
 
     def _features(self, index: int) -> np.ndarray:
         """Validate each file once per process; the map is reopened per access so no descriptors pile up."""
@@ -157,7 +172,9 @@ class ChunkDataset(Dataset):
         return self._rng
 
 
-def collate_chunks(batch: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack to ``(feats [B, T', F], lengths [B], labels [B])``."""
-    feats, lengths, labels = zip(*batch)
-    return torch.stack(feats), torch.tensor(lengths, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+def collate_chunks(batch: list[tuple]) -> tuple[torch.Tensor, ...]:
+    """Stack to ``(feats [B, T', F], lengths [B], labels [B])``, plus ``scales [B]`` for tempo-drawn chunks."""
+    columns = list(zip(*batch))
+    out = (torch.stack(columns[0]), torch.tensor(columns[1], dtype=torch.long),
+           torch.tensor(columns[2], dtype=torch.long))
+    return out if len(columns) == 3 else (*out, torch.tensor(columns[3], dtype=torch.float32))

@@ -29,6 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from csi_model import checkpoint as ckpt
 from csi_model.atomic import write_text_atomic
+from csi_model.augment import TempoRange
 from csi_model.dataset import FeatureItem
 from csi_model.hparams import HParamsError, TrainingHParams
 from csi_model.training import Progress, RetrievalTestSet, Trainer, TrainingResult
@@ -76,10 +77,11 @@ class WarmStartTrainer(Trainer):
 def train_from(hp: TrainingHParams, train_items: Sequence[FeatureItem], model_dir: str | Path,
                warm_start: WarmStart | None = None, val_items: Sequence[FeatureItem] = (),
                test_sets: Sequence[RetrievalTestSet] = (), device: str | torch.device | None = None,
-               progress: Progress | None = None, run_id: str = "train") -> TrainingResult:
+               progress: Progress | None = None, run_id: str = "train",
+               tempo: TempoRange | None = None) -> TrainingResult:
     """``csi_model.training.train`` with an optional warm start (used by folds and by sweeps)."""
     trainer = WarmStartTrainer(hp, train_items, model_dir, val_items, (), test_sets, device, progress, run_id,
-                               warm_start=warm_start)
+                               tempo, warm_start=warm_start)
     return trainer.run()
 
 
@@ -180,7 +182,7 @@ class ProductionRun:
 
     def __init__(self, hp: TrainingHParams, pool: Sequence[PoolItem], final_val: Sequence[FeatureItem], root: Path,
                  test_sets: Sequence[RetrievalTestSet] = (), device: str | torch.device | None = None,
-                 progress: StageProgress | None = None) -> None:
+                 progress: StageProgress | None = None, tempo: TempoRange | None = None) -> None:
         if hp.k_folds is None:
             raise HParamsError(f"{hp.source or '<hparams>'}: k_folds: production training needs the number of folds")
         self.hp = with_class_count(hp, [[p.item for p in pool], final_val,
@@ -191,6 +193,7 @@ class ProductionRun:
         self.root = Path(root)
         self.test_sets = list(test_sets)
         self.device = device
+        self.tempo = tempo
         self.progress = progress or (lambda stage, stage_hp: None)
         self.state_path = self.root / STATE_FILE
         self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
@@ -238,7 +241,7 @@ class ProductionRun:
         best = self.state["global_best"]
         warm = None if best is None else WarmStart(Path(best["checkpoint"]), Path(best["state"]))
         training = train_from(hp, train_items, self.stage_dir(stage), warm, val_items, self.test_sets, self.device,
-                              self.progress(stage, hp), run_id=f"stage_{stage}")
+                              self.progress(stage, hp), run_id=f"stage_{stage}", tempo=self.tempo)
         if training.best_checkpoint is None:
             raise RuntimeError(f"{training.checkpoint_dir}: stage {stage} left no checkpoint of its best epoch")
         result = StageResult(stage, hp.learning_rate, training.best_epoch, training.best_value,

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from csi_model import checkpoint as ckpt
-from csi_model.augment import SpecAugment
-from csi_model.dataset import ChunkDataset, FeatureItem, collate_chunks
+from csi_model.augment import SpecAugment, TempoRange, tempo_resample
+from csi_model.dataset import PAD_VALUE, ChunkDataset, FeatureItem, collate_chunks
 from csi_model.devices import pick_device
 from csi_model.early_stopping import EarlyStopping
 from csi_model.embedding import embed_tracks
@@ -96,9 +96,14 @@ def train(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     run_id: str = "train",
+    tempo: TempoRange | None = None,
 ) -> TrainingResult:
-    """Train (or resume) in ``model_dir``: ``checkpoints/`` and ``logs/<run_id>/`` are created under it."""
-    return Trainer(hp, train_items, model_dir, val_items, test_items, test_sets, device, progress, run_id).run()
+    """Train (or resume) in ``model_dir``: ``checkpoints/`` and ``logs/<run_id>/`` are created under it.
+
+    ``tempo`` turns on tempo augmentation in the feature domain (each training chunk at a random tempo); leave it
+    None when ``train_items`` already hold rendered tempo variants, so the two are never stacked."""
+    return Trainer(hp, train_items, model_dir, val_items, test_items, test_sets, device, progress, run_id,
+                   tempo).run()
 
 
 class Trainer:
@@ -113,6 +118,7 @@ class Trainer:
         device: str | torch.device | None = None,
         progress: Progress | None = None,
         run_id: str = "train",
+        tempo: TempoRange | None = None,
     ) -> None:
         if not train_items:
             raise ValueError("no training items: the train split is empty")
@@ -122,6 +128,7 @@ class Trainer:
         self.log_dir = self.model_dir / "logs" / run_id
         self.device = torch.device(device) if device is not None else pick_device(hp.device)
         self.progress = progress
+        self.tempo = tempo
         self.test_sets = list(test_sets)
         self.num_classes = _num_classes(hp, [train_items, val_items, test_items])
         for ts in self.test_sets:
@@ -152,11 +159,12 @@ class Trainer:
         hp = self.hp
         augment = SpecAugment(hp.spec_augmentation) if hp.spec_augmentation is not None else None
         aug_seed = hp.spec_augmentation.seed if hp.spec_augmentation is not None else 0
+        items = list(items) * (self.tempo.copies if self.tempo is not None else 1)
         labels = [item.work_id for item in items]
         sets, loaders = [], []
         for i, chunk in enumerate(hp.chunk_frame):
             ds = ChunkDataset(items, chunk * hp.mean_size, hp.mean_size, hp.mode, augment,
-                              seed=_mix(hp.seed, aug_seed, i), input_dim=hp.input_dim)
+                              seed=_mix(hp.seed, aug_seed, i), input_dim=hp.input_dim, tempo=self.tempo)
             sampler = MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size, self.sampler_rngs[i])
             sets.append(ds)
             loaders.append(self._loader(ds, batch_sampler=sampler))
@@ -222,7 +230,7 @@ class Trainer:
         n = 0
         for batches in zip(*self.train_loaders):
             for k in self.order_rng.permutation(len(batches)):
-                terms = self._step(batches[k])
+                terms = self._step(batches[k], self.hp.chunk_frame[k])
                 if terms is None:
                     continue
                 n += 1
@@ -235,9 +243,13 @@ class Trainer:
                     self.progress(self.steps, epoch, logged)
         return {key: value / max(n, 1) for key, value in sums.items()}
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, float] | None:
-        """One optimizer step; a non-finite loss skips the update, and three in a row abort the run."""
-        feats, lengths, labels = (t.to(self.device, non_blocking=True) for t in batch)
+    def _step(self, batch: tuple[torch.Tensor, ...], out_frames: int) -> dict[str, float] | None:
+        """One optimizer step on chunks of ``out_frames`` pooled frames; a non-finite loss skips the update, and
+        three in a row abort the run. Tempo-drawn chunks are resampled to ``out_frames`` here, batched on the device.
+        """
+        feats, lengths, labels, *scales = (t.to(self.device, non_blocking=True) for t in batch)
+        if scales:
+            feats, lengths = tempo_resample(feats, lengths, scales[0], out_frames, PAD_VALUE)
         self.scheduler.step()
         self.steps += 1
         embedding, logits = self.model(feats, lengths)

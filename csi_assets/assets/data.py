@@ -28,6 +28,7 @@ from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, verify_ro
 from csi_model.cqt import CqtSettings, compute_cqt, content_hash, load_feature, save_feature, settings_for
 from csi_model.devices import pick_device
 from csi_model.export import FeatureLine, write_reference_exports
+from csi_model.hparams import DataPrepHParams
 from csi_model.splits import Split, assign_work_ids, split_performances
 from csi_model.tempo import TempoVariant, plan_variants, render_variant
 
@@ -215,13 +216,19 @@ def _render_or_error(variant: TempoVariant) -> str | None:
 def speed_variants(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
 ) -> dg.MaterializeResult:
-    """Tempo-changed copies (pitch kept) of every performance of the main catalog, one per ``aug_speed_mode``
-    factor; factor 1.0 is the original itself. Existing, up-to-date files are not redone."""
+    """The recordings the CQT stage computes. With ``tempo_augmentation: features`` (the default) these are the
+    originals only: training draws tempo on the CQT's time axis. With ``audio``, tempo-changed copies (pitch kept)
+    of every performance of the main catalog, one per ``aug_speed_mode`` factor; factor 1.0 is the original
+    itself, and existing, up-to-date files are not redone."""
     db = store.store()
     hp = dataset.hparams()
     originals = [p for p in catalog_store.performances(db, dataset.name) if p["batch_id"] is None]
-    planned = plan_dataset_variants(originals, hp.aug_speed_mode, dataset.variants_dir)
+    planned = plan_dataset_variants(originals, rendered_factors(hp), dataset.variants_dir)
     stored = {v["variant"]: v for v in feature_store.variants(db, dataset.name)}
+    dropped = sum(1 for v in stored.values() if v["perf"] != v["variant"]) if hp.tempo_augmentation == "features" else 0
+    if dropped:
+        context.log.warning(f"tempo_augmentation is 'features': {dropped} tempo variants recorded by an earlier "
+                            f"'audio' run are no longer used (their audio stays in {dataset.variants_dir})")
     rendered, errors = render_variants(planned, stored, context.log)
     if errors:
         raise dg.Failure(description="tempo variants failed:\n" + "\n".join(errors[:20]))
@@ -231,12 +238,18 @@ def speed_variants(
         metadata={
             "variants": len(planned),
             "performances": len(originals),
+            "tempo_augmentation": hp.tempo_augmentation,
             "factors": dg.MetadataValue.json(list(hp.aug_speed_mode)),
             "rendered_now": rendered,
             "cached": sum(1 for v, _ in planned if not v.is_original) - rendered,
             "folder": dg.MetadataValue.path(str(dataset.variants_dir)),
         }
     )
+
+
+def rendered_factors(hp: DataPrepHParams) -> tuple[float, ...]:
+    """The factors rendered as audio: all of ``aug_speed_mode`` in ``audio`` mode, only the identity otherwise."""
+    return hp.aug_speed_mode if hp.tempo_augmentation == "audio" else (1.0,)
 
 
 def variant_row(variant: TempoVariant, source_hash: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from csi_assets.assets.data import cqt_features, data_splits
-from csi_assets.assets.training import TrainingLog, best_model, check_compatible, steps_per_epoch, write_curves
+from csi_assets.assets.training import (TrainingLog, best_model, check_compatible, steps_per_epoch,
+                                        tempo_training_data, write_curves)
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
@@ -155,17 +156,20 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
                                      "re-materialise sweep_plan")
     hp = experiment_hparams(training.hparams(), tuning, experiment)
     table = dataset_items(dataset, store, hp)
-    items = split_items(table)
+    data = tempo_training_data(dataset.hparams(), table, context.log)
+    items = data.items
     test_sets, _ = retrieval_test_sets(hp, table, training.root)
     folder = sweeps_dir(training) / experiment.key
     warm = foundation_warm_start(tuning)
     if warm is not None and warm.state is None and tuning.restore_optimizer_state:
         context.log.warning(f"{tuning.foundation_checkpoint}: no matching do_ file; the optimizer starts cold")
     device = pick_device(hp.device)
-    log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in items.train]), 0, hp.max_epochs)
+    copies = data.tempo.copies if data.tempo else 1
+    log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in items.train], copies), 0, hp.max_epochs)
     started = time.monotonic()
     try:
-        result = train_from(hp, items.train, folder, warm, items.val, test_sets, device, log, run_id=experiment.key)
+        result = train_from(hp, items.train, folder, warm, items.val, test_sets, device, log, run_id=experiment.key,
+                            tempo=data.tempo)
     except TrainingDiverged as err:
         context.log.warning(f"{experiment.key}: {err}")
         outcome = outcome_of(experiment, None, time.monotonic() - started, error=str(err))
@@ -243,11 +247,12 @@ def production_hparams(training: TrainingResource, config: ProductionConfig) -> 
     return dataclasses.replace(hp, **changes)
 
 
-def production_pool(table: Sequence[dict[str, Any]]) -> tuple[list[PoolItem], list]:
-    """Folds cover every train and val performance (all their tempo variants); the final run validates on the
-    test split's original recordings, the held-out data the folds never saw."""
+def production_pool(table: Sequence[dict[str, Any]], stored_variants: bool = True) -> tuple[list[PoolItem], list]:
+    """Folds cover every train and val performance (all their tempo variants, unless ``stored_variants`` is False:
+    feature-domain tempo); the final run validates on the test split's original recordings, the held-out data the
+    folds never saw."""
     pool = [PoolItem(feature_item(r), r["perf"], is_identity(r["speed"])) for r in table
-            if r["split"] in ("train", "val")]
+            if r["split"] in ("train", "val") and (stored_variants or is_identity(r["speed"]))]
     return pool, split_items(table).test
 
 
@@ -267,12 +272,13 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
     except HParamsError as err:
         raise _failure(err) from None
     table = dataset_items(dataset, store, hp)
-    pool, final_val = production_pool(table)
+    data = tempo_training_data(dataset.hparams(), table, context.log)
+    pool, final_val = production_pool(table, stored_variants=data.tempo_record["mode"] == "audio")
     if not pool:
         raise dg.Failure(description=f"dataset {dataset.name!r} has no train/val performances: materialise "
                                      "data_splits")
     test_sets, _ = retrieval_test_sets(hp, table, training.root)
-    labels = [p.item.work_id for p in pool]
+    labels = [p.item.work_id for p in pool] * (data.tempo.copies if data.tempo else 1)
 
     def progress(stage: str, stage_hp: TrainingHParams) -> TrainingLog:
         context.log.info(f"production stage {stage}: lr {stage_hp.learning_rate:.3g}, up to "
@@ -281,7 +287,7 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
 
     try:
         result = ProductionRun(hp, pool, final_val, training.root / "production", test_sets,
-                               pick_device(hp.device), progress).run()
+                               pick_device(hp.device), progress, tempo=data.tempo).run()
     except (HParamsError, ValueError) as err:
         raise _failure(err) from None
     model, loaded = best_model(result.hparams, result.final_training)
