@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
+import yaml
 
 from csi_assets.assets import data
 from csi_assets.store import catalog as catalog_store
@@ -16,7 +17,7 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
 from csi_model.catalog import parse_catalog
 from csi_model.cqt import load_feature
-from tests.graph_fixtures import make_project, materialize
+from tests.graph_fixtures import DATA_HPARAMS, make_project, materialize
 
 DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
 DATA_CHECKS = [data.catalog_lines_all_usable, data.catalog_durations_match_audio, data.features_are_finite,
@@ -128,3 +129,39 @@ def test_new_work_gets_a_new_id_and_old_ids_stay(tmp_path) -> None:
     after = split_store.work_ids(project.store, "dataset")
     assert {w: after[w] for w in before} == before
     assert after["aaa_new_work"] == max(before.values()) + 1
+
+
+def _materialised_metadata(result: dg.ExecuteInJobResult) -> dict:
+    return {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
+            .metadata for e in result.get_asset_materialization_events()}
+
+
+def test_feature_tempo_mode_renders_nothing_and_retires_stored_variants_without_mixing(tmp_path) -> None:
+    """Switching a dataset processed with audio variants to feature-domain tempo: the variants leave the store's
+    tables and exports (training cannot pick them up), their audio stays on disk, and switching back re-renders
+    nothing."""
+    project = make_project(tmp_path, works=4, perfs=3, seconds=4.0)  # tempo_augmentation: audio
+    materialize(project, DATA_ASSETS)
+    rendered = sorted(project.dataset_dir.joinpath("sp_wav").glob("*.wav"))
+    assert len(rendered) == 4 * 3 * 2
+    hparams = project.dataset_dir / "hparams.yaml"
+    hparams.write_text(yaml.safe_dump(dict(DATA_HPARAMS, tempo_augmentation="features")))
+    meta = _materialised_metadata(materialize(project, DATA_ASSETS))
+    assert meta["speed_variants"]["tempo_augmentation"].value == "features"
+    assert meta["speed_variants"]["rendered_now"].value == 0
+    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
+    table = feature_store.feature_table(project.store, "dataset", settings_hash)
+    assert len(table) == 12 and all(r["speed"] == 1.0 for r in table)
+    assert not [r for r in parse_catalog(project.dataset_dir / "full.txt").rows if r.perf.startswith("sp_")]
+    assert sorted(project.dataset_dir.joinpath("sp_wav").glob("*.wav")) == rendered
+    hparams.write_text(yaml.safe_dump(DATA_HPARAMS))
+    meta = _materialised_metadata(materialize(project, DATA_ASSETS))
+    assert meta["speed_variants"]["rendered_now"].value == 0 and meta["speed_variants"]["variants"].value == 36
+
+
+def test_feature_tempo_mode_on_a_fresh_dataset_computes_one_feature_per_recording(tmp_path) -> None:
+    project = make_project(tmp_path, works=3, perfs=2, seconds=3.0,
+                           data_hparams=dict(DATA_HPARAMS, tempo_augmentation="features"))
+    meta = _materialised_metadata(materialize(project, DATA_ASSETS))
+    assert meta["cqt_features"]["computed_now"].value == 6
+    assert not list(project.dataset_dir.glob("sp_wav/*"))
