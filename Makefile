@@ -28,10 +28,10 @@ $(CSI_DATASET_DIR)/dataset.txt: | $(STAMP)
 	$(BIN)/csi synth $(CSI_DATASET_DIR) --works $(DEMO_WORKS) --perfs $(DEMO_PERFS) --seed $(DEMO_SEED) \
 		--seconds $(DEMO_SECONDS)
 
-# One torch thread per process: the executor runs two steps at once on 2 cores, and tiny models gain nothing
-# from a second thread (measured: 2 threads on a busy 2-core machine ran an epoch 10x slower).
+# One torch thread: tiny models gain nothing from a second one (measured: 2 threads on a busy 2-core machine ran
+# an epoch 10x slower). In-process execution: see dagster_demo_run.yaml.
 demo: setup $(CSI_DATASET_DIR)/dataset.txt
-	OMP_NUM_THREADS=1 $(BIN)/dagster job execute -m csi_assets.definitions -j main
+	OMP_NUM_THREADS=1 $(BIN)/dagster job execute -m csi_assets.definitions -j main -c dagster_demo_run.yaml
 	@$(BIN)/python -m csi_assets.demo_summary
 
 test: setup

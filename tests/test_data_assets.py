@@ -20,8 +20,6 @@ from csi_model.cqt import load_feature
 from tests.graph_fixtures import DATA_HPARAMS, make_project, materialize
 
 DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
-DATA_CHECKS = [data.catalog_lines_all_usable, data.catalog_durations_match_audio, data.features_are_finite,
-               data.splits_are_leak_free]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def built(tmp_path_factory):
     ]
     catalog.write_text("\n".join(lines) + "\n")
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(DATA_ASSETS + DATA_CHECKS, resources=project.resources, instance=instance)
+    result = dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
     assert result.success
     return project, instance, result
 
@@ -165,3 +163,15 @@ def test_feature_tempo_mode_on_a_fresh_dataset_computes_one_feature_per_recordin
     meta = _materialised_metadata(materialize(project, DATA_ASSETS))
     assert meta["cqt_features"]["computed_now"].value == 6
     assert not list(project.dataset_dir.glob("sp_wav/*"))
+
+
+def test_features_check_accepts_float16_and_float32_files_and_names_non_finite_ones(tmp_path) -> None:
+    rows = []
+    for name, dtype, value in [("half", np.float16, -20.0), ("single", np.float32, -20.0), ("nan", np.float32, np.nan)]:
+        path = tmp_path / f"{name}.npy"
+        np.save(path, np.full((7, 96), value, dtype=dtype))
+        rows.append({"variant": name, "path": str(path), "n_frames": 7})
+    assert data.features_check(rows[:2], 96).passed
+    result = data.features_check(rows, 96)
+    assert not result.passed and result.metadata["examples"].value == ["nan"]
+    assert not data.features_check(rows[:1], 84).passed  # wrong bin count
