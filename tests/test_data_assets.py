@@ -175,3 +175,22 @@ def test_features_check_accepts_float16_and_float32_files_and_names_non_finite_o
     result = data.features_check(rows, 96)
     assert not result.passed and result.metadata["examples"].value == ["nan"]
     assert not data.features_check(rows[:1], 84).passed  # wrong bin count
+
+
+def test_parallel_decoding_keeps_file_order_and_names_unreadable_files(tmp_path) -> None:
+    from csi_model.audio import SAMPLE_RATE, write_wav
+
+    wavs = []
+    for i in range(2 * data.CQT_FILES_PER_BATCH + 3):
+        path = tmp_path / f"{i}.wav"
+        if i == 5:
+            path.write_bytes(b"RIFF not audio")
+        else:
+            write_wav(path, np.full(SAMPLE_RATE // 10 + i, 0.01 * (i + 1), dtype=np.float32), SAMPLE_RATE)
+        wavs.append(str(path))
+    batches = list(data._decoded_batches(wavs))
+    assert [len(b) for b in batches] == [data.CQT_FILES_PER_BATCH, data.CQT_FILES_PER_BATCH, 3]
+    flat = [item for batch in batches for item in batch]
+    assert flat[5][0] is None and "5.wav" in flat[5][1]
+    assert [len(signal) for i, (signal, _) in enumerate(flat) if i != 5] == \
+        [SAMPLE_RATE // 10 + i for i in range(len(wavs)) if i != 5]

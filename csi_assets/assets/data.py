@@ -6,7 +6,6 @@ it completes, so a killed run continues where it stopped).
 """
 
 
-import contextlib
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -285,39 +284,42 @@ def extract_features(
     progress = Progress(log, label, len(variants), "files")
     errors: list[str] = []
     done = 0
-    with _decoder(len(variants)) as decode:
-        decoded = decode(_decode_or_error, [v["wav"] for v in variants])
-        for start in range(0, len(variants), CQT_FILES_PER_BATCH):
-            batch, signals = [], []
-            for v in variants[start:start + CQT_FILES_PER_BATCH]:
-                signal, error = next(decoded)
-                if error is not None:
-                    errors.append(f"{v['variant']}: {error}")
-                    continue
-                signals.append(signal)
-                batch.append(v)
-            rows = []
-            for v, feature in zip(batch, compute_cqt(signals, settings, device)):
-                path = feature_path(features_dir, settings, v["variant"])
-                save_feature(path, feature)
-                rows.append({"variant": v["variant"], "path": str(path), "n_frames": int(feature.shape[0]),
-                             "n_bins": int(feature.shape[1]), "audio_hash": v["source_hash"]})
-            record(rows)
-            done += len(rows)
-            progress.advance(len(variants[start:start + CQT_FILES_PER_BATCH]))
+    for start, decoded in zip(range(0, len(variants), CQT_FILES_PER_BATCH),
+                              _decoded_batches([v["wav"] for v in variants])):
+        batch, signals = [], []
+        for v, (signal, error) in zip(variants[start:start + CQT_FILES_PER_BATCH], decoded):
+            if error is not None:
+                errors.append(f"{v['variant']}: {error}")
+                continue
+            signals.append(signal)
+            batch.append(v)
+        rows = []
+        for v, feature in zip(batch, compute_cqt(signals, settings, device)):
+            path = feature_path(features_dir, settings, v["variant"])
+            save_feature(path, feature)
+            rows.append({"variant": v["variant"], "path": str(path), "n_frames": int(feature.shape[0]),
+                         "n_bins": int(feature.shape[1]), "audio_hash": v["source_hash"]})
+        record(rows)
+        done += len(rows)
+        progress.advance(len(decoded))
     return done, errors
 
 
-@contextlib.contextmanager
-def _decoder(n_files: int) -> Iterator[Any]:
-    """``map`` over decode workers: one process per core when there is more than a batch to decode, else inline
-    (a single ingested file is not worth starting processes for). Results come back in order, ahead of the CQT."""
+def _decoded_batches(wavs: Sequence[str]) -> Iterator[list[tuple[np.ndarray | None, str | None]]]:
+    """``(signal, error)`` per file in batches of CQT_FILES_PER_BATCH, in order. With more than one batch, one
+    decode process per core works on the next batch while the caller computes the current batch's CQT, so at most
+    two batches of signals are in memory whatever the collection's size."""
+    batches = [wavs[i:i + CQT_FILES_PER_BATCH] for i in range(0, len(wavs), CQT_FILES_PER_BATCH)]
     workers = _workers()
-    if workers == 1 or n_files <= CQT_FILES_PER_BATCH:
-        yield map
+    if workers == 1 or len(batches) <= 1:
+        yield from ([_decode_or_error(w) for w in batch] for batch in batches)
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield lambda fn, items: pool.map(fn, items, chunksize=4)
+        pending = [pool.submit(_decode_or_error, w) for w in batches[0]]
+        for following in [*batches[1:], []]:
+            ahead = [pool.submit(_decode_or_error, w) for w in following]
+            yield [future.result() for future in pending]
+            pending = ahead
 
 
 def _decode_or_error(wav: str) -> tuple[np.ndarray | None, str | None]:
