@@ -293,8 +293,9 @@ class Trainer:
     @torch.no_grad()
     def _retrieval(self, test_sets: Iterable[RetrievalTestSet]) -> tuple[dict[str, float], dict[str, float]]:
         mean_ap, hit_rate = {}, {}
+        embedded: dict[Path, np.ndarray] = {}  # test sets share their references: each track is embedded once
         for ts in test_sets:
-            metrics = evaluate_test_set(self.model, ts, self.hp, self.device)
+            metrics = evaluate_test_set(self.model, ts, self.hp, self.device, embedded)
             mean_ap[ts.name], hit_rate[ts.name] = metrics.mean_ap, metrics.hit_rate
         return mean_ap, hit_rate
 
@@ -390,25 +391,32 @@ class Trainer:
         return path if path.exists() else None
 
 
-def evaluate_test_set(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device):
-    """mAP / MR1 / HR@1 of one test set: every track embedded per segment, min cosine distance over segments."""
-    queries = _embed(model, test_set.queries, hp, device)
+def evaluate_test_set(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,
+                      embedded: dict[Path, np.ndarray] | None = None):
+    """mAP / MR1 / HR@1 of one test set: every track embedded per segment, min cosine distance over segments.
+    ``embedded`` (feature path → segment embeddings of this model's current weights) is reused and filled in."""
+    embedded = {} if embedded is None else embedded
+    queries = _embed(model, test_set.queries, hp, device, embedded)
     if test_set.refs is None:
         refs, ref_items = queries, test_set.queries
         excluded = self_match_mask(len(queries))
     else:
-        refs, ref_items = _embed(model, test_set.refs, hp, device), test_set.refs
+        refs, ref_items = _embed(model, test_set.refs, hp, device, embedded), test_set.refs
         excluded = pair_mask(test_set.exclude_pairs, len(queries), len(refs)) if test_set.exclude_pairs else None
     distances = min_segment_distance(queries, refs)
     return retrieval_metrics(distances, np.array([it.work_id for it in test_set.queries]),
                              np.array([it.work_id for it in ref_items]), excluded)
 
 
-def _embed(model: CoverHunter, items: Sequence[FeatureItem], hp: TrainingHParams,
-           device: torch.device) -> list[np.ndarray]:
+def _embed(model: CoverHunter, items: Sequence[FeatureItem], hp: TrainingHParams, device: torch.device,
+           embedded: dict[Path, np.ndarray]) -> list[np.ndarray]:
+    """Segment embeddings per item; only tracks missing from ``embedded`` go through the model."""
     model.eval()
-    features = [np.load(it.feat_path, mmap_mode="r") for it in items]
-    return embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, device)
+    missing = list(dict.fromkeys(it.feat_path for it in items if it.feat_path not in embedded))
+    features = [np.load(path, mmap_mode="r") for path in missing]
+    embedded.update(zip(missing, embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size,
+                                              device)))
+    return [embedded[it.feat_path] for it in items]
 
 
 # -- construction helpers ------------------------------------------------------------------------------------
