@@ -172,11 +172,25 @@ def tempo_resample(
     return torch.where(valid[..., None], out, torch.full_like(out, pad_value)), new_lengths
 
 
-def pooled_span(out_frames: int, factor: float) -> int:
-    """Pooled frames of original content a chunk of ``out_frames`` covers at tempo ``factor`` (at least 1)."""
-    return max(1, int(round(out_frames * factor)))
+def tempo_span(chunk_frames: int, factor: float) -> int:
+    """Raw frames of original content a chunk of ``chunk_frames`` covers at tempo ``factor`` (at least 1)."""
+    return max(1, int(round(chunk_frames * factor)))
 
 
-def max_pooled_span(out_frames: int, tempo: TempoRange) -> int:
-    """The longest ``pooled_span`` the range can draw: the padded length of a batch before resampling."""
-    return math.ceil(out_frames * tempo.high)
+def max_tempo_span(chunk_frames: int, tempo: TempoRange) -> int:
+    """The longest ``tempo_span`` the range can draw: the padded length of a batch before resampling."""
+    return math.ceil(chunk_frames * tempo.high)
+
+
+def masked_mean_pool(feats: torch.Tensor, lengths: torch.Tensor, mean_size: int, pad_value: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average ``mean_size`` frames of ``feats [B, T, F]`` over the valid ones (a partial last group is averaged
+    over what exists, as ``csi_model.dataset.pool_and_pad`` does per item). Returns ``([B, T // m, F], lengths)``;
+    groups without valid frames are ``pad_value``."""
+    n_batch, n_frames, n_bins = feats.shape
+    n_out = n_frames // mean_size
+    valid = (torch.arange(n_out * mean_size, device=feats.device)[None, :] < lengths[:, None]).to(feats.dtype)
+    groups = (feats[:, : n_out * mean_size] * valid[..., None]).reshape(n_batch, n_out, mean_size, n_bins).sum(2)
+    counts = valid.reshape(n_batch, n_out, mean_size).sum(2)[..., None]  # [B, T', 1]
+    pooled = torch.where(counts > 0, groups / counts.clamp(min=1), torch.full_like(groups, pad_value))
+    return pooled, torch.div(lengths + mean_size - 1, mean_size, rounding_mode="floor").clamp(max=n_out)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from csi_model.augment import TempoRange, max_pooled_span, pooled_span
+from csi_model.augment import TempoRange, max_tempo_span, tempo_span
 
 # The reference's padding value; it sits below any real dB frame so leaked padding looks like silence.
 PAD_VALUE = -100.0
@@ -84,9 +84,11 @@ class ChunkDataset(Dataset):
     ``mode='random'`` draws the start uniformly in ``[0, n_frames - chunk]``; ``'defined'`` uses each item's start.
     ``augment`` (training only) receives the pooled chunk, its valid length and this dataset's generator.
 
-    With ``tempo`` (training only) each item draws a factor ``k`` and returns the ``round(T' * k)`` pooled frames
-    that a chunk played ``k`` times faster covers, padded to the range's longest span, plus a fourth element: the
-    scale ``span / T'`` that :func:`csi_model.augment.tempo_resample` uses to bring the batch to ``T'`` frames.
+    With ``tempo`` (training only) each item draws a factor ``k`` and returns instead the ``round(chunk_frames * k)``
+    *raw* frames that a chunk played ``k`` times faster covers (spec augmentation applied to them), padded to the
+    range's longest span, their count, the work id and the scale ``span / chunk_frames``: the trainer resamples the
+    batch to ``chunk_frames`` and pools it on the device. Resampling before pooling keeps the interpolation's blur
+    below the pooled resolution, as a real tempo change would.
     """
 
     def __init__(
@@ -131,19 +133,26 @@ class ChunkDataset(Dataset):
         item = self.items[index]
         feat = self._features(index)
         rng = self._generator()
-        out_frames = self.chunk_frames // self.mean_size
-        span, padded = out_frames, out_frames
         if self.tempo is not None:
-            span, padded = pooled_span(out_frames, self.tempo.draw(rng)), max_pooled_span(out_frames, self.tempo)
-        raw_span = span * self.mean_size
-        start = self._start(item, rng, raw_span)
-        raw = feat[start : start + raw_span]  # a view into the memory map: only these frames are read
-        pooled, length = pool_and_pad(raw, self.mean_size, padded)
+            return self._tempo_item(item, feat, rng, self.tempo)
+        start = self._start(item, rng, self.chunk_frames)
+        raw = feat[start : start + self.chunk_frames]  # a view into the memory map: only these frames are read
+        pooled, length = pool_and_pad(raw, self.mean_size, self.chunk_frames // self.mean_size)
         if self.augment is not None:
             pooled = self.augment(pooled, length, rng)
-        if self.tempo is None:
-            return torch.from_numpy(pooled), length, item.work_id
-        return torch.from_numpy(pooled), length, item.work_id, span / out_frames
+        return torch.from_numpy(pooled), length, item.work_id
+
+    def _tempo_item(self, item: FeatureItem, feat: np.ndarray, rng: np.random.Generator, tempo: TempoRange) -> tuple:
+        """The raw frames a chunk at a drawn tempo covers, augmented, padded to the range's longest span; the
+        batch is resampled to the chunk and pooled on the device (``csi_model.augment.tempo_resample_and_pool``)."""
+        span = tempo_span(self.chunk_frames, tempo.draw(rng))
+        start = self._start(item, rng, span)
+        raw = np.full((max_tempo_span(self.chunk_frames, tempo), feat.shape[1]), PAD_VALUE, dtype=np.float32)
+        content = np.asarray(feat[start : start + span], dtype=np.float32)
+        raw[: len(content)] = content
+        if self.augment is not None:
+            raw = self.augment(raw, len(content), rng)
+        return torch.from_numpy(raw), len(content), item.work_id, span / self.chunk_frames
 
     def _start(self, item: FeatureItem, rng: np.random.Generator, span: int) -> int:
         if self.mode == "defined":

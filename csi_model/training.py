@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from csi_model import checkpoint as ckpt
-from csi_model.augment import SpecAugment, TempoRange, tempo_resample
+from csi_model.augment import SpecAugment, TempoRange, masked_mean_pool, tempo_resample
 from csi_model.dataset import PAD_VALUE, ChunkDataset, FeatureItem, collate_chunks
 from csi_model.devices import pick_device
 from csi_model.early_stopping import EarlyStopping
@@ -245,11 +245,12 @@ class Trainer:
 
     def _step(self, batch: tuple[torch.Tensor, ...], out_frames: int) -> dict[str, float] | None:
         """One optimizer step on chunks of ``out_frames`` pooled frames; a non-finite loss skips the update, and
-        three in a row abort the run. Tempo-drawn chunks are resampled to ``out_frames`` here, batched on the device.
+        three in a row abort the run. Tempo-drawn chunks are resampled and pooled here, batched on the device.
         """
         feats, lengths, labels, *scales = (t.to(self.device, non_blocking=True) for t in batch)
-        if scales:
-            feats, lengths = tempo_resample(feats, lengths, scales[0], out_frames, PAD_VALUE)
+        if scales:  # raw frames at drawn tempi: resample to the chunk, then pool (as the dataset does otherwise)
+            feats, lengths = tempo_resample(feats, lengths, scales[0], out_frames * self.hp.mean_size, PAD_VALUE)
+            feats, lengths = masked_mean_pool(feats, lengths, self.hp.mean_size, PAD_VALUE)
         self.scheduler.step()
         self.steps += 1
         embedding, logits = self.model(feats, lengths)

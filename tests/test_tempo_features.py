@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from csi_assets.testsets import TempoModeMismatch, training_data
-from csi_model.augment import TempoRange, tempo_resample
-from csi_model.dataset import PAD_VALUE, ChunkDataset, collate_chunks
+from csi_model.augment import TempoRange, masked_mean_pool, tempo_resample
+from csi_model.dataset import PAD_VALUE, ChunkDataset, collate_chunks, pool_and_pad
 from csi_model.hparams import DataPrepHParams
 from csi_model.training import train
 from tests.train_fixtures import synthetic_features, tiny_hparams
@@ -68,16 +68,29 @@ def test_range_spans_the_factors_and_counts_distinct_copies() -> None:
     assert min(draws) >= 0.8 and max(draws) <= 1.2 and np.std(draws) > 0.08  # the interval, not 5 values
 
 
-def test_dataset_reads_the_span_a_tempo_covers(tmp_path) -> None:
+def test_dataset_reads_the_raw_span_a_tempo_covers(tmp_path) -> None:
     items = synthetic_features(tmp_path, n_works=2, perfs_per_work=2, n_frames=(300, 300))
-    tempo = TempoRange(0.8, 1.25, 3)
-    ds = ChunkDataset(items, chunk_frames=60, mean_size=3, tempo=tempo, seed=3)
-    batch = collate_chunks([ds[i] for i in range(len(ds))])
-    feats, lengths, labels, scales = batch
-    assert feats.shape == (4, 25, items[0].feat_path and np.load(items[0].feat_path).shape[1])
-    assert torch.all(lengths == torch.round(scales * 20).long())  # each item holds exactly its span
-    assert torch.all((scales >= 0.8 - 0.05) & (scales <= 1.25 + 0.05))
-    assert len(set(scales.tolist())) > 1
+    ds = ChunkDataset(items, chunk_frames=60, mean_size=3, tempo=TempoRange(0.8, 1.25, 3), seed=3)
+    feats, lengths, labels, scales = collate_chunks([ds[i] for i in range(len(ds))])
+    assert feats.shape == (4, 75, np.load(items[0].feat_path).shape[1])  # ceil(60 x 1.25) raw frames
+    assert torch.all(lengths == torch.round(scales * 60).long())  # each item holds exactly its span
+    assert torch.all((scales >= 0.8) & (scales <= 1.25)) and len(set(scales.tolist())) > 1
+    raw = np.load(items[0].feat_path)
+    starts = [s for s in range(300 - int(lengths[0]) + 1)
+              if np.allclose(raw[s : s + int(lengths[0])], feats[0, : int(lengths[0])].numpy())]
+    assert starts  # the span is a contiguous stretch of the recording's own frames
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_pooling_matches_per_item_pooling(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(-40, 10, size=(5, 30, 4)).astype(np.float32)
+    lengths = rng.integers(1, 31, size=5)
+    pooled, pooled_lengths = masked_mean_pool(torch.from_numpy(feats), torch.from_numpy(lengths), 3, PAD_VALUE)
+    for b, n in enumerate(lengths):
+        expected, expected_length = pool_and_pad(feats[b, :n], 3, 10)
+        np.testing.assert_allclose(pooled[b].numpy(), expected, rtol=1e-5)
+        assert int(pooled_lengths[b]) == expected_length
 
 
 def _row(variant: str, speed: float, split: str = "train") -> dict:
