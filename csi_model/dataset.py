@@ -144,7 +144,8 @@ class ChunkDataset(Dataset):
 
     def _tempo_item(self, item: FeatureItem, feat: np.ndarray, rng: np.random.Generator, tempo: TempoRange) -> tuple:
         """The raw frames a chunk at a drawn tempo covers, augmented, padded to the range's longest span; the
-        batch is resampled to the chunk and pooled on the device (``csi_model.augment.tempo_resample_and_pool``)."""
+        batch is resampled to the chunk and pooled on the device (``csi_model.augment.tempo_resample``, then
+        ``masked_mean_pool``)."""
         span = tempo_span(self.chunk_frames, tempo.draw(rng))
         start = self._start(item, rng, span)
         raw = np.full((max_tempo_span(self.chunk_frames, tempo), feat.shape[1]), PAD_VALUE, dtype=np.float32)
