@@ -1,4 +1,5 @@
-"""Augmentation of pooled training chunks ``[T', F]``: tempo in the feature domain, then pitch roll and erase.
+"""Augmentation of training chunks ``[T, F]``: tempo in the feature domain (resampling a batch's time axis on the
+training device), pitch roll and random erase (per chunk, before the tempo resampling).
 
 Pitch roll first, then random erase, each behind its own probability. Only the first ``length`` frames are real
 content: padding frames are never shifted, filled or erased. Randomness comes solely from the passed generator
