@@ -28,10 +28,10 @@ $(CSI_DATASET_DIR)/dataset.txt: | $(STAMP)
 	$(BIN)/csi synth $(CSI_DATASET_DIR) --works $(DEMO_WORKS) --perfs $(DEMO_PERFS) --seed $(DEMO_SEED) \
 		--seconds $(DEMO_SECONDS)
 
-# One torch thread per process: the executor runs two steps at once on 2 cores, and tiny models gain nothing
-# from a second thread (measured: 2 threads on a busy 2-core machine ran an epoch 10x slower).
+# One torch thread: tiny models gain nothing from a second one (measured: 2 threads on a busy 2-core machine ran
+# an epoch 10x slower). In-process execution: see dagster_demo_run.yaml.
 demo: setup $(CSI_DATASET_DIR)/dataset.txt
-	OMP_NUM_THREADS=1 $(BIN)/dagster job execute -m csi_assets.definitions -j main
+	OMP_NUM_THREADS=1 $(BIN)/dagster job execute -m csi_assets.definitions -j main -c dagster_demo_run.yaml
 	for label in $$($(BIN)/python -m csi_assets.assets.labels); do \
 		OMP_NUM_THREADS=1 $(BIN)/dagster asset materialize -m csi_assets.definitions --select label_probe \
 			--partition $$label || exit 1; \
@@ -45,8 +45,9 @@ test: setup
 ui: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
+# bench/tempo_augmentation.py trains two models (tens of minutes): run it on its own.
 bench: setup
-	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in $(filter-out bench/tempo_augmentation.py,$(wildcard bench/*.py)); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean-demo:
 	rm -rf $(CSI_DATASET_DIR)/wav $(CSI_DATASET_DIR)/sp_wav $(CSI_DATASET_DIR)/cqt_feat \

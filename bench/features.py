@@ -1,12 +1,16 @@
-"""Data-stage benchmark: decode -> tempo variants -> CQT -> feature files, on generated tracks.
+"""Data-stage benchmark: the product's data assets against a re-enactment of the reference tool's path.
 
 Tracks are 44.1 kHz stereo WAVs (a random harmonic melody with a little noise), so decoding really resamples
-and mixes down. Every stage is reported as audio seconds processed per wall second (x real time); for the tempo
-stage that counts the seconds *rendered*. The CQT classes are compared on the same decoded signals in the same
-process, each as a ratio to the chosen class, so the figures compare across machines.
+and mixes down. Both sides process the same files in this process, and every figure is x real time per second
+of *original* audio (what a user's collection is), so the ratio compares across machines:
 
-    .venv/bin/python bench/features.py --tracks 20 --seconds 30 [--factors 0.8 0.9 1.0 1.1 1.2]
-        [--tempo-quality high|fast] [--device cpu]
+- product: ``dataset_catalog`` → ``speed_variants`` → ``cqt_features`` materialised for real (DuckDB store, feature
+  files), in process; each step's time comes from the run's event log, and the time outside steps is reported;
+- reference: per file, ``sox`` to 16 kHz mono, one ``sox tempo`` per factor (identity excluded), then per item a
+  freshly built nnAudio CQT2010v2 kernel and its features saved as float32 ``.npy``.
+
+    .venv/bin/python bench/features.py --tracks 24 --seconds 30 [--factors 0.8 0.9 1.0 1.1 1.2]
+        [--tempo-augmentation features|audio] [--device cpu] [--skip-reference]
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -23,16 +29,16 @@ from typing import TypeVar
 import numpy as np
 import soundfile as sf
 import torch
+import yaml
 
 from csi_model.audio import SAMPLE_RATE, load_audio
-from csi_model.catalog import parse_catalog, verify_audio
-from csi_model.cqt import CqtSettings, compute_cqt, cqt_layer, save_feature
+from csi_model.cqt import CqtSettings, compute_cqt, cqt_layer
 from csi_model.devices import pick_device
-from csi_model.tempo import HIGH_QUALITY, plan_variants, render_variant
 
 SOURCE_RATE = 44100
 NOTE_SECONDS = 0.4
 T = TypeVar("T")
+DATA_STEPS = ("dataset_catalog", "speed_variants", "cqt_features")
 
 
 def make_tracks(folder: Path, tracks: int, seconds: float, seed: int = 0) -> Path:
@@ -63,34 +69,55 @@ def timed(run: Callable[[], T]) -> tuple[T, float]:
 
 
 def report(stage: str, audio_seconds: float, wall: float) -> None:
-    print(f"{stage:<28} {audio_seconds:9.1f} s audio  {wall:8.2f} s wall  {audio_seconds / wall:9.1f}x real time")
+    print(f"{stage:<34} {wall:8.2f} s wall  {audio_seconds / wall:9.1f}x real time (per original)")
 
 
-def run_stage(
-    folder: Path, factors: Sequence[float], high_quality: bool, settings: CqtSettings, device: torch.device
-) -> list[np.ndarray]:
-    parsed = parse_catalog(folder / "dataset.txt")
-    verified, wall = timed(lambda: verify_audio(parsed.rows))
-    assert not verified.rejected, verified.rejected
-    original_seconds = sum(row.dur_s for row in verified.rows)
-    report("decode + verify originals", original_seconds, wall)
+def product_stage(folder: Path, factors: Sequence[float], mode: str, device: str) -> tuple[float, dict[str, float]]:
+    """Materialise the data assets; returns (wall seconds, seconds per step)."""
+    import dagster as dg
 
-    plan = plan_variants(verified.rows, factors, folder / "sp_wav")
-    rendered_seconds = sum(v.dur_s for v in plan if not v.is_original)
-    _, tempo_wall = timed(lambda: [render_variant(v, high_quality) for v in plan])
-    report(f"tempo variants (hq={high_quality})", rendered_seconds, tempo_wall)
+    from csi_assets.assets import data
+    from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 
-    signals, load_wall = timed(lambda: [load_audio(v.wav) for v in plan])
-    item_seconds = sum(len(s) for s in signals) / SAMPLE_RATE
-    report("decode all items", item_seconds, load_wall)
-    features, cqt_wall = timed(lambda: compute_cqt(signals, settings, device))
-    report(f"CQT ({settings.cqt_class}, batched)", item_seconds, cqt_wall)
-    paths = [folder / "cqt_feat" / f"{variant.perf}.cqt.npy" for variant in plan]
-    _, write_wall = timed(lambda: [save_feature(path, feature) for path, feature in zip(paths, features)])
-    report("write .npy (float16)", item_seconds, write_wall)
-    total = wall + tempo_wall + load_wall + cqt_wall + write_wall
-    report("TOTAL (features produced)", item_seconds, total)
-    return signals
+    (folder / "hparams.yaml").write_text(yaml.safe_dump({"aug_speed_mode": list(factors), "device": device,
+                                                          "tempo_augmentation": mode}))
+    resources = {"dataset": DatasetResource(dataset_dir=str(folder)),
+                 "store": StoreResource(path=str(folder / "csi.duckdb")),
+                 "training": TrainingResource(training_dir=str(folder / "training"))}
+    instance = dg.DagsterInstance.ephemeral()
+    result, wall = timed(lambda: dg.materialize([data.dataset_catalog, data.speed_variants, data.cqt_features],
+                                                resources=resources, instance=instance))
+    starts, steps = {}, {}
+    for entry in instance.all_logs(result.run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[event.step_key] = entry.timestamp
+        elif event.event_type_value == "STEP_SUCCESS":
+            steps[event.step_key] = entry.timestamp - starts[event.step_key]
+    return wall, steps
+
+
+def reference_stage(folder: Path, factors: Sequence[float], settings: CqtSettings, device: torch.device) -> float:
+    """The reference's path per file: sox to 16 kHz mono, sox tempo per factor, a new CQT2010v2 kernel per item."""
+    out = folder / "reference"
+    out.mkdir()
+    reference_settings = dataclasses.replace(settings, cqt_class="CQT2010v2")
+    started = time.perf_counter()
+    for wav in sorted(folder.glob("track*.wav")):
+        mono = out / wav.name
+        subprocess.run(["sox", str(wav), "-r", str(SAMPLE_RATE), "-c", "1", str(mono)], check=True)
+        items = [mono]
+        for factor in factors:
+            if abs(factor - 1.0) >= 0.01:
+                items.append(out / f"sp_{factor}-{wav.name}")
+                subprocess.run(["sox", str(mono), str(items[-1]), "tempo", str(factor)], check=True)
+        for item in items:
+            cqt_layer.cache_clear()  # the reference builds its CQT kernel for every file
+            [feature] = compute_cqt([load_audio(item)], reference_settings, device)
+            np.save(item.with_suffix(".npy"), feature.astype(np.float32))
+    return time.perf_counter() - started
 
 
 def compare_classes(signals: list[np.ndarray], chosen: CqtSettings, device: torch.device) -> None:
@@ -108,19 +135,34 @@ def compare_classes(signals: list[np.ndarray], chosen: CqtSettings, device: torc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracks", type=int, default=20)
+    parser.add_argument("--tracks", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--factors", type=float, nargs="+", default=[0.8, 0.9, 1.0, 1.1, 1.2])
-    parser.add_argument("--tempo-quality", choices=["high", "fast"], default="high" if HIGH_QUALITY else "fast")
-    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--tempo-augmentation", choices=["features", "audio"], default="features")
+    parser.add_argument("--device", default="cpu", help="cuda, mps, cpu or auto (default cpu)")
+    parser.add_argument("--skip-reference", action="store_true", help="only the product (no sox needed)")
     args = parser.parse_args()
     device = pick_device(args.device)
     settings = CqtSettings()
-    print(f"{args.tracks} tracks x {args.seconds:g} s, factors {args.factors}, device {device}, settings {settings}")
+    seconds = args.tracks * args.seconds
+    print(f"{args.tracks} originals x {args.seconds:g} s = {seconds:g} s, factors {args.factors}, "
+          f"tempo_augmentation {args.tempo_augmentation}, device {device}")
     with tempfile.TemporaryDirectory(prefix="csi-bench-features-") as tmp:
         folder = Path(tmp)
         make_tracks(folder, args.tracks, args.seconds)
-        signals = run_stage(folder, args.factors, args.tempo_quality == "high", settings, device)
+        wall, steps = product_stage(folder, args.factors, args.tempo_augmentation, args.device)
+        for step in DATA_STEPS:
+            report(f"  step {step}", seconds, steps[step])
+        outside = wall - sum(steps.values())
+        print(f"{'  outside steps (orchestration)':<34} {outside:8.2f} s wall  ({100 * outside / wall:.0f} % of the stage)")
+        report("product data stage", seconds, wall)
+        if args.skip_reference or shutil.which("sox") is None:
+            print("reference path skipped" + ("" if args.skip_reference else ": no sox binary on PATH"))
+            return
+        reference_wall = reference_stage(folder, args.factors, settings, device)
+        report("reference path (sox + CQT2010v2)", seconds, reference_wall)
+        print(f"throughput ratio product / reference: {reference_wall / wall:.2f}x")
+        signals = [load_audio(p) for p in sorted(folder.glob("track*.wav"))]
     compare_classes(signals, settings, device)
 
 

@@ -3,7 +3,9 @@
 For the default model config (spec §8.2) and the demo config (training/demo), on synthetic dB features:
 - loader only: the three chunk-length loaders zipped, as one training epoch consumes them (pooling + SpecAug);
 - training: ``csi_model.training.train`` for one epoch, timed per optimizer step by its progress callback
-  (the first step, which pays one-off allocation costs, is left out);
+  (the first step, which pays one-off allocation costs, is left out); once as is and once with tempo augmentation
+  in the feature domain (factors in [0.9, 1.1], one copy per epoch so both runs take the same steps): its cost
+  per step is the ratio of the two;
 - the reference's way of reading a chunk (whole-file ``np.load`` + a Python loop over pooled frames) against
   ours (memory map + reshape-mean), per item.
 Each config runs in its own process so ``ru_maxrss`` is that config's peak.
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csi_model.augment import SpecAugment
+from csi_model.augment import SpecAugment, TempoRange
 from csi_model.dataset import ChunkDataset, FeatureItem, collate_chunks
 from csi_model.hparams import TrainingHParams, load_training_hparams
 from csi_model.sampler import MPerClassBatchSampler
@@ -67,10 +69,11 @@ def loader_only(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[int, flo
     return samples, time.perf_counter() - began
 
 
-def training_run(hp: TrainingHParams, items: list[FeatureItem], model_dir: Path) -> tuple[int, float]:
+def training_run(hp: TrainingHParams, items: list[FeatureItem], model_dir: Path,
+                 tempo: TempoRange | None = None) -> tuple[int, float]:
     stamps: list[float] = []
     train(hp, items, model_dir, progress=lambda step, epoch, m: None if "epoch_end" in m else
-          stamps.append(time.perf_counter()))
+          stamps.append(time.perf_counter()), tempo=tempo)
     steps = len(stamps) - 1
     return steps * hp.batch_size, stamps[-1] - stamps[0]
 
@@ -102,7 +105,9 @@ def measure(name: str) -> dict[str, float]:
         load_n, load_s = loader_only(hp, items)
         ours_item_s, ref_item_s = chunk_read_ratio(hp, items)
         train_n, train_s = training_run(hp, items, Path(tmp) / "model")
+        tempo_n, tempo_s = training_run(hp, items, Path(tmp) / "tempo", TempoRange(0.9, 1.1, 1))
     return {
+        "train_tempo_samples_per_s": tempo_n / tempo_s,
         "loader_samples_per_s": load_n / load_s,
         "train_samples_per_s": train_n / train_s,
         "train_steps": train_n // hp.batch_size,
@@ -134,6 +139,8 @@ def main() -> None:
         print(f"  data loader only : {r['loader_samples_per_s']:10.1f} samples/s")
         print(f"  training         : {r['train_samples_per_s']:10.1f} samples/s over {r['train_steps']} steps "
               f"(ratio to loader-only: {r['train_samples_per_s'] / r['loader_samples_per_s']:.3f})")
+        print(f"  with feature tempo: {r['train_tempo_samples_per_s']:9.1f} samples/s "
+              f"(ratio to without: {r['train_tempo_samples_per_s'] / r['train_samples_per_s']:.3f})")
         print(f"  peak RSS         : {r['peak_rss_mb']:10.0f} MB")
         print(f"  one chunk read   : {r['chunk_ms_ours']:.2f} ms ours vs {r['chunk_ms_reference_style']:.2f} ms "
               f"reference-style ({r['chunk_ms_reference_style'] / r['chunk_ms_ours']:.1f}x)")

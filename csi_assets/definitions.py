@@ -1,7 +1,7 @@
 """The one place that assembles the project: assets, checks, resources, jobs, sensors, schedules.
 
-``CSI_DEPLOYMENT`` picks the executor: ``local`` (default: multiprocess on this machine, SQLite instance, DuckDB
-file) or ``cluster`` (the same assets; the instance's run launcher and executor come from its dagster.yaml).
+``CSI_DEPLOYMENT`` picks the executor: ``local`` (default: multiprocess on this machine, or in-process by run config;
+SQLite instance, DuckDB file) or ``cluster`` (the same assets; the instance's run launcher and executor come from its dagster.yaml).
 """
 
 import os
@@ -31,7 +31,9 @@ labels_job = dg.define_asset_job(
 def _executor() -> dg.ExecutorDefinition:
     if os.environ.get("CSI_DEPLOYMENT", "local") == "cluster":
         return dg.in_process_executor  # a cluster's dagster.yaml supplies its run launcher; steps stay together
-    return dg.multiprocess_executor.configured({"max_concurrent": 2})
+    # Each step in its own process, as many at once as there are cores; a run config can pick ``in_process``
+    # instead (``make demo`` does: on a small dataset, starting a process per step costs more than the steps).
+    return dg.multi_or_in_process_executor
 
 
 defs = dg.Definitions(

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csi_model.augment import TempoRange
 from csi_model.catalog import CatalogLineError, read_records
 from csi_model.dataset import FeatureItem
-from csi_model.hparams import TestSetHParams, TrainingHParams
+from csi_model.hparams import DataPrepHParams, TestSetHParams, TrainingHParams
 from csi_model.metrics import NoAnswerableQueries, require_answerable
 from csi_model.model import CoverHunter
 from csi_model.tempo import is_identity
@@ -60,9 +61,10 @@ def feature_item(row: Mapping[str, Any]) -> FeatureItem:
     return FeatureItem(row["variant"], int(row["work_id"]), Path(row["feat"]), int(row["n_frames"]))
 
 
-def split_items(table: Sequence[Mapping[str, Any]], mean_size: int) -> SplitItems:
+def split_items(table: Sequence[Mapping[str, Any]], mean_size: int, stored_variants: bool = True) -> SplitItems:
     """Train / val / test items of a ``store.features.feature_table``; rows without a split are ignored, rows too
-    short for the model at ``mean_size`` go to ``too_short``."""
+    short for the model at ``mean_size`` go to ``too_short``. ``stored_variants=False`` trains on the original
+    recordings only (tempo is then drawn in the feature domain)."""
     shortest = CoverHunter.min_raw_frames(mean_size)
     usable = [r for r in table if r["split"] and r["n_frames"] >= shortest]
 
@@ -71,7 +73,7 @@ def split_items(table: Sequence[Mapping[str, Any]], mean_size: int) -> SplitItem
                 if r["split"] == split and (not originals_only or is_identity(r["speed"]))]
 
     too_short = [r for r in table if r["split"] and r["n_frames"] < shortest]
-    return SplitItems(members("train", False), members("val", True), members("test", True), too_short)
+    return SplitItems(members("train", not stored_variants), members("val", True), members("test", True), too_short)
 
 
 def too_short_message(row: Mapping[str, Any], mean_size: int) -> str:
@@ -79,6 +81,47 @@ def too_short_message(row: Mapping[str, Any], mean_size: int) -> str:
     line = f"catalog line {row['line_no']}, " if row.get("line_no") else ""
     return (f"{row['variant']} ({line}{row['variant_dur_s']:g} s, {row['n_frames']} CQT frames): shorter than the "
             f"{CoverHunter.min_raw_frames(mean_size)} frames the model needs at mean_size {mean_size}; left out")
+
+
+class TempoModeMismatch(ValueError):
+    """The data hparams ask for rendered tempo variants that the store does not hold."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a training run uses: its items, the feature-domain tempo range (None with rendered variants or no
+    tempo augmentation) and a record of the tempo mode for logs and metadata."""
+
+    items: SplitItems
+    tempo: TempoRange | None
+    tempo_record: dict[str, Any]
+
+
+def training_data(data_hp: DataPrepHParams, table: Sequence[Mapping[str, Any]], mean_size: int) -> TrainingData:
+    """Apply ``tempo_augmentation`` to the stored features, never stacking both kinds of tempo augmentation;
+    recordings too short for the model at ``mean_size`` are left out (``items.too_short``).
+
+    ``features``: train on the originals, each chunk at a random tempo; tempo variants stored by an earlier
+    ``audio`` run are ignored (and counted). ``audio``: train on the stored variants as they are, with no tempo
+    drawn on top; if ``aug_speed_mode`` asks for variants and none are stored (the dataset was processed in
+    ``features`` mode), that is an error rather than a silent run without tempo augmentation.
+    """
+    stored = sum(1 for r in table if r["split"] == "train" and not is_identity(r["speed"]))
+    mode = data_hp.tempo_augmentation
+    record: dict[str, Any] = {"mode": mode, "aug_speed_mode": list(data_hp.aug_speed_mode)}
+    if mode == "audio":
+        wanted = any(not is_identity(k) for k in data_hp.aug_speed_mode)
+        if wanted and not stored:
+            raise TempoModeMismatch(
+                f"{data_hp.source or 'data hparams'}: tempo_augmentation is 'audio' with aug_speed_mode "
+                f"{list(data_hp.aug_speed_mode)} but the store holds no rendered tempo variants of the train split; "
+                "materialise speed_variants and cqt_features again")
+        return TrainingData(split_items(table, mean_size, stored_variants=True), None,
+                            record | {"stored_variants_used": stored})
+    tempo = TempoRange.from_factors(data_hp.aug_speed_mode)
+    record |= {"tempo": tempo.describe() if tempo else "none (aug_speed_mode is the identity)",
+               "stored_variants_ignored": stored}
+    return TrainingData(split_items(table, mean_size, stored_variants=False), tempo, record)
 
 
 def resolve_path(value: str, training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> Path:

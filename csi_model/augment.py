@@ -1,4 +1,5 @@
-"""Spec augmentation of a pooled training chunk ``[T', F]`` (spec §2.4, with §11.20 fixed).
+"""Augmentation of training chunks ``[T, F]``: tempo in the feature domain (resampling a batch's time axis on the
+training device), pitch roll and random erase (per chunk, before the tempo resampling).
 
 Pitch roll first, then random erase, each behind its own probability. Only the first ``length`` frames are real
 content: padding frames are never shifted, filled or erased. Randomness comes solely from the passed generator
@@ -7,7 +8,12 @@ content: padding frames are never shifted, filled or erased. Randomness comes so
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 
 from csi_model.hparams import RandomEraseHParams, RollPitchHParams, SpecAugHParams
 
@@ -97,3 +103,95 @@ class SpecAugment:
         out = feat.copy()
         out[:length] = valid
         return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tempo in the feature domain
+
+
+@dataclass(frozen=True)
+class TempoRange:
+    """Tempo factors drawn uniformly from ``[low, high]`` per training chunk; ``copies`` keeps epochs comparable.
+
+    A tempo change with pitch kept only moves CQT frames in time, so a chunk played ``k`` times faster is the
+    ``k``-times longer stretch of the original's frames resampled to the chunk length. The factor is drawn from the
+    whole interval the data hparams' ``aug_speed_mode`` spans rather than only its listed values: the listed values
+    exist because audio copies are rendered one per factor, and a continuous draw shows the model every tempo in
+    between. ``copies`` is the number of distinct factors: each recording is visited that many times per epoch,
+    as it would be with one audio copy per factor, so epochs, patience and step budgets keep their meaning.
+    """
+
+    low: float
+    high: float
+    copies: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low <= self.high:
+            raise ValueError(f"tempo range [{self.low}, {self.high}] is not 0 < low <= high")
+        if self.copies < 1:
+            raise ValueError(f"tempo copies {self.copies} is not >= 1")
+
+    @classmethod
+    def from_factors(cls, factors: Sequence[float]) -> "TempoRange | None":
+        """The range of ``aug_speed_mode``; None when it holds only the identity (no tempo augmentation)."""
+        distinct = sorted({1.0 if abs(k - 1.0) < 0.01 else round(float(k), 6) for k in factors})
+        if distinct == [1.0]:
+            return None
+        return cls(distinct[0], distinct[-1], len(distinct))
+
+    def draw(self, rng: np.random.Generator) -> float:
+        return float(rng.uniform(self.low, self.high)) if self.high > self.low else self.low
+
+    def describe(self) -> str:
+        return f"tempo factor uniform in [{self.low:g}, {self.high:g}], each recording {self.copies}x per epoch"
+
+
+def tempo_resample(
+    feats: torch.Tensor, lengths: torch.Tensor, scales: torch.Tensor, out_frames: int, pad_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample each chunk's time axis by its own factor, batched on the chunks' device.
+
+    ``feats [B, L, F]`` holds ``lengths [B]`` valid frames each; output frame ``j`` of chunk ``b`` is the linear
+    interpolation at source position ``(j + 0.5) * scales[b] - 0.5`` (centre-aligned, clamped to the valid frames so
+    padding never bleeds in). Returns ``(feats [B, out_frames, F], valid lengths [B])``; frames past a chunk's
+    resampled content are ``pad_value``. A scale of 1 with ``lengths == out_frames`` returns the input unchanged.
+    """
+    n_batch, _, n_bins = feats.shape
+    scales = scales.to(device=feats.device, dtype=torch.float32)[:, None]  # [B, 1]
+    last = (lengths.to(feats.device)[:, None] - 1).clamp(min=0).float()  # [B, 1]
+    j = torch.arange(out_frames, device=feats.device, dtype=torch.float32)[None, :]  # [1, T]
+    src = ((j + 0.5) * scales - 0.5).clamp(min=0.0)
+    src = torch.minimum(src, last)  # [B, T]
+    i0 = src.floor().long()
+    i1 = torch.minimum(i0 + 1, last.long())
+    w = (src - i0.float())[..., None].to(feats.dtype)  # [B, T, 1]
+    a = feats.gather(1, i0[..., None].expand(n_batch, out_frames, n_bins))
+    b = feats.gather(1, i1[..., None].expand(n_batch, out_frames, n_bins))
+    out = a + (b - a) * w
+    new_lengths = torch.round(lengths.to(feats.device).float() / scales[:, 0]).long().clamp(1, out_frames)
+    valid = j < new_lengths[:, None]  # [B, T]
+    return torch.where(valid[..., None], out, torch.full_like(out, pad_value)), new_lengths
+
+
+def tempo_span(chunk_frames: int, factor: float) -> int:
+    """Raw frames of original content a chunk of ``chunk_frames`` covers at tempo ``factor`` (at least 1)."""
+    return max(1, int(round(chunk_frames * factor)))
+
+
+def max_tempo_span(chunk_frames: int, tempo: TempoRange) -> int:
+    """The longest ``tempo_span`` the range can draw: the padded length of a batch before resampling."""
+    return math.ceil(chunk_frames * tempo.high)
+
+
+def masked_mean_pool(feats: torch.Tensor, lengths: torch.Tensor, mean_size: int, pad_value: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average ``mean_size`` frames of ``feats [B, T, F]`` over the valid ones (a partial last group is averaged
+    over what exists, as ``csi_model.dataset.pool_and_pad`` does per item). Returns ``([B, T // m, F], lengths)``;
+    groups without valid frames are ``pad_value``."""
+    n_batch, n_frames, n_bins = feats.shape
+    n_out = n_frames // mean_size
+    valid = (torch.arange(n_out * mean_size, device=feats.device)[None, :] < lengths[:, None]).to(feats.dtype)
+    groups = (feats[:, : n_out * mean_size] * valid[..., None]).reshape(n_batch, n_out, mean_size, n_bins).sum(2)
+    counts = valid.reshape(n_batch, n_out, mean_size).sum(2)[..., None]  # [B, T', 1]
+    pooled = torch.where(counts > 0, groups / counts.clamp(min=1), torch.full_like(groups, pad_value))
+    return pooled, torch.div(lengths + mean_size - 1, mean_size, rounding_mode="floor").clamp(max=n_out)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from csi_model.augment import TempoRange, max_tempo_span, tempo_span
+
 # The reference's padding value; it sits below any real dB frame so leaked padding looks like silence.
 PAD_VALUE = -100.0
 
@@ -92,6 +94,12 @@ class ChunkDataset(Dataset):
 
     ``mode='random'`` draws the start uniformly in ``[0, n_frames - chunk]``; ``'defined'`` uses each item's start.
     ``augment`` (training only) receives the pooled chunk, its valid length and this dataset's generator.
+
+    With ``tempo`` (training only) each item draws a factor ``k`` and returns instead the ``round(chunk_frames * k)``
+    *raw* frames that a chunk played ``k`` times faster covers (spec augmentation applied to them), padded to the
+    range's longest span, their count, the work id and the scale ``span / chunk_frames``: the trainer resamples the
+    batch to ``chunk_frames`` and pools it on the device. Resampling before pooling keeps the interpolation's blur
+    below the pooled resolution, as a real tempo change would.
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class ChunkDataset(Dataset):
         augment: Augment | None = None,
         seed: int = 0,
         input_dim: int | None = None,
+        tempo: TempoRange | None = None,
     ) -> None:
         if mode not in ("random", "defined"):
             raise ValueError(f"mode {mode!r} is not 'random' or 'defined'")
@@ -115,6 +124,7 @@ class ChunkDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.input_dim = input_dim
+        self.tempo = tempo
         self.epoch = 0
         self._checked: set[int] = set()
         self._rng_key: tuple[int, int] | None = None
@@ -130,25 +140,40 @@ class ChunkDataset(Dataset):
     def labels(self) -> list[int]:
         return [item.work_id for item in self.items]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple:
         item = self.items[index]
         feat = self._features(index)
         rng = self._generator()
-        start = self._start(item, rng)
+        if self.tempo is not None:
+            return self._tempo_item(item, feat, rng, self.tempo)
+        start = self._start(item, rng, self.chunk_frames)
         raw = feat[start : start + self.chunk_frames]  # a view into the memory map: only these frames are read
         pooled, length = pool_and_pad(raw, self.mean_size, self.chunk_frames // self.mean_size)
         if self.augment is not None:
             pooled = self.augment(pooled, length, rng)
         return torch.from_numpy(pooled), length, item.work_id
 
-    def _start(self, item: FeatureItem, rng: np.random.Generator) -> int:
+    def _tempo_item(self, item: FeatureItem, feat: np.ndarray, rng: np.random.Generator, tempo: TempoRange) -> tuple:
+        """The raw frames a chunk at a drawn tempo covers, augmented, padded to the range's longest span; the
+        batch is resampled to the chunk and pooled on the device (``csi_model.augment.tempo_resample``, then
+        ``masked_mean_pool``)."""
+        span = tempo_span(self.chunk_frames, tempo.draw(rng))
+        start = self._start(item, rng, span)
+        raw = np.full((max_tempo_span(self.chunk_frames, tempo), feat.shape[1]), PAD_VALUE, dtype=np.float32)
+        content = np.asarray(feat[start : start + span], dtype=np.float32)
+        raw[: len(content)] = content
+        if self.augment is not None:
+            raw = self.augment(raw, len(content), rng)
+        return torch.from_numpy(raw), len(content), item.work_id, span / self.chunk_frames
+
+    def _start(self, item: FeatureItem, rng: np.random.Generator, span: int) -> int:
         if self.mode == "defined":
             if not 0 <= item.start < max(item.n_frames, 1):
                 raise FeatureFileError(
                     f"{item.feat_path}: start {item.start} is outside the {item.n_frames} frames of {item.perf!r}"
                 )
             return item.start
-        return int(rng.integers(0, max(item.n_frames - self.chunk_frames, 0) + 1))
+        return int(rng.integers(0, max(item.n_frames - span, 0) + 1))
 
     def _features(self, index: int) -> np.ndarray:
         """Validate each file once per process; the map is reopened per access so no descriptors pile up."""
@@ -168,7 +193,9 @@ class ChunkDataset(Dataset):
         return self._rng
 
 
-def collate_chunks(batch: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack to ``(feats [B, T', F], lengths [B], labels [B])``."""
-    feats, lengths, labels = zip(*batch)
-    return torch.stack(feats), torch.tensor(lengths, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+def collate_chunks(batch: list[tuple]) -> tuple[torch.Tensor, ...]:
+    """Stack to ``(feats [B, T', F], lengths [B], labels [B])``, plus ``scales [B]`` for tempo-drawn chunks."""
+    columns = list(zip(*batch))
+    out = (torch.stack(columns[0]), torch.tensor(columns[1], dtype=torch.long),
+           torch.tensor(columns[2], dtype=torch.long))
+    return out if len(columns) == 3 else (*out, torch.tensor(columns[3], dtype=torch.float32))

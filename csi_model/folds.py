@@ -29,6 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from csi_model import checkpoint as ckpt
 from csi_model.atomic import write_text_atomic
+from csi_model.augment import TempoRange
 from csi_model.dataset import FeatureItem
 from csi_model.hparams import HParamsError, TrainingHParams
 from csi_model.training import Progress, RetrievalTestSet, TrainingResult, WarmStart, train
@@ -139,7 +140,7 @@ class ProductionRun:
 
     def __init__(self, hp: TrainingHParams, pool: Sequence[PoolItem], final_val: Sequence[FeatureItem], root: Path,
                  test_sets: Sequence[RetrievalTestSet] = (), device: str | torch.device | None = None,
-                 progress: StageProgress | None = None) -> None:
+                 progress: StageProgress | None = None, tempo: TempoRange | None = None) -> None:
         if hp.k_folds is None:
             raise HParamsError(f"{hp.source or '<hparams>'}: k_folds: production training needs the number of folds")
         self.hp = with_class_count(hp, [[p.item for p in pool], final_val,
@@ -150,6 +151,7 @@ class ProductionRun:
         self.root = Path(root)
         self.test_sets = list(test_sets)
         self.device = device
+        self.tempo = tempo
         self.progress = progress or (lambda stage, stage_hp: None)
         self.state_path = self.root / STATE_FILE
         self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
@@ -197,7 +199,7 @@ class ProductionRun:
         best = self.state["global_best"]
         warm = None if best is None else WarmStart(Path(best["checkpoint"]), Path(best["state"]))
         training = train(hp, train_items, self.stage_dir(stage), val_items, (), self.test_sets, self.device,
-                         self.progress(stage, hp), run_id=f"stage_{stage}", warm_start=warm)
+                         self.progress(stage, hp), run_id=f"stage_{stage}", warm_start=warm, tempo=self.tempo)
         if training.best_checkpoint is None:
             raise RuntimeError(f"{training.checkpoint_dir}: stage {stage} left no checkpoint of its best epoch")
         result = StageResult(stage, hp.learning_rate, training.best_epoch, training.best_value,

@@ -203,6 +203,10 @@ class TrainingHParams:
         return self.chunk_frame[0] * self.mean_size
 
 
+TEMPO_MODES = ("features", "audio")
+"""How ``aug_speed_mode`` is applied: resampling the CQT's time axis per training chunk, or rendered audio copies."""
+
+
 @dataclass(frozen=True)
 class DataPrepHParams:
     """Data-preparation hyper-parameters (spec §8.1). ``seed`` is ours: the reference's split is unseeded."""
@@ -211,6 +215,7 @@ class DataPrepHParams:
     n_bins: int = 96
     bins_per_octave: int = 12
     aug_speed_mode: tuple[float, ...] = (1.0,)
+    tempo_augmentation: str = "features"  # ours: "features" (time axis of the CQT, on the fly) or "audio" (variants)
     add_noise: Mapping[str, Any] | None = None
     hop_size: float = 0.04  # ours: the CQT hop in seconds (the reference hard-codes 640 samples at 16 kHz)
     device: str = "auto"
@@ -233,6 +238,8 @@ class DataPrepHParams:
         _require(problem is None, "fmin, n_bins, bins_per_octave", str(problem), self)
         _require(len(self.aug_speed_mode) > 0, "aug_speed_mode", "needs at least one factor (use [1.0])", self)
         _require(all(k > 0 for k in self.aug_speed_mode), "aug_speed_mode", "factors must be > 0", self)
+        _require(self.tempo_augmentation in TEMPO_MODES, "tempo_augmentation",
+                 f"{self.tempo_augmentation!r} is not one of {', '.join(TEMPO_MODES)}", self)
         for key in ("val_data_split", "val_unseen", "test_data_split", "test_data_unseen"):
             value = getattr(self, key)
             _require(0.0 <= value < 1.0, key, f"{value} is not a fraction in [0, 1)", self)

@@ -15,8 +15,12 @@ content depends only on the seed and its own indices, never on iteration order o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -348,11 +352,14 @@ def generate_covers(
     seed: int = 0,
     seconds: float = 30.0,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Write ``works`` x ``perfs`` performances to ``out_dir/wav/`` and return the ``out_dir/dataset.txt`` catalog.
 
-    The catalog is written last, so a reader never finds it listing a wav that is not there yet.
-    ``progress(done, total)`` is called after each performance.
+    Works are rendered by ``workers`` processes (default: one per core); each file depends only on the seed and
+    its indices, so the bytes are the same for any number of workers. The catalog is written last, so a reader
+    never finds it listing a wav that is not there yet. ``progress(done, total)`` is called after each work with
+    the performances done so far.
     """
     if works < 1 or perfs < 1:
         raise ValueError(f"need at least one work and one performance per work, got works={works}, perfs={perfs}")
@@ -360,29 +367,46 @@ def generate_covers(
         raise ValueError(f"seconds must be at least 1 (one beat of a tune), got {seconds}")
     out_dir = Path(out_dir)
     digits = max(3, len(str(works - 1)))
-    lines = []
-    for w in range(works):
-        work = compose_work(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(w,))), seconds)
-        for p in range(perfs):
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(w, p)))
-            rendition = draw_rendition(rng, work)
-            audio = render_performance(work, rendition, rng)
-            perf = f"w{w:0{digits}d}_p{p}"
-            wav = f"wav/{perf}.wav"
-            write_wav(out_dir / wav, audio, SAMPLE_RATE)
-            record = {
-                "perf": perf,
-                "wav": wav,
-                "dur_s": round(len(audio) / SAMPLE_RATE, 2),
-                "work": f"work_{w:0{digits}d}",
-                "version": rendition.describe(),
-                "mode": work.mode,
-                "register": register(work, rendition),
-                "batch_tag": _batch_tag(seed, w, p),
-            }
-            lines.append(json.dumps(record, ensure_ascii=False))
-            if progress is not None:
-                progress(w * perfs + p + 1, works * perfs)
+    tasks = [(out_dir, w, perfs, seed, seconds, digits) for w in range(works)]
+    workers = max(1, min(workers or os.cpu_count() or 1, works))
+    lines: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            results = map(_write_work, tasks)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            results = pool.map(_write_work, tasks)
+        for records in results:
+            done = len(lines)
+            lines += records
+            for k in range(done + 1, len(lines) + 1) if progress is not None else ():
+                progress(k, works * perfs)
     catalog = out_dir / "dataset.txt"
     write_text_atomic(catalog, "\n".join(lines) + "\n")
     return catalog
+
+
+def _write_work(task: tuple[Path, int, int, int, float, int]) -> list[str]:
+    """Render and write every performance of work ``w``; returns their catalog lines in performance order."""
+    out_dir, w, perfs, seed, seconds, digits = task
+    work = compose_work(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(w,))), seconds)
+    lines = []
+    for p in range(perfs):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(w, p)))
+        rendition = draw_rendition(rng, work)
+        audio = render_performance(work, rendition, rng)
+        perf = f"w{w:0{digits}d}_p{p}"
+        wav = f"wav/{perf}.wav"
+        write_wav(out_dir / wav, audio, SAMPLE_RATE)
+        record = {
+            "perf": perf,
+            "wav": wav,
+            "dur_s": round(len(audio) / SAMPLE_RATE, 2),
+            "work": f"work_{w:0{digits}d}",
+            "version": rendition.describe(),
+            "mode": work.mode,
+            "register": register(work, rendition),
+            "batch_tag": _batch_tag(seed, w, p),
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+    return lines

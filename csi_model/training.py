@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from csi_model import checkpoint as ckpt
-from csi_model.augment import SpecAugment
-from csi_model.dataset import ChunkDataset, FeatureItem, collate_chunks
+from csi_model.augment import SpecAugment, TempoRange, masked_mean_pool, tempo_resample
+from csi_model.dataset import PAD_VALUE, ChunkDataset, FeatureItem, collate_chunks
 from csi_model.devices import pick_device
 from csi_model.early_stopping import EarlyStopping
 from csi_model.embedding import embed_tracks
@@ -132,11 +132,15 @@ def train(
     progress: Progress | None = None,
     run_id: str = "train",
     warm_start: WarmStart | None = None,
+    tempo: TempoRange | None = None,
 ) -> TrainingResult:
     """Train (or resume) in ``model_dir``: ``checkpoints/`` and ``logs/<run_id>/`` are created under it.
-    ``warm_start``: weights a run with no checkpoint yet starts from (see :class:`WarmStart`)."""
+
+    ``warm_start``: weights a run with no checkpoint yet starts from (see :class:`WarmStart`). ``tempo`` turns on
+    tempo augmentation in the feature domain (each training chunk at a random tempo); leave it None when
+    ``train_items`` already hold rendered tempo variants, so the two are never stacked."""
     return Trainer(hp, train_items, model_dir, val_items, test_items, test_sets, device, progress, run_id,
-                   warm_start).run()
+                   warm_start, tempo).run()
 
 
 class Trainer:
@@ -152,6 +156,7 @@ class Trainer:
         progress: Progress | None = None,
         run_id: str = "train",
         warm_start: WarmStart | None = None,
+        tempo: TempoRange | None = None,
     ) -> None:
         if not train_items:
             raise ValueError("no training items: the train split is empty")
@@ -161,6 +166,7 @@ class Trainer:
         self.log_dir = self.model_dir / "logs" / run_id
         self.device = torch.device(device) if device is not None else pick_device(hp.device)
         self.progress = progress
+        self.tempo = tempo
         self.test_sets = list(test_sets)
         self.num_classes = _num_classes(hp, [train_items, val_items, test_items])
         for ts in self.test_sets:
@@ -193,11 +199,12 @@ class Trainer:
         hp = self.hp
         augment = SpecAugment(hp.spec_augmentation) if hp.spec_augmentation is not None else None
         aug_seed = hp.spec_augmentation.seed if hp.spec_augmentation is not None else 0
+        items = list(items) * (self.tempo.copies if self.tempo is not None else 1)
         labels = [item.work_id for item in items]
         sets, loaders = [], []
         for i, chunk in enumerate(hp.chunk_frame):
             ds = ChunkDataset(items, chunk * hp.mean_size, hp.mean_size, hp.mode, augment,
-                              seed=_mix(hp.seed, aug_seed, i), input_dim=hp.input_dim)
+                              seed=_mix(hp.seed, aug_seed, i), input_dim=hp.input_dim, tempo=self.tempo)
             sampler = MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size, self.sampler_rngs[i])
             sets.append(ds)
             loaders.append(self._loader(ds, batch_sampler=sampler))
@@ -276,7 +283,7 @@ class Trainer:
         n = 0
         for batches in zip(*self.train_loaders):
             for k in self.order_rng.permutation(len(batches)):
-                terms = self._step(batches[k])
+                terms = self._step(batches[k], self.hp.chunk_frame[k])
                 if terms is None:
                     continue
                 n += 1
@@ -289,9 +296,14 @@ class Trainer:
                     self.progress(self.steps, epoch, logged)
         return {key: value / max(n, 1) for key, value in sums.items()}
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, float] | None:
-        """One optimizer step; a non-finite loss skips the update, and three in a row abort the run."""
-        feats, lengths, labels = (t.to(self.device, non_blocking=True) for t in batch)
+    def _step(self, batch: tuple[torch.Tensor, ...], out_frames: int) -> dict[str, float] | None:
+        """One optimizer step on chunks of ``out_frames`` pooled frames; a non-finite loss skips the update, and
+        three in a row abort the run. Tempo-drawn chunks are resampled and pooled here, batched on the device.
+        """
+        feats, lengths, labels, *scales = (t.to(self.device, non_blocking=True) for t in batch)
+        if scales:  # raw frames at drawn tempi: resample to the chunk, then pool (as the dataset does otherwise)
+            feats, lengths = tempo_resample(feats, lengths, scales[0], out_frames * self.hp.mean_size, PAD_VALUE)
+            feats, lengths = masked_mean_pool(feats, lengths, self.hp.mean_size, PAD_VALUE)
         self.scheduler.step()
         self.steps += 1
         embedding, logits = self.model(feats, lengths)
@@ -335,8 +347,9 @@ class Trainer:
     @torch.no_grad()
     def _retrieval(self, test_sets: Iterable[RetrievalTestSet]) -> tuple[dict[str, float], dict[str, float]]:
         mean_ap, hit_rate = {}, {}
+        embedded: dict[Path, np.ndarray] = {}  # test sets share their references: each track is embedded once
         for ts in test_sets:
-            metrics = evaluate_test_set(self.model, ts, self.hp, self.device)
+            metrics = evaluate_test_set(self.model, ts, self.hp, self.device, embedded)
             mean_ap[ts.name], hit_rate[ts.name] = metrics.mean_ap, metrics.hit_rate
         return mean_ap, hit_rate
 
@@ -432,27 +445,33 @@ class Trainer:
         return path if path.exists() else None
 
 
-def evaluate_test_set(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams,
-                      device: torch.device) -> RetrievalMetrics:
+def evaluate_test_set(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,
+                      embedded: dict[Path, np.ndarray] | None = None) -> RetrievalMetrics:
     """mAP / MR1 / HR@1 of one test set over its answerable queries: every track embedded per segment, min
     cosine distance over segments. Raises ``NoAnswerableQueries`` when no query has a match to find."""
-    return retrieval_metrics(retrieval_distances(model, test_set, hp, device), *test_set.labels(),
+    return retrieval_metrics(retrieval_distances(model, test_set, hp, device, embedded), *test_set.labels(),
                              test_set.exclusion_mask())
 
 
-def retrieval_distances(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams,
-                       device: torch.device) -> np.ndarray:
-    """[Q, R] min-segment cosine distances of a test set's queries to its references (embedded once if equal)."""
-    queries = _embed(model, test_set.queries, hp, device)
-    refs = queries if test_set.refs is None else _embed(model, test_set.refs, hp, device)
+def retrieval_distances(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,
+                        embedded: dict[Path, np.ndarray] | None = None) -> np.ndarray:
+    """[Q, R] min-segment cosine distances of a test set's queries to its references. ``embedded`` (feature path →
+    segment embeddings of this model's current weights) is reused and filled in, so shared tracks embed once."""
+    embedded = {} if embedded is None else embedded
+    queries = _embed(model, test_set.queries, hp, device, embedded)
+    refs = queries if test_set.refs is None else _embed(model, test_set.refs, hp, device, embedded)
     return min_segment_distance(queries, refs)
 
 
-def _embed(model: CoverHunter, items: Sequence[FeatureItem], hp: TrainingHParams,
-           device: torch.device) -> list[np.ndarray]:
+def _embed(model: CoverHunter, items: Sequence[FeatureItem], hp: TrainingHParams, device: torch.device,
+           embedded: dict[Path, np.ndarray]) -> list[np.ndarray]:
+    """Segment embeddings per item; only tracks missing from ``embedded`` go through the model."""
     model.eval()
-    features = [np.load(it.feat_path, mmap_mode="r") for it in items]
-    return embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, device)
+    missing = list(dict.fromkeys(it.feat_path for it in items if it.feat_path not in embedded))
+    features = [np.load(path, mmap_mode="r") for path in missing]
+    embedded.update(zip(missing, embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size,
+                                              device)))
+    return [embedded[it.feat_path] for it in items]
 
 
 # -- construction helpers ------------------------------------------------------------------------------------

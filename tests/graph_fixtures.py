@@ -14,7 +14,8 @@ from csi_assets.store import Store
 from csi_model.synth import generate_covers
 
 DATA_HPARAMS = {
-    "fmin": 32, "n_bins": 96, "bins_per_octave": 12, "aug_speed_mode": [0.9, 1.0, 1.1], "device": "cpu",
+    "fmin": 32, "n_bins": 96, "bins_per_octave": 12, "aug_speed_mode": [0.9, 1.0, 1.1], "tempo_augmentation": "audio",
+    "device": "cpu",
     "val_data_split": 0.2, "val_unseen": 0.0, "test_data_split": 0.2, "test_data_unseen": 0.2, "seed": 7,
 }
 

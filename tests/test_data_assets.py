@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
+import yaml
 
 from csi_assets.assets import data
 from csi_assets.store import catalog as catalog_store
@@ -16,11 +17,9 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
 from csi_model.catalog import parse_catalog
 from csi_model.cqt import load_feature
-from tests.graph_fixtures import make_project, materialize
+from tests.graph_fixtures import DATA_HPARAMS, make_project, materialize
 
 DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
-DATA_CHECKS = [data.catalog_lines_all_usable, data.catalog_durations_match_audio, data.features_are_finite,
-               data.splits_are_leak_free]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def built(tmp_path_factory):
     ]
     catalog.write_text("\n".join(lines) + "\n")
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(DATA_ASSETS + DATA_CHECKS, resources=project.resources, instance=instance)
+    result = dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
     assert result.success
     return project, instance, result
 
@@ -128,3 +127,70 @@ def test_new_work_gets_a_new_id_and_old_ids_stay(tmp_path) -> None:
     after = split_store.work_ids(project.store, "dataset")
     assert {w: after[w] for w in before} == before
     assert after["aaa_new_work"] == max(before.values()) + 1
+
+
+def _materialised_metadata(result: dg.ExecuteInJobResult) -> dict:
+    return {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
+            .metadata for e in result.get_asset_materialization_events()}
+
+
+def test_feature_tempo_mode_renders_nothing_and_retires_stored_variants_without_mixing(tmp_path) -> None:
+    """Switching a dataset processed with audio variants to feature-domain tempo: the variants leave the store's
+    tables and exports (training cannot pick them up), their audio stays on disk, and switching back re-renders
+    nothing."""
+    project = make_project(tmp_path, works=4, perfs=3, seconds=4.0)  # tempo_augmentation: audio
+    materialize(project, DATA_ASSETS)
+    rendered = sorted(project.dataset_dir.joinpath("sp_wav").glob("*.wav"))
+    assert len(rendered) == 4 * 3 * 2
+    hparams = project.dataset_dir / "hparams.yaml"
+    hparams.write_text(yaml.safe_dump(dict(DATA_HPARAMS, tempo_augmentation="features")))
+    meta = _materialised_metadata(materialize(project, DATA_ASSETS))
+    assert meta["speed_variants"]["tempo_augmentation"].value == "features"
+    assert meta["speed_variants"]["rendered_now"].value == 0
+    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
+    table = feature_store.feature_table(project.store, "dataset", settings_hash)
+    assert len(table) == 12 and all(r["speed"] == 1.0 for r in table)
+    assert not [r for r in parse_catalog(project.dataset_dir / "full.txt").rows if r.perf.startswith("sp_")]
+    assert sorted(project.dataset_dir.joinpath("sp_wav").glob("*.wav")) == rendered
+    hparams.write_text(yaml.safe_dump(DATA_HPARAMS))
+    meta = _materialised_metadata(materialize(project, DATA_ASSETS))
+    assert meta["speed_variants"]["rendered_now"].value == 0 and meta["speed_variants"]["variants"].value == 36
+
+
+def test_feature_tempo_mode_on_a_fresh_dataset_computes_one_feature_per_recording(tmp_path) -> None:
+    project = make_project(tmp_path, works=3, perfs=2, seconds=3.0,
+                           data_hparams=dict(DATA_HPARAMS, tempo_augmentation="features"))
+    meta = _materialised_metadata(materialize(project, DATA_ASSETS))
+    assert meta["cqt_features"]["computed_now"].value == 6
+    assert not list(project.dataset_dir.glob("sp_wav/*"))
+
+
+def test_features_check_accepts_float16_and_float32_files_and_names_non_finite_ones(tmp_path) -> None:
+    rows = []
+    for name, dtype, value in [("half", np.float16, -20.0), ("single", np.float32, -20.0), ("nan", np.float32, np.nan)]:
+        path = tmp_path / f"{name}.npy"
+        np.save(path, np.full((7, 96), value, dtype=dtype))
+        rows.append({"variant": name, "path": str(path), "n_frames": 7})
+    assert data.features_check(rows[:2], 96).passed
+    result = data.features_check(rows, 96)
+    assert not result.passed and result.metadata["examples"].value == ["nan"]
+    assert not data.features_check(rows[:1], 84).passed  # wrong bin count
+
+
+def test_parallel_decoding_keeps_file_order_and_names_unreadable_files(tmp_path) -> None:
+    from csi_model.audio import SAMPLE_RATE, write_wav
+
+    wavs = []
+    for i in range(2 * data.CQT_FILES_PER_BATCH + 3):
+        path = tmp_path / f"{i}.wav"
+        if i == 5:
+            path.write_bytes(b"RIFF not audio")
+        else:
+            write_wav(path, np.full(SAMPLE_RATE // 10 + i, 0.01 * (i + 1), dtype=np.float32), SAMPLE_RATE)
+        wavs.append(str(path))
+    batches = list(data._decoded_batches(wavs))
+    assert [len(b) for b in batches] == [data.CQT_FILES_PER_BATCH, data.CQT_FILES_PER_BATCH, 3]
+    flat = [item for batch in batches for item in batch]
+    assert flat[5][0] is None and "5.wav" in flat[5][1]
+    assert [len(signal) for i, (signal, _) in enumerate(flat) if i != 5] == \
+        [SAMPLE_RATE // 10 + i for i in range(len(wavs)) if i != 5]

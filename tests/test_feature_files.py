@@ -15,11 +15,11 @@ from csi_assets.store import features as feature_store
 from tests.graph_fixtures import make_project, materialize
 
 
-def _check(project, instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
-    result = dg.materialize([data.cqt_features, data.features_are_finite], resources=project.resources,
-                            instance=instance, selection=dg.AssetSelection.checks(data.features_are_finite))
-    [evaluation] = result.get_asset_check_evaluations()
-    return evaluation
+def _check(project) -> dg.AssetCheckResult:
+    """The feature check as cqt_features runs it, on the store's rows as they are now."""
+    settings = project.resources["dataset"].cqt_settings()
+    return data.features_check(feature_store.features(project.store, "dataset", settings.settings_hash()),
+                               settings.n_bins)
 
 
 def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: P
     feature_store.record_features(project.store, "dataset", settings.settings_hash(), asdict(settings),
                                   [moved(shared_b, path[shared_a]), moved(legacy, old_name)])
 
-    evaluation = _check(project, instance)
+    evaluation = _check(project)
     assert evaluation.passed is False and evaluation.metadata["bad"].value == 5
     listing = evaluation.metadata["examples"].value
     for variant in (truncated, empty, nan, shared_a, shared_b):
@@ -56,7 +56,11 @@ def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: P
     result = materialize(project, [data.cqt_features], instance)
     [event] = result.get_asset_materialization_events()
     assert event.materialization.metadata["computed_now"].value == 5
-    assert _check(project, instance).passed
+    assert event.materialization.metadata["bad_files_recomputed"].value == 5
+    logged = " ".join(e.message or "" for e in instance.all_logs(result.run_id) if e.level >= 30)
+    assert all(str(path[v]) in logged for v in (truncated, empty, nan))
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.passed and _check(project).passed
     after = feature_store.features(project.store, "dataset", settings.settings_hash())
     assert len({r["path"] for r in after.values()}) == len(after)
     assert after[legacy]["path"] == str(old_name)  # a sound file under the old name is kept, not recomputed

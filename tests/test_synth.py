@@ -119,3 +119,11 @@ def test_progress_counts_every_performance(tmp_path: Path) -> None:
 def test_bad_sizes_are_refused(tmp_path: Path, works: int, perfs: int, seconds: float) -> None:
     with pytest.raises(ValueError):
         generate_covers(tmp_path, works, perfs, seconds=seconds)
+
+
+def test_parallel_workers_write_the_same_bytes_as_one(tmp_path: Path) -> None:
+    generate_covers(tmp_path / "one", 3, 2, seed=4, seconds=2.0, workers=1)
+    generate_covers(tmp_path / "two", 3, 2, seed=4, seconds=2.0, workers=2)
+    one, two = sorted((tmp_path / "one").rglob("*.*")), sorted((tmp_path / "two").rglob("*.*"))
+    assert [p.relative_to(tmp_path / "one") for p in one] == [p.relative_to(tmp_path / "two") for p in two]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))

@@ -6,11 +6,10 @@ it completes, so a killed run continues where it stopped).
 """
 
 
-import hashlib
 import json
 import multiprocessing
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,23 +26,23 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
 from csi_model.audio import AudioError, load_audio
 from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, verify_row
-from csi_model.cqt import CqtSettings, compute_cqt, content_hash, save_feature, settings_for
+from csi_model.cqt import CqtSettings, compute_cqt, content_hash, save_feature
 from csi_model.dataset import FeatureFileError, FeatureItem, check_feature_file
 from csi_model.devices import pick_device
 from csi_model.identifiers import id_path
 from csi_model.export import FeatureLine, write_reference_exports
+from csi_model.hparams import DataPrepHParams
 from csi_model.splits import Split, assign_work_ids, split_performances
 from csi_model.tempo import TempoVariant, plan_variants, render_variant
 
 GROUP = "data"
-FEATURE_SHARDS = 4
-"""Static fan-out of feature extraction: the executor runs the shards in parallel processes."""
 CQT_FILES_PER_BATCH = 16
 """Files per CQT call and per store transaction: a killed run loses at most one batch of work."""
 
 
 def _workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Worker processes for decoding and rendering: one per core this process may use."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -110,7 +109,14 @@ def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], limi
     return head + body + more
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb"})
+LINES_CHECK, DURATIONS_CHECK = "catalog_lines_all_usable", "catalog_durations_match_audio"
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb"}, check_specs=[
+    dg.AssetCheckSpec(LINES_CHECK, asset="dataset_catalog",
+                      description="Every catalog line was usable (bad lines are listed)."),
+    dg.AssetCheckSpec(DURATIONS_CHECK, asset="dataset_catalog",
+                      description="Catalogued durations match the decoded audio within 1 %.")])
 def dataset_catalog(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
 ) -> dg.MaterializeResult:
@@ -143,7 +149,8 @@ def dataset_catalog(
             "audio_hours": round(sum(r["dur_s"] for r in good) / 3600, 3),
             "rejected": dg.MetadataValue.md(_markdown_table(rejected, ["line_no", "reason"]) if rejected else "none"),
             **label_metadata(catalog_store.label_counts(db, dataset.name)),
-        }
+        },
+        check_results=catalog_checks(rejected, warned),
     )
 
 
@@ -154,26 +161,16 @@ def label_metadata(counts: dict[str, dict[str | None, int]]) -> dict[str, Any]:
         "values": {v: n for v, n in values.items() if v is not None}}) for label, values in counts.items()}
 
 
-@dg.asset_check(asset=dataset_catalog, description="Every catalog line was usable (bad lines are listed).")
-def catalog_lines_all_usable(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
-    rejected = catalog_store.rejected(store.store(), dataset.name)
-    return dg.AssetCheckResult(
-        passed=not rejected,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"rejected_lines": len(rejected),
-                  "reasons": dg.MetadataValue.md(_markdown_table(rejected, ["line_no", "reason"]) if rejected
-                                                 else "none")},
-    )
-
-
-@dg.asset_check(asset=dataset_catalog, description="Catalogued durations match the decoded audio within 1 %.")
-def catalog_durations_match_audio(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
-    warned = catalog_store.warnings(store.store(), dataset.name)
-    return dg.AssetCheckResult(
-        passed=not warned,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"corrected_durations": len(warned)},
-    )
+def catalog_checks(rejected: Sequence[dict[str, Any]], warned: Sequence[dict[str, Any]]
+                   ) -> list[dg.AssetCheckResult]:
+    """Warnings, not failures: the good lines went through. Run inside the catalog's step (no process of their own)."""
+    reasons = _markdown_table(rejected, ["line_no", "reason"]) if rejected else "none"
+    return [
+        dg.AssetCheckResult(check_name=LINES_CHECK, passed=not rejected, severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"rejected_lines": len(rejected), "reasons": dg.MetadataValue.md(reasons)}),
+        dg.AssetCheckResult(check_name=DURATIONS_CHECK, passed=not warned, severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"corrected_durations": len(warned)}),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,14 +225,20 @@ def _render_or_error(variant: TempoVariant) -> str | None:
 def speed_variants(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
 ) -> dg.MaterializeResult:
-    """Tempo-changed copies (pitch kept) of every performance of the main catalog, one per ``aug_speed_mode``
-    factor; factor 1.0 is the original itself. Existing, up-to-date files are not redone."""
+    """The recordings the CQT stage computes. With ``tempo_augmentation: features`` (the default) these are the
+    originals only: training draws tempo on the CQT's time axis. With ``audio``, tempo-changed copies (pitch kept)
+    of every performance of the main catalog, one per ``aug_speed_mode`` factor; factor 1.0 is the original
+    itself, and existing, up-to-date files are not redone."""
     db = store.store()
     hp = dataset.hparams()
     originals = [p for p in catalog_store.performances(db, dataset.name) if p["batch_id"] is None]
     require_upstream(originals, "dataset_catalog", dataset.name, "catalogued performances")
-    planned = plan_dataset_variants(originals, hp.aug_speed_mode, dataset.variants_dir)
+    planned = plan_dataset_variants(originals, rendered_factors(hp), dataset.variants_dir)
     stored = {v["variant"]: v for v in feature_store.variants(db, dataset.name)}
+    dropped = sum(1 for v in stored.values() if v["perf"] != v["variant"]) if hp.tempo_augmentation == "features" else 0
+    if dropped:
+        context.log.warning(f"tempo_augmentation is 'features': {dropped} tempo variants recorded by an earlier "
+                            f"'audio' run are no longer used (their audio stays in {dataset.variants_dir})")
     rendered, errors = render_variants(planned, stored, context.log)
     if errors:
         raise dg.Failure(description="tempo variants failed:\n" + "\n".join(errors[:20]))
@@ -245,6 +248,7 @@ def speed_variants(
         metadata={
             "variants": len(planned),
             "performances": len(originals),
+            "tempo_augmentation": hp.tempo_augmentation,
             "factors": dg.MetadataValue.json(list(hp.aug_speed_mode)),
             "rendered_now": rendered,
             "cached": sum(1 for v, _ in planned if not v.is_original) - rendered,
@@ -253,13 +257,18 @@ def speed_variants(
     )
 
 
+def rendered_factors(hp: DataPrepHParams) -> tuple[float, ...]:
+    """The factors rendered as audio: all of ``aug_speed_mode`` in ``audio`` mode, only the identity otherwise."""
+    return hp.aug_speed_mode if hp.tempo_augmentation == "audio" else (1.0,)
+
+
 def variant_row(variant: TempoVariant, source_hash: str) -> dict[str, Any]:
     return {"variant": variant.perf, "perf": variant.original_perf, "speed": variant.factor,
             "wav": str(variant.wav), "dur_s": variant.dur_s, "source_hash": source_hash}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# cqt_features: plan → FEATURE_SHARDS parallel shard ops → summary
+# cqt_features: decode in parallel processes, CQT in batches, check in the same step
 
 
 def feature_path(features_dir: Path, settings: CqtSettings, variant: str) -> Path:
@@ -307,18 +316,20 @@ def extract_features(
     variants: Sequence[dict[str, Any]], settings: CqtSettings, features_dir: Path, device: Any,
     record: Any, log: Any, label: str,
 ) -> tuple[int, list[str]]:
-    """Decode, CQT and save the variants in batches; ``record(rows)`` is called after each batch is on disk."""
+    """Decode (in parallel processes), CQT (batched across files) and save the variants; ``record(rows)`` is called
+    after each batch is on disk, so a killed run keeps every batch it finished. Returns (computed, errors)."""
     progress = Progress(log, label, len(variants), "files")
     errors: list[str] = []
     done = 0
-    for start in range(0, len(variants), CQT_FILES_PER_BATCH):
+    for start, decoded in zip(range(0, len(variants), CQT_FILES_PER_BATCH),
+                              _decoded_batches([v["wav"] for v in variants])):
         batch, signals = [], []
-        for v in variants[start:start + CQT_FILES_PER_BATCH]:
-            try:
-                signals.append(load_audio(v["wav"]))
-                batch.append(v)
-            except AudioError as err:
-                errors.append(f"{v['variant']}: {err}")
+        for v, (signal, error) in zip(variants[start:start + CQT_FILES_PER_BATCH], decoded):
+            if error is not None:
+                errors.append(f"{v['variant']}: {error}")
+                continue
+            signals.append(signal)
+            batch.append(v)
         rows = []
         for v, feature in zip(batch, compute_cqt(signals, settings, device)):
             path = feature_path(features_dir, settings, v["variant"])
@@ -327,7 +338,7 @@ def extract_features(
                          "n_bins": int(feature.shape[1]), "audio_hash": v["source_hash"]})
         record(rows)
         done += len(rows)
-        progress.advance(len(variants[start:start + CQT_FILES_PER_BATCH]))
+        progress.advance(len(decoded))
     return done, errors
 
 
@@ -347,104 +358,91 @@ def _discard_bad_features(stored: Mapping[str, Mapping[str, Any]], problems: Map
             path.unlink(missing_ok=True)
 
 
-@dg.op(ins={"start": dg.In(dg.Nothing)}, out=dg.Out(list))
-def plan_feature_shards(context: dg.OpExecutionContext, dataset: DatasetResource, store: StoreResource) -> list:
-    """Split the variants that still need a feature into FEATURE_SHARDS lists by a stable hash of their id.
+def _decoded_batches(wavs: Sequence[str]) -> Iterator[list[tuple[np.ndarray | None, str | None]]]:
+    """``(signal, error)`` per file in batches of CQT_FILES_PER_BATCH, in order. With more than one batch, one
+    decode process per core works on the next batch while the caller computes the current batch's CQT, so at most
+    two batches of signals are in memory whatever the collection's size."""
+    batches = [wavs[i:i + CQT_FILES_PER_BATCH] for i in range(0, len(wavs), CQT_FILES_PER_BATCH)]
+    workers = _workers()
+    if workers == 1 or len(batches) <= 1:
+        yield from ([_decode_or_error(w) for w in batch] for batch in batches)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = [pool.submit(_decode_or_error, w) for w in batches[0]]
+        for following in [*batches[1:], []]:
+            ahead = [pool.submit(_decode_or_error, w) for w in following]
+            yield [future.result() for future in pending]
+            pending = ahead
 
-    Temporary files left by a killed run are removed first: no shard of this run has started yet. Bad stored
-    files (truncated, corrupted, wrong shape, shared) are named in the log and computed again.
-    """
-    db = store.store()
+
+def _decode_or_error(wav: str) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return load_audio(wav), None
+    except AudioError as err:
+        return None, str(err)
+
+
+FEATURES_CHECK = "features_are_finite"
+
+
+@dg.asset(group_name=GROUP, deps=[speed_variants], kinds={"pytorch", "numpy"},
+          check_specs=[dg.AssetCheckSpec(FEATURES_CHECK, asset="cqt_features",
+                                         description="Feature files have the configured bins and no NaN/inf.")])
+def cqt_features(context: dg.AssetExecutionContext, dataset: DatasetResource,
+                 store: StoreResource) -> dg.MaterializeResult:
+    """One CQT array ``[T, n_bins]`` (float16 dB) per recording and CQT settings, computed once per audio content
+    and settings: decoding runs in one process per core, the CQT in batches of files. One step, checks included:
+    a step costs a process start, which on a small dataset is more than the work."""
     settings = dataset.cqt_settings()
+    db = store.store()
     folder = dataset.features_dir / settings.settings_hash()
     for stale in folder.glob(".*.tmp*"):
-        stale.unlink(missing_ok=True)
+        stale.unlink(missing_ok=True)  # left by a killed run: this step is the only writer
     variants = feature_store.variants(db, dataset.name)
     require_upstream(variants, "speed_variants", dataset.name, "recordings to compute features of")
     stored = feature_store.features(db, dataset.name, settings.settings_hash())
     problems = feature_problems(stored, settings.n_bins)
     _discard_bad_features(stored, problems, folder, context.log)
     pending = pending_features(variants, stored, problems)
-    shards: list[list[dict[str, Any]]] = [[] for _ in range(FEATURE_SHARDS)]
-    for v in pending:
-        shards[int(content_key(v["variant"]), 16) % FEATURE_SHARDS].append(v)
-    return shards
 
+    def record(rows: list[dict[str, Any]]) -> None:
+        feature_store.record_features(db, dataset.name, settings.settings_hash(), asdict(settings), rows)
 
-def content_key(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def _make_shard_op(index: int) -> dg.OpDefinition:
-    @dg.op(name=f"cqt_shard_{index}", out=dg.Out(dict))
-    def cqt_shard(context: dg.OpExecutionContext, shards: list, dataset: DatasetResource,
-                  store: StoreResource) -> dict:
-        """Extract the features of one shard; rows are recorded per batch so a kill loses one batch at most."""
-        hp = dataset.hparams()
-        settings = settings_for(hp)
-        db = store.store()
-
-        def record(rows: list[dict[str, Any]]) -> None:
-            feature_store.record_features(db, dataset.name, settings.settings_hash(), asdict(settings), rows)
-
-        done, errors = extract_features(shards[index], settings, dataset.features_dir, pick_device(hp.device),
-                                        record, context.log, f"CQT shard {index}")
-        return {"computed": done, "errors": errors}
-
-    return cqt_shard
-
-
-_SHARD_OPS = [_make_shard_op(i) for i in range(FEATURE_SHARDS)]
-
-
-@dg.op(out=dg.Out(dg.Nothing))
-def summarise_features(context: dg.OpExecutionContext, results: list[dict], dataset: DatasetResource,
-                       store: StoreResource) -> None:
-    settings = dataset.cqt_settings()
-    db = store.store()
-    errors = [e for r in results for e in r["errors"]]
+    computed, errors = extract_features(pending, settings, dataset.features_dir, pick_device(dataset.hparams().device),
+                                        record, context.log, "CQT")
     stored = feature_store.features(db, dataset.name, settings.settings_hash())
-    variants = feature_store.variants(db, dataset.name)
     missing = pending_features(variants, stored)
     if errors or missing:
         raise dg.Failure(description=f"{len(missing)} of {len(variants)} variants have no feature:\n"
                                      + "\n".join(errors[:20]))
     frames = np.array([r["n_frames"] for r in stored.values()] or [0])
-    context.add_output_metadata({
-        "features": len(stored),
-        "computed_now": sum(r["computed"] for r in results),
-        "settings_hash": settings.settings_hash(),
-        "settings": dg.MetadataValue.json(asdict(settings)),
-        "fps": settings.fps,
-        "frames_median": int(np.median(frames)),
-        "hours_of_features": round(float(frames.sum()) / settings.fps / 3600, 3),
-        "folder": dg.MetadataValue.path(str(dataset.features_dir / settings.settings_hash())),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "features": len(stored),
+            "computed_now": computed,
+            "bad_files_recomputed": len(problems),
+            "settings_hash": settings.settings_hash(),
+            "settings": dg.MetadataValue.json(asdict(settings)),
+            "fps": settings.fps,
+            "frames_median": int(np.median(frames)),
+            "hours_of_features": round(float(frames.sum()) / settings.fps / 3600, 3),
+            "folder": dg.MetadataValue.path(str(dataset.features_dir / settings.settings_hash())),
+        },
+        check_results=[features_check(stored, settings.n_bins)],
+    )
 
 
-@dg.graph_asset(group_name=GROUP, ins={"speed_variants": dg.AssetIn(dagster_type=dg.Nothing)},
-                kinds={"pytorch", "numpy"})
-def cqt_features(speed_variants) -> None:
-    """One CQT array ``[T, n_bins]`` (float16 dB) per (variant, CQT settings), computed once per audio content
-    and settings by FEATURE_SHARDS parallel shards."""
-    shards = plan_feature_shards(start=speed_variants)
-    return summarise_features([op(shards) for op in _SHARD_OPS])
-
-
-@dg.asset_check(asset=cqt_features, description="Every feature file is readable, has the recorded frames and the "
-                                               "configured bins, and no NaN/inf (bad ones are named).")
-def features_are_finite(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
-    settings = dataset.cqt_settings()
-    stored = feature_store.features(store.store(), dataset.name, settings.settings_hash())
-    problems = feature_problems(stored, settings.n_bins)
+def features_check(stored: Mapping[str, Mapping[str, Any]], n_bins: int) -> dg.AssetCheckResult:
+    """Every feature file is readable, has the recorded frames, ``n_bins`` bins and only finite values (float16 or
+    float32); bad and missing ones are named."""
+    problems = feature_problems(stored, n_bins)
     problems |= {v: f"{r['path']}: file missing" for v, r in stored.items() if not Path(r["path"]).exists()}
     listing = "\n".join(f"- `{v}`: {reason}" for v, reason in sorted(problems.items())[:20])
     return dg.AssetCheckResult(
-        passed=not problems,
+        check_name=FEATURES_CHECK, passed=not problems,
         description=None if not problems else f"{len(problems)} bad feature file(s); materialize cqt_features to "
                                               "compute them again",
-        metadata={"checked": len(stored), "bad": len(problems),
-                  "examples": dg.MetadataValue.md(listing or "none")})
+        metadata={"checked": len(stored), "bad": len(problems), "examples": dg.MetadataValue.md(listing or "none")})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -485,7 +483,13 @@ def export_reference_files(dataset: DatasetResource, store: StoreResource) -> di
                                    split_store.work_ids(db, dataset.name), test_only)
 
 
-@dg.asset(group_name=GROUP, deps=[cqt_features, work_ids], kinds={"duckdb"})
+LEAK_CHECK = "splits_are_leak_free"
+
+
+@dg.asset(group_name=GROUP, deps=[cqt_features, work_ids], kinds={"duckdb"}, check_specs=[
+    dg.AssetCheckSpec(LEAK_CHECK, asset="data_splits",
+                      description="No performance (or tempo variant of it) is in two splits of the exported files, "
+                                  "and unseen works appear only in their split.")])
 def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
                 store: StoreResource) -> dg.MaterializeResult:
     """Train / val / test membership of the original performances (every tempo variant follows its original),
@@ -517,13 +521,13 @@ def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
             "val_only_works": len(assignment.val_only_work_ids),
             "seed": hp.seed,
             "exports": dg.MetadataValue.json(sorted(written)),
-        }
+        },
+        check_results=[splits_leak_check(dataset, store)],
     )
 
 
-@dg.asset_check(asset=data_splits, description="No performance (or tempo variant of it) is in two splits of the "
-                                               "exported files, and unseen works appear only in their split.")
-def splits_are_leak_free(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
+def splits_leak_check(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
+    """Reads the exported files back and the store's unseen works; runs inside the splits' step."""
     db = store.store()
     original_of = {v["variant"]: v["perf"] for v in feature_store.variants(db, dataset.name)}
     seen_in: dict[str, set[str]] = {}
@@ -535,6 +539,7 @@ def splits_are_leak_free(dataset: DatasetResource, store: StoreResource) -> dg.A
     in_two = sorted(p for p, s in seen_in.items() if len(s) > 1)
     leaks = split_store.split_leaks(db, dataset.name)
     return dg.AssetCheckResult(
+        check_name=LEAK_CHECK,
         passed=not in_two and not leaks,
         metadata={"performances_in_two_splits": len(in_two), "unseen_work_leaks": len(leaks),
                   "examples": dg.MetadataValue.json(in_two[:10])},

@@ -23,11 +23,11 @@ import torch
 
 from csi_assets.assets.data import cqt_features, data_splits
 from csi_assets.assets.training import (TrainingLog, best_model, check_compatible, steps_per_epoch,
-                                       trained_contract, write_curves)
+                                       tempo_training_data, trained_contract, write_curves)
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
-from csi_assets.testsets import feature_item, retrieval_test_sets, split_items, too_short_message
+from csi_assets.testsets import feature_item, retrieval_test_sets, split_items
 from csi_model.atomic import write_text_atomic
 from csi_model.devices import pick_device
 from csi_model.folds import PoolItem, ProductionRun, StageResult
@@ -92,16 +92,11 @@ def sweep_plan(context: dg.AssetExecutionContext, training: TrainingResource) ->
     })
 
 
-def dataset_items(dataset: DatasetResource, store: StoreResource, hp: TrainingHParams,
-                  log: Any) -> list[dict[str, Any]]:
-    """The dataset's feature table for these hparams, after checking the features fit the model; recordings too
-    short for the model (which the splits and test sets leave out) are named in ``log``."""
+def dataset_items(dataset: DatasetResource, store: StoreResource, hp: TrainingHParams) -> list[dict[str, Any]]:
+    """The dataset's feature table for these hparams, after checking the features fit the model."""
     data_hp = dataset.hparams()
     check_compatible(hp, data_hp)
-    table = feature_store.feature_table(store.store(), dataset.name, settings_for(data_hp).settings_hash())
-    for row in split_items(table, hp.mean_size).too_short:
-        log.warning(too_short_message(row, hp.mean_size))
-    return table
+    return feature_store.feature_table(store.store(), dataset.name, settings_for(data_hp).settings_hash())
 
 
 def bootstrap_map(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,
@@ -153,19 +148,21 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
         raise dg.Failure(description=f"{context.partition_key!r} is not in {tuning.source} any more; "
                                      "re-materialise sweep_plan")
     hp = experiment_hparams(training.hparams(), tuning, experiment)
-    table = dataset_items(dataset, store, hp, context.log)
-    items = split_items(table, hp.mean_size)
+    table = dataset_items(dataset, store, hp)
+    data = tempo_training_data(dataset.hparams(), table, hp.mean_size, context.log)
+    items = data.items
     test_sets, _ = retrieval_test_sets(hp, table, training.root)
     folder = sweeps_dir(training) / experiment.key
     warm = foundation_warm_start(tuning)
     if warm is not None and warm.state is None and tuning.restore_optimizer_state:
         context.log.warning(f"{tuning.foundation_checkpoint}: no matching do_ file; the optimizer starts cold")
     device = pick_device(hp.device)
-    log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in items.train]), 0, hp.max_epochs)
+    copies = data.tempo.copies if data.tempo else 1
+    log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in items.train], copies), 0, hp.max_epochs)
     started = time.monotonic()
     try:
         result = train(hp, items.train, folder, items.val, (), test_sets, device, log, run_id=experiment.key,
-                       warm_start=warm)
+                       warm_start=warm, tempo=data.tempo)
     except TrainingDiverged as err:
         context.log.warning(f"{experiment.key}: {err}")
         outcome = outcome_of(experiment, None, time.monotonic() - started, error=str(err))
@@ -243,13 +240,15 @@ def production_hparams(training: TrainingResource, config: ProductionConfig) -> 
     return dataclasses.replace(hp, **changes)
 
 
-def production_pool(table: Sequence[dict[str, Any]], mean_size: int) -> tuple[list[PoolItem], list]:
-    """Folds cover every train and val performance (all their tempo variants) long enough for the model at
-    ``mean_size``; the final run validates on the test split's original recordings, the held-out data the folds
-    never saw."""
+def production_pool(table: Sequence[dict[str, Any]], mean_size: int,
+                    stored_variants: bool = True) -> tuple[list[PoolItem], list]:
+    """Folds cover every train and val performance long enough for the model at ``mean_size`` (all their tempo
+    variants, unless ``stored_variants`` is False: feature-domain tempo); the final run validates on the test
+    split's original recordings, the held-out data the folds never saw."""
     shortest = CoverHunter.min_raw_frames(mean_size)
     pool = [PoolItem(feature_item(r), r["perf"], is_identity(r["speed"])) for r in table
-            if r["split"] in ("train", "val") and r["n_frames"] >= shortest]
+            if r["split"] in ("train", "val") and r["n_frames"] >= shortest
+            and (stored_variants or is_identity(r["speed"]))]
     return pool, split_items(table, mean_size).test
 
 
@@ -268,13 +267,14 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
         hp = production_hparams(training, config)
     except HParamsError as err:
         raise _failure(err) from None
-    table = dataset_items(dataset, store, hp, context.log)
-    pool, final_val = production_pool(table, hp.mean_size)
+    table = dataset_items(dataset, store, hp)
+    data = tempo_training_data(dataset.hparams(), table, hp.mean_size, context.log)
+    pool, final_val = production_pool(table, hp.mean_size, stored_variants=data.tempo_record["mode"] == "audio")
     if not pool:
         raise dg.Failure(description=f"dataset {dataset.name!r} has no train/val performances: materialise "
                                      "data_splits")
     test_sets, _ = retrieval_test_sets(hp, table, training.root)
-    labels = [p.item.work_id for p in pool]
+    labels = [p.item.work_id for p in pool] * (data.tempo.copies if data.tempo else 1)
 
     def progress(stage: str, stage_hp: TrainingHParams) -> TrainingLog:
         context.log.info(f"production stage {stage}: lr {stage_hp.learning_rate:.3g}, up to "
@@ -283,7 +283,7 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
 
     try:
         result = ProductionRun(hp, pool, final_val, training.root / "production", test_sets,
-                               pick_device(hp.device), progress).run()
+                               pick_device(hp.device), progress, tempo=data.tempo).run()
     except (HParamsError, ValueError) as err:
         raise _failure(err) from None
     model, loaded = best_model(result.hparams, result.final_training)

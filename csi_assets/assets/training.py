@@ -27,8 +27,8 @@ from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
-from csi_assets.testsets import (InvalidTestSet, require_answerable_test_sets, retrieval_test_sets, split_items,
-                                 too_short_message)
+from csi_assets.testsets import (InvalidTestSet, TempoModeMismatch, TrainingData, require_answerable_test_sets,
+                                 retrieval_test_sets, too_short_message, training_data)
 from csi_model import checkpoint as ckpt
 from csi_model.atomic import atomic_path
 from csi_model.devices import pick_device
@@ -89,8 +89,10 @@ class TrainingLog:
                       f"(lr {metrics['lr']:.2g}): {values}")
 
 
-def steps_per_epoch(hp: TrainingHParams, labels: Sequence[int]) -> int:
-    """One step per chunk length per sampler batch (the trainer zips the chunk-length loaders)."""
+def steps_per_epoch(hp: TrainingHParams, labels: Sequence[int], copies: int = 1) -> int:
+    """One step per chunk length per sampler batch (the trainer zips the chunk-length loaders); ``copies`` is how
+    often each item is visited per epoch (feature-domain tempo augmentation's copies)."""
+    labels = list(labels) * copies
     batches = len(MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size, np.random.default_rng(0)))
     return batches * len(hp.chunk_frame)
 
@@ -159,6 +161,23 @@ def retrieval_scores(model: CoverHunter, hp: TrainingHParams, test_sets: Sequenc
     return scores
 
 
+def tempo_training_data(data_hp: DataPrepHParams, table: Sequence[dict[str, Any]], mean_size: int,
+                        log: Any) -> TrainingData:
+    """The run's items and tempo augmentation (see ``csi_assets.testsets.training_data``), logged explicitly;
+    recordings too short for the model are named."""
+    try:
+        data = training_data(data_hp, table, mean_size)
+    except TempoModeMismatch as err:
+        raise dg.Failure(description=str(err)) from None
+    for row in data.items.too_short:
+        log.warning(too_short_message(row, mean_size))
+    log.info("tempo augmentation: " + ", ".join(f"{k} {v}" for k, v in data.tempo_record.items()))
+    if data.tempo_record.get("stored_variants_ignored"):
+        log.warning(f"{data.tempo_record['stored_variants_ignored']} stored tempo variants of the train split are "
+                    "ignored: tempo_augmentation is 'features' (set it to 'audio' to train on them instead)")
+    return data
+
+
 @dg.asset(group_name=GROUP, deps=[data_splits, cqt_features], pool="training", kinds={"pytorch"})
 def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dataset: DatasetResource,
                   training: TrainingResource, store: StoreResource) -> dg.MaterializeResult:
@@ -175,9 +194,8 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
     check_compatible(hp, data_hp)
     db = store.store()
     table = feature_store.feature_table(db, dataset.name, settings_for(data_hp).settings_hash())
-    items = split_items(table, hp.mean_size)
-    for row in items.too_short:
-        context.log.warning(too_short_message(row, hp.mean_size))
+    data = tempo_training_data(data_hp, table, hp.mean_size, context.log)
+    items = data.items
     require_upstream(items.train, "data_splits", dataset.name, "training items (if it was materialized, check "
                      "its split fractions)")
     test_sets, test_counts = retrieval_test_sets(hp, table, training.root)
@@ -192,9 +210,11 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
         f"training on {device}: {len(items.train)} train / {len(items.val)} val / {len(items.test)} test items, "
         f"{len(test_sets)} test set(s); " + (f"resuming after epoch {latest.epoch}" if latest else "from scratch")
         + f", up to {hp.max_epochs} epochs in {training.root}")
-    log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in items.train]), first_epoch,
+    copies = data.tempo.copies if data.tempo else 1
+    log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in items.train], copies), first_epoch,
                       hp.max_epochs)
-    result = train(hp, items.train, training.root, items.val, items.test, test_sets, device=device, progress=log)
+    result = train(hp, items.train, training.root, items.val, items.test, test_sets, device=device, progress=log,
+                   tempo=data.tempo)
 
     model, loaded = best_model(hp, result)
     model_id = model_store.model_id_for(training.root.name, loaded.fingerprint)
@@ -208,6 +228,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
         "epochs": result.last_epoch + 1, "best_epoch": result.best_epoch, "best_val_loss": best_val_loss,
         "stopped_early": result.stopped_early, **scores, "num_classes": result.num_classes, "parameters": counts,
         "training_seconds": round(sum(r.seconds for r in result.history), 1), "device": result.device,
+        "tempo_augmentation": data.tempo_record,
     }
     current = model_store.promoted_model(db, dataset.name)
     promote = config.promote or (current is not None and current["model_id"] == model_id)
@@ -229,6 +250,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
         **{f"mAP/{name}": dg.MetadataValue.float(v) for name, v in scores["mAP"].items()},
         **{f"hit_rate/{name}": dg.MetadataValue.float(v) for name, v in scores["hit_rate"].items()},
         "test_sets": dg.MetadataValue.json(test_counts),
+        "tempo_augmentation": dg.MetadataValue.json(data.tempo_record),
         "items": dg.MetadataValue.json({"train": len(items.train), "val": len(items.val), "test": len(items.test)}),
         "too_short_left_out": dg.MetadataValue.json([r["variant"] for r in items.too_short]),
         "num_classes": result.num_classes,
