@@ -3,7 +3,6 @@ performances identifiable with the promoted model without retraining."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -11,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import dagster as dg
@@ -262,42 +260,45 @@ def test_entry_that_cannot_be_a_batch_is_skipped_with_one_warning_and_blocks_no_
     assert bad.is_symlink() or bad.exists()  # left where it is: it may be a mount or a transfer in progress
 
 
+CHURN = """
+import shutil, sys, time
+from pathlib import Path
+template, incoming, cycles = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+for i in range(cycles):
+    shutil.copytree(template, incoming / ".z_churn")
+    (incoming / ".z_churn").rename(incoming / "z_churn")
+    time.sleep(0.3)  # listed and read by the scans, then
+    if i % 2:
+        shutil.rmtree(incoming / "z_churn")  # deleted in place, file by file
+    else:
+        (incoming / "z_churn").rename(incoming / ".z_gone")  # or renamed away
+        shutil.rmtree(incoming / ".z_gone")
+"""
+
+
 def test_sensor_scan_survives_batches_that_come_and_go_while_it_reads(project, incoming, tmp_path) -> None:
-    """Folders renamed in and removed (as users and sync tools do) during the scans: no tick fails, and the
-    batch that stays is requested exactly once."""
+    """A batch folder appears, is read by back-to-back sensor ticks, and is deleted or renamed away (as users and
+    sync tools do) in another process: no tick fails, and the batch that stays is requested exactly once."""
     project, _ = project
     stays = _batch_folder(incoming, "a_stays", works=1, perfs=1, seed=41, prefix="stays")
     template = _batch_folder(tmp_path, "template", works=1, perfs=1, seed=42, prefix="churn")
-    for i in range(200):  # many files: a scan of the folder takes long enough to be overtaken
+    for i in range(300):  # many files: reading the folder takes long enough to be overtaken
         (template / f"note_{i:03d}.md").write_text(f"note {i}\n")
-    stop = threading.Event()
-
-    def churn() -> None:
-        for i in itertools.count():
-            if stop.is_set():
-                return
-            name = f"z_churn_{i % 3}"
-            shutil.copytree(template, incoming / f".{name}")
-            (incoming / f".{name}").rename(incoming / name)
-            (incoming / name).rename(incoming / f".{name}-gone")
-            shutil.rmtree(incoming / f".{name}-gone")
-
-    thread = threading.Thread(target=churn, daemon=True)
-    thread.start()
+    churn = subprocess.Popen([sys.executable, "-c", CHURN, str(template), str(incoming), "8"])
     instance = dg.DagsterInstance.ephemeral()
     requested, cursor = [], None
     try:
-        for _ in range(30):
+        while churn.poll() is None:
             result = _evaluate(instance, project, cursor)
             cursor = result.cursor
             requested += [r.partition_key for r in result.run_requests]
             instance.add_dynamic_partitions(ingestion.delta_batches.name,
                                             [r.partition_key for r in result.run_requests])
     finally:
-        stop.set()
-        thread.join()
+        churn.kill()
+        churn.wait()
+    assert churn.returncode == 0
     assert requested.count(ingestion.batch_id_of(stays)) == 1
-    assert not (project.dataset_dir / "rejected").exists()
 
 
 KILL_STAGES = ["rows", "variants", "features", "embeddings"]

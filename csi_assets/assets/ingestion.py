@@ -101,6 +101,8 @@ def check_readable(entry: Path) -> Path:
     catalog = batch_catalog(entry)
     try:
         parsed = parse_catalog(catalog)
+    except FileNotFoundError:
+        raise  # gone while being read: not a verdict on the batch
     except (UnicodeDecodeError, OSError) as err:
         raise BatchUnreadable(f"{catalog}: cannot be read as a UTF-8 catalog: {err}") from err
     if not parsed.rows:

@@ -34,6 +34,10 @@ from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.run_health import run_alive
 from csi_assets.store import ingest as ingest_store
 
+class EntryMoving(OSError):
+    """An entry's files changed while the sensor read them: it is looked at again next tick."""
+
+
 MAX_RUNS_PER_BATCH = 3
 """Runs the sensor requests for one batch before it leaves a failed batch to the user (its reason is stored)."""
 
@@ -82,13 +86,18 @@ def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetRe
     batch_id = batch_id_of(entry)
     if batch_id in seen or context.instance.has_dynamic_partition(delta_batches.name, batch_id):
         return [signature, batch_id], None
-    seen.add(batch_id)
     try:
-        catalog = check_readable(entry)
+        catalog: Path | BatchUnreadable = check_readable(entry)
     except BatchUnreadable as err:
-        moved = quarantine(entry, dataset.root / "rejected", str(err))
-        ingest_store.record_batch(db, batch_id, dataset.name, str(moved), ingest_store.REJECTED, reason=str(err))
-        context.log.warning(f"batch {entry.name} rejected: {err}")
+        catalog = err
+    if entry_signature(entry) != signature:  # being copied in or deleted: judge it once it holds still
+        raise EntryMoving(f"{entry.name}: its files changed while they were read")
+    seen.add(batch_id)
+    if isinstance(catalog, BatchUnreadable):
+        moved = quarantine(entry, dataset.root / "rejected", str(catalog))
+        ingest_store.record_batch(db, batch_id, dataset.name, str(moved), ingest_store.REJECTED,
+                                  reason=str(catalog))
+        context.log.warning(f"batch {entry.name} rejected: {catalog}")
         return None, None
     note = None
     if before and before[1]:
