@@ -328,8 +328,9 @@ def _end_state(store: Store) -> tuple[dict, np.ndarray]:
     return tables, vectors
 
 
-def _receive(tmp_path: Path, project, resources: dict, batch: Path) -> tuple[dg.DagsterInstance, str, str]:
-    """A persistent instance of its own, the batch received by the sensor: (instance, batch id, cursor)."""
+def _receive(tmp_path: Path, resources: dict) -> tuple[dg.DagsterInstance, str, str]:
+    """A persistent instance of its own, the one batch of incoming/ received by the sensor: (instance, batch id,
+    cursor)."""
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
     instance = dg.DagsterInstance.from_config(str(home))
@@ -350,7 +351,7 @@ def kill_batch(project, tmp_path_factory) -> tuple[Path, tuple[dict, np.ndarray]
     target.parent.mkdir(exist_ok=True)
     shutil.copytree(batch, target)
     try:
-        instance, batch_id, _ = _receive(root, project, resources, batch)
+        instance, batch_id, _ = _receive(root, resources)
         run = dg.materialize([ingestion.ingested_batch], partition_key=batch_id, instance=instance,
                              resources=resources)
         assert run.success
@@ -366,8 +367,9 @@ def test_ingestion_killed_at_any_stage_resumes_to_the_uninterrupted_end_state(
     batch, expected = kill_batch
     resources = _case_store(project, tmp_path)
     shutil.copytree(batch, incoming / batch.name)
-    instance, batch_id, cursor = _receive(tmp_path, project, resources, batch)
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    instance, batch_id, cursor = _receive(tmp_path, resources)
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     worker = subprocess.run(
         [sys.executable, "-m", "tests.ingest_until_killed", stage, str(project.dataset_dir),
          resources["store"].path, batch_id], env=env, capture_output=True, text=True)
