@@ -37,15 +37,16 @@ def _rows(store: Store) -> dict[str, tuple]:
 
 
 def _owner_of(row: tuple) -> str:
-    return row[2] or row[1]
+    return row[2] or "main"
 
 
 def test_catalog_writes_never_touch_rows_they_do_not_own(tmp_path: Path) -> None:
-    """Random interleavings of two catalog files and three batches writing random rows over a shared pool of
-    perf ids (the rows of perf ids others hold are set aside first by split_collisions, as the assets do)."""
+    """Random interleavings of the main catalog (read from one file or another: a moved folder, an imported
+    full.txt) and three batches writing random rows over a shared pool of perf ids (the rows of perf ids others hold
+    are set aside first by split_collisions, as the assets do)."""
     store = Store(tmp_path / "csi.duckdb")
     rng = random.Random(0)
-    owners = ["main.txt", "import.txt", "batch_a", "batch_b", "batch_c"]
+    owners = ["main.txt", "moved/main.txt", "batch_a", "batch_b", "batch_c"]
     pool = [f"perf_{i:02d}" for i in range(24)]
     for step in range(60):
         owner = rng.choice(owners)
@@ -61,13 +62,13 @@ def test_catalog_writes_never_touch_rows_they_do_not_own(tmp_path: Path) -> None
         else:
             catalog_store.replace_catalog(store, "d", source, own, [], [])
         after = _rows(store)
-        mine = {p for p, r in after.items() if _owner_of(r) == (batch_id or source)}
-        others_before = {p: r for p, r in before.items() if _owner_of(r) != (batch_id or source)}
+        mine = {p for p, r in after.items() if _owner_of(r) == (batch_id or "main")}
+        others_before = {p: r for p, r in before.items() if _owner_of(r) != (batch_id or "main")}
         assert {p: after.get(p) for p in others_before} == others_before, f"step {step}: {owner} touched others"
         assert {r["perf"] for r in own} <= mine
         if batch_id:  # a batch only adds
             assert {p for p, r in before.items() if _owner_of(r) == batch_id} <= mine, f"step {step}"
-        else:  # a catalog file holds exactly what it was given
+        else:  # the main catalog holds exactly what it was given
             assert mine == {r["perf"] for r in own}, f"step {step}"
 
     taken = next(p for p, r in _rows(store).items() if _owner_of(r) == "batch_a")

@@ -98,16 +98,17 @@ def rejection_rows(lines: Sequence[RejectedLine]) -> list[dict[str, Any]]:
 def split_collisions(
     rows: Sequence[dict[str, Any]], stored: dict[str, dict[str, Any]], source: str, batch_id: str | None = None
 ) -> tuple[list[dict[str, Any]], list[RejectedLine], int]:
-    """Sort a catalog's verified rows by who holds their perf id in the store: (own rows, rejections, already).
+    """Sort the verified rows of catalog file ``source`` by who holds their perf id: (own rows, rejections, already).
 
-    The main catalog (``batch_id`` None) owns the rows it stored from ``source``; a delta batch owns the rows stored
-    with its id. A row is its own when its perf id is new or already its own; a perf id another catalog or batch
-    holds is never taken over: with the same audio and work it is counted as already present, otherwise the line is
-    rejected naming file, line and holder. ``stored``: perf -> stored row (work, audio_hash, source, batch_id)."""
+    The main catalog (``batch_id`` None) owns the performances no batch brought; a delta batch owns those stored
+    with its id. A row is its own when its perf id is new or already its own; a perf id the main catalog or another
+    batch holds is never taken over: with the same audio and work it is counted as already present, otherwise the
+    line is rejected naming file, line and holder. ``stored``: perf -> stored row (work, audio_hash, source,
+    batch_id)."""
     own, clashes, already = [], [], 0
     for row in rows:
         held = stored.get(row["perf"])
-        if held is None or (held["batch_id"] == batch_id and (batch_id or held["source"] == source)):
+        if held is None or held["batch_id"] == batch_id:
             own.append(row)
         elif held["audio_hash"] == row["audio_hash"] and held["work"] == row["work"]:
             already += 1

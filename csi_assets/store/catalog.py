@@ -34,15 +34,17 @@ def replace_catalog(
     rejected: Sequence[Mapping[str, Any]],
     warnings: Sequence[Mapping[str, Any]],
 ) -> CatalogChange:
-    """Make the store hold exactly ``rows`` as the performances of the catalog file ``source``, in one transaction.
+    """Make the store hold exactly ``rows`` as the dataset's main catalog (read from file ``source``), in one
+    transaction.
 
-    The file owns the rows it wrote itself (its ``source``, no batch) and nothing else: rows that did not change
-    are not rewritten, owned performances it no longer lists are removed (with their variants, features and
-    splits), and its rejected lines and warnings are replaced, so re-running with the same file changes nothing.
-    Raises :class:`CatalogConflict` (changing nothing) when a row's perf id is held by another catalog or batch.
+    The main catalog owns every performance no delta batch brought, and nothing else (whatever file recorded it:
+    a moved dataset folder or an imported ``full.txt`` is still the same catalog): rows that did not change are not
+    rewritten, owned performances it no longer lists are removed (with their variants, features and splits), and
+    the rejected lines and warnings of ``source`` are replaced, so re-running with the same file changes nothing.
+    Raises :class:`CatalogConflict` (changing nothing) when a row's perf id is held by a batch.
     """
     with store.transaction() as con:
-        before = _owned(con, dataset, "source = ? AND batch_id IS NULL", [source])
+        before = _owned(con, dataset, "batch_id IS NULL", [])
         added, changed = _write_rows(con, dataset, source, None, rows, before)
         gone = sorted(set(before) - {r["perf"] for r in rows})
         _forget_performances(con, dataset, gone)
