@@ -97,6 +97,9 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     keys = [r.partition_key for r in result.run_requests]
     assert keys == [ingestion.batch_id_of(good), ingestion.batch_id_of(partly)]
     assert list(result.dynamic_partitions_requests[0].partition_keys) == keys
+    assert unreadable.exists()  # it may still be being copied in: judged once it held still for a tick
+    result = _evaluate(instance, project, result.cursor)
+    assert not result.run_requests
     assert result.cursor and set(json.loads(result.cursor)) == {"a_good", "b_partly_bad"}  # quarantined: gone
     assert not unreadable.exists()
     assert (project.dataset_dir / "rejected" / "c_unreadable").is_dir()
@@ -284,7 +287,8 @@ def test_sensor_scan_survives_batches_that_come_and_go_while_it_reads(project, i
     template = _batch_folder(tmp_path, "template", works=1, perfs=1, seed=42, prefix="churn")
     for i in range(300):  # many files: reading the folder takes long enough to be overtaken
         (template / f"note_{i:03d}.md").write_text(f"note {i}\n")
-    churn = subprocess.Popen([sys.executable, "-c", CHURN, str(template), str(incoming), "8"])
+    churn = subprocess.Popen([sys.executable, "-c", CHURN, str(template), str(incoming), "8"],
+                             stderr=subprocess.PIPE, text=True)
     instance = dg.DagsterInstance.ephemeral()
     requested, cursor = [], None
     try:
@@ -297,7 +301,7 @@ def test_sensor_scan_survives_batches_that_come_and_go_while_it_reads(project, i
     finally:
         churn.kill()
         churn.wait()
-    assert churn.returncode == 0
+    assert churn.returncode == 0, churn.stderr.read()
     assert requested.count(ingestion.batch_id_of(stays)) == 1
 
 

@@ -5,7 +5,8 @@ its files' names, sizes and modification times -- so unchanged entries are not h
 batch whose id was seen or whose partition exists is never requested again, so re-dropping a batch, restarting the
 daemon or evaluating twice requests nothing new. A folder whose content changed after it was seen (a line and its
 audio added) is a new batch: its run stores what is new and skips what is already stored. A batch that cannot be
-read at all is moved to ``rejected/`` with an error file and recorded as rejected; the good batches still go through.
+read at all, and stays so unchanged for a whole tick (a folder still being copied in or deleted is left alone), is
+moved to ``rejected/`` with an error file and recorded as rejected; the good batches still go through.
 
 Each entry is scanned on its own: one that vanishes or changes while being read is looked at again next tick, one
 that cannot be a batch (a dangling symlink, a pipe) is skipped with one warning, and neither blocks the others.
@@ -81,8 +82,8 @@ def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetRe
             context.log.warning(f"{entry}: {problem}; skipped until it changes (other batches go on)")
         return [marker, None], None
     signature = entry_signature(entry)
-    if before and before[0] == signature:
-        return before, None
+    if before and before[0] == signature and before[1]:
+        return before, None  # unchanged since it was named
     batch_id = batch_id_of(entry)
     if batch_id in seen or context.instance.has_dynamic_partition(delta_batches.name, batch_id):
         return [signature, batch_id], None
@@ -92,6 +93,9 @@ def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetRe
         catalog = err
     if entry_signature(entry) != signature:  # being copied in or deleted: judge it once it holds still
         raise EntryMoving(f"{entry.name}: its files changed while they were read")
+    if isinstance(catalog, BatchUnreadable) and not (before and before[0] == signature):
+        context.log.info(f"{catalog}; rejected next tick unless it changes (it may still be copied or deleted)")
+        return [signature, None], None
     seen.add(batch_id)
     if isinstance(catalog, BatchUnreadable):
         moved = quarantine(entry, dataset.root / "rejected", str(catalog))
