@@ -4,7 +4,7 @@ A reference is the original recording of a performance (its speed-1.0 variant; t
 augmentation, not recordings anyone will query for), from the main catalog or from an ingested batch. Each is
 embedded with ``csi_model.embedding.embed_tracks`` -- every segment, tail included -- exactly as evaluation and
 identification embed their tracks, so the three measure the same thing (the reference tool used one 135 s chunk
-here and all segments elsewhere, §11.9).
+here and all segments elsewhere).
 """
 
 
