@@ -99,6 +99,30 @@ def rejection_rows(lines: Sequence[RejectedLine]) -> list[dict[str, Any]]:
     return [{"line_no": r.line_no, "raw": r.text, "reason": r.reason} for r in lines]
 
 
+def split_collisions(
+    rows: Sequence[dict[str, Any]], stored: dict[str, dict[str, Any]], source: str, batch_id: str | None = None
+) -> tuple[list[dict[str, Any]], list[RejectedLine], int]:
+    """Sort the verified rows of catalog file ``source`` by who holds their perf id: (own rows, rejections, already).
+
+    The main catalog (``batch_id`` None) owns the performances no batch brought; a delta batch owns those stored
+    with its id. A row is its own when its perf id is new or already its own; a perf id the main catalog or another
+    batch holds is never taken over: with the same audio and work it is counted as already present, otherwise the
+    line is rejected naming file, line and holder. ``stored``: perf -> stored row (work, audio_hash, source,
+    batch_id)."""
+    own, clashes, already = [], [], 0
+    for row in rows:
+        held = stored.get(row["perf"])
+        if held is None or held["batch_id"] == batch_id:
+            own.append(row)
+        elif held["audio_hash"] == row["audio_hash"] and held["work"] == row["work"]:
+            already += 1
+        else:
+            clashes.append(RejectedLine(row["line_no"], row["perf"], (
+                f"{source} (line {row['line_no']}): perf {row['perf']!r} already exists with different content "
+                f"in {catalog_store.holder(held)} (work {held['work']!r}); give this recording its own perf id")))
+    return own, clashes, already
+
+
 def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], limit: int = 20) -> str:
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     body = "".join(
@@ -127,8 +151,12 @@ def dataset_catalog(
     db = store.store()
     parsed = parse_catalog(dataset.catalog_path, labels=dataset.hparams().labels)
     known = {r["perf"]: r for r in catalog_store.performances(db, dataset.name)}
-    good, bad_audio, warned = verify_catalog_rows(parsed.rows, known, context.log, "checking audio")
-    rejected = rejection_rows([*parsed.rejected, *bad_audio])
+    verified, bad_audio, warned = verify_catalog_rows(parsed.rows, known, context.log, "checking audio")
+    good, clashes, already = split_collisions(verified, known, str(dataset.catalog_path))
+    rejected = rejection_rows([*parsed.rejected, *bad_audio, *clashes])
+    if not good:
+        reasons = "; ".join(r["reason"] for r in rejected[:3]) or "it has no lines"
+        raise dg.Failure(description=f"{dataset.catalog_path}: no usable line ({reasons}); the store is unchanged")
     change = catalog_store.replace_catalog(
         db, dataset.name, str(dataset.catalog_path), good, rejected, warned
     )
@@ -139,6 +167,7 @@ def dataset_catalog(
     return dg.MaterializeResult(
         metadata={
             "performances": len(good),
+            "already_present": already,
             "works": len({r["work"] for r in good}),
             "rejected_lines": len(rejected),
             "duration_warnings": len(warned),

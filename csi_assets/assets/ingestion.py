@@ -8,13 +8,20 @@ embeds the new performances with the promoted model. Nothing already stored is r
 """
 
 import hashlib
+import stat
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from csi_assets.assets.data import extract_features, rejection_rows, verify_catalog_rows
+from csi_assets.assets.data import (
+    extract_features,
+    pending_features,
+    rejection_rows,
+    split_collisions,
+    verify_catalog_rows,
+)
 from csi_assets.assets.serving import embed_missing
 from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
 from csi_assets.resources import DatasetResource, StoreResource
@@ -22,7 +29,7 @@ from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import ingest as ingest_store
 from csi_assets.store import splits as split_store
-from csi_model.catalog import RejectedLine, parse_catalog
+from csi_model.catalog import parse_catalog
 from csi_model.devices import pick_device
 from csi_model.splits import assign_work_ids
 from csi_model.cqt import settings_for
@@ -47,16 +54,46 @@ def batch_catalog(entry: Path) -> Path:
     return entry
 
 
+def _batch_files(entry: Path) -> list[tuple[str, Path]]:
+    """(name within the batch, path) of every regular file of a batch entry, in name order."""
+    if not entry.is_dir():
+        return [(entry.name, entry)]
+    return sorted((str(p.relative_to(entry)), p) for p in entry.rglob("*") if p.is_file())
+
+
 def batch_id_of(entry: Path) -> str:
     """A content hash of everything in the batch (names and bytes), stable across re-drops."""
     digest = hashlib.sha256()
-    files = sorted(p for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else [entry]
-    for path in files:
-        digest.update(str(path.relative_to(entry) if entry.is_dir() else path.name).encode())
+    for name, path in _batch_files(entry):
+        digest.update(name.encode())
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def entry_signature(entry: Path) -> str:
+    """Name, size and modification time of every file of a batch entry: read without opening any file, and changed
+    by any change to the batch's content (a folder's own mtime is not: files added in a sub-folder or appended
+    to leave it as it was). Raises OSError when the entry goes away meanwhile."""
+    digest = hashlib.sha256()
+    for name, path in _batch_files(entry):
+        info = path.stat()
+        digest.update(f"{name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def entry_problem(entry: Path) -> str | None:
+    """Why an entry of ``incoming/`` cannot be a batch at all (a dangling or looping symlink, a pipe, a device), or
+    None for a regular file or a folder. Such entries are skipped, never moved: they may be someone's mount point
+    or transfer in progress."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err}): a dangling or looping symlink?"
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return None
+    return "is neither a regular file nor a folder"
 
 
 def check_readable(entry: Path) -> Path:
@@ -64,6 +101,8 @@ def check_readable(entry: Path) -> Path:
     catalog = batch_catalog(entry)
     try:
         parsed = parse_catalog(catalog)
+    except FileNotFoundError:
+        raise  # gone while being read: not a verdict on the batch
     except (UnicodeDecodeError, OSError) as err:
         raise BatchUnreadable(f"{catalog}: cannot be read as a UTF-8 catalog: {err}") from err
     if not parsed.rows:
@@ -92,57 +131,43 @@ def quarantine(entry: Path, rejected_dir: Path, reason: str) -> Path:
     return target
 
 
-def _split_collisions(
-    rows: list[dict[str, Any]], known: dict[str, dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[RejectedLine], int]:
-    """New rows go in; a perf id already stored with other audio or another work is rejected; an identical
-    one is already there and is skipped."""
-    fresh, clashes, already = [], [], 0
-    for row in rows:
-        stored = known.get(row["perf"])
-        if stored is None:
-            fresh.append(row)
-        elif stored["audio_hash"] == row["audio_hash"] and stored["work"] == row["work"]:
-            already += 1
-        else:
-            clashes.append(RejectedLine(row["line_no"], row["perf"], (
-                f"line {row['line_no']}: perf {row['perf']!r} already exists with different content "
-                f"(work {stored['work']!r}); give the new recording its own perf id")))
-    return fresh, clashes, already
-
-
 def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path, log: Any) -> dict[str, Any]:
-    """Catalog, identify, extract and embed one batch; returns counts. Raises on a batch that cannot finish."""
+    """Catalog, identify, extract and embed one batch; returns counts. Raises on a batch that cannot finish.
+
+    Every stage works on the batch's whole row set (new perf ids and those it stored in an earlier, interrupted
+    run) and does only what is missing, so a re-run after a kill at any point ends as an uninterrupted run would."""
     parsed = parse_catalog(catalog, labels=dataset.hparams().labels)
     known = ingest_store.known_perfs(db, dataset.name, [r.perf for r in parsed.rows])
     verified, bad_audio, warned = verify_catalog_rows(parsed.rows, {}, log, f"batch {batch_id}: checking audio")
-    fresh, clashes, already = _split_collisions(verified, known)
+    own, clashes, already = split_collisions(verified, known, str(catalog), batch_id)
     rejected = rejection_rows([*parsed.rejected, *bad_audio, *clashes])
     variants = [{"variant": r["perf"], "perf": r["perf"], "speed": 1.0, "wav": r["wav"], "dur_s": r["dur_s"],
-                 "source_hash": r["audio_hash"]} for r in fresh]
+                 "source_hash": r["audio_hash"]} for r in own]
     with db.session():  # a burst of small writes: one connection instead of one per write
-        catalog_store.replace_catalog(db, dataset.name, str(catalog), fresh, rejected, warned, batch_id=batch_id)
+        change = catalog_store.add_batch_rows(db, dataset.name, str(catalog), batch_id, own, rejected, warned)
         new_works = split_store.add_work_ids(
-            db, dataset.name, assign_work_ids({r["work"] for r in fresh}, split_store.work_ids(db, dataset.name)))
-        feature_store.replace_variants(db, dataset.name, [r["perf"] for r in fresh], variants)
+            db, dataset.name, assign_work_ids({r["work"] for r in own}, split_store.work_ids(db, dataset.name)))
+        feature_store.replace_variants(db, dataset.name, [r["perf"] for r in own], variants)
     hp = dataset.hparams()
     settings = settings_for(hp)
 
     def record(rows: list[dict[str, Any]]) -> None:
         feature_store.record_features(db, dataset.name, settings.settings_hash(), asdict(settings), rows)
 
-    computed, errors = extract_features(variants, settings, dataset.features_dir, pick_device(hp.device), record,
+    todo = pending_features(variants, feature_store.features(db, dataset.name, settings.settings_hash()))
+    computed, errors = extract_features(todo, settings, dataset.features_dir, pick_device(hp.device), record,
                                         log, f"batch {batch_id}: CQT")
     if errors:
         raise RuntimeError("feature extraction failed:\n" + "\n".join(errors[:20]))
-    embedded = _embed_new(db, dataset, settings.settings_hash(), [r["perf"] for r in fresh], log)
-    return {"performances": len(fresh), "already_present": already, "rejected": len(rejected),
-            "features": computed, "embedded": embedded, "new_works": new_works,
+    embedded = _embed_new(db, dataset, settings.settings_hash(), [r["perf"] for r in own], log)
+    return {"performances": len(own), "added": change.added, "already_present": already,
+            "rejected": len(rejected), "features": computed, "embedded": embedded, "new_works": new_works,
             "rejected_lines": rejected}
 
 
 def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: list[str], log: Any) -> int:
-    """Embed just the batch's performances with the promoted model; without one, the next refresh does it."""
+    """Embed the batch's performances that lack an embedding of the promoted model; without a model, the next
+    refresh does it."""
     try:
         model = load_model(db, dataset.name)
     except ModelLoadError as err:
@@ -175,7 +200,8 @@ def ingested_batch(context: dg.AssetExecutionContext, dataset: DatasetResource,
     for line in counts["rejected_lines"]:
         context.log.warning(line["reason"])
     return dg.MaterializeResult(metadata={
-        "performances": counts["performances"], "already_present": counts["already_present"],
+        "performances": counts["performances"], "added_now": counts["added"],
+        "already_present": counts["already_present"],
         "rejected_lines": counts["rejected"], "features": counts["features"], "embedded": counts["embedded"],
         "new_works": counts["new_works"], "catalog": dg.MetadataValue.path(str(catalog)),
         "rejected": dg.MetadataValue.md("\n".join(f"- {r['reason']}" for r in counts["rejected_lines"]) or "none"),

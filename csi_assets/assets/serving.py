@@ -131,13 +131,14 @@ def reference_embeddings(context: dg.AssetExecutionContext, dataset: DatasetReso
                          store: StoreResource) -> dg.MaterializeResult:
     """Segment embeddings of every reference performance for the promoted model (only missing (perf, model)
     pairs are computed; performances gone from the catalog lose theirs), then the model's calibration and work
-    centroids, recomputed from all of them."""
+    centroids, recomputed from all of them. Without any reference it fails before deleting anything."""
     db = store.store()
     model = _promoted(db, dataset, context.log)
-    removed = embedding_store.forget_uncatalogued(db, dataset.name)
     references = reference_rows(db, dataset)
-    require_upstream(references, "cqt_features", dataset.name, "CQT features of its catalogued performances")
+    require_upstream(references, "cqt_features", dataset.name, "CQT features of its catalogued performances "
+                     "(nothing was deleted)")
     stats = embed_missing(db, dataset.name, model, references, context.log)
+    removed = embedding_store.forget_uncatalogued(db, dataset.name)
     try:
         calibration, centroids, n_perfs, n_segments = refresh_statistics(db, dataset.name, model.model_id)
     except ValueError as err:

@@ -1,13 +1,22 @@
 """The delta-dataset sensor: new batches under ``incoming/`` become partitions of ``ingested_batch``.
 
-Exactly once: a batch is named by its content hash; the cursor remembers every entry seen (name, modification
-time and batch id, so unchanged entries are not hashed again) and a batch whose id was seen or whose partition
-exists is never requested again, so re-dropping a batch, restarting the daemon or evaluating twice requests
-nothing new. A batch that cannot be read at all is moved to ``rejected/`` with an error file and
-recorded as rejected; the good batches still go through.
+Exactly once: a batch is named by its content hash; the cursor remembers every entry seen (name, a signature of
+its files' names, sizes and modification times -- so unchanged entries are not hashed again -- and batch id) and a
+batch whose id was seen or whose partition exists is never requested again, so re-dropping a batch, restarting the
+daemon or evaluating twice requests nothing new. A folder whose content changed after it was seen (a line and its
+audio added) is a new batch: its run stores what is new and skips what is already stored. A batch that cannot be
+read at all, and stays so unchanged for a whole tick (a folder still being copied in or deleted is left alone), is
+moved to ``rejected/`` with an error file and recorded as rejected; the good batches still go through.
+
+Each entry is scanned on its own: one that vanishes or changes while being read is looked at again next tick, one
+that cannot be a batch (a dangling symlink, a pipe) is skipped with one warning, and neither blocks the others.
+A batch left ``received`` or ``failed`` by a run that is no longer alive (killed, crashed, failed) is requested
+again, up to ``MAX_RUNS_PER_BATCH`` runs; every stage of the ingestion resumes from what the earlier run stored.
 """
 
 import json
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -16,45 +25,107 @@ from csi_assets.assets.ingestion import (
     batch_id_of,
     check_readable,
     delta_batches,
+    entry_problem,
+    entry_signature,
     ingest_job,
     pending_entries,
     quarantine,
 )
 from csi_assets.resources import DatasetResource, StoreResource
+from csi_assets.run_health import run_alive
 from csi_assets.store import ingest as ingest_store
+
+class EntryMoving(OSError):
+    """An entry's files changed while the sensor read them: it is looked at again next tick."""
+
+
+MAX_RUNS_PER_BATCH = 3
+"""Runs the sensor requests for one batch before it leaves a failed batch to the user (its reason is stored)."""
 
 
 @dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def delta_dataset_sensor(
     context: dg.SensorEvaluationContext, dataset: DatasetResource, store: StoreResource
 ) -> dg.SensorResult:
-    entries: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
-    seen = {batch_id for _, batch_id in entries.values()}
+    previous: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
+    seen = {batch_id for _, batch_id in previous.values() if batch_id}
     db = store.store()
-    requests, new_keys = [], []
+    entries: dict[str, list] = {}
+    requests: list[dg.RunRequest] = []
     for entry in pending_entries(dataset.incoming_dir):
-        mtime = entry.stat().st_mtime_ns
-        if entries.get(entry.name, [None])[0] == mtime:
-            continue
-        batch_id = batch_id_of(entry)
-        entries[entry.name] = [mtime, batch_id]
-        if batch_id in seen or context.instance.has_dynamic_partition(delta_batches.name, batch_id):
-            continue
-        seen.add(batch_id)
         try:
-            catalog = check_readable(entry)
-        except BatchUnreadable as err:
-            moved = quarantine(entry, dataset.root / "rejected", str(err))
-            ingest_store.record_batch(db, batch_id, dataset.name, str(moved), ingest_store.REJECTED, reason=str(err))
-            context.log.warning(f"batch {entry.name} rejected: {err}")
+            remembered, request = _scan_entry(context, db, dataset, entry, previous.get(entry.name), seen)
+        except OSError as err:  # renamed, removed or rewritten while we read it: next tick sees it as it is then
+            context.log.info(f"{entry}: changed while being read ({err}); looking again next tick")
             continue
-        ingest_store.record_batch(db, batch_id, dataset.name, str(catalog), ingest_store.RECEIVED)
-        new_keys.append(batch_id)
-        requests.append(dg.RunRequest(run_key=batch_id, partition_key=batch_id,
-                                      tags={"csi/batch": entry.name}))
+        if remembered:
+            entries[entry.name] = remembered
+        if request:
+            requests.append(request)
+    new_keys = [r.partition_key for r in requests]
+    requests += _retry_stuck(context, db, dataset.name, set(new_keys))
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[delta_batches.build_add_request(new_keys)] if new_keys else [],
         cursor=json.dumps(entries, sort_keys=True),
         skip_reason=None if requests else "no new batch under incoming/",
     )
+
+
+def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetResource, entry: Path,
+                before: list | None, seen: set[str]) -> tuple[list | None, dg.RunRequest | None]:
+    """(what the cursor remembers of the entry, or None once it was moved away; the run request of a new batch)."""
+    problem = entry_problem(entry)
+    if problem:
+        marker = f"skipped: {problem}"
+        if not before or before[0] != marker:
+            context.log.warning(f"{entry}: {problem}; skipped until it changes (other batches go on)")
+        return [marker, None], None
+    signature = entry_signature(entry)
+    if before and before[0] == signature and before[1]:
+        return before, None  # unchanged since it was named
+    batch_id = batch_id_of(entry)
+    if batch_id in seen or context.instance.has_dynamic_partition(delta_batches.name, batch_id):
+        return [signature, batch_id], None
+    try:
+        catalog: Path | BatchUnreadable = check_readable(entry)
+    except BatchUnreadable as err:
+        catalog = err
+    if entry_signature(entry) != signature:  # being copied in or deleted: judge it once it holds still
+        raise EntryMoving(f"{entry.name}: its files changed while they were read")
+    if isinstance(catalog, BatchUnreadable) and not (before and before[0] == signature):
+        context.log.info(f"{catalog}; rejected next tick unless it changes (it may still be copied or deleted)")
+        return [signature, None], None
+    seen.add(batch_id)
+    if isinstance(catalog, BatchUnreadable):
+        moved = quarantine(entry, dataset.root / "rejected", str(catalog))
+        ingest_store.record_batch(db, batch_id, dataset.name, str(moved), ingest_store.REJECTED,
+                                  reason=str(catalog))
+        context.log.warning(f"batch {entry.name} rejected: {catalog}")
+        return None, None
+    note = None
+    if before and before[1]:
+        note = (f"{entry.name} changed since it was seen as batch {before[1]}: its content is now batch {batch_id} "
+                "(performances already stored are kept and skipped)")
+        context.log.warning(note)
+    ingest_store.record_batch(db, batch_id, dataset.name, str(catalog), ingest_store.RECEIVED, reason=note)
+    return [signature, batch_id], dg.RunRequest(run_key=batch_id, partition_key=batch_id,
+                                                tags={"csi/batch": entry.name})
+
+
+def _retry_stuck(context: dg.SensorEvaluationContext, db: Any, dataset: str, fresh: set[str]) -> list[dg.RunRequest]:
+    """Request again each batch left ``received`` or ``failed`` whose last run is no longer alive."""
+    requests = []
+    for state in ingest_store.batches(db, dataset):
+        batch_id = state["batch_id"]
+        if state["status"] not in (ingest_store.RECEIVED, ingest_store.FAILED) or batch_id in fresh:
+            continue
+        runs = context.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": batch_id}))
+        if not runs or len(runs) >= MAX_RUNS_PER_BATCH or run_alive(context.instance, runs[0]):
+            continue
+        context.log.warning(f"batch {batch_id} is {state['status']} and its last run {runs[0].run_id} "
+                            f"({runs[0].status.value}) is no longer alive: requesting run {len(runs) + 1} of at "
+                            f"most {MAX_RUNS_PER_BATCH}")
+        requests.append(dg.RunRequest(run_key=f"{batch_id}-run{len(runs) + 1}", partition_key=batch_id,
+                                      tags={"csi/retry_of": runs[0].run_id}))
+    return requests

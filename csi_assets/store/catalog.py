@@ -33,37 +33,87 @@ def replace_catalog(
     rows: Sequence[Mapping[str, Any]],
     rejected: Sequence[Mapping[str, Any]],
     warnings: Sequence[Mapping[str, Any]],
-    batch_id: str | None = None,
 ) -> CatalogChange:
-    """Make the store hold exactly ``rows`` for this catalog ``source``, in one transaction.
+    """Make the store hold exactly ``rows`` as the dataset's main catalog (read from file ``source``), in one
+    transaction.
 
-    Rows that did not change are not rewritten; performances this source no longer lists are removed (with
-    their variants, features and splits), and its rejected lines and warnings are replaced, so re-running with
-    the same file changes nothing and a changed file changes only what changed. A row's ``labels`` mapping
-    (label -> value or None) replaces that performance's stored labels.
+    The main catalog owns every performance no delta batch brought, and nothing else (whatever file recorded it:
+    a moved dataset folder or an imported ``full.txt`` is still the same catalog): rows that did not change are not
+    rewritten, owned performances it no longer lists are removed (with their variants, features and splits), and
+    the rejected lines and warnings of ``source`` are replaced, so re-running with the same file changes nothing.
+    A row's ``labels`` mapping (label -> value or None) replaces that performance's stored labels. Raises
+    :class:`CatalogConflict` (changing nothing) when a row's perf id is held by a batch.
     """
+    with store.transaction() as con:
+        before = _owned(con, dataset, "batch_id IS NULL", [])
+        added, changed = _write_rows(con, dataset, source, None, rows, before)
+        gone = sorted(set(before) - {r["perf"] for r in rows})
+        _forget_performances(con, dataset, gone)
+        _replace_notes(con, dataset, source, None, rejected, warnings)
+    return CatalogChange(added, changed, len(rows) - added - changed, len(gone))
+
+
+def add_batch_rows(
+    store: Store,
+    dataset: str,
+    source: str,
+    batch_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    rejected: Sequence[Mapping[str, Any]],
+    warnings: Sequence[Mapping[str, Any]],
+) -> CatalogChange:
+    """Add or update the performances of delta batch ``batch_id`` (catalog file ``source``), in one transaction.
+
+    A batch only adds: its rows are new perf ids or ones it stored itself, and a stored performance it no longer
+    lists (a re-run after its folder changed) is kept, never removed. Rejected lines and warnings of ``source``
+    are replaced. Raises :class:`CatalogConflict` (changing nothing) when a perf id is held by another owner.
+    """
+    with store.transaction() as con:
+        before = _owned(con, dataset, "batch_id = ?", [batch_id])
+        added, changed = _write_rows(con, dataset, source, batch_id, rows, before)
+        _replace_notes(con, dataset, source, batch_id, rejected, warnings)
+    return CatalogChange(added, changed, len(rows) - added - changed, 0)
+
+
+class CatalogConflict(ValueError):
+    """A catalog tried to write a perf id that another catalog or batch holds."""
+
+
+def _owned(con: Any, dataset: str, owner: str, params: list[Any]) -> dict[str, dict[str, Any]]:
+    rows = fetch_dicts(con, f"SELECT * FROM performances WHERE dataset = ? AND {owner}", [dataset, *params])
+    return {r["perf"]: r for r in rows}
+
+
+def _write_rows(con: Any, dataset: str, source: str, batch_id: str | None, rows: Sequence[Mapping[str, Any]],
+                before: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
+    """Insert new and rewrite changed rows of one owner, and replace their labels; returns (added, changed)."""
     compared = ("wav", "dur_s", "work", "version", "audio_hash", "line_no")
     labels = {r["perf"]: r.get("labels") or {} for r in rows}
-    rows = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
-    with store.transaction() as con:
-        before = {
-            r["perf"]: r
-            for r in fetch_dicts(
-                con, "SELECT * FROM performances WHERE dataset = ? AND source = ?", [dataset, source]
-            )
-        }
-        fresh = [dict(r, dataset=dataset, source=source, batch_id=batch_id) for r in rows]
-        changed = [r for r in fresh if r["perf"] in before and any(r[k] != before[r["perf"]][k] for k in compared)]
-        added = [r for r in fresh if r["perf"] not in before]
-        upsert(con, "performances", PERFORMANCE_KEY, added + changed)
-        gone = sorted(set(before) - {r["perf"] for r in fresh})
-        _forget_performances(con, dataset, gone)
-        _replace_labels(con, dataset, labels)
-        con.execute("DELETE FROM rejected WHERE dataset = ? AND source = ?", [dataset, source])
-        con.execute("DELETE FROM catalog_warnings WHERE dataset = ? AND source = ?", [dataset, source])
-        append(con, "rejected", [dict(r, dataset=dataset, source=source, batch_id=batch_id) for r in rejected])
-        append(con, "catalog_warnings", [dict(w, dataset=dataset, source=source) for w in warnings])
-    return CatalogChange(len(added), len(changed), len(fresh) - len(added) - len(changed), len(gone))
+    fresh = [{k: v for k, v in r.items() if k != "labels"} | {"dataset": dataset, "source": source,
+                                                              "batch_id": batch_id} for r in rows]
+    added = [r for r in fresh if r["perf"] not in before]
+    held = fetch_dicts(con, "SELECT perf, source, batch_id FROM performances WHERE dataset = ? "
+                            "AND list_contains(?, perf)", [dataset, [r["perf"] for r in added]])
+    if held:
+        owners = ", ".join(f"{h['perf']!r} (held by {holder(h)})" for h in held[:5])
+        raise CatalogConflict(f"{source}: perf ids already held by another catalog or batch: {owners}")
+    changed = [r for r in fresh if r["perf"] in before and any(r[k] != before[r["perf"]][k] for k in compared)]
+    upsert(con, "performances", PERFORMANCE_KEY, added + changed)
+    _replace_labels(con, dataset, labels)
+    return len(added), len(changed)
+
+
+def holder(row: Mapping[str, Any]) -> str:
+    """Who stored a performance row, for messages: its batch, or its catalog file."""
+    return f"batch {row['batch_id']} ({row['source']})" if row["batch_id"] else f"catalog {row['source']}"
+
+
+def _replace_notes(con: Any, dataset: str, source: str, batch_id: str | None,
+                   rejected: Sequence[Mapping[str, Any]], warnings: Sequence[Mapping[str, Any]]) -> None:
+    con.execute("DELETE FROM rejected WHERE dataset = ? AND source = ?", [dataset, source])
+    con.execute("DELETE FROM catalog_warnings WHERE dataset = ? AND source = ?", [dataset, source])
+    append(con, "rejected", [dict(r, dataset=dataset, source=source, batch_id=batch_id) for r in rejected])
+    append(con, "catalog_warnings", [dict(w, dataset=dataset, source=source) for w in warnings])
 
 
 def _replace_labels(con: Any, dataset: str, labels: Mapping[str, Mapping[str, str | None]]) -> None:

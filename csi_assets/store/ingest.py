@@ -39,6 +39,6 @@ def batches(store: Store, dataset: str) -> list[dict[str, Any]]:
 def known_perfs(store: Store, dataset: str, perfs: list[str]) -> dict[str, dict[str, Any]]:
     """The stored rows of just these perf ids: a batch's collision check must not read the whole catalog."""
     with store.transaction() as con:
-        rows = fetch_dicts(con, "SELECT perf, work, audio_hash, batch_id FROM performances "
+        rows = fetch_dicts(con, "SELECT perf, work, audio_hash, source, batch_id FROM performances "
                                 "WHERE dataset = ? AND list_contains(?, perf)", [dataset, perfs])
     return {r["perf"]: r for r in rows}

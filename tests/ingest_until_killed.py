@@ -1,0 +1,52 @@
+"""Run one delta-batch ingestion on the Dagster instance of $DAGSTER_HOME and die by SIGKILL right after a stage's
+store write has committed: what a `kill -9` (or the OOM killer) does to a run worker at that point.
+
+    python -m tests.ingest_until_killed STAGE DATASET_DIR STORE_PATH BATCH_ID
+
+STAGE names the store write after which the process kills itself (see ``STAGES``). Features are computed two
+files at a time so that a kill after the first feature write leaves the batch half featurised.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import dagster as dg
+
+from csi_assets.assets import data, ingestion
+from csi_assets.resources import DatasetResource, StoreResource
+from csi_assets.store import catalog, embeddings, features
+
+STAGES = {
+    "rows": (catalog, "add_batch_rows"),  # performances stored, no work ids, variants, features or embeddings
+    "variants": (features, "replace_variants"),  # catalogued, nothing computed
+    "features": (features, "record_features"),  # half of the features stored
+    "embeddings": (embeddings, "write_embeddings"),  # all embedded, batch still `received`
+}
+
+
+def die_after(module: Any, name: str) -> None:
+    real = getattr(module, name)
+
+    def write_then_die(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(module, name, write_then_die)
+
+
+def main(stage: str, dataset_dir: str, store_path: str, batch_id: str) -> None:
+    data.CQT_FILES_PER_BATCH = 2
+    die_after(*STAGES[stage])
+    dg.materialize([ingestion.ingested_batch], partition_key=batch_id, instance=dg.DagsterInstance.get(),
+                   resources={"dataset": DatasetResource(dataset_dir=dataset_dir),
+                              "store": StoreResource(path=store_path)})
+    sys.exit(f"stage {stage!r} was never reached: the ingestion finished")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
