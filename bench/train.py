@@ -1,6 +1,6 @@
 """Training throughput and peak memory on CPU, against the data loader alone (run: python bench/train.py).
 
-For the default model config (spec §8.2) and the demo config (training/demo), on synthetic dB features:
+For the default model config (see docs/reference_tool.md) and the demo config (training/demo), on synthetic dB features:
 - loader only: the three chunk-length loaders zipped, as one training epoch consumes them (pooling + SpecAug);
 - training: ``csi_model.training.train`` for one epoch, timed per optimizer step by its progress callback
   (the first step, which pays one-off allocation costs, is left out); once as is and once with tempo augmentation

@@ -4,7 +4,7 @@ and its best model go into the store, nothing is re-extracted or re-trained.
 * Data folder: ``full.txt`` (with ``cqt_feat/*.cqt.npy``) or only ``dataset.txt``, plus its ``hparams.yaml``. The
   dataset's store name is the folder name, as for every dataset. Original performances (speed 1.0 lines) become
   catalog rows, every line (``sp_<k>-<perf>`` tempo copies included) a variant, and every ``.npy`` a feature as it
-  is: its frame count is read from the file (``feat_len`` is not trusted, §11.3), float32 or float16 alike.
+  is: its frame count is read from the file (``feat_len`` is not trusted), float32 or float16 alike.
 * The features are the reference's, whose CQT class (CQT1992v2 on MPS, CQT2010v2 on CUDA) is unknown. They are
   recorded under the dataset's settings hash (the one ``reference_embeddings`` and identification look up) with
   settings marked ``origin: reference-import`` and the class as unknown, so they are never taken for ours: an
@@ -12,7 +12,7 @@ and its best model go into the store, nothing is re-extracted or re-trained.
   dataset.
 * Work ids are full.txt's ``work_id``, kept as they are (the store never renumbers a work).
 * Training folder: ``config/hparams.yaml`` and the g_ checkpoint of the highest epoch (the reference's rule for
-  inference, §5.7), registered and promoted for the dataset with those hparams. Its hop and ``input_dim`` must be
+  inference), registered and promoted for the dataset with those hparams. Its hop and ``input_dim`` must be
   the data folder's ``hop_size`` and ``n_bins``; its input contract is the data folder's CQT settings, with the
   CQT class unknown.
 """
@@ -237,7 +237,7 @@ def _import_catalog_only(store: Store, dataset: str, catalog: Path, cwd: str | o
 
 
 def best_generator(folder: Path) -> tuple[Path, int]:
-    """The g_ file with the highest epoch, parsed as the reference does for inference (§5.7): ``-`` and ``_``
+    """The g_ file with the highest epoch, parsed as the reference does for inference: ``-`` and ``_``
     read as ``.``, the second field is the epoch. Files whose second field is not a number are not checkpoints."""
     epochs: dict[int, Path] = {}
     for path in folder.glob(f"{GENERATOR_PREFIX}*") if folder.is_dir() else ():

@@ -1,6 +1,6 @@
 """Which features training and evaluation use: the split item lists and the hparams' retrieval test sets.
 
-Test sets are the reference's (spec §5.2, §6.2): any hparams mapping with ``query_path`` and ``ref_path``, each a
+Test sets are the reference's: any hparams mapping with ``query_path`` and ``ref_path``, each a
 catalog-format file whose lines name performances by ``perf``. We resolve every line against the store instead of
 trusting the file's ``feat``/``work_id`` fields, so a test set always scores the features and the stable work ids
 this dataset actually has:

@@ -1,4 +1,4 @@
-"""Coarse alignment: the time offset between two performances of the same work (spec §7.7, §11.18 fixed).
+"""Coarse alignment: the time offset between two performances of the same work (see docs/reference_tool.md).
 
 This is the "coarse" half of the paper's coarse-to-fine scheme. Each track is cut into short overlapping windows
 (default 15 s every 5 s), every window is embedded by the model on its pooled CQT, and each window of track i

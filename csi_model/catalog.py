@@ -1,6 +1,6 @@
 """The dataset catalog (``dataset.txt``): one performance per line, validated line by line.
 
-The format is the reference tool's (spec §1.2): a line starting with ``{`` is a JSON object; any other
+The format is the reference tool's (see docs/reference_tool.md): a line starting with ``{`` is a JSON object; any other
 non-blank line is TAB-separated ``key:value`` fields (the value is everything after the first ``:``).
 Unlike the reference, nothing is dropped silently: every line is either a :class:`CatalogRow` or a
 :class:`RejectedLine` whose reason names the catalog file and the line number, so a bad line never stops the

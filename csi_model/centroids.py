@@ -1,6 +1,6 @@
-"""One centroid per work: the spherical mean of its performances' unit embeddings (spec §7.2).
+"""One centroid per work: the spherical mean of its performances' unit embeddings (see docs/reference_tool.md).
 
-Works are the catalog's integer work ids (the reference tool guessed them from perf-id prefixes; §11.10).
+Works are the catalog's integer work ids (the reference tool guessed them from perf-id prefixes).
 The coherence (length of the plain mean) says how tightly a work's performances agree; the radius
 mean(d) + 1.5·std(d) of the member distances d = 1 − member·centroid is a per-work spread summary.
 """

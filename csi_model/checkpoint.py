@@ -1,4 +1,4 @@
-"""Training checkpoints in the reference's two-file layout (spec §5.6–§5.7), written atomically.
+"""Training checkpoints in the reference's two-file layout (see docs/reference_tool.md), written atomically.
 
 `g_%08d` holds `{"generator": state_dict}` — the same file CoverHunterMPS writes, so checkpoints move both ways.
 `do_%08d` holds everything else an exact resume needs: optimizer, scheduler, step/epoch counters,
@@ -55,7 +55,7 @@ def checkpoint_paths(folder: str | Path, epoch: int) -> CheckpointPair:
 
 
 def model_fingerprint(state_dict: Mapping[str, Tensor]) -> str:
-    """First 16 hex digits of SHA-256 over (name, shape, dtype, raw bytes) in sorted name order (spec §7.1).
+    """First 16 hex digits of SHA-256 over (name, shape, dtype, raw bytes) in sorted name order.
 
     Same recipe as the reference's, so fingerprints can be compared with its embedding files."""
     digest = hashlib.sha256()

@@ -1,6 +1,6 @@
 """CQT features: one ``[T, n_bins]`` array of dB values per signal, computed in batches with nnAudio.
 
-The recipe follows the reference tool (spec §1.5): peak-normalise, magnitude CQT from ``fmin`` with
+The recipe follows the reference tool (see docs/reference_tool.md): peak-normalise, magnitude CQT from ``fmin`` with
 ``bins_per_octave`` bins per octave, then amplitude to dB relative to the track maximum with no floor.
 
 Choices and why:

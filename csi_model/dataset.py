@@ -1,4 +1,4 @@
-"""Training chunks cut from memory-mapped CQT features (spec §2.1–2.2, with §11.8, §11.16, §11.22, §11.23 fixed).
+"""Training chunks cut from memory-mapped CQT features (see docs/reference_tool.md).
 
 A chunk is read through ``np.load(mmap_mode='r')`` so only its frames are paged in, pooled in time with one
 reshape-mean, and padded at the end when the track is shorter than the chunk. The valid (pooled) length travels

@@ -1,5 +1,5 @@
 """Catalog tools: leakage report between two catalogs, performances-per-work histogram, ``query_in_ref`` files
-(spec §7.8–§7.10, with §11.13 and the §11.33 "screen only" limitation fixed).
+(as the reference tool's, with its query_in_ref look-up bug and its "screen only" histogram fixed).
 
 They read catalogs for their ids only: no audio lookup, so a test set made on another machine can be compared
 as it is. The histogram is a PNG file (the reference could only show it on screen).
@@ -171,7 +171,7 @@ def plot_perfs_per_work(counts: Mapping[str, int], out_path: str | os.PathLike[s
 
 
 def query_in_ref_pairs(query_perfs: Sequence[str], ref_perfs: Sequence[str]) -> list[list[int]]:
-    """``[i, j]`` for each query line i whose perf is ref line j (looked up by perf, one dict, §11.13 fixed)."""
+    """``[i, j]`` for each query line i whose perf is ref line j (looked up by perf, one dict, fixed)."""
     ref_index: dict[str, int] = {}
     for j, perf in enumerate(ref_perfs):
         ref_index.setdefault(perf, j)

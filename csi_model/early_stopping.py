@@ -1,4 +1,4 @@
-"""Early stopping on validation loss or on a smoothed test-set mAP (spec §5.6).
+"""Early stopping on validation loss or on a smoothed test-set mAP (see docs/reference_tool.md).
 
 In mAP mode one noisy epoch should neither stop the run nor hide a good model, so the two decisions use
 different signals: the best checkpoint is the epoch with the best *raw* mAP, while the patience counter follows

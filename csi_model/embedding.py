@@ -1,4 +1,4 @@
-"""Full-track embeddings: one L2-normalised vector per segment of every track (spec §6.1, with §11.8/9/12 fixed).
+"""Full-track embeddings: one L2-normalised vector per segment of every track (see docs/reference_tool.md).
 
 A track is cut into consecutive segments of the evaluation window (`chunk_frame[0]·mean_size` raw frames) that
 cover all of it: the tail becomes a shorter last segment instead of being dropped, and no segment is padded

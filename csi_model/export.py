@@ -1,6 +1,6 @@
 """Exports in the reference tool's format, so its users can compare results and move data both ways.
 
-Files (spec §1.8-§1.10), all JSON lines with the keys ``perf, wav, dur_s, work, version, feat, feat_len,
+Files (see docs/reference_tool.md), all JSON lines with the keys ``perf, wav, dur_s, work, version, feat, feat_len,
 work_id`` unless noted: ``full.txt`` (every item), ``train.txt``, ``val.txt``, ``test.txt``,
 ``work_id.map`` ("<work_id> <work>" per line, sorted by id, as the reference README promised) and
 ``test-only-work-ids.txt`` (one id per line). Every file is written atomically.

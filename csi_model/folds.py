@@ -1,4 +1,4 @@
-"""Production training (spec §7.5, with §11.6 and §11.14 fixed): K folds, then a final run on all the data.
+"""Production training (see docs/reference_tool.md): K folds, then a final run on all the data.
 
 One model is trained through a sequence of stages. Fold k trains on the other folds and validates on fold k,
 starting from the best checkpoint of the stages so far (the "global best"); the final stage trains on everything

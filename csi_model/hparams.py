@@ -1,6 +1,6 @@
 """Typed hyper-parameters that read CoverHunterMPS ``hparams.yaml`` files unchanged.
 
-Researchers arrive with the reference tool's YAML files; we accept every key it defines (spec §8), check each
+Researchers arrive with the reference tool's YAML files; we accept every key it defines, check each
 value's type where it is read, and turn the nested YAML into frozen dataclasses so a typo in a key is a warning
 and a wrong value is an error that names the key and the file -- not a ``KeyError`` deep inside training.
 """
@@ -107,7 +107,7 @@ class CenterHParams:
 
 @dataclass(frozen=True)
 class TrainingHParams:
-    """Training hyper-parameters (spec §8.2, plus the production keys of §8.3)."""
+    """Training hyper-parameters (see docs/reference_tool.md)."""
 
     chunk_frame: tuple[int, ...] = (1125, 900, 675)
     chunk_s: float = 135.0
@@ -154,7 +154,7 @@ class TrainingHParams:
     foc: FocalHParams = field(default_factory=FocalHParams)
     triplet: TripletHParams = field(default_factory=TripletHParams)
     center: CenterHParams = field(default_factory=CenterHParams)
-    # production training (spec §8.3)
+    # production training (see docs/reference_tool.md)
     k_folds: int | None = None
     lr_initial_fold2: float | None = None
     fold_hold_steps: int = 0
@@ -209,7 +209,7 @@ TEMPO_MODES = ("features", "audio")
 
 @dataclass(frozen=True)
 class DataPrepHParams:
-    """Data-preparation hyper-parameters (spec §8.1). ``seed`` is ours: the reference's split is unseeded."""
+    """Data-preparation hyper-parameters. ``seed`` is ours: the reference's split is unseeded."""
 
     fmin: float = 32.0
     n_bins: int = 96

@@ -1,4 +1,4 @@
-"""CoverHunter's training objective: focal classification + batch-hard triplet + center loss (spec §4).
+"""CoverHunter's training objective: focal classification + batch-hard triplet + center loss.
 
 The metric terms (triplet, center) act on the raw embedding e; the focal term on the BN-neck logits."""
 

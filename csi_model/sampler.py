@@ -1,4 +1,4 @@
-"""The m-per-class batch sampler (spec §2.3): every batch holds ``batch_size/m`` distinct works × ``m`` items.
+"""The m-per-class batch sampler: every batch holds ``batch_size/m`` distinct works × ``m`` items.
 
 Batch-hard triplet mining needs positives in every batch, so batches are drawn by work rather than by item.
 Sampling is with replacement across batches and an epoch is the reference's ``num_iters`` batches. Unlike the

@@ -1,4 +1,4 @@
-"""The learning-rate schedule (spec §5.4, with §11.15 fixed): warmup, hold, then step decay every 1000 steps.
+"""The learning-rate schedule (see docs/reference_tool.md): warmup, hold, then step decay every 1000 steps.
 
 The reference's warmup was never switched on and a resume reset the decayed lr; here warmup works and the
 complete state (step count and decayed lr) round-trips through ``state_dict`` so a resumed run continues with

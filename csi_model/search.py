@@ -89,7 +89,7 @@ class ReferenceIndex:
         """The k nearest groups (performances, works) of every query track.
 
         A query track is several segment vectors [S, D]; its distance to a group is the minimum over its
-        segments and the group's reference rows (``groups``: the group id of every reference row), as in §6.1.5.
+        segments and the group's reference rows (``groups``: the group id of every reference row).
         """
         tracks = self._padded_tracks(query_tracks)  # [T, S_max, D]
         if not isinstance(groups, RowGroups):

@@ -1,6 +1,6 @@
 """Work ids and the train / val / test split.
 
-Both fix weaknesses of the reference tool (spec §1.8, §1.9, §11.5, §11.6):
+Both fix weaknesses of the reference tool (see docs/reference_tool.md):
 
 * Work ids are reproducible and permanent. The reference numbered works in the completion order of its
   feature workers, so ids changed between runs. Here new works are numbered in sorted order after the current
@@ -60,7 +60,7 @@ def split_performances(
 ) -> SplitAssignment:
     """Split original performances (``perf -> work_id``) into train, val and test; variants follow.
 
-    The reference algorithm's intent (spec §1.9), its bugs fixed:
+    The reference algorithm's intent (see docs/reference_tool.md), its bugs fixed:
 
     1. Unseen test works: if ``test_data_unseen > 0`` and ``test_data_split > 0``,
        ``max(1, int(W * test_data_unseen))`` works go entirely to test.

@@ -1,4 +1,4 @@
-"""Hyper-parameter sweeps (spec §7.6, §8.4, with §11.16 fixed): ``hp_tuning.yaml`` → experiments → a summary.
+"""Hyper-parameter sweeps (see docs/reference_tool.md): ``hp_tuning.yaml`` → experiments → a summary.
 
 A sweep varies one factor at a time, not a grid: each of nine groups (in a fixed order) lists candidate values,
 and each value is trained once per seed from the same base hparams. The file is read with PyYAML ``safe_load``

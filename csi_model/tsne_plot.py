@@ -1,7 +1,7 @@
 """t-SNE map of a track × track distance matrix, coloured by work, saved as a PNG.
 
 The distances are used as a precomputed metric (the reference tool fed matrix rows to t-SNE as if they were
-features, §11.19), colours scale to any number of works (it crashed below 6), and works never seen in training
+features), colours scale to any number of works (it crashed below 6), and works never seen in training
 are ringed so a reader can judge generalisation at a glance.
 """
 

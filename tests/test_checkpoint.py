@@ -26,7 +26,7 @@ from csi_model.checkpoint import (
 )
 from csi_model.model import CoverHunter, ModelConfig
 
-LAYOUT = Path("/work/shared/spec/reference_checkpoint_layout.tsv")
+LAYOUT = Path(__file__).parent / "fixtures" / "reference" / "checkpoint_layout.tsv"
 TINY = ModelConfig(input_dim=24, embed_dim=32, d_model=32, num_blocks=1, ff_dim=64, num_classes=4)
 
 

@@ -34,7 +34,7 @@ from csi_model.tempo import plan_variants, render_variant
 WORK_IDS = {"work_000": 12, "work_001": 10, "work_002": 11}  # not sorted order: ids must be kept as they are
 DATA_HPARAMS = {"fmin": 32, "n_bins": 96, "bins_per_octave": 12, "aug_speed_mode": [0.9, 1.0], "device": "mps",
                 "val_data_split": 0.1, "val_unseen": 0.02, "test_data_split": 0.1, "test_data_unseen": 0.04}
-TRAINING_HPARAMS = {  # the reference's key layout (spec §8.2), tiny sizes
+TRAINING_HPARAMS = {  # the reference's key layout (see docs/reference_tool.md), tiny sizes
     "train_path": "data/covers/train.txt", "val_path": "data/covers/val.txt",
     "covers": {"query_path": "data/covers/full.txt", "ref_path": "data/covers/full.txt",
                "every_n_epoch_to_test": 1},

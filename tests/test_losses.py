@@ -1,4 +1,4 @@
-"""Losses checked against direct, loop-based evaluations of the spec §4 formulas."""
+"""Losses checked against direct, loop-based evaluations of the paper's loss formulas."""
 
 import pytest
 import torch

@@ -68,7 +68,7 @@ def test_overrides_and_run_settings_apply_to_every_group_chunk_frames_included()
     tuning = parse_tuning(TUNING, "hp_tuning.yaml")
     for experiment in plan_experiments(tuning, base):
         hp = experiment_hparams(base, tuning, experiment)
-        assert hp.lr_decay == 0.5  # the override, in the chunk_frames group too (reference bug §11.16)
+        assert hp.lr_decay == 0.5  # the override, in the chunk_frames group too (a reference bug we fix)
         assert (hp.max_epochs, hp.early_stopping_patience, hp.seed) == (4, 3, experiment.seed)
         assert hp.learning_rate == (0.001 if experiment.group == "learning_rates" else base.learning_rate)
     chunk = experiment_hparams(base, tuning, plan_experiments(tuning, base)[2])
