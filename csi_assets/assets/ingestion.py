@@ -17,6 +17,7 @@ import dagster as dg
 from csi_assets.assets.data import extract_features, rejection_rows, verify_catalog_rows
 from csi_assets.assets.serving import embed_missing
 from csi_assets.model_loading import ModelLoadError, load_model
+from csi_assets.reference_index import ReferenceIndex, sync_index
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
@@ -142,7 +143,8 @@ def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path
 
 
 def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: list[str], log: Any) -> int:
-    """Embed just the batch's performances with the promoted model; without one, the next refresh does it."""
+    """Embed just the batch's performances with the promoted model (without one, the next refresh does it) and add
+    them to the model's reference index, if it has one, without rebuilding it."""
     try:
         model = load_model(db, dataset.name)
     except ModelLoadError as err:
@@ -151,7 +153,10 @@ def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: lis
         return 0
     references = [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
                   if r["speed"] == 1.0]
-    return embed_missing(db, dataset.name, model, references, log).computed
+    computed = embed_missing(db, dataset.name, model, references, log).computed
+    if ReferenceIndex.read(db.path, dataset.name, model.model_id) is not None:  # none yet: reference_index builds it
+        sync_index(db, db.path, dataset.name, model.model_id, log=log.info)
+    return computed
 
 
 @dg.asset(group_name=GROUP, partitions_def=delta_batches, kinds={"duckdb"})

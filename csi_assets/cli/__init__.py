@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-_SUBCOMMAND_MODULES = ("synth", "identify", "eval", "model_info", "tools")
+_SUBCOMMAND_MODULES = ("synth", "identify", "eval", "model_info", "tools", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
