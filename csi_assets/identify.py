@@ -4,8 +4,8 @@ A query goes through exactly the reference path: decoded to 16 kHz mono, the dat
 (``csi_model.cqt.compute_cqt``, batched over queries), every segment embedded by the promoted model with
 ``embed_tracks``, then ranked against the model's reference index (``csi_assets.reference_index``: a FAISS index
 of every stored segment, re-ranked exactly): a performance is as near as its nearest segment pair, a work as near
-as its nearest performance. The whole
-query is used, not its first 135 s (§11.12), and many queries share one model load and one index (§11.33).
+as its nearest performance. The whole query is used, not its first 135 s, and many queries share one model load
+and one index.
 """
 
 from __future__ import annotations

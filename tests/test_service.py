@@ -24,6 +24,7 @@ from csi_assets.store import ingest as ingest_store
 from csi_model.synth import generate_covers
 from tests.serving_fixtures import project_with_model
 
+CSI = "import sys; from csi_assets.cli import main; sys.exit(main(sys.argv[1:]))"  # `csi` of this checkout
 TOKEN = "s3cret"
 MAX_UPLOAD_MB, MAX_SECONDS = 1, 20
 
@@ -54,7 +55,7 @@ def server(tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from csi_assets.cli import main; sys.exit(main(sys.argv[1:]))", "serve", "--port", str(port), "--token", TOKEN,
+        [sys.executable, "-c", CSI, "serve", "--port", str(port), "--token", TOKEN,
          "--dataset-dir", str(project.dataset_dir), "--store", str(project.store_path),
          "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-seconds", str(MAX_SECONDS)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
