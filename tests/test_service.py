@@ -164,3 +164,13 @@ def test_a_batch_ingested_while_serving_is_found_without_restart(server, tmp_pat
     after = requests.get(f"{url}/health", timeout=60).json()
     assert after["reloads"] == before["reloads"] + 1 and after["performances"] == before["performances"] + 2
     assert after["index_version"] == before["index_version"] + 1 and after["model"] == model_id
+
+
+def test_registering_the_serve_command_imports_no_heavy_library() -> None:
+    code = ("import argparse, sys; import csi_assets.cli.serve as serve; "
+            "serve.register(argparse.ArgumentParser().add_subparsers()); "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch', 'faiss', 'dagster', 'duckdb') "
+            "if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
