@@ -22,7 +22,7 @@ from csi_assets.assets import ingestion, serving
 from csi_assets.cli import main as csi
 from csi_assets.store import ingest as ingest_store
 from csi_model.synth import generate_covers
-from tests.serving_fixtures import project_with_model
+from tests.serving_fixtures import project_with_model, random_model, register_model
 
 CSI = "import sys; from csi_assets.cli import main; sys.exit(main(sys.argv[1:]))"  # `csi` of this checkout
 TOKEN = "s3cret"
@@ -49,7 +49,7 @@ def _wait_until_up(process: subprocess.Popen, url: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    project, model_id, _ = project_with_model(tmp_path_factory.mktemp("service"), works=4, perfs=2, seconds=4.0)
+    project, model_id, hp = project_with_model(tmp_path_factory.mktemp("service"), works=4, perfs=2, seconds=4.0)
     assert dg.materialize([serving.reference_embeddings, serving.reference_index], resources=project.resources,
                           instance=dg.DagsterInstance.ephemeral()).success
     port = _free_port()
@@ -62,7 +62,7 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(process, url)
-        yield project, model_id, url
+        yield project, model_id, url, hp
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -75,7 +75,7 @@ def _post(url: str, files: list[Path], token: str | None = TOKEN, **params) -> r
 
 
 def test_identify_over_http_gives_the_same_json_as_the_cli(server, capsys) -> None:
-    project, model_id, url = server
+    project, model_id, url, _ = server
     wavs = [project.dataset_dir / "wav" / name for name in ("w000_p0.wav", "w003_p1.wav")]
     for works in (False, True):
         response = _post(url, wavs, top=3, works=str(works).lower())
@@ -92,7 +92,7 @@ def test_identify_over_http_gives_the_same_json_as_the_cli(server, capsys) -> No
 
 
 def test_models_works_and_health(server) -> None:
-    project, model_id, url = server
+    project, model_id, url, _ = server
     auth = {"Authorization": f"Bearer {TOKEN}"}
     models = requests.get(f"{url}/models", headers=auth, timeout=60).json()
     assert models["model_id"] == model_id and models["references"]["performances"] == 8
@@ -107,7 +107,7 @@ def test_models_works_and_health(server) -> None:
 
 
 def test_bad_requests_get_their_documented_status_and_message(server, tmp_path) -> None:
-    project, _, url = server
+    project, _, url, _ = server
     wav = project.dataset_dir / "wav" / "w000_p0.wav"
     cases = []
     missing = _post(url, [wav], token=None)
@@ -136,7 +136,7 @@ def test_bad_requests_get_their_documented_status_and_message(server, tmp_path) 
 
 
 def test_a_batch_ingested_while_serving_is_found_without_restart(server, tmp_path) -> None:
-    project, model_id, url = server
+    project, model_id, url, _ = server
     before = requests.get(f"{url}/health", timeout=60).json()
     batch = project.dataset_dir / "incoming" / "live"
     generate_covers(tmp_path / "covers", works=1, perfs=2, seed=99, seconds=4.0)
@@ -164,6 +164,21 @@ def test_a_batch_ingested_while_serving_is_found_without_restart(server, tmp_pat
     after = requests.get(f"{url}/health", timeout=60).json()
     assert after["reloads"] == before["reloads"] + 1 and after["performances"] == before["performances"] + 2
     assert after["index_version"] == before["index_version"] + 1 and after["model"] == model_id
+
+
+def test_a_newly_promoted_model_is_served_once_its_index_is_built(server) -> None:
+    """Last in the module: it changes the served model."""
+    project, old_id, url, hp = server
+    new_id = register_model(project, random_model(hp, seed=5), hp, epoch=3)
+    wav = project.dataset_dir / "wav" / "w001_p0.wav"
+    assert _post(url, [wav]).json()[0]["model"] == old_id  # promoted, but its index is not built yet
+    assert dg.materialize([serving.reference_embeddings, serving.reference_index], resources=project.resources,
+                          instance=dg.DagsterInstance.ephemeral()).success
+    response = _post(url, [wav], top=1)
+    assert response.status_code == 200 and response.json()[0]["model"] == new_id
+    assert response.json()[0]["matches"][0]["perf"] == "w001_p0"
+    models = requests.get(f"{url}/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60).json()
+    assert models["model_id"] == new_id and models["epoch"] == 3
 
 
 def test_registering_the_serve_command_imports_no_heavy_library() -> None:
