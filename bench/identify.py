@@ -226,8 +226,8 @@ def measure_index(n_segments: int, nprobes: list[int], pq_from: int, refine: int
     one = queries[:QUERY_SEGMENTS]
     start = time.perf_counter()
     truth = exact_top(queries, n_segments, centres, seed)
-    print(f"\n{n_segments} segments ({n_works} works; queries of {QUERY_SEGMENTS} segments; ground truth by "
-          f"exact scan in {time.perf_counter() - start:.1f} s)", flush=True)
+    print(f"\n{n_segments} segments ({n_works} works, noise {NOISE}; queries of {QUERY_SEGMENTS} segments; "
+          f"ground truth by exact scan in {time.perf_counter() - start:.1f} s)", flush=True)
     nlist = IndexConfig().lists_for(n_segments)
     if n_segments >= pq_from:
         build_start = time.perf_counter()
@@ -293,9 +293,12 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 64], help="IVF lists searched per query")
     parser.add_argument("--pq-from", type=int, default=10_000_000, help="sizes from here use IVF-PQ")
     parser.add_argument("--refine", type=int, default=100, help="IVF-PQ hits re-ranked with float16 vectors")
+    parser.add_argument("--noise", type=float, default=NOISE,
+                        help="per-coordinate noise around a work centre (smaller: tighter works, easier for IVF)")
     parser.add_argument("--skip-exact", action="store_true", help="skip the exact-search size table")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end part")
     args = parser.parse_args()
+    globals()["NOISE"] = args.noise  # the generator's module-wide setting
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     import faiss
