@@ -71,8 +71,25 @@ def load(url: str, files: list[Path], clients: int, duration: float, max_request
             "first_error": errors[0] if errors else ""}
 
 
-def demo_server(folder: Path, seconds: float) -> tuple[subprocess.Popen, str, list[Path]]:
-    """A tiny synthetic project served on a free port; returns the process, its URL and query files."""
+def in_process_ms(project, query: Path, repeats: int = 10) -> tuple[float, float]:
+    """p50 of the same identification without HTTP (``Identifier.identify``), and of its embedding alone
+    (decode + CQT + forward pass): the baseline the HTTP latency is compared with."""
+    from csi_assets.identify import Identifier
+
+    identifier = Identifier(project.store_path, project.dataset_dir)
+    whole, embed = [], []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        identifier.embed_queries([str(query)])
+        middle = time.perf_counter()
+        identifier.identify([query], top=10, works=True)
+        whole.append(time.perf_counter() - middle)
+        embed.append(middle - start)
+    return float(np.median(whole[1:]) * 1e3), float(np.median(embed[1:]) * 1e3)
+
+
+def demo_server(folder: Path, seconds: float) -> tuple[subprocess.Popen, str, list[Path], object]:
+    """A tiny synthetic project served on a free port; returns the process, its URL, query files, project."""
     import dagster as dg
 
     sys.path.insert(0, str(ROOT))
@@ -99,7 +116,7 @@ def demo_server(folder: Path, seconds: float) -> tuple[subprocess.Popen, str, li
             raise RuntimeError(f"csi serve exited with status {process.returncode}")
         try:
             requests.get(f"{url}/health", timeout=30).raise_for_status()
-            return process, url, queries
+            return process, url, queries, project
         except requests.ConnectionError:
             time.sleep(0.2)
 
@@ -115,17 +132,21 @@ def main() -> None:
     parser.add_argument("--token", default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="csi-bench-serve-") as folder:
-        process = None
+        process = project = None
         if args.url:
             url, files = args.url.rstrip("/"), args.audio
             if not files:
                 parser.error("--url needs --audio files to send")
         else:
-            process, url, files = demo_server(Path(folder), args.seconds)
+            process, url, files, project = demo_server(Path(folder), args.seconds)
         try:
             single = load(url, files[:1], 1, args.duration, 10, args.token)
             print(f"one client, 10 requests of one {args.seconds:.0f} s recording: p50 {single['p50_ms']:.0f} ms, "
                   f"p95 {single['p95_ms']:.0f} ms, errors {single['errors']}")
+            if project is not None:
+                whole, embed = in_process_ms(project, files[0])
+                print(f"the same without HTTP, in this process: identify p50 {whole:.0f} ms, of which decode + CQT + "
+                      f"forward pass {embed:.0f} ms; HTTP adds {single['p50_ms'] - whole:.0f} ms at p50")
             figures = load(url, files, args.clients, args.duration, args.requests, args.token)
             print(f"{args.clients} clients, {figures['requests']} requests in {figures['wall_s']:.1f} s: "
                   f"p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, {figures['per_s']:.2f} "
