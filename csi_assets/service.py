@@ -256,7 +256,7 @@ def _check_audio(path: Path, name: str, max_seconds: float) -> None:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise ServiceError(422, f"{name}: not readable audio ({err})") from err
+        raise ServiceError(422, f"{name}: not readable audio ({str(err).replace(str(path), name)})") from err
     if info.duration > max_seconds:
         raise ServiceError(422, f"{name}: {info.duration:.1f} s is longer than the limit of {max_seconds:.0f} s")
 

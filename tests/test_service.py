@@ -132,6 +132,7 @@ def test_bad_requests_get_their_documented_status_and_message(server, tmp_path) 
     for response, status, message in cases:
         assert response.status_code == status, (status, response.text)
         assert message in response.json()["error"], (message, response.text)
+        assert "csi-serve-" not in response.json()["error"]  # no server-side temporary path
     assert missing.headers["www-authenticate"] == "Bearer"
 
 
