@@ -23,8 +23,8 @@ prints the whole as a ratio to the search alone.
                                        [--index-sizes 100000 1000000] [--nprobe 16 64] [--pq-from 10000000]
                                        [--skip-exact] [--skip-e2e]
 
-Default run: about 10 minutes and 3 GB on 2 cores; add 10000000 to --index-sizes for the 10M case (about
-25 minutes, 9 GB peak: vectors are generated and added in chunks).
+Default run: about 15 minutes and 3 GB on 2 cores; add 10000000 to --index-sizes for the 10M case (measured:
+about 12 minutes and 5.7 GB peak with --skip-exact --skip-e2e; vectors are generated and added in chunks).
 """
 
 from __future__ import annotations
