@@ -11,7 +11,7 @@ DEMO_PERFS ?= 6
 DEMO_SEED ?= 0
 DEMO_SECONDS ?= 30
 
-.PHONY: setup demo test ui bench clean-demo
+.PHONY: setup demo test ui serve bench clean-demo
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -45,6 +45,10 @@ test: setup
 ui: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
+# Identification over HTTP on the demo (after make demo): http://127.0.0.1:8000/docs
+serve: setup
+	OMP_NUM_THREADS=1 $(BIN)/csi serve --host 127.0.0.1 --port 8000
+
 # bench/tempo_augmentation.py trains two models (tens of minutes): run it on its own.
 bench: setup
 	for b in $(filter-out bench/tempo_augmentation.py,$(wildcard bench/*.py)); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
@@ -52,4 +56,4 @@ bench: setup
 clean-demo:
 	rm -rf $(CSI_DATASET_DIR)/wav $(CSI_DATASET_DIR)/sp_wav $(CSI_DATASET_DIR)/cqt_feat \
 		$(CSI_DATASET_DIR)/*.txt $(CSI_DATASET_DIR)/*.map $(CSI_TRAINING_DIR)/checkpoints $(CSI_TRAINING_DIR)/logs \
-		data/csi.duckdb data/csi.duckdb.wal
+		data/csi.duckdb data/csi.duckdb.wal data/csi.duckdb.index

@@ -2,9 +2,10 @@
 
 A query goes through exactly the reference path: decoded to 16 kHz mono, the dataset's CQT settings and code
 (``csi_model.cqt.compute_cqt``, batched over queries), every segment embedded by the promoted model with
-``embed_tracks``, then ranked by exact chunked cosine search (``csi_model.search``) against every stored segment:
-a performance is as near as its nearest segment pair, a work as near as its nearest performance. The whole
-query is used, not its first 135 s, and many queries share one model load and one index.
+``embed_tracks``, then ranked against the model's reference index (``csi_assets.reference_index``: a FAISS index
+of every stored segment, re-ranked exactly): a performance is as near as its nearest segment pair, a work as near
+as its nearest performance. The whole query is used, not its first 135 s, and many queries share one model load
+and one index.
 
 With a calibration, each match gets a z-score and two p-values: ``p_pair`` (one unrelated pair this close) and
 ``p`` (a search of all N reference performances finding an unrelated one this close, the number to judge a match
@@ -13,6 +14,7 @@ by); ``p_floored`` marks values raised to the floor a finite null sample support
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -22,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_cqt_settings, load_model
+from csi_assets.reference_index import IndexUnavailable, ReferenceIndex, current_index
 from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_model.audio import AudioError, load_audio
 from csi_model.calibration import Calibration
 from csi_model.cqt import compute_cqt
 from csi_model.embedding import embed_tracks
-from csi_model.search import PerformanceIndex
 
 QUERIES_PER_BATCH = 16
 """Queries decoded, transformed and embedded together: amortises each call, bounds memory for long lists."""
@@ -67,28 +69,24 @@ class Identifier:
     """The promoted (or a given) model, the reference index and the calibration of one dataset, loaded once."""
 
     def __init__(self, store_path: str | os.PathLike[str], dataset_dir: str | os.PathLike[str],
-                 model_id: str | None = None, device: str | None = None, lock_timeout_s: float = 120.0) -> None:
-        """Opens the store read-only (raises ``StoreLockedError`` if a writer holds it beyond ``lock_timeout_s``)."""
+                 model_id: str | None = None, device: str | None = None, lock_timeout_s: float = 120.0,
+                 model: LoadedModel | None = None) -> None:
+        """Opens the store read-only (raises ``StoreLockedError`` if a writer holds it beyond ``lock_timeout_s``).
+        ``model``: an already loaded model to reuse (a service reloading its index after an ingested batch)."""
         store_path, dataset_dir = Path(store_path), Path(dataset_dir).resolve()
         if not store_path.is_file():
             raise IdentifyError(f"no store at {store_path}: materialize reference_embeddings first")
         store = Store(store_path, lock_timeout_s, read_only=True)
         self.dataset = dataset_dir.name
         try:
-            self.model: LoadedModel = load_model(store, self.dataset, model_id, device)
+            self.model: LoadedModel = model or load_model(store, self.dataset, model_id, device)
             self.settings = dataset_cqt_settings(dataset_dir, self.model)  # checked against the model's input
-        except ModelLoadError as err:
+            self.references: ReferenceIndex = current_index(store, store_path, self.dataset, self.model.model_id,
+                                                            logging.getLogger(__name__).warning)
+        except (ModelLoadError, IndexUnavailable) as err:
             raise IdentifyError(str(err)) from err
-        self.refs = embedding_store.load_embeddings(store, self.dataset, self.model.model_id)
-        if len(self.refs) == 0:
-            raise IdentifyError(f"no reference embeddings of model {self.model.model_id} for dataset "
-                                f"{self.dataset!r}: materialize reference_embeddings first")
         record = embedding_store.calibration(store, self.dataset, self.model.model_id)
         self.calibration = Calibration.from_dict(record) if record else None
-        self.index = PerformanceIndex(self.refs.vectors, self.refs.segment_perf, self.refs.work_ids,
-                                      device=str(self.model.device))
-        self._segment_work = self.refs.work_ids[self.refs.segment_perf]  # [S]
-        self._work_name = dict(zip(self.refs.work_ids.tolist(), self.refs.works.tolist()))
 
     def identify(self, queries: Sequence[str | os.PathLike[str]], top: int = 10, works: bool = False,
                  calibrated: bool = False, progress: Callable[[int], None] | None = None,
@@ -141,20 +139,14 @@ class Identifier:
                                   self.model.device)
 
     def _rank(self, paths: Sequence[str], tracks: list[np.ndarray], top: int, works: bool) -> list[QueryResult]:
-        found = self.index.search_works(tracks, top) if works else self.index.search_perfs(tracks, top)
-        n_compared = len(self.refs.perfs)  # works mode too: a work's distance is its nearest performance's
-        scores = self._scores(found.distances, n_compared)
+        found = self.references.search(tracks, top, works)
+        n_compared = len(self.references.groups.perfs)  # works mode too: a work is as near as its nearest perf
         results = []
-        for q, path in enumerate(paths):
-            if works:
-                work_ids = found.indices[q]
-                perfs = self._best_perfs(tracks[q], work_ids)
-            else:
-                perfs = found.indices[q]
-                work_ids = self.refs.work_ids[perfs]
-            matches = [Match(rank=r + 1, perf=str(self.refs.perfs[perf]), work=self._work_name[int(work)],
-                             distance=float(found.distances[q, r]), **{k: v[q][r] for k, v in scores.items()})
-                       for r, (perf, work) in enumerate(zip(perfs, work_ids))]
+        for path, hits in zip(paths, found):
+            distances = np.array([[h.distance for h in hits]], dtype=np.float64)  # [1, top]
+            scores = self._scores(distances, n_compared)
+            matches = [Match(rank=r + 1, perf=hit.perf, work=hit.work, distance=hit.distance,
+                             **{k: v[0][r] for k, v in scores.items()}) for r, hit in enumerate(hits)]
             results.append(QueryResult(path, self.model.model_id, matches, n_compared,
                                        None if self.calibration is None else self.calibration.p_floor))
         return results
@@ -167,13 +159,3 @@ class Identifier:
                                                                                          "p_floored")}
         return {"z": cal.z_score(distances).tolist(), "p": cal.search_p_value(distances, n_compared).tolist(),
                 "p_pair": cal.p_value(distances).tolist(), "p_floored": cal.at_floor(distances).tolist()}
-
-    def _best_perfs(self, query: np.ndarray, work_ids: np.ndarray) -> np.ndarray:
-        """For each work, the index of its performance with the nearest segment pair (ties: lowest index)."""
-        rows = np.flatnonzero(np.isin(self._segment_work, work_ids))
-        similarity = (query @ self.refs.vectors[rows].T).max(axis=0)  # [n] best over query segments
-        row_work, row_perf = self._segment_work[rows], self.refs.segment_perf[rows]
-        order = np.lexsort((row_perf, -similarity, row_work))  # by work, then nearest first, then perf
-        first_of_work = order[np.r_[True, np.diff(row_work[order]) != 0]]
-        best = dict(zip(row_work[first_of_work].tolist(), row_perf[first_of_work].tolist()))
-        return np.array([best[int(w)] for w in work_ids], dtype=np.int64)

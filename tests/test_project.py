@@ -38,7 +38,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_makefile_targets_exist() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    for target in ("setup", "demo", "test", "ui"):
+    for target in ("setup", "demo", "test", "ui", "serve"):
         assert re.search(rf"^{target}:", makefile, re.M), target
 
 

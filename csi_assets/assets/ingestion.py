@@ -24,6 +24,7 @@ from csi_assets.assets.data import (
 )
 from csi_assets.assets.serving import embed_missing
 from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
+from csi_assets.reference_index import ReferenceIndex, sync_index
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
@@ -166,8 +167,8 @@ def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path
 
 
 def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: list[str], log: Any) -> int:
-    """Embed the batch's performances that lack an embedding of the promoted model; without a model, the next
-    refresh does it."""
+    """Embed the batch's performances that lack an embedding of the promoted model (without a model, the next
+    refresh does it) and add them to the model's reference index, if it has one, without rebuilding it."""
     try:
         model = load_model(db, dataset.name)
     except ModelLoadError as err:
@@ -177,7 +178,10 @@ def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: lis
     dataset_input(model, dataset.hparams(), log)  # a model trained on other features must not embed this batch
     references = [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
                   if r["speed"] == 1.0]
-    return embed_missing(db, dataset.name, model, references, log).computed
+    computed = embed_missing(db, dataset.name, model, references, log).computed
+    if ReferenceIndex.read(db.path, dataset.name, model.model_id) is not None:  # none yet: reference_index builds it
+        sync_index(db, db.path, dataset.name, model.model_id, log=log.info)
+    return computed
 
 
 @dg.asset(group_name=GROUP, partitions_def=delta_batches, kinds={"duckdb"})

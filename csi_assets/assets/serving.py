@@ -21,6 +21,7 @@ from csi_assets.assets.training import trained_model
 from csi_assets.assets.upstream import require_upstream
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
+from csi_assets.reference_index import IndexUnavailable, ReferenceIndex, model_dir, sync_index
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
@@ -30,6 +31,7 @@ from csi_model.calibration import Calibration, compute_track_calibration
 from csi_model.centroids import WorkCentroids, compute_centroids
 from csi_model.cqt import load_feature
 from csi_model.embedding import embed_tracks, mean_unit_vectors
+from csi_model.segment_index import IndexConfig
 
 GROUP = "serving"
 TRACKS_PER_BATCH = 64
@@ -178,3 +180,60 @@ def reference_embeddings_cover_catalog(dataset: DatasetResource, store: StoreRes
     return dg.AssetCheckResult(passed=not missing, metadata={
         "model_id": model["model_id"], "references": len(references), "embedded": len(references) - len(missing),
         "missing": dg.MetadataValue.json(missing[:20])})
+
+
+class ReferenceIndexConfig(dg.Config):
+    """Exact (flat) search below ``exact_below`` segments, an IVF index above it with ``nlist`` lists (0: 4·√rows)
+    of which ``nprobe`` are searched per query segment; ``candidates`` segment hits per query segment before
+    the exact re-rank. A change of these rebuilds the index."""
+
+    exact_below: int = IndexConfig.exact_below
+    nlist: int = 0
+    nprobe: int = IndexConfig.nprobe
+    candidates: int = IndexConfig.candidates
+
+    def index_config(self) -> IndexConfig:
+        return IndexConfig(self.exact_below, self.nlist or None, self.nprobe, self.candidates)
+
+
+@dg.asset(group_name=GROUP, deps=[reference_embeddings], kinds={"faiss"})
+def reference_index(context: dg.AssetExecutionContext, config: ReferenceIndexConfig, dataset: DatasetResource,
+                    store: StoreResource) -> dg.MaterializeResult:
+    """A FAISS index of the promoted model's reference segments beside the store (``<store>.index/``), what
+    ``csi identify`` and ``csi serve`` search. Built for a newly promoted model, updated in place otherwise
+    (ingested batches are added by their own runs)."""
+    db = store.store()
+    promoted = model_store.promoted_model(db, dataset.name)
+    if promoted is None:
+        raise dg.Failure(description=f"no promoted model for dataset {dataset.name!r}: materialize trained_model")
+    try:
+        report = sync_index(db, store.path, dataset.name, promoted["model_id"], config.index_config(),
+                            context.log.info)
+    except IndexUnavailable as err:
+        raise dg.Failure(description=str(err)) from err
+    manifest = report.manifest
+    return dg.MaterializeResult(metadata={
+        "model_id": manifest.model_id, "index_kind": manifest.kind, "exact": manifest.kind == "flat",
+        "rows": manifest.rows, "performances": manifest.performances, "version": manifest.version,
+        "action": report.action, "performances_added": report.added, "performances_removed": report.removed,
+        "seconds": round(report.seconds, 3), "config": dg.MetadataValue.json(manifest.config),
+        "path": dg.MetadataValue.path(str(model_dir(store.path, dataset.name, manifest.model_id))),
+    })
+
+
+@dg.asset_check(asset=reference_index, description="The index holds exactly the stored embeddings of the promoted "
+                                                  "model: same rows, same performances and segment counts.")
+def reference_index_matches_store(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
+    db = store.store()
+    promoted = model_store.promoted_model(db, dataset.name)
+    if promoted is None:
+        return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {dataset.name}"})
+    stored = embedding_store.catalogued_segments(db, dataset.name, promoted["model_id"])
+    index = ReferenceIndex.read(store.path, dataset.name, promoted["model_id"])
+    if index is None:
+        return dg.AssetCheckResult(passed=False, metadata={"reason": "no index for the promoted model"})
+    drop, add = index.differences(stored)
+    stored_rows = sum(n for n, _ in stored.values())
+    return dg.AssetCheckResult(passed=len(index) == stored_rows and not drop and not add, metadata={
+        "model_id": promoted["model_id"], "index_rows": len(index), "stored_rows": stored_rows,
+        "to_add": dg.MetadataValue.json(add[:20]), "to_drop": dg.MetadataValue.json(drop[:20])})

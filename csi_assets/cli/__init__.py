@@ -17,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-_SUBCOMMAND_MODULES = ("synth", "identify", "eval", "model_info", "tools", "classify")
+_SUBCOMMAND_MODULES = ("synth", "identify", "eval", "model_info", "tools", "classify", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

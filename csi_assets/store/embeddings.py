@@ -76,17 +76,21 @@ def forget_uncatalogued(store: Store, dataset: str) -> int:
     return int(deleted)
 
 
-def load_embeddings(store: Store, dataset: str, model_id: str) -> StoredEmbeddings:
-    """Every segment of ``model_id`` with its perf's work, as arrays (empty arrays when nothing is stored)."""
+def load_embeddings(store: Store, dataset: str, model_id: str,
+                    perfs: Sequence[str] | None = None) -> StoredEmbeddings:
+    """Every segment of ``model_id`` (or of just ``perfs``: an incremental index update reads only what is new)
+    with its perf's work, as arrays (empty arrays when nothing is stored)."""
+    only = "" if perfs is None else "AND list_contains(?, e.perf)"
     with store.transaction() as con:
         con.execute("SET enable_progress_bar = false")
         columns = con.execute(
-            """SELECT e.perf, w.work_id, p.work, e.start_frame, e.vector
+            f"""SELECT e.perf, w.work_id, p.work, e.start_frame, e.vector
                FROM embeddings e
                JOIN performances p ON p.dataset = e.dataset AND p.perf = e.perf
                JOIN works w ON w.dataset = p.dataset AND w.work = p.work
-               WHERE e.dataset = ? AND e.model_id = ?
-               ORDER BY e.perf, e.segment""", [dataset, model_id]).fetchnumpy()
+               WHERE e.dataset = ? AND e.model_id = ? {only}
+               ORDER BY e.perf, e.segment""", [dataset, model_id] + ([] if perfs is None else [list(perfs)])
+        ).fetchnumpy()
     segment_perfs = np.asarray(columns["perf"], dtype=object)
     if segment_perfs.size == 0:
         empty = np.empty(0, dtype=np.int64)
@@ -109,6 +113,15 @@ def embedded_segments(store: Store, dataset: str, model_id: str) -> dict[str, tu
     with store.transaction() as con:
         rows = con.execute("SELECT perf, count(*), any_value(audio_hash) FROM embeddings "
                            "WHERE dataset = ? AND model_id = ? GROUP BY perf", [dataset, model_id]).fetchall()
+    return {perf: (int(n), audio_hash) for perf, n, audio_hash in rows}
+
+
+def catalogued_segments(store: Store, dataset: str, model_id: str) -> dict[str, tuple[int, str | None]]:
+    """As :func:`embedded_segments`, for the performances the catalog still holds: what search may serve."""
+    with store.transaction() as con:
+        rows = con.execute("SELECT e.perf, count(*), any_value(e.audio_hash) FROM embeddings e "
+                           "JOIN performances p ON p.dataset = e.dataset AND p.perf = e.perf "
+                           "WHERE e.dataset = ? AND e.model_id = ? GROUP BY e.perf", [dataset, model_id]).fetchall()
     return {perf: (int(n), audio_hash) for perf, n, audio_hash in rows}
 
 
