@@ -172,11 +172,14 @@ each work's performances are held out for val and test, so the test queries are 
 
 def acceptance_training(dataset_dir: Path) -> dict:
     """A window spanning the whole clip (100 pooled frames at mean_size 2) and pitch-roll augmentation against the
-    performances' ±5-semitone key changes; d 32, 1 block. Early stopping is off: the best validation epoch of 60
-    is kept."""
+    performances' ±5-semitone key changes; d 32, 1 block. Early stopping is off; the checkpoint kept is the epoch of
+    60 with the best retrieval mAP on the *validation* split (as the demo does: on 12 works the validation loss is
+    a noisy guide to retrieval), so the test set is never used for a decision."""
     return tiny_training(
         dataset_dir, chunk_frame=[100, 80, 60], chunk_s=8.0, mean_size=2, learning_rate=0.004, max_epochs=60,
         spec_augmentation={"roll_pitch": {"prob": 0.8, "shift_num": 6, "method": "flex_melody"}},
+        val={"query_path": str(dataset_dir / "val.txt"), "ref_path": str(dataset_dir / "full.txt")},
+        early_stop_metric="mAP", map_stopping_testsets=["val"],
     )
 
 
@@ -190,7 +193,7 @@ def test_training_beats_the_untrained_model_by_0_2_map(tmp_path: Path) -> None:
     hp = project.resources["training"].hparams()
     data_hp = project.resources["dataset"].hparams()
     table = feature_store.feature_table(project.store, "dataset", settings_for(data_hp).settings_hash())
-    [test_set], _ = retrieval_test_sets(hp, table, project.training_dir)
+    [test_set] = [ts for ts in retrieval_test_sets(hp, table, project.training_dir)[0] if ts.name == "covers"]
     device = torch.device("cpu")
     torch.manual_seed(hp.seed)  # the trainer's initialisation: same seed, same architecture
     model = CoverHunter(ModelConfig.from_hparams(hp, meta["num_classes"]))
