@@ -15,7 +15,7 @@ Queries are decoded and transformed exactly as ``csi identify`` does (16 kHz mon
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,15 +104,27 @@ class Classifier:
         self.probe = LinearProbe.load(path)
         self.classes = self.probe.classes
 
-    def classify(self, names: Sequence[str], signals: Sequence[np.ndarray]) -> list[Prediction]:
-        """One prediction per decoded 16 kHz mono signal (``names`` label the results)."""
+    def classify(self, names: Sequence[str], signals: Sequence[np.ndarray],
+                 failed: Callable[[str, str], None] | None = None) -> list[Prediction]:
+        """One prediction per decoded 16 kHz mono signal (``names`` label the results). A recording too short for
+        the model raises :class:`ClassifyError`, or with ``failed`` is reported as ``failed(name, message)`` and
+        left out, so the others are still answered."""
         features = compute_cqt(list(signals), self.settings, self.model.device)
+        kept_names, kept = [], []
         for name, feature in zip(names, features):
-            if len(feature) < self.model.min_raw_frames:
-                raise ClassifyError(f"{name}: too short to classify ({len(feature) / self.settings.fps:.2f} s; "
-                                    f"the model needs {self.model.min_raw_frames / self.settings.fps:.2f} s)")
-        probabilities = self._probabilities(features)  # [N, K]
-        return [self._prediction(name, row) for name, row in zip(names, probabilities)]
+            if len(feature) >= self.model.min_raw_frames:
+                kept_names.append(name)
+                kept.append(feature)
+                continue
+            message = (f"{name}: too short to classify ({len(feature) / self.settings.fps:.2f} s; "
+                       f"the model needs {self.model.min_raw_frames / self.settings.fps:.2f} s)")
+            if failed is None:
+                raise ClassifyError(message)
+            failed(name, message)
+        if not kept:
+            return []
+        probabilities = self._probabilities(kept)  # [N, K]
+        return [self._prediction(name, row) for name, row in zip(kept_names, probabilities)]
 
     def _probabilities(self, features: list[np.ndarray]) -> np.ndarray:
         hp = self.model.hparams

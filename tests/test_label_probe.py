@@ -10,6 +10,7 @@ import warnings
 
 import dagster as dg
 import numpy as np
+import soundfile as sf
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
@@ -185,9 +186,13 @@ def test_classify_checks_every_file_before_any_model_loads(probed, capsys, tmp_p
     garbage = tmp_path / "noise.wav"
     garbage.write_bytes(b"not audio at all")
     missing = str(tmp_path / "missing.flac")
-    code, out, err = _classify(project, capsys, good, missing, str(garbage), "--label", "batch_tag", "--json")
-    assert code == 2 and [p["query"] for p in json.loads(out)] == [good]
-    assert missing in err and str(garbage) in err
+    blip = tmp_path / "blip.wav"  # decodable, but too short for the model: listed, the others still answered
+    sf.write(blip, np.sin(np.arange(1600) * 0.2).astype(np.float32), 16000)
+    code, out, err = _classify(project, capsys, good, missing, str(garbage), str(blip), "--label", "batch_tag",
+                               "--json")
+    assert code == 1 and [p["query"] for p in json.loads(out)] == [good]
+    assert missing in err and str(garbage) in err and f"{blip}: too short to classify" in err
+    assert "1 of 4 recordings classified" in err and "Traceback" not in err
     from csi_assets.cli import main
 
     code = main(["classify", missing, str(garbage), "--label", "batch_tag", "--store", str(tmp_path / "none.duckdb"),

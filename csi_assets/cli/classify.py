@@ -3,7 +3,8 @@ recording, with its probability and the top 3, from the label's model (``label_m
 the promoted model's probe (``label_probe``).
 
 Every file is checked (present, decodable) before any model loads: the readable ones are answered, the others
-listed on stderr, and the exit status is 2 when any failed. Heavy libraries load inside :func:`run` only."""
+(and those too short for the model) listed on stderr. Exit status, as for ``csi identify``: 0 all answered, 1 some
+failed, 2 none could be answered. Heavy libraries load inside :func:`run` only."""
 
 from __future__ import annotations
 
@@ -42,16 +43,20 @@ def run(args: argparse.Namespace) -> int:
 
     dataset_dir, store = locations(args)
     try:
-        predictions = Classifier(store, dataset_dir, args.label, args.device).classify(names, signals)
+        predictions = Classifier(store, dataset_dir, args.label, args.device).classify(
+            names, signals, lambda _, message: failed.append(message))
     except ClassifyError as err:
         raise CliError(str(err)) from err
-    if args.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
-    else:
-        print("\n".join(_line(p) for p in predictions))
+    if predictions:
+        if args.json:
+            print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
+        else:
+            print("\n".join(_line(p) for p in predictions))
     for reason in failed:
         print(f"csi classify: error: {reason}", file=sys.stderr)
-    return 2 if failed else 0
+    if failed:
+        print(f"csi classify: {len(predictions)} of {len(args.queries)} recordings classified", file=sys.stderr)
+    return 0 if not failed else 1 if predictions else 2
 
 
 def _line(prediction) -> str:
