@@ -9,7 +9,7 @@ it completes, so a killed run continues where it stopped).
 import json
 import multiprocessing
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -320,10 +320,12 @@ def pending_features(
     ]
 
 
-def feature_problems(stored: Mapping[str, Mapping[str, Any]], n_bins: int) -> dict[str, str]:
+def feature_problems(stored: Mapping[str, Mapping[str, Any]], n_bins: int,
+                     verified: Set[str] = frozenset()) -> dict[str, str]:
     """Why each unusable stored feature file cannot be used, by variant: unreadable, truncated, not
     ``[n_frames recorded, n_bins]``, NaN/inf, or one file recorded for several variants (their ids were once
-    turned into the same path). Missing files are left to :func:`pending_features`. Reads every file whole."""
+    turned into the same path). Missing files are left to :func:`pending_features`. Reads every file whole but
+    those of ``verified`` (read whole earlier in the same step, file unchanged); shared files are found for all."""
     owners: dict[Path, list[str]] = {}
     for variant, row in stored.items():
         owners.setdefault(Path(row["path"]).resolve(), []).append(variant)
@@ -333,7 +335,7 @@ def feature_problems(stored: Mapping[str, Mapping[str, Any]], n_bins: int) -> di
         sharing = owners[path.resolve()]
         if len(sharing) > 1:
             problems[variant] = f"{path}: one file recorded for {len(sharing)} variants ({', '.join(sharing[:3])})"
-        elif path.exists():
+        elif variant not in verified and path.exists():
             try:
                 check_feature_file(FeatureItem(variant, 0, path, int(row["n_frames"])), n_bins)
             except FeatureFileError as err:
@@ -439,7 +441,9 @@ def cqt_features(context: dg.AssetExecutionContext, dataset: DatasetResource,
 
     computed, errors = extract_features(pending, settings, dataset.features_dir, pick_device(dataset.hparams().device),
                                         record, context.log, "CQT")
-    stored = feature_store.features(db, dataset.name, settings.settings_hash())
+    before, stored = stored, feature_store.features(db, dataset.name, settings.settings_hash())
+    verified = {v for v, r in stored.items()  # read whole above and not rewritten since: not read again
+                if v in before and v not in problems and r["path"] == before[v]["path"] and Path(r["path"]).exists()}
     missing = pending_features(variants, stored)
     if errors or missing:
         raise dg.Failure(description=f"{len(missing)} of {len(variants)} variants have no feature:\n"
@@ -457,14 +461,15 @@ def cqt_features(context: dg.AssetExecutionContext, dataset: DatasetResource,
             "hours_of_features": round(float(frames.sum()) / settings.fps / 3600, 3),
             "folder": dg.MetadataValue.path(str(dataset.features_dir / settings.settings_hash())),
         },
-        check_results=[features_check(stored, settings.n_bins)],
+        check_results=[features_check(stored, settings.n_bins, verified)],
     )
 
 
-def features_check(stored: Mapping[str, Mapping[str, Any]], n_bins: int) -> dg.AssetCheckResult:
+def features_check(stored: Mapping[str, Mapping[str, Any]], n_bins: int,
+                   verified: Set[str] = frozenset()) -> dg.AssetCheckResult:
     """Every feature file is readable, has the recorded frames, ``n_bins`` bins and only finite values (float16 or
-    float32); bad and missing ones are named."""
-    problems = feature_problems(stored, n_bins)
+    float32); bad and missing ones are named. ``verified``: variants whose files this step already read whole."""
+    problems = feature_problems(stored, n_bins, verified)
     problems |= {v: f"{r['path']}: file missing" for v, r in stored.items() if not Path(r["path"]).exists()}
     listing = "\n".join(f"- `{v}`: {reason}" for v, reason in sorted(problems.items())[:20])
     return dg.AssetCheckResult(
