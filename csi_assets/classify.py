@@ -75,11 +75,12 @@ class Classifier:
     """The label model of ``label`` or, without one, the promoted model and its probe; loaded once."""
 
     def __init__(self, store_path: str | os.PathLike[str], dataset_dir: str | os.PathLike[str], label: str,
-                 device: str | None = None) -> None:
+                 device: str | None = None, lock_timeout_s: float = 120.0) -> None:
+        """Opens the store read-only (raises ``StoreLockedError`` if a writer holds it beyond ``lock_timeout_s``)."""
         store_path, dataset_dir = Path(store_path), Path(dataset_dir).resolve()
         if not store_path.is_file():
             raise ClassifyError(f"no store at {store_path}: materialize the main job first")
-        store = Store(store_path)
+        store = Store(store_path, lock_timeout_s, read_only=True)
         self.label = label
         promoted = model_store.promoted_model(store, dataset_dir.name)
         if promoted is None:
@@ -87,7 +88,10 @@ class Classifier:
         folder = label_model_folder(promoted["training_dir"], label)
         if (folder / LABEL_MODEL_FILE).is_file():
             self.source, self.name = "label_model", str(folder)
-            self.model, self.classes = load_label_model(folder / LABEL_MODEL_FILE, device)
+            try:
+                self.model, self.classes = load_label_model(folder / LABEL_MODEL_FILE, device)
+            except ModelLoadError as err:
+                raise ClassifyError(str(err)) from err
             self.probe = None
             self.settings = _checked_settings(dataset_dir, self.model)
             return

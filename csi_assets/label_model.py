@@ -42,11 +42,20 @@ class LabelSplit:
     test: list[FeatureItem]
     test_works: np.ndarray  # [len(test)] work id of each test item (for the bootstrap over works)
     left_out: dict[str, int]  # values of a single work -> performances
+    too_short: list[Mapping[str, Any]]  # labelled feature_table rows too short for the model, left out
 
 
-def label_split(table: Sequence[Mapping[str, Any]], values: Mapping[str, str | None], seed: int) -> LabelSplit:
-    """Train / val / test items of a ``feature_table`` for one label (see the module doc). Needs three works."""
-    originals = [r for r in table if is_identity(r["speed"]) and values.get(r["perf"]) is not None]
+def label_split(table: Sequence[Mapping[str, Any]], values: Mapping[str, str | None], seed: int, mean_size: int,
+                stored_variants: bool = True) -> LabelSplit:
+    """Train / val / test items of a ``feature_table`` for one label (see the module doc). Needs three works.
+
+    Recordings too short for the model at ``mean_size`` are left out (``too_short``), as in every other split;
+    ``stored_variants=False`` trains on the original recordings only (tempo is then drawn in the feature domain)."""
+    shortest = CoverHunter.min_raw_frames(mean_size)
+    labelled = [r for r in table if values.get(r["perf"]) is not None]
+    too_short = [r for r in labelled if r["n_frames"] < shortest]
+    usable = [r for r in labelled if r["n_frames"] >= shortest and (stored_variants or is_identity(r["speed"]))]
+    originals = [r for r in usable if is_identity(r["speed"])]
     labels = np.array([values[r["perf"]] for r in originals], dtype=str)
     works = np.array([int(r["work_id"]) for r in originals])
     left_out = single_work_values(labels, works)
@@ -66,10 +75,11 @@ def label_split(table: Sequence[Mapping[str, Any]], values: Mapping[str, str | N
     def item(row: Mapping[str, Any]) -> FeatureItem:
         return FeatureItem(row["variant"], class_of[row["perf"]], Path(row["feat"]), int(row["n_frames"]))
 
-    train = [item(r) for r in table if r["perf"] in class_of and r["perf"] not in test_perfs | val_perfs]
+    train = [item(r) for r in usable if r["perf"] in class_of and r["perf"] not in test_perfs | val_perfs]
     test_rows = [r for r in originals if r["perf"] in test_perfs]
     return LabelSplit(classes.tolist(), train, [item(r) for r in originals if r["perf"] in val_perfs],
-                      [item(r) for r in test_rows], np.array([int(r["work_id"]) for r in test_rows]), left_out)
+                      [item(r) for r in test_rows], np.array([int(r["work_id"]) for r in test_rows]), left_out,
+                      too_short)
 
 
 def write_label_model(folder: Path, label: str, classes: Sequence[str], checkpoint: Path, fingerprint: str,

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 
 from csi_assets.identify import Identifier, IdentifyError
 from csi_assets.reference_index import POINTER, model_dir, promoted_pointer, stamp
-from csi_assets.store import Store
+from csi_assets.store import Store, StoreError
 from csi_assets.store import models as model_store
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Engine:
             same = previous is not None and previous.identifier.model.model_id == model_id
             identifier = Identifier(self.config.store_path, self.config.dataset_dir, model_id, self.config.device,
                                     model=previous.identifier.model if same else None)
-        except IdentifyError as err:
+        except (IdentifyError, StoreError) as err:  # a locked or outdated store too: keep the previous version
             self._error = f"cannot serve: {err}"
             log.error(self._error)
             if previous is not None:  # keep answering with what works; retry once something is published

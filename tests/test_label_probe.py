@@ -130,7 +130,8 @@ def test_label_split_keeps_each_work_on_one_side(probed) -> None:
                                         .settings_hash())
     work_of = {r["variant"]: r["work_id"] for r in table}
     for seed in range(5):
-        split = label_split(table, catalog_store.performance_labels(project.store, "dataset", "register"), seed)
+        split = label_split(table, catalog_store.performance_labels(project.store, "dataset", "register"), seed,
+                            mean_size=1)
         sides = [{work_of[it.perf] for it in items} for items in (split.train, split.val, split.test)]
         assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
         assert split.test_works.tolist() == [work_of[it.perf] for it in split.test]
@@ -247,3 +248,27 @@ def test_trainer_warm_start_applies_to_a_fresh_run_only(tmp_path) -> None:
     resumed = Trainer(dataclasses.replace(hp, max_epochs=1), items, tmp_path / "run", warm_start=WarmStart(other_pair.generator, heads=False))
     resumed.run()  # a checkpoint exists: it resumes from it and ignores the warm start
     assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in trained.model.state_dict().items())
+
+
+def test_label_split_leaves_out_clips_too_short_for_the_model_and_stored_variants_in_feature_mode() -> None:
+    """Whatever the catalog accepts, a label model trains: a clip shorter than the model's minimum is listed in
+    ``too_short`` and in no split; with feature-domain tempo, stored tempo copies are not trained on."""
+    from csi_assets.label_model import label_split
+    from csi_model.model import CoverHunter
+
+    shortest = CoverHunter.min_raw_frames(3)
+
+    def row(perf: str, work: int, n_frames: int, speed: float = 1.0) -> dict:
+        variant = perf if speed == 1.0 else f"sp_{speed}-{perf}"
+        return {"variant": variant, "perf": perf, "speed": speed, "work_id": work, "feat": f"/f/{variant}.npy",
+                "n_frames": n_frames}
+
+    table = [row(f"w{w}_p{p}", w, 500) for w in range(8) for p in range(3)]
+    table += [row("w0_p0", 0, 550, 0.9), row("blip", 1, shortest - 1)]
+    values = {r["perf"]: "high" if r["work_id"] % 2 else "low" for r in table}
+    for stored_variants in (True, False):
+        split = label_split(table, values, seed=0, mean_size=3, stored_variants=stored_variants)
+        used = [it.perf for it in (*split.train, *split.val, *split.test)]
+        assert [r["perf"] for r in split.too_short] == ["blip"] and "blip" not in used
+        trained_on_w0 = "w0_p0" in [it.perf for it in split.train]  # a copy goes where its original goes
+        assert ("sp_0.9-w0_p0" in used) == (stored_variants and trained_on_w0)

@@ -442,8 +442,9 @@ def cqt_features(context: dg.AssetExecutionContext, dataset: DatasetResource,
     computed, errors = extract_features(pending, settings, dataset.features_dir, pick_device(dataset.hparams().device),
                                         record, context.log, "CQT")
     before, stored = stored, feature_store.features(db, dataset.name, settings.settings_hash())
+    rewritten = {v["variant"] for v in pending} | set(problems)
     verified = {v for v, r in stored.items()  # read whole above and not rewritten since: not read again
-                if v in before and v not in problems and r["path"] == before[v]["path"] and Path(r["path"]).exists()}
+                if v in before and v not in rewritten and r["path"] == before[v]["path"]}
     missing = pending_features(variants, stored)
     if errors or missing:
         raise dg.Failure(description=f"{len(missing)} of {len(variants)} variants have no feature:\n"

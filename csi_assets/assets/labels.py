@@ -39,6 +39,7 @@ from csi_assets.store import catalog as catalog_store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
+from csi_assets.testsets import too_short_message
 from csi_model.atomic import write_text_atomic
 from csi_model.cqt import load_feature, settings_for
 from csi_model.devices import pick_device
@@ -46,6 +47,7 @@ from csi_model.embedding import embed_tracks, softmax_rows
 from csi_model.hparams import HParamsError, TrainingHParams, load_data_hparams
 from csi_model.label_probe import (KNN_NEIGHBOURS, METRICS, PROBES, ProbeDataError, ProbeResult, bootstrap_scores,
                                    confusion_png, fit_linear, label_map_png, probe_label, verdict)
+from csi_model.augment import TempoRange
 from csi_model.training import WarmStart, train
 
 
@@ -192,17 +194,24 @@ def label_assets(labels: Sequence[str]) -> tuple[dg.AssetsDefinition, ...]:
         hp = label_hparams(training.hparams(), config)
         check_compatible(hp, data_hp)
         table = feature_store.feature_table(db, dataset.name, settings_for(data_hp).settings_hash())
+        # the tempo augmentation trained_model uses: rendered variants ('audio') or drawn per chunk ('features')
+        tempo = None if data_hp.tempo_augmentation == "audio" else TempoRange.from_factors(data_hp.aug_speed_mode)
         try:
-            split = label_split(table, catalog_store.performance_labels(db, dataset.name, label), data_hp.seed)
+            split = label_split(table, catalog_store.performance_labels(db, dataset.name, label), data_hp.seed,
+                                hp.mean_size, stored_variants=tempo is None)
         except ProbeDataError as err:
             raise dg.Failure(description=f"label {label!r} cannot be learnt: {err}") from err
+        for row in split.too_short:
+            context.log.warning(too_short_message(row, hp.mean_size))
         warm = WarmStart(_warm_start(db, dataset.name), heads=False) if config.warm_start else None
         folder = label_model_folder(training.root, label)
         device = pick_device(hp.device)
         context.log.info(f"{label}: {len(split.classes)} values {split.classes}, {len(split.train)} train / "
                          f"{len(split.val)} val / {len(split.test)} test items, warm start {warm.generator if warm else 'none'}")
-        log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in split.train]), 0, hp.max_epochs)
-        result = train(hp, split.train, folder, split.val, device=device, progress=log, warm_start=warm)
+        copies = tempo.copies if tempo is not None else 1
+        log = TrainingLog(context.log, steps_per_epoch(hp, [it.work_id for it in split.train], copies), 0,
+                          hp.max_epochs)
+        result = train(hp, split.train, folder, split.val, device=device, progress=log, warm_start=warm, tempo=tempo)
         model, loaded = best_model(hp, result)
         scores, gain, predicted = held_out_scores(model, hp, split, device, data_hp.seed)
         reading = verdict(scores, gain, len(set(split.test_works.tolist())), "label_model",

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from csi_assets.cli import CliError
+from csi_assets.cli import CliError, add_store_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("queries", nargs="+", metavar="AUDIO", help="audio files (any format libsndfile reads)")
     p.add_argument("--label", required=True, help="a label of the data hparams' labels: list")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per readable file")
-    p.add_argument("--dataset-dir", default=None, help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
-    p.add_argument("--store", default=None, help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    add_store_options(p)
     p.add_argument("--device", default=None, help="torch device (default: the model's, else cuda > mps > cpu)")
     p.set_defaults(func=run)
 
@@ -39,13 +38,14 @@ def run(args: argparse.Namespace) -> int:
     if not names:
         raise CliError("no readable audio:\n  " + "\n  ".join(failed))
     from csi_assets.classify import Classifier, ClassifyError
-    from csi_assets.cli.identify import locations
+    from csi_assets.cli import locations
+    from csi_assets.store import StoreError
 
     dataset_dir, store = locations(args)
     try:
-        predictions = Classifier(store, dataset_dir, args.label, args.device).classify(
+        predictions = Classifier(store, dataset_dir, args.label, args.device, args.lock_wait).classify(
             names, signals, lambda _, message: failed.append(message))
-    except ClassifyError as err:
+    except (ClassifyError, StoreError) as err:  # a store locked beyond --lock-wait: one line naming the holder
         raise CliError(str(err)) from err
     if predictions:
         if args.json:
