@@ -61,3 +61,13 @@ def project_with_model(root: Path, works: int = 5, perfs: int = 3, seconds: floa
     materialize_data(project)
     hp = serving_hparams(**hp_overrides)
     return project, register_model(project, random_model(hp), hp), hp
+
+
+def materialized_metadata(project: Project, assets: list, node: str, run_config: dict | None = None) -> dict:
+    """Materialize ``assets`` (their checks must pass) and return ``node``'s materialization metadata as values."""
+    result = dg.materialize(assets, resources=project.resources, instance=dg.DagsterInstance.ephemeral(),
+                            run_config=run_config)
+    assert result.success
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+    metadata = result.asset_materializations_for_node(node)[0].metadata
+    return {key: value.value for key, value in metadata.items()}

@@ -16,19 +16,15 @@ from csi_assets.identify import Identifier
 from csi_assets.reference_index import PROMOTED, ReferenceIndex, index_root, model_dir
 from csi_assets.store import embeddings as embedding_store
 from csi_model.search import PerformanceIndex
-from tests.serving_fixtures import materialize_data, project_with_model, random_model, register_model
+from tests.serving_fixtures import (materialize_data, materialized_metadata, project_with_model, random_model,
+                                   register_model)
 
 ASSETS = [serving.reference_embeddings, serving.reference_index, serving.reference_index_matches_store]
 
 
 def _materialize(project, **index_config) -> dict:
     run_config = {"ops": {"reference_index": {"config": index_config}}} if index_config else None
-    result = dg.materialize(ASSETS, resources=project.resources, instance=dg.DagsterInstance.ephemeral(),
-                            run_config=run_config)
-    assert result.success
-    assert all(check.passed for check in result.get_asset_check_evaluations())
-    metadata = result.asset_materializations_for_node("reference_index")[0].metadata
-    return {key: value.value for key, value in metadata.items()}
+    return materialized_metadata(project, ASSETS, "reference_index", run_config)
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,13 @@ from csi_assets.model_loading import load_model
 from csi_assets.store import embeddings as embedding_store
 from csi_model.calibration import Calibration
 from csi_model.metrics import min_segment_distance
-from tests.serving_fixtures import materialize_data, project_with_model
+from tests.serving_fixtures import materialize_data, materialized_metadata, project_with_model
 
 SERVING = [serving.reference_embeddings, serving.reference_embeddings_cover_catalog]
 
 
 def _materialize(project) -> dict:
-    result = dg.materialize(SERVING, resources=project.resources, instance=dg.DagsterInstance.ephemeral())
-    assert result.success
-    assert all(check.passed for check in result.get_asset_check_evaluations())
-    metadata = result.asset_materializations_for_node("reference_embeddings")[0].metadata
-    return {key: value.value for key, value in metadata.items()}
+    return materialized_metadata(project, SERVING, "reference_embeddings")
 
 
 @pytest.fixture(scope="module")
