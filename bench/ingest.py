@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from csi_assets.assets import ingestion
-from csi_assets.assets.training import trained_contract
+from csi_assets.training_runs import trained_contract
 from csi_assets.resources import DatasetResource
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
