@@ -32,7 +32,7 @@ def main() -> None:
 
 def _label_verdicts(store: Store, dataset: str) -> None:
     """Each label probe's reading (from its metrics.json), when the promoted model has been probed."""
-    from csi_assets.assets.labels import configured_labels
+    from csi_assets.labels import configured_labels
     from csi_assets.classify import probe_file
 
     promoted = models.promoted_model(store, dataset)
