@@ -140,7 +140,7 @@ def _rank_main(rank: int, port: int, hp, items, folder: Path) -> None:
         Trainer(dataclasses.replace(hp, max_epochs=1), items, folder / "resumed", val_items=items[:8], device=device,
                 ranks=ranks).run()
         resumed = Trainer(hp, items, folder / "resumed", val_items=items[:8], device=device, ranks=ranks).run()
-        record = {"hashes": hashes, "batches": batches, "losses": [r.train for r in straight.history],
+        record = {"hashes": hashes, "batches": batches, "crop_seeds": [ds.seed for ds in trainer.train_sets], "losses": [r.train for r in straight.history],
                   "resumed_losses": [r.train for r in resumed.history], "epochs_run": resumed.epochs_run}
         (folder / f"rank{rank}.json").write_text(json.dumps(record))
 
@@ -163,6 +163,7 @@ def test_two_processes_keep_identical_parameters_on_disjoint_shards_and_resume_e
             shards = [r["batches"][epoch][loader] for r in ranks]
             assert [shards[k % WORLD][k // WORLD] for k in range(2 * WORLD)] == expected
             assert shards[0] != shards[1]
+    assert set(ranks[0]["crop_seeds"]).isdisjoint(ranks[1]["crop_seeds"])  # each rank draws its own chunks
 
     # rank 0 alone wrote checkpoints and logs; they load into the one-process model (no "module." prefix)
     assert [p.epoch for p in ckpt.list_checkpoints(tmp_path / "straight" / "checkpoints")] == [0, 1]
@@ -215,15 +216,18 @@ def test_torchrun_launcher_trains_and_streams_progress(items, tmp_path):
     ckpt.load_generator(result.best_checkpoint, model)
 
 
-def test_a_failing_rank_is_reported_with_its_stderr(items, tmp_path):
-    broken = dataclasses.replace(items[0], n_frames=items[0].n_frames + 1)  # disagrees with its file
-    hp = two_process_hparams(max_epochs=1)
-    job = TrainingJob(hp, tmp_path, items, val_items=[broken])  # every rank validates it after the epoch
+def test_a_failing_rank_is_reported_with_its_stderr(tmp_path):
+    """NaN features: every rank skips the same non-finite steps (no rank waits for another's gradients) until the
+    run aborts; the launcher's error leads with the ranks' own errors."""
+    items = synthetic_features(tmp_path / "features", n_works=4, perfs_per_work=4, seed=1)
+    for item in items:
+        np.save(item.feat_path, np.full((item.n_frames, 48), np.nan, dtype=np.float32))
+    job = TrainingJob(two_process_hparams(max_epochs=1), tmp_path / "model", items)
     with pytest.raises(DistributedTrainingFailed) as failure:
         run_torchrun(job, None, lambda line: None)
     message = str(failure.value).splitlines()
     assert message[0].startswith("torchrun with 2 processes exited with code 1 (training folder")
-    cause = f"FeatureFileError: {broken.feat_path}: catalog says {broken.n_frames} frames for 'w0-p0'"
-    assert any(line.startswith("rank ") and cause in line for line in message[1:3])
+    cause = "TrainingDiverged: training diverged: the loss was nan for 3 consecutive steps (last at step 3"
+    assert any(line.startswith("rank ") and cause in line for line in message[1:3]), message[:3]
     assert message.index("the last lines of its stderr:") <= 3
-    assert not (tmp_path / "distributed" / "result.json").exists()
+    assert not (tmp_path / "model" / "distributed" / "result.json").exists()
