@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -172,6 +173,10 @@ class Trainer:
         self.progress = progress
         self.tempo = tempo
         self.ranks = ranks
+        if hp.distributed.nproc != ranks.world_size:
+            warnings.warn(f"{hp.source or '<hparams>'}: distributed.nproc is {hp.distributed.nproc} but this run "
+                          f"trains in {ranks.world_size} process(es) (only trained_model launches several)",
+                          RuntimeWarning, stacklevel=2)
         self.test_sets = list(test_sets)
         self.num_classes = _num_classes(hp, [train_items, val_items, test_items])
         for ts in self.test_sets:

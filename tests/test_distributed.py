@@ -92,6 +92,12 @@ def test_distributed_hparams_default_to_one_process_and_are_checked():
         backend_for("nccl", torch.device("cpu"))
 
 
+def test_a_one_process_run_of_multi_process_hparams_says_so(items, tmp_path):
+    """Sweeps, label models and production folds train in one process whatever the hparams ask: never silently."""
+    with pytest.warns(RuntimeWarning, match="distributed.nproc is 2 but this run trains in 1 process"):
+        Trainer(two_process_hparams(), items, tmp_path)
+
+
 def test_missing_torchrun_variables_are_named():
     with pytest.raises(DistributedSetupError, match="MASTER_ADDR, MASTER_PORT are not set: start this process with "
                                                     "torchrun"):
