@@ -8,6 +8,8 @@ Exact resume: a checkpoint holds, besides weights and optimizer, the scheduler, 
 every random stream (torch, the samplers' and the batch-order generators; the datasets reseed from
 (seed, epoch, worker)). Evaluation runs under a forked torch RNG so how often it runs never shifts training's
 random stream. Killed anywhere, a re-run repeats the interrupted epoch exactly as the uninterrupted run did.
+
+Several processes (``ranks``) train data-parallel through a few hooks here; :mod:`csi_model.distributed` says how.
 """
 
 from __future__ import annotations
@@ -269,7 +271,7 @@ class Trainer:
             for group, settings in zip(self.optimizer.param_groups, own):
                 group.update(settings)
 
-    def _epoch(self, epoch: int, writer: SummaryWriter) -> None:
+    def _epoch(self, epoch: int, writer: SummaryWriter | NullWriter) -> None:
         began = time.monotonic()
         train_losses = self.ranks.mean(self._train_epoch(epoch, writer))
         evaluate = epoch % self.hp.every_n_epoch_to_test == 0
@@ -403,9 +405,9 @@ class Trainer:
 
     def _save(self, epoch: int) -> None:
         """Rank 0 writes; the others hand it their RNG states and wait until the pair is complete."""
-        rank_rng = self.ranks.gather(ckpt.capture_rng_state())
+        extra = {"rank_rng": self.ranks.gather(ckpt.capture_rng_state())} if self.ranks.distributed else {}
         if self.ranks.is_main:
-            self._write_checkpoint(epoch, {"rank_rng": rank_rng} if self.ranks.distributed else {})
+            self._write_checkpoint(epoch, extra)
         self.ranks.barrier()
 
     def _write_checkpoint(self, epoch: int, extra: dict[str, Any]) -> None:

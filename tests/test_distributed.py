@@ -147,6 +147,7 @@ def _rank_main(rank: int, port: int, hp, items, folder: Path) -> None:
                 ranks=ranks).run()
         resumed = Trainer(hp, items, folder / "resumed", val_items=items[:8], device=device, ranks=ranks).run()
         record = {"hashes": hashes, "batches": batches, "crop_seeds": [ds.seed for ds in trainer.train_sets], "losses": [r.train for r in straight.history],
+                  "val": [r.val for r in straight.history],
                   "resumed_losses": [r.train for r in resumed.history], "epochs_run": resumed.epochs_run}
         (folder / f"rank{rank}.json").write_text(json.dumps(record))
 
@@ -181,6 +182,7 @@ def test_two_processes_keep_identical_parameters_on_disjoint_shards_and_resume_e
     # resumed after epoch 0: the same losses, and bit-identical weights and optimizer state, as the straight run
     assert ranks[0]["epochs_run"] == 1
     assert ranks[0]["resumed_losses"] == ranks[0]["losses"] == ranks[1]["losses"]
+    assert ranks[0]["val"] == ranks[1]["val"]  # rank 0's evaluation decides on every rank
     for name in ("g_00000001", "do_00000001"):
         straight = torch.load(tmp_path / "straight" / "checkpoints" / name, weights_only=False)
         resumed = torch.load(tmp_path / "resumed" / "checkpoints" / name, weights_only=False)
