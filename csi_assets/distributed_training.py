@@ -72,14 +72,22 @@ def run_torchrun(job: TrainingJob, progress: Progress | None, log: Callable[[str
     log("starting " + " ".join(command))
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
-        for stream, line in _lines(proc.stdout, proc.stderr):
-            if stream == "stderr":
-                tail.append(line)
-            event = parse_progress(line) if stream == "stdout" else None
-            if event is None:
-                log(line)
-            elif progress is not None:
-                progress(*event)
+        lines = _lines(proc.stdout, proc.stderr)
+        try:
+            for stream, line in lines:
+                if stream == "stderr":
+                    tail.append(line)
+                event = parse_progress(line) if stream == "stdout" else None
+                if event is None:
+                    log(line)
+                elif progress is not None:
+                    progress(*event)
+        except BaseException:  # the caller gave up (run cancelled, callback failed): stop every rank, not just wait
+            proc.terminate()  # torchrun passes SIGTERM on to its processes
+            for _ in lines:  # until both pipes close: no reader thread outlives them
+                pass
+            proc.wait()
+            raise
         code = proc.wait()
     if code != 0:
         errors = "".join(f"\n{line}" for line in rank_errors(job.model_dir))

@@ -239,3 +239,18 @@ def test_a_failing_rank_is_reported_with_its_stderr(tmp_path):
     assert any(line.startswith("rank ") and cause in line for line in message[1:3]), message[:3]
     assert message.index("the last lines of its stderr:") <= 3
     assert not (tmp_path / "model" / "distributed" / "result.json").exists()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_caller_that_gives_up_stops_the_processes(tmp_path):
+    """A cancelled run (here: the progress callback raises at step 1 of a 50-epoch run) terminates torchrun and its
+    ranks at once, and its output readers end cleanly: no epoch is ever saved, no reader fails on a closed pipe."""
+    items = synthetic_features(tmp_path / "features", n_works=24, perfs_per_work=6, seed=2)  # 27 steps per epoch
+
+    def cancel(step: int, epoch: int, metrics: dict) -> None:
+        raise RuntimeError("cancelled")
+
+    job = TrainingJob(two_process_hparams(max_epochs=50), tmp_path / "model", items)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        run_torchrun(job, cancel, lambda line: None)
+    assert ckpt.list_checkpoints(tmp_path / "model" / "checkpoints") == []
