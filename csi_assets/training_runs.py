@@ -22,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from csi_assets.distributed_training import DistributedTrainingFailed, train_model
 from csi_assets.errors import RunFailed, require_upstream
 from csi_assets.layouts import DatasetLayout, TrainingLayout
 from csi_assets.progress import Log, Progress
@@ -35,10 +36,11 @@ from csi_model.atomic import atomic_path
 from csi_model.contract import InputContract, InputContractError, check_input_contract
 from csi_model.cqt import settings_for
 from csi_model.devices import pick_device
+from csi_model.distributed import steps_per_rank
 from csi_model.hparams import DataPrepHParams, TrainingHParams, to_dict, training_hparams_from_dict
 from csi_model.model import CoverHunter, ModelConfig, parameter_counts
 from csi_model.sampler import MPerClassBatchSampler
-from csi_model.training import EpochRecord, RetrievalTestSet, TrainingResult, evaluate_test_set, train
+from csi_model.training import EpochRecord, RetrievalTestSet, TrainingResult, evaluate_test_set
 
 CURVES_FILE = "training_curves.png"
 
@@ -82,10 +84,11 @@ class TrainingLog:
 
 def steps_per_epoch(hp: TrainingHParams, labels: Sequence[int], copies: int = 1) -> int:
     """One step per chunk length per sampler batch (the trainer zips the chunk-length loaders); ``copies`` is how
-    often each item is visited per epoch (feature-domain tempo augmentation's copies)."""
+    often each item is visited per epoch (feature-domain tempo augmentation's copies). With several processes,
+    each takes its share of the batches: the steps of one process."""
     labels = list(labels) * copies
     batches = len(MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size, np.random.default_rng(0)))
-    return batches * len(hp.chunk_frame)
+    return steps_per_rank(batches, hp.distributed.nproc) * len(hp.chunk_frame)
 
 
 def record_of(history: Sequence[EpochRecord], epoch: int) -> EpochRecord | None:
@@ -215,14 +218,18 @@ def run_training(db: Store, dataset: DatasetLayout, training: TrainingLayout, lo
     latest = ckpt.latest_checkpoint(training.checkpoints_dir)
     first_epoch = latest.epoch + 1 if latest else 0
     log.info(
-        f"training on {device}: {len(items.train)} train / {len(items.val)} val / {len(items.test)} test items, "
+        f"training on {device}" + (f" in {hp.distributed.nproc} processes" if hp.distributed.nproc > 1 else "") + ": "
+        f"{len(items.train)} train / {len(items.val)} val / {len(items.test)} test items, "
         f"{len(test_sets)} test set(s); " + (f"resuming after epoch {latest.epoch}" if latest else "from scratch")
         + f", up to {hp.max_epochs} epochs in {training.root}")
     copies = data.tempo.copies if data.tempo else 1
     progress = TrainingLog(log, steps_per_epoch(hp, [it.work_id for it in items.train], copies), first_epoch,
                            hp.max_epochs)
-    result = train(hp, items.train, training.root, items.val, items.test, test_sets, device=device,
-                   progress=progress, tempo=data.tempo)
+    try:
+        result = train_model(hp, items.train, training.root, items.val, items.test, test_sets, data.tempo, progress,
+                             log.info, device=str(device))
+    except DistributedTrainingFailed as err:
+        raise RunFailed(str(err)) from err
 
     model, loaded = best_model(hp, result)
     model_id = model_store.model_id_for(training.root.name, loaded.fingerprint)

@@ -105,6 +105,25 @@ class CenterHParams:
     weight: float = 0.0
 
 
+DISTRIBUTED_BACKENDS = ("auto", "nccl", "gloo")
+"""``auto``: nccl when the processes train on CUDA devices, gloo on the CPU."""
+
+
+@dataclass(frozen=True)
+class DistributedHParams:
+    """Ours: multi-process data-parallel training (see docs/scaling.md). ``nproc`` 1 trains in one process."""
+
+    nproc: int = 1
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.nproc < 1:
+            raise HParamsError(f"distributed.nproc: {self.nproc} is not >= 1")
+        if self.backend not in DISTRIBUTED_BACKENDS:
+            raise HParamsError(f"distributed.backend: {self.backend!r} is not one of "
+                               f"{', '.join(DISTRIBUTED_BACKENDS)}")
+
+
 @dataclass(frozen=True)
 class TrainingHParams:
     """Training hyper-parameters (see docs/reference_tool.md)."""
@@ -154,6 +173,7 @@ class TrainingHParams:
     foc: FocalHParams = field(default_factory=FocalHParams)
     triplet: TripletHParams = field(default_factory=TripletHParams)
     center: CenterHParams = field(default_factory=CenterHParams)
+    distributed: DistributedHParams = field(default_factory=DistributedHParams)
     # production training (see docs/reference_tool.md)
     k_folds: int | None = None
     lr_initial_fold2: float | None = None

@@ -39,6 +39,10 @@ class MPerClassBatchSampler(Sampler[list[int]]):
         return self.num_iters
 
     def __iter__(self) -> Iterator[list[int]]:
-        for _ in range(self.num_iters):
+        return self.draw(self.num_iters)
+
+    def draw(self, count: int) -> Iterator[list[int]]:
+        """``count`` batches from the generator (an epoch is ``num_iters`` of them)."""
+        for _ in range(count):
             works = self.rng.permutation(len(self.members))[: self.works_per_batch]
             yield [int(i) for w in works for i in self.rng.permutation(self.members[w])[: self.m]]

@@ -8,12 +8,15 @@ Exact resume: a checkpoint holds, besides weights and optimizer, the scheduler, 
 every random stream (torch, the samplers' and the batch-order generators; the datasets reseed from
 (seed, epoch, worker)). Evaluation runs under a forked torch RNG so how often it runs never shifts training's
 random stream. Killed anywhere, a re-run repeats the interrupted epoch exactly as the uninterrupted run did.
+
+Several processes (``ranks``) train data-parallel through a few hooks here; :mod:`csi_model.distributed` says how.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -27,6 +30,7 @@ from csi_model import checkpoint as ckpt
 from csi_model.augment import SpecAugment, TempoRange, masked_mean_pool, tempo_resample
 from csi_model.dataset import PAD_VALUE, ChunkDataset, FeatureItem, collate_chunks
 from csi_model.devices import pick_device
+from csi_model.distributed import SINGLE, NullWriter, Ranks, shard, wrap_model
 from csi_model.early_stopping import EarlyStopping
 from csi_model.embedding import embed_tracks
 from csi_model.hparams import TrainingHParams
@@ -133,14 +137,16 @@ def train(
     run_id: str = "train",
     warm_start: WarmStart | None = None,
     tempo: TempoRange | None = None,
+    ranks: Ranks = SINGLE,
 ) -> TrainingResult:
     """Train (or resume) in ``model_dir``: ``checkpoints/`` and ``logs/<run_id>/`` are created under it.
 
     ``warm_start``: weights a run with no checkpoint yet starts from (see :class:`WarmStart`). ``tempo`` turns on
     tempo augmentation in the feature domain (each training chunk at a random tempo); leave it None when
-    ``train_items`` already hold rendered tempo variants, so the two are never stacked."""
+    ``train_items`` already hold rendered tempo variants, so the two are never stacked. ``ranks``: this process's
+    place in a data-parallel run (see :mod:`csi_model.distributed`; its process group must be initialised)."""
     return Trainer(hp, train_items, model_dir, val_items, test_items, test_sets, device, progress, run_id,
-                   warm_start, tempo).run()
+                   warm_start, tempo, ranks).run()
 
 
 class Trainer:
@@ -157,6 +163,7 @@ class Trainer:
         run_id: str = "train",
         warm_start: WarmStart | None = None,
         tempo: TempoRange | None = None,
+        ranks: Ranks = SINGLE,
     ) -> None:
         if not train_items:
             raise ValueError("no training items: the train split is empty")
@@ -167,6 +174,11 @@ class Trainer:
         self.device = torch.device(device) if device is not None else pick_device(hp.device)
         self.progress = progress
         self.tempo = tempo
+        self.ranks = ranks
+        if hp.distributed.nproc != ranks.world_size:
+            warnings.warn(f"{hp.source or '<hparams>'}: distributed.nproc is {hp.distributed.nproc} but this run "
+                          f"trains in {ranks.world_size} process(es) (only trained_model launches several)",
+                          RuntimeWarning, stacklevel=2)
         self.test_sets = list(test_sets)
         self.num_classes = _num_classes(hp, [train_items, val_items, test_items])
         for ts in self.test_sets:
@@ -177,6 +189,9 @@ class Trainer:
 
         torch.manual_seed(hp.seed)
         self.model = CoverHunter(ModelConfig.from_hparams(hp, self.num_classes)).to(self.device)
+        self.train_model = wrap_model(self.model, self.device, ranks)  # what steps call; checkpoints save model
+        if ranks.distributed:  # after the identical init: each rank its own dropout stream
+            torch.manual_seed(_mix(hp.seed, 3, *ranks.seed_parts()))
         self.loss = CoverHunterLoss.from_hparams(hp)
         self.optimizer = _optimizer(hp, self.model)
         self.scheduler = _scheduler(hp, self.optimizer)
@@ -204,8 +219,10 @@ class Trainer:
         sets, loaders = [], []
         for i, chunk in enumerate(hp.chunk_frame):
             ds = ChunkDataset(items, chunk * hp.mean_size, hp.mean_size, hp.mode, augment,
-                              seed=_mix(hp.seed, aug_seed, i), input_dim=hp.input_dim, tempo=self.tempo)
-            sampler = MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size, self.sampler_rngs[i])
+                              seed=_mix(hp.seed, aug_seed, i, *self.ranks.seed_parts()), input_dim=hp.input_dim,
+                              tempo=self.tempo)
+            sampler = shard(MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size, self.sampler_rngs[i]),
+                            self.ranks)
             sets.append(ds)
             loaders.append(self._loader(ds, batch_sampler=sampler))
         return sets, loaders
@@ -232,7 +249,8 @@ class Trainer:
         if self.last_epoch < 0 and self.warm_start is not None:
             self._warm_start(self.warm_start)
         first_epoch = self.last_epoch + 1
-        writer = SummaryWriter(str(self.log_dir), purge_step=self.steps + 1 if self.steps else None)
+        writer = (SummaryWriter(str(self.log_dir), purge_step=self.steps + 1 if self.steps else None)
+                  if self.ranks.is_main else NullWriter())
         try:
             for epoch in range(first_epoch, self.hp.max_epochs):
                 if self.stopped_early:
@@ -253,9 +271,9 @@ class Trainer:
             for group, settings in zip(self.optimizer.param_groups, own):
                 group.update(settings)
 
-    def _epoch(self, epoch: int, writer: SummaryWriter) -> None:
+    def _epoch(self, epoch: int, writer: SummaryWriter | NullWriter) -> None:
         began = time.monotonic()
-        train_losses = self._train_epoch(epoch, writer)
+        train_losses = self.ranks.mean(self._train_epoch(epoch, writer))
         evaluate = epoch % self.hp.every_n_epoch_to_test == 0
         final = epoch == self.hp.max_epochs - 1
         with torch.random.fork_rng(devices=[]):
@@ -263,6 +281,7 @@ class Trainer:
             test = self._fixed_losses(self.test_loader) if evaluate else {}
             due = [ts for ts in self.test_sets if epoch % ts.every_n_epoch == 0 or final]
             mean_ap, hit_rate = self._retrieval(due)
+        val, test, mean_ap, hit_rate = self.ranks.broadcast((val, test, mean_ap, hit_rate))  # rank 0's decide
         is_best = self._update_stopping(epoch, val, {ts.name: mean_ap[ts.name] for ts in due
                                                      if epoch % ts.every_n_epoch == 0})
         record = EpochRecord(epoch, self.steps, self._logged_lr(), train_losses, val, test, mean_ap, hit_rate,
@@ -275,7 +294,7 @@ class Trainer:
         if self.progress is not None:
             self.progress(self.steps, epoch, {"epoch_end": 1.0, **_epoch_metrics(record)})
 
-    def _train_epoch(self, epoch: int, writer: SummaryWriter) -> dict[str, float]:
+    def _train_epoch(self, epoch: int, writer: SummaryWriter | NullWriter) -> dict[str, float]:
         self.model.train()
         for ds in self.train_sets:
             ds.set_epoch(epoch)
@@ -306,9 +325,9 @@ class Trainer:
             feats, lengths = masked_mean_pool(feats, lengths, self.hp.mean_size, PAD_VALUE)
         self.scheduler.step()
         self.steps += 1
-        embedding, logits = self.model(feats, lengths)
+        embedding, logits = self.train_model(feats, lengths)
         total, terms = self.loss(embedding, logits, labels, self.model.centres)
-        if not torch.isfinite(total):
+        if not self.ranks.all_finite(total):  # every rank skips the same steps
             self._nan_streak += 1
             if self._nan_streak >= MAX_CONSECUTIVE_NAN:
                 raise TrainingDiverged(
@@ -385,6 +404,13 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------------------
 
     def _save(self, epoch: int) -> None:
+        """Rank 0 writes; the others hand it their RNG states and wait until the pair is complete."""
+        extra = {"rank_rng": self.ranks.gather(ckpt.capture_rng_state())} if self.ranks.distributed else {}
+        if self.ranks.is_main:
+            self._write_checkpoint(epoch, extra)
+        self.ranks.barrier()
+
+    def _write_checkpoint(self, epoch: int, extra: dict[str, Any]) -> None:
         early = self.stopping.state_dict()
         early["scheduler_step_count"] = self.scheduler.steps_done
         ckpt.save_checkpoint(
@@ -397,6 +423,7 @@ class Trainer:
                     "samplers": [rng.bit_generator.state for rng in self.sampler_rngs],
                     "batch_order": self.order_rng.bit_generator.state,
                 },
+                **extra,
             },
         )
 
@@ -417,10 +444,21 @@ class Trainer:
         self.stopped_early = bool(state["stopped_early"])
         self.history = [EpochRecord(**r) for r in state["history"]]
         ckpt.restore_rng_state(state["rng"])
+        self._restore_rank_rng(state.get("rank_rng"))
         generators = state["generators"]
         for generator, saved in zip(self.sampler_rngs, generators["samplers"]):
             generator.bit_generator.state = saved
         self.order_rng.bit_generator.state = generators["batch_order"]
+
+    def _restore_rank_rng(self, saved: list[dict[str, Any]] | None) -> None:
+        """Each rank continues its own random stream; a checkpoint of another number of processes (or of one) has
+        none for this rank, which then starts a fresh one from (seed, rank, epoch)."""
+        if not self.ranks.distributed:
+            return
+        if saved is not None and len(saved) == self.ranks.world_size:
+            ckpt.restore_rng_state(saved[self.ranks.rank])
+        else:
+            torch.manual_seed(_mix(self.hp.seed, 3, *self.ranks.seed_parts(), self.last_epoch + 1))
 
     def _result(self, epochs_run: int, seconds: float) -> TrainingResult:
         best = self.stopping.best_checkpoint_epoch

@@ -105,6 +105,26 @@ def test_trains_registers_promotes_and_resumes(small) -> None:
     assert _check(again)
 
 
+def test_two_processes_train_through_torchrun(small, tmp_path: Path) -> None:
+    """``distributed.nproc: 2`` in the hparams: the asset launches torchrun, follows its progress and registers
+    rank 0's checkpoint like any other (same dataset and store, its own training folder, not promoted)."""
+    project, instance = small
+    two = Project(project.root, project.dataset_dir, tmp_path / "training", project.store_path)
+    (two.training_dir / "config").mkdir(parents=True)
+    _write_config(two, tiny_training(project.dataset_dir, distributed={"nproc": 2, "backend": "gloo"}))
+    result = dg.materialize(TRAINING, resources=two.resources, instance=instance,
+                            run_config={"ops": {"trained_model": {"config": {"promote": False}}}})
+    meta = _metadata(result)
+    assert meta["epochs"] == 1 and meta["epochs_trained_now"] == 1 and meta["promoted"] is False
+    assert 0.0 <= meta["mAP/covers"] <= 1.0
+    assert [p.epoch for p in list_checkpoints(two.training_dir / "checkpoints")] == [0]
+    assert model_store.get_model(two.store, meta["model_id"])["checkpoint"] == meta["checkpoint"]
+    logged = [e.message or "" for e in instance.all_logs(result.run_id)]
+    assert any("training on cpu in 2 processes" in m for m in logged)
+    assert any("torch.distributed.run" in m and "--nproc_per_node 2" in m for m in logged)
+    assert any(m.startswith("epoch 0 [0..0] done in") for m in logged)  # rank 0's progress, followed
+
+
 def test_promoted_checkpoint_that_vanished_fails_the_check(small, tmp_path: Path) -> None:
     project, instance = small
     promoted = model_store.promoted_model(project.store, "dataset")
