@@ -26,8 +26,9 @@ prints the whole as a ratio to the search alone.
                                        [--store float32] [--refine-factor 4] [--chunked-from 5000000]
                                        [--skip-exact] [--skip-e2e]
 
-Default run: about 15 minutes and 3 GB on 2 cores; add 10000000 to --index-sizes for the 10M case (measured:
-about 12 minutes and 5.7 GB peak with --skip-exact --skip-e2e; vectors are generated and added in chunks).
+Default run: about 15 minutes and 3 GB on 2 cores; add 10000000 to --index-sizes for the 10M case (measured with
+--kinds ivf_refine --nlist 1024 --nprobe 64 128 256 --queries 100 --batch-runs 0 --skip-exact --skip-e2e: about
+25 minutes on a busy machine and 12 GB peak; vectors are generated and added in chunks).
 """
 
 from __future__ import annotations

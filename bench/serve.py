@@ -112,7 +112,8 @@ def demo_server(folder: Path, seconds: float, workers: int) -> tuple[subprocess.
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from csi_assets.cli import main; sys.exit(main(sys.argv[1:]))",
          "serve", "--port", str(port), "--dataset-dir", str(project.dataset_dir), "--store",
-         str(project.store_path), "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         str(project.store_path), "--workers", str(workers)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     while True:
         if process.poll() is not None:
