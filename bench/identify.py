@@ -8,11 +8,12 @@ forward pass plus the search) in a zero-argument callable.
 The index part (``--index-sizes``) compares the product's exact search with the FAISS reference index
 (``csi_model.segment_index``) on *clustered* synthetic unit vectors (each work a random centre, each segment
 centre + noise, cosine ≈ 0.5 within a work; a query is 10 new segments of a random work): per-query p50/p95 of
-segment search and of the performance ranking with its exact re-rank, batched throughput, recall@10 of segment
-hits against exact search on the same queries, build time and index size. Below ``--pq-from`` segments the index
-is the product's IVF-Flat; from there (default 10M, where float32 vectors alone are 5 GB) it is IVF-PQ (64-byte
-codes) whose top ``--refine`` hits are re-ranked with float16 copies of the vectors -- a compressed index the
-product does not build yet. Ground truth is an exact inner-product scan in chunks.
+segment search (one call for the query's 10 segments) and of the work ranking with its exact re-rank, batched
+throughput, recall@10 of segment hits against exact search on the same queries, build time and index size, for
+each of ``--kinds``: ``flat`` (IndexFlatIP), ``ivf`` (IVF-Flat) and ``ivf_refine`` (the product's default above
+``exact_below``: IVF over SQ8 codes whose ``refine_factor``·k candidates are re-ranked by the stored vectors).
+From ``--chunked-from`` segments (default 5M; float32 vectors are 5 GB at 10M) the vectors are generated and
+added in chunks. Ground truth is an exact inner-product scan in chunks.
 
 The end-to-end part times what ``csi identify`` does per query -- decode, CQT (dataset settings), embedding of
 every segment with a default-size CoverHunter, work search -- on a real synthetic recording, stage by stage, and
@@ -20,11 +21,14 @@ prints the whole as a ratio to the search alone.
 
     .venv/bin/python bench/identify.py [--sizes 10000 100000 1000000] [--repeats 30] [--threads N]
                                        [--e2e-seconds 180] [--e2e-refs 100000] [--e2e-batch 16]
-                                       [--index-sizes 100000 1000000] [--nprobe 16 64] [--pq-from 10000000]
+                                       [--index-sizes 100000 1000000] [--nprobe 64 128 256]
+                                       [--kinds exact flat ivf ivf_refine] [--nlist 0] [--codes SQ8]
+                                       [--store float32] [--refine-factor 4] [--chunked-from 5000000]
                                        [--skip-exact] [--skip-e2e]
 
-Default run: about 15 minutes and 3 GB on 2 cores; add 10000000 to --index-sizes for the 10M case (measured:
-about 12 minutes and 5.7 GB peak with --skip-exact --skip-e2e; vectors are generated and added in chunks).
+Default run: about 15 minutes and 3 GB on 2 cores; add 10000000 to --index-sizes for the 10M case (measured with
+--kinds ivf_refine --nlist 1024 --nprobe 64 128 256 --queries 100 --batch-runs 0 --skip-exact --skip-e2e: about
+25 minutes on a busy machine and 12 GB peak; vectors are generated and added in chunks).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +49,8 @@ from csi_model.cqt import CqtSettings, compute_cqt
 from csi_model.embedding import embed_tracks
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.search import PerformanceIndex
-from csi_model.segment_index import Groups, IndexConfig, build_index, search_groups
+from csi_model.segment_index import FLAT, IVF, IVF_REFINE, TRAIN_ROWS_PER_LIST, Groups, IndexConfig, RefinedIndex, \
+    add_vectors, build_index, empty_index, search_groups
 from csi_model.synth import generate_covers
 
 DIM = 128
@@ -188,93 +193,83 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def build_compressed(n_segments: int, centres: np.ndarray, seed: int, nlist: int):
-    """IVF-PQ (64 × 8-bit codes per vector) trained on a spread sample, filled chunk by chunk; plus float16
-    copies of the vectors for the re-rank."""
-    import faiss
-
-    index = faiss.index_factory(DIM, f"IVF{nlist},PQ64", faiss.METRIC_INNER_PRODUCT)
+def chunked_index(n_segments: int, centres: np.ndarray, seed: int, config: IndexConfig):
+    """The product's index for ``n_segments`` rows, trained on a spread sample and filled chunk by chunk (the
+    vectors are never all in memory at once besides the index's own copy)."""
     rng = np.random.default_rng([seed, 1 << 40])
-    index.train(clustered(rng.integers(0, len(centres), 64 * nlist), centres, rng))
-    shadow = np.empty((n_segments, DIM), dtype=np.float16)
+    nlist = config.lists_for(n_segments)
+    index = empty_index(clustered(rng.integers(0, len(centres), TRAIN_ROWS_PER_LIST * nlist), centres, rng),
+                        n_segments, config)
     for start, chunk in reference_chunks(n_segments, centres, seed):
-        index.add(chunk)
-        shadow[start:start + len(chunk)] = chunk
-    return index, shadow
+        add_vectors(index, chunk, start + np.arange(len(chunk)))
+    return index
 
 
-def refined_search(index, shadow: np.ndarray, queries: np.ndarray, refine: int) -> np.ndarray:
-    """Top-10 after re-ranking the index's top ``refine`` hits with the float16 vectors: [Q, 10] rows."""
-    _, candidates = index.search(queries, refine)
-    scores = np.einsum("qd,qkd->qk", queries, shadow[np.maximum(candidates, 0)].astype(np.float32))
-    scores[candidates < 0] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_K]
-    return np.take_along_axis(candidates, order, 1)
-
-
-def measure_index(n_segments: int, nprobes: list[int], pq_from: int, refine: int, repeats: int,
-                  seed: int = 0) -> None:
-    """One reference-set size: exact vs index latency, throughput, recall@10, build time and memory."""
+def index_size_gb(index) -> float:
+    """Bytes of the index as written (streamed to /dev/null, not held in memory)."""
     import faiss
 
+    if isinstance(index, RefinedIndex):
+        return (index_size_gb(index.ivf) + index_size_gb(index.store))
+    counter = [0]
+    faiss.write_index(index, faiss.PyCallbackIOWriter(lambda b: counter.__setitem__(0, counter[0] + len(b))
+                                                      or len(b)))
+    return counter[0] / 2**30
+
+
+def measure_index(n_segments: int, nprobes: list[int], kinds: list[str], config: IndexConfig, chunked_from: int,
+                  repeats: int, n_queries: int = QUERIES, batch_runs: int = 3, seed: int = 0) -> None:
+    """One reference-set size: exact vs index latency, throughput, recall@10, build time and memory."""
     rng = np.random.default_rng([seed, n_segments])
     n_works = max(1, n_segments // (SEGMENTS_PER_PERF * PERFS_PER_WORK))
     centres = rng.standard_normal((n_works, DIM), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    query_works = rng.integers(0, n_works, QUERIES)
-    queries = clustered(np.repeat(query_works, QUERY_SEGMENTS), centres, rng)  # [QUERIES·10, DIM]
+    query_works = rng.integers(0, n_works, n_queries)
+    queries = clustered(np.repeat(query_works, QUERY_SEGMENTS), centres, rng)  # [queries·10, DIM]
     one = queries[:QUERY_SEGMENTS]
     start = time.perf_counter()
     truth = exact_top(queries, n_segments, centres, seed)
     print(f"\n{n_segments} segments ({n_works} works, noise {NOISE}; queries of {QUERY_SEGMENTS} segments; "
           f"ground truth by exact scan in {time.perf_counter() - start:.1f} s)", flush=True)
-    nlist = IndexConfig().lists_for(n_segments)
-    if n_segments >= pq_from:
-        nlist = min(nlist, 4096)  # k-means over more lists would dominate the run on 2 cores
+    n_perfs = n_segments // SEGMENTS_PER_PERF
+    groups = Groups(first_id=np.arange(0, n_segments, SEGMENTS_PER_PERF), count=np.full(n_perfs, SEGMENTS_PER_PERF),
+                    perfs=np.arange(n_perfs), work_ids=np.arange(n_perfs) // PERFS_PER_WORK)
+    vectors = None
+    if n_segments < chunked_from:
+        vectors = np.concatenate([chunk for _, chunk in reference_chunks(n_segments, centres, seed)])
+        if "exact" in kinds:
+            exact = PerformanceIndex(vectors, np.arange(n_segments) // SEGMENTS_PER_PERF,
+                                     np.arange(n_perfs + 1) // PERFS_PER_WORK)
+            latency = time_search(lambda: exact.index.search(one, TOP_K), max(3, repeats // 3))
+            batch = time_search(lambda: exact.index.search(queries, TOP_K), 1, warmup=0)
+            print(f"  product exact search (torch): query p50 {latency.p50_ms:.1f} ms, p95 {latency.p95_ms:.1f} ms; "
+                  f"batch {n_queries / (batch.mean_ms / 1e3):.1f} queries/s", flush=True)
+            del exact
+    for kind in (k for k in kinds if k != "exact"):
+        kind_config = replace(config, exact_below=n_segments + 1 if kind == FLAT else 0,
+                              approximate=kind if kind != FLAT else config.approximate)
         build_start = time.perf_counter()
-        index, shadow = build_compressed(n_segments, centres, seed, nlist)
+        index = build_index(vectors, np.arange(n_segments), kind_config) if vectors is not None else \
+            chunked_index(n_segments, centres, seed, kind_config)
         build_s = time.perf_counter() - build_start
-        size_gb = index.sa_code_size() * n_segments / 2**30
-        print(f"  IVF{nlist},PQ64 (compressed, + float16 re-rank of the top {refine}): built in {build_s:.0f} s; "
-              f"codes {size_gb:.2f} GB + float16 vectors {shadow.nbytes / 2**30:.2f} GB; peak RSS "
-              f"{peak_rss_gb():.1f} GB", flush=True)
-        for nprobe in nprobes:
-            index.nprobe = nprobe
-            latency = time_search(lambda: refined_search(index, shadow, one, refine), repeats)
-            batch = time_search(lambda: refined_search(index, shadow, queries, refine), 3, warmup=1)
-            recall = recall_at_k(refined_search(index, shadow, queries, refine), truth)
-            print(f"  nprobe {nprobe:>4}: query p50 {latency.p50_ms:.2f} ms, p95 {latency.p95_ms:.2f} ms; batch "
-                  f"{QUERIES / (batch.mean_ms / 1e3):.0f} queries/s; recall@10 {recall:.4f}", flush=True)
-        return
-    vectors = np.concatenate([chunk for _, chunk in reference_chunks(n_segments, centres, seed)])
-    exact = PerformanceIndex(vectors, np.arange(n_segments) // SEGMENTS_PER_PERF,
-                             np.arange(n_segments // SEGMENTS_PER_PERF + 1) // PERFS_PER_WORK)
-    latency = time_search(lambda: exact.index.search(one, TOP_K), max(3, repeats // 3))
-    batch = time_search(lambda: exact.index.search(queries, TOP_K), 1, warmup=0)
-    print(f"  product exact search (torch): query p50 {latency.p50_ms:.1f} ms, p95 {latency.p95_ms:.1f} ms; "
-          f"batch {QUERIES / (batch.mean_ms / 1e3):.1f} queries/s", flush=True)
-    del exact
-    groups = Groups(first_id=np.arange(0, n_segments, SEGMENTS_PER_PERF), count=np.full(
-        n_segments // SEGMENTS_PER_PERF, SEGMENTS_PER_PERF), perfs=np.arange(n_segments // SEGMENTS_PER_PERF),
-        work_ids=np.arange(n_segments // SEGMENTS_PER_PERF) // PERFS_PER_WORK)
-    for kind, config in (("flat", IndexConfig(exact_below=n_segments + 1)),
-                         ("ivf", IndexConfig(exact_below=0))):
-        build_start = time.perf_counter()
-        index = build_index(vectors, np.arange(n_segments), config)
-        build_s = time.perf_counter() - build_start
-        size_gb = len(faiss.serialize_index(index)) / 2**30
-        name = "IndexFlatIP (exact)" if kind == "flat" else f"IVF{nlist},Flat"
-        print(f"  {name}: built in {build_s:.1f} s, {size_gb:.2f} GB; peak RSS {peak_rss_gb():.1f} GB", flush=True)
-        for nprobe in (nprobes if kind == "ivf" else [0]):
-            if kind == "ivf":
+        nlist = kind_config.lists_for(n_segments)
+        name = {FLAT: "IndexFlatIP (exact)", IVF: f"IVF{nlist},Flat",
+                IVF_REFINE: f"IVF{nlist},{config.codes} + {config.store} re-rank of {config.refine_factor}·k"}[kind]
+        print(f"  {name}: built in {build_s:.1f} s, {index_size_gb(index):.2f} GB; peak RSS {peak_rss_gb():.1f} GB",
+              flush=True)
+        for nprobe in (nprobes if kind != FLAT else [0]):
+            if kind != FLAT:
                 index.nprobe = nprobe
             latency = time_search(lambda: index.search(one, TOP_K), repeats)
-            batch = time_search(lambda: index.search(queries, TOP_K), 3, warmup=1)
+            start = time.perf_counter()
             recall = recall_at_k(index.search(queries, TOP_K)[1], truth)
-            ranked = time_search(lambda: search_groups(index, groups, [one], TOP_K, works=True), repeats)
-            label = f"nprobe {nprobe:>4}" if kind == "ivf" else "exact     "
+            batch_s = time_search(lambda: index.search(queries, TOP_K), batch_runs, warmup=0).mean_ms / 1e3 \
+                if batch_runs else time.perf_counter() - start
+            ranked = time_search(lambda: search_groups(index, groups, [one], TOP_K, works=True,
+                                                       candidates=config.candidates), repeats)
+            label = f"nprobe {nprobe:>4}" if kind != FLAT else "exact     "
             print(f"  {label}: segment query p50 {latency.p50_ms:.2f} ms, p95 {latency.p95_ms:.2f} ms; batch "
-                  f"{QUERIES / (batch.mean_ms / 1e3):.0f} queries/s; recall@10 {recall:.4f}; work ranking with "
+                  f"{len(queries) / QUERY_SEGMENTS / batch_s:.0f} queries/s; recall@10 {recall:.4f}; work ranking with "
                   f"exact re-rank p50 {ranked.p50_ms:.2f} ms, p95 {ranked.p95_ms:.2f} ms", flush=True)
         del index
 
@@ -291,11 +286,23 @@ def main() -> None:
     parser.add_argument("--e2e-batch", type=int, default=16, help="queries per call for the batch throughput")
     parser.add_argument("--index-sizes", type=int, nargs="*", default=[100_000, 1_000_000],
                         help="reference segment counts of the exact-vs-index part (add 10000000 for 10M)")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 64], help="IVF lists searched per query")
-    parser.add_argument("--pq-from", type=int, default=10_000_000, help="sizes from here use IVF-PQ")
-    parser.add_argument("--refine", type=int, default=100, help="IVF-PQ hits re-ranked with float16 vectors")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[64, 128, 256],
+                        help="IVF lists searched per query")
+    parser.add_argument("--kinds", nargs="+", default=["exact", FLAT, IVF, IVF_REFINE],
+                        choices=["exact", FLAT, IVF, IVF_REFINE],
+                        help="searches compared (exact = the product's torch scan)")
+    parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0: the product's 4·√rows)")
+    parser.add_argument("--codes", default=IndexConfig.codes, help="ivf_refine: FAISS encoding in the lists")
+    parser.add_argument("--store", default=IndexConfig.store, help="ivf_refine: float32 or float16 re-rank vectors")
+    parser.add_argument("--refine-factor", type=int, default=IndexConfig.refine_factor,
+                        help="ivf_refine: candidates per hit")
+    parser.add_argument("--chunked-from", type=int, default=5_000_000,
+                        help="sizes from here are generated and added in chunks (and skip the torch exact scan)")
     parser.add_argument("--noise", type=float, default=NOISE,
                         help="per-coordinate noise around a work centre (smaller: tighter works, easier for IVF)")
+    parser.add_argument("--queries", type=int, default=QUERIES, help="queries of the recall and batch figures")
+    parser.add_argument("--batch-runs", type=int, default=3,
+                        help="timed batch searches per setting (0: time the recall search instead)")
     parser.add_argument("--skip-exact", action="store_true", help="skip the exact-search size table")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end part")
     args = parser.parse_args()
@@ -307,8 +314,11 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     print(f"torch {torch.__version__}, faiss {faiss.__version__}, {torch.get_num_threads()} threads; dim {DIM}, "
           f"query = {QUERY_SEGMENTS} segments, top {TOP_K}, batch {BATCH_QUERIES} queries")
+    config = IndexConfig(nlist=args.nlist or None, codes=args.codes, store=args.store,
+                         refine_factor=args.refine_factor)
     for n_segments in args.index_sizes:
-        measure_index(n_segments, args.nprobe, args.pq_from, args.refine, args.repeats)
+        measure_index(n_segments, args.nprobe, args.kinds, config, args.chunked_from, args.repeats, args.queries,
+                      args.batch_runs)
     if args.skip_exact:
         if not args.skip_e2e:
             print_end_to_end(args.e2e_seconds, args.e2e_refs, args.e2e_batch, max(3, args.repeats // 6), rng)

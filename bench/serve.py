@@ -6,8 +6,11 @@ tiny untrained model promoted, reference embeddings and index), starts ``csi ser
 stops it afterwards; each request uploads one synthetic recording of ``--seconds`` s. With ``--url`` it loads an
 already running server (e.g. ``make serve``) with ``--audio`` files.
 
-    .venv/bin/python bench/serve.py [--clients 4] [--duration 30] [--requests 200] [--seconds 30]
+    .venv/bin/python bench/serve.py [--clients 4] [--duration 30] [--requests 200] [--seconds 30] [--workers 0]
                                     [--url http://127.0.0.1:8000 --audio a.wav b.wav] [--token T]
+
+The demo server runs ``--workers`` identifications at once (0: one per core); the report ends with what its
+``/health`` says: workers, threads per worker, and the most identifications it had in progress at once.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def in_process_ms(project, query: Path, repeats: int = 10) -> tuple[float, float
     return float(np.median(whole[1:]) * 1e3), float(np.median(embed[1:]) * 1e3)
 
 
-def demo_server(folder: Path, seconds: float) -> tuple[subprocess.Popen, str, list[Path], object]:
+def demo_server(folder: Path, seconds: float, workers: int) -> tuple[subprocess.Popen, str, list[Path], object]:
     """A tiny synthetic project served on a free port; returns the process, its URL, query files, project."""
     import dagster as dg
 
@@ -109,7 +112,8 @@ def demo_server(folder: Path, seconds: float) -> tuple[subprocess.Popen, str, li
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from csi_assets.cli import main; sys.exit(main(sys.argv[1:]))",
          "serve", "--port", str(port), "--dataset-dir", str(project.dataset_dir), "--store",
-         str(project.store_path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         str(project.store_path), "--workers", str(workers)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     while True:
         if process.poll() is not None:
@@ -130,6 +134,8 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="an already running server (default: start a demo one)")
     parser.add_argument("--audio", type=Path, nargs="*", default=[], help="query files for --url")
     parser.add_argument("--token", default=None)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="identifications the demo server runs at once (0: one per core)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="csi-bench-serve-") as folder:
         process = project = None
@@ -138,7 +144,7 @@ def main() -> None:
             if not files:
                 parser.error("--url needs --audio files to send")
         else:
-            process, url, files, project = demo_server(Path(folder), args.seconds)
+            process, url, files, project = demo_server(Path(folder), args.seconds, args.workers)
         try:
             single = load(url, files[:1], 1, args.duration, 10, args.token)
             print(f"one client, 10 requests of one {args.seconds:.0f} s recording: p50 {single['p50_ms']:.0f} ms, "
@@ -151,6 +157,9 @@ def main() -> None:
             print(f"{args.clients} clients, {figures['requests']} requests in {figures['wall_s']:.1f} s: "
                   f"p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, {figures['per_s']:.2f} "
                   f"requests/s, {figures['errors']} errors {figures['first_error']}")
+            health = requests.get(f"{url}/health", timeout=60).json()
+            print(f"server: {health.get('workers')} workers × {health.get('threads_per_worker')} threads, at most "
+                  f"{health.get('most_identifying')} identifications in progress at once")
         finally:
             if process is not None:
                 process.terminate()

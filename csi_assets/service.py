@@ -5,8 +5,12 @@ dataset's ``promoted.json`` and the served model's ``current.json``, see ``csi_a
 what is loaded -- one ``stat`` each. When an ingested batch or a newly promoted model has been published, that
 request loads the new index (and model, if it changed) and swaps it in atomically; requests already running
 finish on the old one, and requests arriving meanwhile keep being answered by the old one, so nothing is
-dropped or answered from a half-loaded state. Identification itself runs one request at a time (the model and
-the CQT layer are shared), in a worker thread so the event loop keeps accepting connections.
+dropped or answered from a half-loaded state. Identification (decode, CQT, forward pass, index search) runs in
+worker threads, at most ``workers`` requests at once (default: one per core), so the event loop keeps accepting
+connections and answering ``/health`` meanwhile; torch and FAISS get ``cores // workers`` threads each, so
+concurrent requests do not oversubscribe the cores. The model, the CQT layer and the index are only read while
+serving (the model stays in eval mode, the index is never changed in place: a reload reads a new one), so
+concurrent requests give the answers they would give one at a time.
 
 Errors are JSON ``{"error": message}``: 400 malformed request, 401 missing or wrong bearer token, 404 unknown
 work, 411 no Content-Length, 413 upload larger than the limit, 422 unreadable, too short or too long audio and
@@ -15,12 +19,16 @@ invalid parameters, 503 no servable model or index, 500 any other fault.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +37,6 @@ import soundfile as sf
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -51,6 +58,10 @@ class ServiceConfig:
     max_seconds: float = 900.0  # per uploaded recording
     max_files: int = 16  # per request
     device: str | None = None
+    workers: int = 0  # identifications running at once; 0 = one per core
+
+    def worker_count(self) -> int:
+        return self.workers or available_cores()
 
 
 class ServiceError(Exception):
@@ -77,8 +88,10 @@ class Engine:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.reloads = 0
+        self.identifying = 0  # identifications in progress now
+        self.most_identifying = 0  # the most ever in progress at once since start
         self._reload_lock = threading.Lock()
-        self._identify_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._loaded: Loaded | None = None
         self._error: str | None = None
         self.current()
@@ -100,9 +113,21 @@ class Engine:
         return self._loaded
 
     def identify(self, paths: list[str], top: int, works: bool, calibrated: bool) -> tuple[list[Any], Loaded]:
+        """Answer with the state current when the request starts, even if a reload swaps it meanwhile."""
         loaded = self.current()
-        with self._identify_lock:
+        with self._counted():
             return loaded.identifier.identify(paths, top, works, calibrated), loaded
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        with self._count_lock:
+            self.identifying += 1
+            self.most_identifying = max(self.most_identifying, self.identifying)
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self.identifying -= 1
 
     def _stamps(self, model_id: str) -> tuple[Any, Any]:
         store, dataset = self.config.store_path, self.config.dataset_dir.resolve().name
@@ -146,9 +171,31 @@ def _published_model(store_path: Path, dataset: str) -> str | None:
         return None
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def share_cores(workers: int) -> int:
+    """Give torch and FAISS ``cores // workers`` threads each (at least 1), so ``workers`` identifications at
+    once use the cores without oversubscribing them; returns the thread count."""
+    import faiss
+    import torch
+
+    threads = max(1, available_cores() // workers)
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    return threads
+
+
 def create_app(config: ServiceConfig) -> FastAPI:
     """The ASGI app; loads the model and index now, so a bad configuration fails at start-up, not per request."""
+    import anyio
+
+    workers = config.worker_count()
+    threads = share_cores(workers)
     engine = Engine(config)
+    limiter = anyio.CapacityLimiter(workers)  # identifications at once; /health etc. use the default pool
     app = FastAPI(title="Cover-song identification", version="1",
                   description="Identify recordings against the reference performances of one dataset "
                               f"({config.dataset_dir.resolve().name}) with its promoted CoverHunter model.")
@@ -173,7 +220,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         manifest = loaded.identifier.references.manifest
         return {"status": "ok", "model": manifest.model_id, "index_version": manifest.version,
                 "index_kind": manifest.kind, "segments": manifest.rows, "performances": manifest.performances,
-                "loaded_at": loaded.loaded_at, "reloads": engine.reloads}
+                "loaded_at": loaded.loaded_at, "reloads": engine.reloads, "workers": workers,
+                "threads_per_worker": threads, "identifying": engine.identifying,
+                "most_identifying": engine.most_identifying}
 
     @app.get("/models", summary="The promoted model, its metrics and the reference set")
     def models() -> dict[str, Any]:
@@ -206,8 +255,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
             for path, name in zip(paths, names):
                 _check_audio(path, name, config.max_seconds)
             try:
-                results, _ = await run_in_threadpool(engine.identify, [str(p) for p in paths], top, works,
-                                                     calibrated)
+                results, _ = await anyio.to_thread.run_sync(
+                    functools.partial(engine.identify, [str(p) for p in paths], top, works, calibrated),
+                    limiter=limiter)
             except IdentifyError as err:
                 message = str(err)
                 for path, name in zip(paths, names):

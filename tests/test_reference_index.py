@@ -59,12 +59,18 @@ def test_flat_index_gives_the_exact_top_10(served, works: bool) -> None:
 def test_ivf_index_probing_all_lists_gives_the_exact_top_10(tmp_path) -> None:
     project, model_id, _ = project_with_model(tmp_path, works=4, perfs=3)
     metadata = _materialize(project, exact_below=1, nlist=4, nprobe=4)
-    assert metadata["index_kind"] == "ivf" and not metadata["exact"]
+    assert metadata["index_kind"] == "ivf_refine" and not metadata["exact"]  # the default approximate kind
+    assert {k: metadata["config"][k] for k in ("approximate", "codes", "store", "refine_factor")} == {
+        "approximate": "ivf_refine", "codes": "SQ8", "store": "float32", "refine_factor": 4}
     labels, tracks, _ = _exact_top(project, model_id, 10, False)
     index = ReferenceIndex.read(project.store_path, "dataset", model_id)
     assert [[h.perf for h in hits] for hits in index.search(tracks, 10, False)] == labels
     assert _materialize(project, exact_below=1, nlist=4, nprobe=4)["action"] == "unchanged"
-    assert _materialize(project)["index_kind"] == "flat"  # another config rebuilds
+    ivf_flat = _materialize(project, exact_below=1, nlist=4, nprobe=4, approximate="ivf")  # another config rebuilds
+    assert ivf_flat["index_kind"] == "ivf" and ivf_flat["action"] == "built"
+    index = ReferenceIndex.read(project.store_path, "dataset", model_id)
+    assert [[h.perf for h in hits] for hits in index.search(tracks, 10, False)] == labels
+    assert _materialize(project)["index_kind"] == "flat"
 
 
 def test_catalog_changes_update_the_index_in_place_and_promotion_rebuilds(tmp_path) -> None:

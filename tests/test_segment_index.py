@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from csi_model.search import PerformanceIndex
-from csi_model.segment_index import FLAT, IVF, Groups, IndexConfig, add_vectors, build_index, index_kind, \
-    remove_ids, search_groups
+from csi_model.segment_index import FLAT, IVF, IVF_REFINE, Groups, IndexConfig, add_vectors, build_index, \
+    index_kind, read_index, remove_ids, search_groups, write_index
 
 DIM = 16
 
@@ -63,12 +63,13 @@ def test_flat_index_ranks_like_exact_search(seed: int, works: bool) -> None:
             assert np.allclose([h.distance for h in row], distances[q], atol=1e-5)
 
 
-def test_ivf_probing_every_list_is_exact_and_removal_and_addition_keep_it_so() -> None:
+@pytest.mark.parametrize("kind", [IVF, IVF_REFINE])
+def test_ivf_probing_every_list_is_exact_and_removal_and_addition_keep_it_so(kind: str, tmp_path) -> None:
     tracks, work_of, names, rng = _references(7, perfs=80)
     counts = np.array([len(t) for t in tracks])
-    config = IndexConfig(exact_below=1, nlist=8, nprobe=8)
+    config = IndexConfig(exact_below=1, approximate=kind, nlist=8, nprobe=8)
     index = build_index(np.concatenate(tracks), 1000 + np.arange(counts.sum()), config)
-    assert index_kind(index) == IVF
+    assert index_kind(index) == kind
     groups = _groups(counts, names, work_of, first=1000)
     dropped = np.arange(0, 80, 3)
     assert remove_ids(index, groups.ids_of(dropped)) == counts[dropped].sum()
@@ -83,13 +84,34 @@ def test_ivf_probing_every_list_is_exact_and_removal_and_addition_keep_it_so() -
                   count=np.r_[counts[keep], [4, 4, 4]], perfs=all_names, work_ids=all_works)
     assert index.ntotal == live.count.sum()
     queries = [extra[1][:2], tracks[keep[0]], _unit(rng.standard_normal((5, DIM)))]
-    for works in (False, True):
-        hits = search_groups(index, live, queries, 10, works)
+    write_index(index, tmp_path / "index.faiss")
+    reread = read_index(tmp_path / "index.faiss", nprobe=8)
+    assert index_kind(reread) == kind and reread.ntotal == index.ntotal
+    for works, searched in ((False, index), (True, index), (False, reread), (True, reread)):
+        hits = search_groups(searched, live, queries, 10, works)
         labels, distances = _exact(all_tracks, all_works, all_names, queries, 10, works)
         for q, row in enumerate(hits):
             assert [h.work_id if works else all_names[h.perf] for h in row] == list(labels[q])
             assert np.allclose([h.distance for h in row], distances[q], atol=1e-5)
     assert search_groups(index, live, [extra[1]], 1, False)[0][0].distance == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_float16_store_ranks_like_exact_search_within_its_precision() -> None:
+    tracks, work_of, names, rng = _references(3, perfs=50)
+    counts = np.array([len(t) for t in tracks])
+    config = IndexConfig(exact_below=1, nlist=4, nprobe=4, store="float16", codes="SQ4")
+    index = build_index(np.concatenate(tracks), np.arange(counts.sum()), config)
+    queries = [_unit(rng.standard_normal((n, DIM))) for n in (1, 4)]
+    hits = search_groups(index, _groups(counts, names, work_of), queries, 5, False)
+    _, distances = _exact(tracks, work_of, names, queries, 5, False)
+    assert np.allclose([[h.distance for h in row] for row in hits], distances, atol=2e-3)
+
+
+def test_invalid_index_configs_are_refused() -> None:
+    for bad, message in (({"approximate": "hnsw"}, "approximate index"), ({"store": "int8"}, "store"),
+                         ({"refine_factor": 0}, "refine_factor")):
+        with pytest.raises(ValueError, match=message):
+            IndexConfig(**bad)
 
 
 def test_queries_that_are_not_unit_rows_or_of_another_dimension_are_refused() -> None:

@@ -9,7 +9,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -57,7 +59,7 @@ def server(tmp_path_factory):
     process = subprocess.Popen(
         [sys.executable, "-c", CSI, "serve", "--port", str(port), "--token", TOKEN,
          "--dataset-dir", str(project.dataset_dir), "--store", str(project.store_path),
-         "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-seconds", str(MAX_SECONDS)],
+         "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-seconds", str(MAX_SECONDS), "--workers", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -134,6 +136,41 @@ def test_bad_requests_get_their_documented_status_and_message(server, tmp_path) 
         assert message in response.json()["error"], (message, response.text)
         assert "csi-serve-" not in response.json()["error"]  # no server-side temporary path
     assert missing.headers["www-authenticate"] == "Bearer"
+
+
+def test_concurrent_identifications_overlap_and_give_the_sequential_answers(server) -> None:
+    """Several clients at once: the server counts identifications in progress (its own event, not a duration),
+    /health answers while they run, and every answer equals the one given to the same request alone."""
+    project, _, url, _ = server
+    wav = project.dataset_dir / "wav"
+    requests_ = [[wav / f"w00{w}_p{p}.wav" for p in (0, 1)] * 2 for w in range(4)]  # 4 files per request
+    alone = [_answer(_post(url, files, top=3)) for files in requests_]
+    seen_by_health: list[int] = []
+    for _ in range(5):  # until the server has had two in progress at once and /health saw one running
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                seen_by_health.append(requests.get(f"{url}/health", timeout=60).json()["identifying"])
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        with ThreadPoolExecutor(len(requests_)) as pool:
+            together = [_answer(r) for r in pool.map(lambda files: _post(url, files, top=3), requests_)]
+        done.set()
+        watcher.join()
+        assert together == alone
+        health = requests.get(f"{url}/health", timeout=60).json()
+        if health["most_identifying"] >= 2 and max(seen_by_health) >= 1:
+            break
+    assert health["workers"] == 2 and health["identifying"] == 0
+    assert health["most_identifying"] == 2  # two at once, never more than the workers
+    assert max(seen_by_health) >= 1
+
+
+def _answer(response: requests.Response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def test_a_batch_ingested_while_serving_is_found_without_restart(server, tmp_path) -> None:

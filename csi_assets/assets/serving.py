@@ -183,17 +183,25 @@ def reference_embeddings_cover_catalog(dataset: DatasetResource, store: StoreRes
 
 
 class ReferenceIndexConfig(dg.Config):
-    """Exact (flat) search below ``exact_below`` segments, an IVF index above it with ``nlist`` lists (0: 4·√rows)
-    of which ``nprobe`` are searched per query segment; ``candidates`` segment hits per query segment before
-    the exact re-rank. A change of these rebuilds the index."""
+    """Exact (flat) search below ``exact_below`` segments; above it ``approximate``: ``ivf_refine`` (IVF over
+    ``codes``-compressed vectors, its ``refine_factor``·k candidates re-ranked by vectors stored as ``store``)
+    or ``ivf`` (IVF-Flat), with ``nlist`` lists (0: 4·√rows) of which ``nprobe`` are searched per query
+    segment; ``candidates`` segment hits per query segment before the exact re-rank (see
+    ``csi_model.segment_index.IndexConfig``). A change of these rebuilds the index."""
 
     exact_below: int = IndexConfig.exact_below
+    approximate: str = IndexConfig.approximate
     nlist: int = 0
     nprobe: int = IndexConfig.nprobe
     candidates: int = IndexConfig.candidates
+    codes: str = IndexConfig.codes
+    store: str = IndexConfig.store
+    refine_factor: int = IndexConfig.refine_factor
 
     def index_config(self) -> IndexConfig:
-        return IndexConfig(self.exact_below, self.nlist or None, self.nprobe, self.candidates)
+        return IndexConfig(exact_below=self.exact_below, approximate=self.approximate, nlist=self.nlist or None,
+                           nprobe=self.nprobe, candidates=self.candidates, codes=self.codes, store=self.store,
+                           refine_factor=self.refine_factor)
 
 
 @dg.asset(group_name=GROUP, deps=[reference_embeddings], kinds={"faiss"})

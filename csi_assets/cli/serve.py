@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seconds", type=float, default=900.0, help="longest recording accepted (default 900 s)")
     p.add_argument("--dataset-dir", default=None, help="dataset folder (default $CSI_DATASET_DIR or data/demo)")
     p.add_argument("--store", default=None, help="DuckDB store (default $CSI_STORE_PATH or data/csi.duckdb)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="identifications running at once (default 0: one per CPU core); others wait their turn")
     p.add_argument("--device", default=None, help="torch device (default: the model's, else cuda > mps > cpu)")
     p.set_defaults(func=run)
 
@@ -35,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise CliError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.workers < 0:
+        raise CliError(f"--workers must be ≥ 1 (or 0: one per CPU core), got {args.workers}")
     dataset_dir, store = locations(args)
     config = ServiceConfig(store_path=Path(store), dataset_dir=Path(dataset_dir), token=args.token or None,
                            max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_seconds=args.max_seconds,
-                           device=args.device)
+                           device=args.device, workers=args.workers)
     try:
         app = create_app(config)
     except ServiceError as err:
