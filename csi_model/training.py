@@ -317,6 +317,8 @@ class Trainer:
         if scales:  # raw frames at drawn tempi: resample to the chunk, then pool (as the dataset does otherwise)
             feats, lengths = tempo_resample(feats, lengths, scales[0], out_frames * self.hp.mean_size, PAD_VALUE)
             feats, lengths = masked_mean_pool(feats, lengths, self.hp.mean_size, PAD_VALUE)
+        if bool((lengths == feats.shape[1]).all()):
+            lengths = None  # no padding in the batch (the usual case): the unmasked path computes the same, faster
         self.scheduler.step()
         self.steps += 1
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
