@@ -4,7 +4,8 @@ in the same process (run: python bench/train.py).
 For the default model config (see docs/reference_tool.md) and the demo config (training/demo), on synthetic dB
 features, one epoch each (the three chunk-length loaders zipped), timed per optimizer step (the first step, which
 pays one-off allocation costs, is left out):
-- product: ``csi_model.training.train`` (batched chunk cutting and SpecAugment, masked model), fp32 and bf16;
+- product: ``csi_model.training.train`` (batched chunk cutting and SpecAugment, masked model), fp32 and bf16, and
+  with ``--compile`` also under ``torch.compile`` (timed on a second epoch: the first pays the compilation);
 - reference: ``bench/reference_step.py`` (per-item whole-file loads and pooling loops, unmasked model, the
   reference's loss formulas), fp32;
 - loader only: the product's loaders without the model.
@@ -75,13 +76,16 @@ def loader_only(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[int, flo
 
 
 SIDES = ("reference", "product", "product-bf16")
+COMPILED = "product-compile"  # opt-in (--compile): timed on its second epoch, after compiling in the first
 
 
 def product_run(hp: TrainingHParams, items: list[FeatureItem], model_dir: Path) -> tuple[int, float]:
-    stamps: list[float] = []
+    """(samples, seconds) over the steps of the run's last epoch but its first step."""
+    stamps: dict[int, list[float]] = {}
     train(hp, items, model_dir, progress=lambda step, epoch, m: None if "epoch_end" in m else
-          stamps.append(time.perf_counter()))
-    return (len(stamps) - 1) * hp.batch_size, stamps[-1] - stamps[0]
+          stamps.setdefault(epoch, []).append(time.perf_counter()))
+    last = stamps[max(stamps)]
+    return (len(last) - 1) * hp.batch_size, last[-1] - last[0]
 
 
 def reference_run(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[int, float]:
@@ -93,8 +97,8 @@ def side_run(side: str, hp: TrainingHParams, items: list[FeatureItem], folder: P
     """(samples timed, seconds) of one epoch of ``side``."""
     if side == "reference":
         return reference_run(hp, items)
-    precision = "bf16" if side == "product-bf16" else "fp32"
-    return product_run(dataclasses.replace(hp, precision=precision), items, folder / f"{side}-{time.time_ns()}")
+    variant = {"product": {}, "product-bf16": {"precision": "bf16"}, COMPILED: {"compile": True, "max_epochs": 2}}
+    return product_run(dataclasses.replace(hp, **variant[side]), items, folder / f"{side}-{time.time_ns()}")
 
 
 def chunk_read_ratio(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[float, float]:
@@ -140,6 +144,7 @@ def main() -> None:
     parser.add_argument("--configs", default="demo,default", help="configs to run (default: demo,default)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per side (best counts)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="also time the product with torch.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,16 +155,17 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; load average {load} "
           f"({os.cpu_count()} cores): figures scale with what else runs")
     threads = ["--threads", str(args.threads)] if args.threads else []
+    sides = [*SIDES, COMPILED] if args.compile else list(SIDES)
     for name in args.configs.split(","):
-        r = _child(["--one", name, "--rounds", str(args.rounds), *threads])
+        r = _child(["--one", name, "--sides", ",".join(sides), "--rounds", str(args.rounds), *threads])
         memory = {side: _child(["--one", name, "--sides", side, "--rounds", "1", *threads])["peak_rss_mb"]
-                  for side in SIDES}
+                  for side in sides}
         print(f"\n{name} config ({r['steps']} steps per epoch, best of {args.rounds} alternating rounds):")
-        for side in SIDES:
-            print(f"  {side:<13}: {r[side]:8.1f} samples/s ({r[side] / r['reference']:.2f}x reference), "
+        for side in sides:
+            print(f"  {side:<15}: {r[side]:8.1f} samples/s ({r[side] / r['reference']:.2f}x reference), "
                   f"peak RSS {memory[side]:5.0f} MB")
-        print(f"  loader only  : {r['loader_samples_per_s']:8.1f} samples/s")
-        print(f"  one chunk read: {r['chunk_ms_ours']:.2f} ms ours vs {r['chunk_ms_reference_style']:.2f} ms "
+        print(f"  loader only    : {r['loader_samples_per_s']:8.1f} samples/s")
+        print(f"  one chunk read : {r['chunk_ms_ours']:.2f} ms ours vs {r['chunk_ms_reference_style']:.2f} ms "
               f"reference-style ({r['chunk_ms_reference_style'] / r['chunk_ms_ours']:.1f}x)")
 
 
