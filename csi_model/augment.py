@@ -4,8 +4,9 @@ device), pitch roll and random erase (before the tempo resampling).
 Pitch roll first, then random erase, each behind its own probability per chunk. :class:`SpecAugment` works on a
 whole batch ``[B, T, F]`` at once (the ``default`` and ``flex_melody`` rolls and the erase are array operations over
 the batch; only ``low_melody``, whose noise fill depends on each chunk's content, loops over the chunks it rolls).
-Only the first ``length`` frames of a chunk are real content: padding frames are never shifted, filled or erased. Randomness comes solely from the passed generator
-(no global seeding, no folders created), so the training run's seed decides every draw.
+Only the first ``length`` frames of a chunk are real content: padding frames are never shifted, filled or erased.
+Randomness comes solely from the passed generator (no global seeding, no folders created), so the training run's
+seed decides every draw.
 """
 
 from __future__ import annotations
