@@ -5,8 +5,8 @@ batch is one AdamW step with the global grad norm clipped to 1.0. After the epoc
 chunk starts, so the curve is not sampling noise), the test-set mAP, early stopping and the checkpoint.
 
 Exact resume: a checkpoint holds, besides weights and optimizer, the scheduler, early-stopping state, history and
-every random stream (torch, the samplers' and the batch-order generators; the datasets reseed from
-(seed, epoch, worker)). Evaluation runs under a forked torch RNG so how often it runs never shifts training's
+every random stream (torch, the samplers' and the batch-order generators; each training batch's chunks are drawn
+from (seed, epoch, batch number), whichever worker process cuts it). Evaluation runs under a forked torch RNG so how often it runs never shifts training's
 random stream. Killed anywhere, a re-run repeats the interrupted epoch exactly as the uninterrupted run did.
 """
 
