@@ -6,8 +6,9 @@ chunk starts, so the curve is not sampling noise), the test-set mAP, early stopp
 
 Exact resume: a checkpoint holds, besides weights and optimizer, the scheduler, early-stopping state, history and
 every random stream (torch, the samplers' and the batch-order generators; each training batch's chunks are drawn
-from (seed, epoch, batch number), whichever worker process cuts it). Evaluation runs under a forked torch RNG so how often it runs never shifts training's
-random stream. Killed anywhere, a re-run repeats the interrupted epoch exactly as the uninterrupted run did.
+from (seed, epoch, batch number), whichever worker process cuts it). Evaluation runs under a forked torch RNG so
+how often it runs never shifts training's random stream. Killed anywhere, a re-run repeats the interrupted epoch
+exactly as the uninterrupted run did.
 """
 
 from __future__ import annotations
