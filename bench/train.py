@@ -1,14 +1,17 @@
-"""Training throughput and peak memory on CPU, against the data loader alone (run: python bench/train.py).
+"""Training throughput and peak memory on CPU: the product's training step against the reference tool's, re-enacted
+in the same process (run: python bench/train.py).
 
-For the default model config (see docs/reference_tool.md) and the demo config (training/demo), on synthetic dB features:
-- loader only: the three chunk-length loaders zipped, as one training epoch consumes them (pooling + SpecAug);
-- training: ``csi_model.training.train`` for one epoch, timed per optimizer step by its progress callback
-  (the first step, which pays one-off allocation costs, is left out); once as is and once with tempo augmentation
-  in the feature domain (factors in [0.9, 1.1], one copy per epoch so both runs take the same steps): its cost
-  per step is the ratio of the two;
-- the reference's way of reading a chunk (whole-file ``np.load`` + a Python loop over pooled frames) against
-  ours (memory map + reshape-mean), per item.
-Each config runs in its own process so ``ru_maxrss`` is that config's peak.
+For the default model config (see docs/reference_tool.md) and the demo config (training/demo), on synthetic dB
+features, one epoch each (the three chunk-length loaders zipped), timed per optimizer step (the first step, which
+pays one-off allocation costs, is left out):
+- product: ``csi_model.training.train`` (batched chunk cutting and SpecAugment, masked model), fp32 and bf16, and
+  with ``--compile`` also under ``torch.compile`` (timed on a second epoch: the first pays the compilation);
+- reference: ``bench/reference_step.py`` (per-item whole-file loads and pooling loops, unmasked model, the
+  reference's loss formulas), fp32;
+- loader only: the product's loaders without the model.
+The sides alternate for ``--rounds`` rounds in one process and the best round of each counts, so load changes
+on a shared machine hit both. Peak RSS comes from one extra process per (config, side), so each figure is that
+side's own. Both sides compute focal + triplet (+ centre when its weight is > 0) losses.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csi_model.augment import SpecAugment, TempoRange
-from csi_model.dataset import ChunkDataset, FeatureItem, collate_chunks
+from csi_model.augment import SpecAugment
+from csi_model.dataset import ChunkDataset, EpochBatches, FeatureItem, collate_chunks
 from csi_model.hparams import TrainingHParams, load_training_hparams
 from csi_model.sampler import MPerClassBatchSampler
 from csi_model.training import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_step import ReferenceTrainer, reference_style_chunk  # noqa: E402
 
 DEMO_HPARAMS = Path(__file__).resolve().parents[1] / "training" / "demo" / "config" / "hparams.yaml"
 
@@ -57,32 +63,42 @@ def write_features(folder: Path, hp: TrainingHParams, n_works: int, perfs: int) 
 
 
 def loader_only(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[int, float]:
-    augment = SpecAugment(hp.spec_augmentation) if hp.spec_augmentation else None
+    augment = SpecAugment(hp.spec_augmentation).batch if hp.spec_augmentation else None
     loaders = []
     for i, chunk in enumerate(hp.chunk_frame):
         ds = ChunkDataset(items, chunk * hp.mean_size, hp.mean_size, hp.mode, augment, seed=i)
-        sampler = MPerClassBatchSampler([it.work_id for it in items], hp.m_per_class, hp.batch_size,
-                                        np.random.default_rng(i))
+        sampler = EpochBatches(MPerClassBatchSampler([it.work_id for it in items], hp.m_per_class, hp.batch_size,
+                                                     np.random.default_rng(i)))
         loaders.append(torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_chunks))
     began = time.perf_counter()
     samples = sum(len(batch[2]) for step in zip(*loaders) for batch in step)
     return samples, time.perf_counter() - began
 
 
-def training_run(hp: TrainingHParams, items: list[FeatureItem], model_dir: Path,
-                 tempo: TempoRange | None = None) -> tuple[int, float]:
-    stamps: list[float] = []
+SIDES = ("reference", "product", "product-bf16")
+COMPILED = "product-compile"  # opt-in (--compile): timed on its second epoch, after compiling in the first
+
+
+def product_run(hp: TrainingHParams, items: list[FeatureItem], model_dir: Path) -> tuple[int, float]:
+    """(samples, seconds) over the steps of the run's last epoch but its first step."""
+    stamps: dict[int, list[float]] = {}
     train(hp, items, model_dir, progress=lambda step, epoch, m: None if "epoch_end" in m else
-          stamps.append(time.perf_counter()), tempo=tempo)
-    steps = len(stamps) - 1
-    return steps * hp.batch_size, stamps[-1] - stamps[0]
+          stamps.setdefault(epoch, []).append(time.perf_counter()))
+    last = stamps[max(stamps)]
+    return (len(last) - 1) * hp.batch_size, last[-1] - last[0]
 
 
-def reference_style_chunk(path: Path, start: int, chunk: int, mean_size: int) -> np.ndarray:
-    """What the reference does per item: load the whole file, slice, pool frame by frame."""
-    feat = np.load(path)[start : start + chunk]
-    return np.array([feat[i * mean_size : (i + 1) * mean_size].mean(axis=0)
-                     for i in range(len(feat) // mean_size)], dtype=np.float32)
+def reference_run(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[int, float]:
+    stamps = [time.perf_counter() for _ in ReferenceTrainer(hp, items, max(it.work_id for it in items) + 1).epoch()]
+    return (len(stamps) - 1) * hp.batch_size, stamps[-1] - stamps[0]
+
+
+def side_run(side: str, hp: TrainingHParams, items: list[FeatureItem], folder: Path) -> tuple[int, float]:
+    """(samples timed, seconds) of one epoch of ``side``."""
+    if side == "reference":
+        return reference_run(hp, items)
+    variant = {"product": {}, "product-bf16": {"precision": "bf16"}, COMPILED: {"compile": True, "max_epochs": 2}}
+    return product_run(dataclasses.replace(hp, **variant[side]), items, folder / f"{side}-{time.time_ns()}")
 
 
 def chunk_read_ratio(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[float, float]:
@@ -98,51 +114,58 @@ def chunk_read_ratio(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[flo
     return ours_s, (time.perf_counter() - began) / len(items)
 
 
-def measure(name: str) -> dict[str, float]:
+def measure(name: str, sides: list[str], rounds: int) -> dict[str, float]:
     hp = config(name)
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         items = write_features(Path(tmp), hp, n_works=2 * hp.batch_size // hp.m_per_class, perfs=hp.m_per_class)
-        load_n, load_s = loader_only(hp, items)
-        ours_item_s, ref_item_s = chunk_read_ratio(hp, items)
-        train_n, train_s = training_run(hp, items, Path(tmp) / "model")
-        tempo_n, tempo_s = training_run(hp, items, Path(tmp) / "tempo", TempoRange(0.9, 1.1, 1))
-    return {
-        "train_tempo_samples_per_s": tempo_n / tempo_s,
-        "loader_samples_per_s": load_n / load_s,
-        "train_samples_per_s": train_n / train_s,
-        "train_steps": train_n // hp.batch_size,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "chunk_ms_ours": ours_item_s * 1e3,
-        "chunk_ms_reference_style": ref_item_s * 1e3,
-    }
+        if len(sides) > 1:
+            load_n, load_s = loader_only(hp, items)
+            out["loader_samples_per_s"] = load_n / load_s
+            out["chunk_ms_ours"], out["chunk_ms_reference_style"] = (x * 1e3 for x in chunk_read_ratio(hp, items))
+        for _ in range(rounds):
+            for side in sides:
+                n, seconds = side_run(side, hp, items, Path(tmp))
+                out[side] = max(out.get(side, 0.0), n / seconds)
+                out["steps"] = n // hp.batch_size + 1
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _child(args: list[str]) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", choices=("default", "demo"), help=argparse.SUPPRESS)
+    parser.add_argument("--sides", default=",".join(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--configs", default="demo,default", help="configs to run (default: demo,default)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per side (best counts)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="also time the product with torch.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(args.one)))
+        print(json.dumps(measure(args.one, args.sides.split(","), args.rounds)))
         return
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; load average {load} "
           f"({os.cpu_count()} cores): figures scale with what else runs")
-    for name in ("demo", "default"):
-        threads = ["--threads", str(args.threads)] if args.threads else []
-        out = subprocess.run([sys.executable, __file__, "--one", name, *threads], check=True, capture_output=True,
-                             text=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"\n{name} config:")
-        print(f"  data loader only : {r['loader_samples_per_s']:10.1f} samples/s")
-        print(f"  training         : {r['train_samples_per_s']:10.1f} samples/s over {r['train_steps']} steps "
-              f"(ratio to loader-only: {r['train_samples_per_s'] / r['loader_samples_per_s']:.3f})")
-        print(f"  with feature tempo: {r['train_tempo_samples_per_s']:9.1f} samples/s "
-              f"(ratio to without: {r['train_tempo_samples_per_s'] / r['train_samples_per_s']:.3f})")
-        print(f"  peak RSS         : {r['peak_rss_mb']:10.0f} MB")
-        print(f"  one chunk read   : {r['chunk_ms_ours']:.2f} ms ours vs {r['chunk_ms_reference_style']:.2f} ms "
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    sides = [*SIDES, COMPILED] if args.compile else list(SIDES)
+    for name in args.configs.split(","):
+        r = _child(["--one", name, "--sides", ",".join(sides), "--rounds", str(args.rounds), *threads])
+        memory = {side: _child(["--one", name, "--sides", side, "--rounds", "1", *threads])["peak_rss_mb"]
+                  for side in sides}
+        print(f"\n{name} config ({r['steps']} steps per epoch, best of {args.rounds} alternating rounds):")
+        for side in sides:
+            print(f"  {side:<15}: {r[side]:8.1f} samples/s ({r[side] / r['reference']:.2f}x reference), "
+                  f"peak RSS {memory[side]:5.0f} MB")
+        print(f"  loader only    : {r['loader_samples_per_s']:8.1f} samples/s")
+        print(f"  one chunk read : {r['chunk_ms_ours']:.2f} ms ours vs {r['chunk_ms_reference_style']:.2f} ms "
               f"reference-style ({r['chunk_ms_reference_style'] / r['chunk_ms_ours']:.1f}x)")
 
 

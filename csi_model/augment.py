@@ -1,9 +1,12 @@
-"""Augmentation of training chunks ``[T, F]``: tempo in the feature domain (resampling a batch's time axis on the
-training device), pitch roll and random erase (per chunk, before the tempo resampling).
+"""Augmentation of training chunks: tempo in the feature domain (resampling a batch's time axis on the training
+device), pitch roll and random erase (before the tempo resampling).
 
-Pitch roll first, then random erase, each behind its own probability. Only the first ``length`` frames are real
-content: padding frames are never shifted, filled or erased. Randomness comes solely from the passed generator
-(no global seeding, no folders created), so the training run's seed decides every draw.
+Pitch roll first, then random erase, each behind its own probability per chunk. :class:`SpecAugment` works on a
+whole batch ``[B, T, F]`` at once (the ``default`` and ``flex_melody`` rolls and the erase are array operations over
+the batch; only ``low_melody``, whose noise fill depends on each chunk's content, loops over the chunks it rolls).
+Only the first ``length`` frames of a chunk are real content: padding frames are never shifted, filled or erased.
+Randomness comes solely from the passed generator (no global seeding, no folders created), so the training run's
+seed decides every draw.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ ERASE_FLOOR_DB = -128.0
 
 def roll_default(valid: np.ndarray, shift_num: int, rng: np.random.Generator) -> np.ndarray:
     """Shift by −shift_num, 0 or +shift_num bins with wrap-around (an octave transposition for 12)."""
-    shift = int(rng.integers(-1, 2)) * shift_num
-    return np.roll(valid, shift, axis=1)
+    return roll_batch(valid[None], rng.integers(-1, 2, size=1) * shift_num, None)[0]
 
 
 def roll_low_melody(valid: np.ndarray, shift_num: int, rng: np.random.Generator) -> np.ndarray:
@@ -58,50 +60,98 @@ def roll_low_melody(valid: np.ndarray, shift_num: int, rng: np.random.Generator)
 
 def roll_flex_melody(valid: np.ndarray, shift_num: int, rng: np.random.Generator) -> np.ndarray:
     """Shift around the tonal centre without wrap, staying inside the bins; vacated bins get −128."""
-    n_bins = valid.shape[1]
-    loud_bins = np.nonzero(valid > np.percentile(valid, 90))[1]
-    centre = int(loud_bins.mean()) if loud_bins.size else n_bins // 2
-    shift = int(rng.integers(-min(shift_num, centre), min(shift_num, n_bins - centre) + 1))
-    out = np.full_like(valid, ERASE_FLOOR_DB)
-    if shift >= 0:
-        out[:, shift:] = valid[:, : n_bins - shift]
-    else:
-        out[:, :shift] = valid[:, -shift:]
-    return out
-
-
-ROLL_METHODS = {"default": roll_default, "low_melody": roll_low_melody, "flex_melody": roll_flex_melody}
+    shifts = flex_melody_shifts(valid[None], np.ones((1, len(valid)), dtype=bool), shift_num, rng)
+    return roll_batch(valid[None], shifts, ERASE_FLOOR_DB)[0]
 
 
 def random_erase(valid: np.ndarray, hp: RandomEraseHParams, rng: np.random.Generator) -> np.ndarray:
     """Set ``erase_num`` full-size blocks to one shared value U·(−128); block starts are drawn so blocks fit."""
-    n_frames, n_bins = valid.shape
-    width, height = int(n_frames * hp.region_size[0]), int(n_bins * hp.region_size[1])
-    value = rng.random() * ERASE_FLOOR_DB
-    t0 = rng.integers(0, n_frames - width + 1, size=hp.erase_num)[:, None]  # [n, 1]
-    f0 = rng.integers(0, n_bins - height + 1, size=hp.erase_num)[:, None]
+    return erase_batch(valid[None], np.array([len(valid)]), hp, rng)[0]
+
+
+def roll_batch(feats: np.ndarray, shifts: np.ndarray, fill: float | None) -> np.ndarray:
+    """Shift each chunk of ``feats [B, T, F]`` by its own ``shifts [B]`` bins: with wrap-around when ``fill`` is
+    None, else vacated bins get ``fill``."""
+    n_bins = feats.shape[2]
+    source = np.arange(n_bins)[None, :] - shifts[:, None]  # [B, F]: the bin each output bin comes from
+    out = np.take_along_axis(feats, (source % n_bins)[:, None, :], axis=2)
+    if fill is not None:
+        out = np.where(((source >= 0) & (source < n_bins))[:, None, :], out, np.float32(fill))
+    return out
+
+
+def flex_melody_shifts(feats: np.ndarray, valid: np.ndarray, shift_num: int, rng: np.random.Generator
+                       ) -> np.ndarray:
+    """Per chunk, a shift around its tonal centre (the mean bin of its values above its own 90th percentile,
+    linear interpolation as ``np.percentile``) that stays inside the bins; ``valid [B, T]`` marks real frames."""
+    n_batch, _, n_bins = feats.shape
+    flat = np.where(valid[..., None], feats, np.inf).reshape(n_batch, -1)
+    ranked = np.sort(flat, axis=1)
+    count = valid.sum(axis=1) * n_bins  # [B] real values
+    position = 0.9 * np.maximum(count - 1, 0)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, np.maximum(count - 1, 0))
+    lo_v = np.take_along_axis(ranked, low[:, None], 1)[:, 0]
+    hi_v = np.take_along_axis(ranked, high[:, None], 1)[:, 0]
+    threshold = lo_v + (hi_v - lo_v) * (position - low)
+    loud = (feats > threshold[:, None, None]) & valid[..., None]  # [B, T, F]
+    n_loud = loud.sum(axis=(1, 2))
+    bin_sum = (loud.sum(axis=1) * np.arange(n_bins)[None, :]).sum(axis=1)
+    centre = np.where(n_loud > 0, bin_sum // np.maximum(n_loud, 1), n_bins // 2)
+    return rng.integers(-np.minimum(shift_num, centre), np.minimum(shift_num, n_bins - centre) + 1)
+
+
+def erase_batch(feats: np.ndarray, lengths: np.ndarray, hp: RandomEraseHParams, rng: np.random.Generator
+                ) -> np.ndarray:
+    """Per chunk, ``erase_num`` blocks of ``region_size`` of its valid frames × bins set to one value U·(−128) of
+    its own; block starts are drawn so blocks fit inside the valid frames. ``[B, T, F] -> [B, T, F]``."""
+    n_batch, n_frames, n_bins = feats.shape
+    width = (lengths * hp.region_size[0]).astype(np.int64)[:, None]  # [B, 1]
+    height = int(n_bins * hp.region_size[1])
+    value = (rng.random(n_batch) * ERASE_FLOOR_DB).astype(np.float32)
+    t0 = np.floor(rng.random((n_batch, hp.erase_num)) * (lengths[:, None] - width + 1)).astype(np.int64)  # [B, n]
+    f0 = rng.integers(0, n_bins - height + 1, size=(n_batch, hp.erase_num))
     t, f = np.arange(n_frames), np.arange(n_bins)
-    rows = (t >= t0) & (t < t0 + width)  # [n, T]
-    cols = (f >= f0) & (f < f0 + height)  # [n, F]
-    erased = (rows[:, :, None] & cols[:, None, :]).any(axis=0)  # [T, F]
-    return np.where(erased, np.float32(value), valid)
+    rows = (t >= t0[..., None]) & (t < (t0 + width)[..., None])  # [B, n, T]
+    cols = (f >= f0[..., None]) & (f < (f0 + height)[..., None])  # [B, n, F]
+    erased = np.einsum("bnt,bnf->btf", rows.astype(np.uint8), cols.astype(np.uint8)) > 0
+    return np.where(erased, value[:, None, None], feats)
 
 
 class SpecAugment:
-    """Callable ``(pooled [T', F], valid length, rng) -> augmented copy``, as ``ChunkDataset`` expects."""
+    """Pitch roll then random erase over a batch; :meth:`batch` is the ``ChunkDataset`` augment."""
 
     def __init__(self, hp: SpecAugHParams) -> None:
         self.roll: RollPitchHParams | None = hp.roll_pitch
         self.erase: RandomEraseHParams | None = hp.random_erase
 
     def __call__(self, feat: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-        valid = feat[:length]
-        if self.roll is not None and rng.random() < self.roll.prob:
-            valid = ROLL_METHODS[self.roll.method](valid, self.roll.shift_num, rng)
-        if self.erase is not None and rng.random() < self.erase.prob:
-            valid = random_erase(valid, self.erase, rng)
-        out = feat.copy()
-        out[:length] = valid
+        """One chunk ``[T, F]`` with ``length`` valid frames: a batch of one."""
+        return self.batch(feat[None], np.array([length]), rng)[0]
+
+    def batch(self, feats: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augmented copy of ``feats [B, T, F]`` whose chunk ``b`` has ``lengths[b]`` valid frames."""
+        valid = np.arange(feats.shape[1])[None, :] < lengths[:, None]  # [B, T]
+        out = feats
+        if self.roll is not None:
+            chosen = rng.random(len(feats)) < self.roll.prob
+            out = np.where((chosen[:, None] & valid)[..., None], self._roll(out, valid, chosen, rng), out)
+        if self.erase is not None:
+            chosen = rng.random(len(feats)) < self.erase.prob
+            out = np.where(chosen[:, None, None], erase_batch(out, lengths, self.erase, rng), out)
+        return out.astype(np.float32, copy=out is feats)
+
+    def _roll(self, feats: np.ndarray, valid: np.ndarray, chosen: np.ndarray, rng: np.random.Generator
+              ) -> np.ndarray:
+        method, shift_num = self.roll.method, self.roll.shift_num
+        if method == "default":
+            return roll_batch(feats, rng.integers(-1, 2, size=len(feats)) * shift_num, None)
+        if method == "flex_melody":
+            return roll_batch(feats, flex_melody_shifts(feats, valid, shift_num, rng), ERASE_FLOOR_DB)
+        out = feats.copy()  # low_melody: the fill depends on each chunk's content
+        for b in np.flatnonzero(chosen):
+            n = int(valid[b].sum())
+            out[b, :n] = roll_low_melody(feats[b, :n], shift_num, rng)
         return out
 
 
@@ -140,7 +190,11 @@ class TempoRange:
         return cls(distinct[0], distinct[-1], len(distinct))
 
     def draw(self, rng: np.random.Generator) -> float:
-        return float(rng.uniform(self.low, self.high)) if self.high > self.low else self.low
+        return float(self.draws(rng, 1)[0])
+
+    def draws(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` factors, one per chunk of a batch."""
+        return rng.uniform(self.low, self.high, size=n) if self.high > self.low else np.full(n, self.low)
 
     def describe(self) -> str:
         return f"tempo factor uniform in [{self.low:g}, {self.high:g}], each recording {self.copies}x per epoch"
@@ -173,13 +227,13 @@ def tempo_resample(
     return torch.where(valid[..., None], out, torch.full_like(out, pad_value)), new_lengths
 
 
-def tempo_span(chunk_frames: int, factor: float) -> int:
-    """Raw frames of original content a chunk of ``chunk_frames`` covers at tempo ``factor`` (at least 1)."""
-    return max(1, int(round(chunk_frames * factor)))
+def tempo_spans(chunk_frames: int, factors: np.ndarray) -> np.ndarray:
+    """Raw frames of original content a chunk of ``chunk_frames`` covers at each tempo of ``factors`` (at least 1)."""
+    return np.maximum(1, np.round(chunk_frames * np.asarray(factors))).astype(np.int64)
 
 
 def max_tempo_span(chunk_frames: int, tempo: TempoRange) -> int:
-    """The longest ``tempo_span`` the range can draw: the padded length of a batch before resampling."""
+    """The longest of ``tempo_spans`` the range can draw: the padded length of a batch before resampling."""
     return math.ceil(chunk_frames * tempo.high)
 
 

@@ -3,26 +3,32 @@
 A chunk is read through ``np.load(mmap_mode='r')`` so only its frames are paged in, pooled in time with one
 reshape-mean, and padded at the end when the track is shorter than the chunk. The valid (pooled) length travels
 with the chunk so the model can mask the padding instead of pooling it as content as the reference does.
-Every random draw comes from a generator seeded by (run seed, epoch, worker): a run is reproducible, and a
-different seed really changes the draws.
+A batch is cut at once (``__getitems__``): starts and tempo factors drawn as arrays, one slice copy per file,
+then pooling and SpecAugment over the whole ``[B, T, F]`` array. Training batches arrive as
+:class:`EpochBatches` keys ``(epoch, batch number, index)`` and draw from a generator seeded by (run seed, epoch,
+batch number): the draws do not depend on which worker cuts the batch, how many workers there are, or whether the
+workers persist across epochs (they never see ``set_epoch``). Plain indices (evaluation, single items) draw from
+(run seed, epoch, worker). A run is reproducible, and a different seed really changes the draws.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from csi_model.augment import TempoRange, max_tempo_span, tempo_span
+from csi_model.augment import TempoRange, masked_mean_pool, max_tempo_span, tempo_spans
 
 # The reference's padding value; it sits below any real dB frame so leaked padding looks like silence.
 PAD_VALUE = -100.0
 
-Augment = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+# (chunks [B, T, F], valid lengths [B], generator) -> augmented copy [B, T, F]; padding frames stay untouched
+Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+BatchKey = tuple[int, int, int]  # (epoch, batch number, item index)
 
 
 class FeatureFileError(ValueError):
@@ -93,7 +99,7 @@ class ChunkDataset(Dataset):
     """Chunks of ``chunk_frames`` raw frames, returned as ``(feat [chunk/mean_size, F], length, work_id)``.
 
     ``mode='random'`` draws the start uniformly in ``[0, n_frames - chunk]``; ``'defined'`` uses each item's start.
-    ``augment`` (training only) receives the pooled chunk, its valid length and this dataset's generator.
+    ``augment`` (training only) receives the batch's pooled chunks, their valid lengths and the batch's generator.
 
     With ``tempo`` (training only) each item draws a factor ``k`` and returns instead the ``round(chunk_frames * k)``
     *raw* frames that a chunk played ``k`` times faster covers (spec augmentation applied to them), padded to the
@@ -134,46 +140,67 @@ class ChunkDataset(Dataset):
         return len(self.items)
 
     def set_epoch(self, epoch: int) -> None:
-        """Draws depend only on (seed, epoch, worker), so a resumed epoch repeats the uninterrupted run's draws."""
+        """For plain-index access: draws depend only on (seed, epoch, worker). Training batches carry their epoch
+        in their keys (:class:`EpochBatches`) instead, which also reaches persistent workers."""
         self.epoch = epoch
 
     def labels(self) -> list[int]:
         return [item.work_id for item in self.items]
 
     def __getitem__(self, index: int) -> tuple:
-        item = self.items[index]
-        feat = self._features(index)
-        rng = self._generator()
+        return self._cut([index], self._generator())[0]
+
+    def __getitems__(self, keys: Sequence[int] | Sequence[BatchKey]) -> list[tuple]:
+        """A whole batch (the DataLoader's fetcher calls this with the batch sampler's list). Keys from
+        :class:`EpochBatches` seed the batch's draws from (seed, epoch, batch number); plain indices draw as
+        ``__getitem__`` does."""
+        if keys and isinstance(keys[0], tuple):
+            epoch, number, _ = keys[0]
+            return self._cut([k[2] for k in keys], batch_generator(self.seed, epoch, number))
+        return self._cut(list(keys), self._generator())
+
+    def _cut(self, indices: Sequence[int], rng: np.random.Generator) -> list[tuple]:
+        """Cut, pool and augment the chunks of ``indices`` as one ``[B, T, F]`` array; the only per-item work is
+        the slice copy out of each file's memory map (only those frames are read)."""
+        items = [self.items[i] for i in indices]
+        feats = [self._features(i) for i in indices]
         if self.tempo is not None:
-            return self._tempo_item(item, feat, rng, self.tempo)
-        start = self._start(item, rng, self.chunk_frames)
-        raw = feat[start : start + self.chunk_frames]  # a view into the memory map: only these frames are read
-        pooled, length = pool_and_pad(raw, self.mean_size, self.chunk_frames // self.mean_size)
+            spans = tempo_spans(self.chunk_frames, self.tempo.draws(rng, len(items)))
+            width = max_tempo_span(self.chunk_frames, self.tempo)
+        else:
+            spans = np.full(len(items), self.chunk_frames)
+            width = self.chunk_frames
+        starts = self._starts(items, spans, rng)
+        raw = np.full((len(items), width, feats[0].shape[1]), PAD_VALUE, dtype=np.float32)
+        lengths = np.empty(len(items), dtype=np.int64)
+        for b, (feat, start, span) in enumerate(zip(feats, starts, spans)):
+            content = feat[start : start + span]
+            raw[b, : len(content)] = content
+            lengths[b] = len(content)
+        labels = [item.work_id for item in items]
+        if self.tempo is not None:  # resampled and pooled on the training device
+            raw = self.augment(raw, lengths, rng) if self.augment is not None else raw
+            return [(torch.from_numpy(raw[b]), int(lengths[b]), labels[b], spans[b] / self.chunk_frames)
+                    for b in range(len(items))]
+        pooled, pooled_lengths = masked_mean_pool(torch.from_numpy(raw), torch.from_numpy(lengths), self.mean_size,
+                                                  PAD_VALUE)
         if self.augment is not None:
-            pooled = self.augment(pooled, length, rng)
-        return torch.from_numpy(pooled), length, item.work_id
+            pooled = torch.from_numpy(self.augment(pooled.numpy(), pooled_lengths.numpy(), rng))
+        return [(pooled[b], int(pooled_lengths[b]), labels[b]) for b in range(len(items))]
 
-    def _tempo_item(self, item: FeatureItem, feat: np.ndarray, rng: np.random.Generator, tempo: TempoRange) -> tuple:
-        """The raw frames a chunk at a drawn tempo covers, augmented, padded to the range's longest span; the
-        batch is resampled to the chunk and pooled on the device (``csi_model.augment.tempo_resample``, then
-        ``masked_mean_pool``)."""
-        span = tempo_span(self.chunk_frames, tempo.draw(rng))
-        start = self._start(item, rng, span)
-        raw = np.full((max_tempo_span(self.chunk_frames, tempo), feat.shape[1]), PAD_VALUE, dtype=np.float32)
-        content = np.asarray(feat[start : start + span], dtype=np.float32)
-        raw[: len(content)] = content
-        if self.augment is not None:
-            raw = self.augment(raw, len(content), rng)
-        return torch.from_numpy(raw), len(content), item.work_id, span / self.chunk_frames
-
-    def _start(self, item: FeatureItem, rng: np.random.Generator, span: int) -> int:
-        if self.mode == "defined":
-            if not 0 <= item.start < max(item.n_frames, 1):
-                raise FeatureFileError(
-                    f"{item.feat_path}: start {item.start} is outside the {item.n_frames} frames of {item.perf!r}"
-                )
-            return item.start
-        return int(rng.integers(0, max(item.n_frames - span, 0) + 1))
+    def _starts(self, items: Sequence[FeatureItem], spans: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Chunk starts in raw frames: each item's own in ``defined`` mode (checked), else uniform draws."""
+        n_frames = np.array([item.n_frames for item in items])
+        if self.mode == "random":
+            return rng.integers(0, np.maximum(n_frames - spans, 0) + 1)
+        starts = np.array([item.start for item in items])
+        outside = np.flatnonzero((starts < 0) | (starts >= np.maximum(n_frames, 1)))
+        if outside.size:
+            item = items[outside[0]]
+            raise FeatureFileError(
+                f"{item.feat_path}: start {item.start} is outside the {item.n_frames} frames of {item.perf!r}"
+            )
+        return starts
 
     def _features(self, index: int) -> np.ndarray:
         """Validate each file once per process; the map is reopened per access so no descriptors pile up."""
@@ -191,6 +218,33 @@ class ChunkDataset(Dataset):
             self._rng = np.random.default_rng([self.seed, key[0], key[1] + 1])
             self._rng_key = key
         return self._rng
+
+
+def batch_generator(seed: int, epoch: int, number: int) -> np.random.Generator:
+    """The generator of one training batch: a stream of its own per (seed, epoch, batch number)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(number,)))
+
+
+class EpochBatches:
+    """A batch sampler whose batches carry their epoch and number: ``[(epoch, batch number, index), ...]``.
+
+    It runs in the main process, so :meth:`set_epoch` takes effect even with persistent workers, which keep the
+    dataset copy they started with; :meth:`ChunkDataset.__getitems__` seeds each batch from the key."""
+
+    def __init__(self, batches: Iterable[list[int]]) -> None:
+        self.batches = batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[BatchKey]]:
+        epoch = self.epoch
+        for number, batch in enumerate(self.batches):
+            yield [(epoch, number, index) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
 
 
 def collate_chunks(batch: list[tuple]) -> tuple[torch.Tensor, ...]:

@@ -30,3 +30,16 @@ def pick_device(requested: str | None = None) -> torch.device:
     warnings.warn(f"device {requested!r} is not available on this machine; using {best!r}", RuntimeWarning,
                   stacklevel=2)
     return torch.device(best)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training step for the ``precision`` hparam, None for plain float32.
+
+    ``auto`` turns mixed precision on only on CUDA (bf16 where the GPU has it, else fp16 with a grad scaler): on a
+    CPU, bf16 autocast's gain depends on the CPU's bf16 instructions and it changes the numerics of every run, so it
+    stays an explicit choice (measured in docs/performance.md); MPS autocast is left off until measured."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -124,6 +124,9 @@ class DistributedHParams:
                                f"{', '.join(DISTRIBUTED_BACKENDS)}")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class TrainingHParams:
     """Training hyper-parameters (see docs/reference_tool.md)."""
@@ -144,6 +147,9 @@ class TrainingHParams:
     seed: int = 1234
     num_workers: int = 1
     device: str = "auto"
+    # training-step speed (ours; see docs/performance.md): autocast dtype, and torch.compile of the model
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 (else fp16) on CUDA, fp32 on CPU and MPS
+    compile: bool = False
     train_path: str | None = None
     val_path: str | None = None
     test_path: str | None = None
@@ -204,6 +210,8 @@ class TrainingHParams:
             self,
         )
         _require(self.optimizer in ("adamw", "prodigy"), "optimizer", f"{self.optimizer!r} is unknown", self)
+        _require(self.precision in PRECISIONS, "precision", f"{self.precision!r} is not one of {PRECISIONS}", self)
+        _require(self.num_workers >= 0, "num_workers", "must be >= 0", self)
         _require(self.learning_rate > 0, "learning_rate", "must be > 0", self)
         _require(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]", self)
         _require(self.cqt.hop_size > 0, "cqt.hop_size", "must be > 0", self)

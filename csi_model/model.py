@@ -112,6 +112,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is None or not self.training:
             return super().forward(x)
+        x = x.float()  # statistics in float32 also under bf16/fp16 autocast, as nn.BatchNorm1d keeps them
         valid = mask[:, None, :].to(x.dtype)  # [B, 1, L]
         count = valid.sum()
         mean = (x * valid).sum(dim=(0, 2)) / count  # [C]

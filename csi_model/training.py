@@ -5,9 +5,10 @@ batch is one AdamW step with the global grad norm clipped to 1.0. After the epoc
 chunk starts, so the curve is not sampling noise), the test-set mAP, early stopping and the checkpoint.
 
 Exact resume: a checkpoint holds, besides weights and optimizer, the scheduler, early-stopping state, history and
-every random stream (torch, the samplers' and the batch-order generators; the datasets reseed from
-(seed, epoch, worker)). Evaluation runs under a forked torch RNG so how often it runs never shifts training's
-random stream. Killed anywhere, a re-run repeats the interrupted epoch exactly as the uninterrupted run did.
+every random stream (torch, the samplers' and the batch-order generators; each training batch's chunks are drawn
+from (seed, epoch, batch number), whichever worker process cuts it). Evaluation runs under a forked torch RNG so
+how often it runs never shifts training's random stream. Killed anywhere, a re-run repeats the interrupted epoch
+exactly as the uninterrupted run did.
 
 Several processes (``ranks``) train data-parallel through a few hooks here; :mod:`csi_model.distributed` says how.
 """
@@ -28,8 +29,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from csi_model import checkpoint as ckpt
 from csi_model.augment import SpecAugment, TempoRange, masked_mean_pool, tempo_resample
-from csi_model.dataset import PAD_VALUE, ChunkDataset, FeatureItem, collate_chunks
-from csi_model.devices import pick_device
+from csi_model.dataset import PAD_VALUE, ChunkDataset, EpochBatches, FeatureItem, collate_chunks
+from csi_model.devices import autocast_dtype, pick_device
 from csi_model.distributed import SINGLE, NullWriter, Ranks, shard, wrap_model
 from csi_model.early_stopping import EarlyStopping
 from csi_model.embedding import embed_tracks
@@ -192,13 +193,17 @@ class Trainer:
         self.train_model = wrap_model(self.model, self.device, ranks)  # what steps call; checkpoints save model
         if ranks.distributed:  # after the identical init: each rank its own dropout stream
             torch.manual_seed(_mix(hp.seed, 3, *ranks.seed_parts()))
+        # the training step's forward: compiled on request (same parameters; evaluation runs the plain module)
+        self.forward = torch.compile(self.train_model) if hp.compile else self.train_model
+        self.amp_dtype = autocast_dtype(hp.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss = CoverHunterLoss.from_hparams(hp)
         self.optimizer = _optimizer(hp, self.model)
         self.scheduler = _scheduler(hp, self.optimizer)
         self.stopping = _early_stopping(hp, self.test_sets)
         self.sampler_rngs = [np.random.default_rng([hp.seed, 1, i]) for i in range(len(hp.chunk_frame))]
         self.order_rng = np.random.default_rng([hp.seed, 2])
-        self.train_sets, self.train_loaders = self._train_loaders(train_items)
+        self.train_sets, self.train_batches, self.train_loaders = self._train_loaders(train_items)
         self.val_loader = self._fixed_loader(val_items)
         self.test_loader = self._fixed_loader(test_items)
         self.steps = 0
@@ -210,22 +215,26 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------------------------------
 
-    def _train_loaders(self, items: Sequence[FeatureItem]) -> tuple[list[ChunkDataset], list[DataLoader]]:
+    def _train_loaders(self, items: Sequence[FeatureItem]
+                       ) -> tuple[list[ChunkDataset], list[EpochBatches], list[DataLoader]]:
+        """One loader per chunk length; its batches carry (epoch, batch number) to seed their draws, so worker
+        processes can persist across epochs (``persistent_workers``) without repeating an epoch's chunks."""
         hp = self.hp
-        augment = SpecAugment(hp.spec_augmentation) if hp.spec_augmentation is not None else None
+        augment = SpecAugment(hp.spec_augmentation).batch if hp.spec_augmentation is not None else None
         aug_seed = hp.spec_augmentation.seed if hp.spec_augmentation is not None else 0
         items = list(items) * (self.tempo.copies if self.tempo is not None else 1)
         labels = [item.work_id for item in items]
-        sets, loaders = [], []
+        sets, samplers, loaders = [], [], []
         for i, chunk in enumerate(hp.chunk_frame):
             ds = ChunkDataset(items, chunk * hp.mean_size, hp.mean_size, hp.mode, augment,
                               seed=_mix(hp.seed, aug_seed, i, *self.ranks.seed_parts()), input_dim=hp.input_dim,
                               tempo=self.tempo)
-            sampler = shard(MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size, self.sampler_rngs[i]),
-                            self.ranks)
+            sampler = EpochBatches(shard(MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size,
+                                                               self.sampler_rngs[i]), self.ranks))
             sets.append(ds)
-            loaders.append(self._loader(ds, batch_sampler=sampler))
-        return sets, loaders
+            samplers.append(sampler)
+            loaders.append(self._loader(ds, persistent_workers=hp.num_workers > 0, batch_sampler=sampler))
+        return sets, samplers, loaders
 
     def _fixed_loader(self, items: Sequence[FeatureItem]) -> DataLoader | None:
         """Every item once, at a fixed chunk: the track's centre (or its catalog start in ``defined`` mode)."""
@@ -238,8 +247,12 @@ class Trainer:
         return self._loader(ds, batch_size=self.hp.batch_size)
 
     def _loader(self, ds: ChunkDataset, **kwargs: Any) -> DataLoader:
+        """A loader with its own torch generator: DataLoader draws a worker base seed from it per iterator, which
+        would otherwise shift the global torch stream differently in a resumed run (persistent workers make one
+        iterator per run, not per epoch). The datasets draw from their own numpy generators."""
         return DataLoader(ds, collate_fn=collate_chunks, num_workers=self.hp.num_workers,
-                          pin_memory=self.device.type == "cuda", **kwargs)
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.hp.seed),
+                          **kwargs)
 
     # -- the run ---------------------------------------------------------------------------------------------
 
@@ -296,8 +309,9 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, writer: SummaryWriter | NullWriter) -> dict[str, float]:
         self.model.train()
-        for ds in self.train_sets:
+        for ds, batches in zip(self.train_sets, self.train_batches):
             ds.set_epoch(epoch)
+            batches.set_epoch(epoch)
         sums: dict[str, float] = {}
         n = 0
         for batches in zip(*self.train_loaders):
@@ -323,10 +337,13 @@ class Trainer:
         if scales:  # raw frames at drawn tempi: resample to the chunk, then pool (as the dataset does otherwise)
             feats, lengths = tempo_resample(feats, lengths, scales[0], out_frames * self.hp.mean_size, PAD_VALUE)
             feats, lengths = masked_mean_pool(feats, lengths, self.hp.mean_size, PAD_VALUE)
+        if bool((lengths == feats.shape[1]).all()):
+            lengths = None  # no padding in the batch (the usual case): the unmasked path computes the same, faster
         self.scheduler.step()
         self.steps += 1
-        embedding, logits = self.train_model(feats, lengths)
-        total, terms = self.loss(embedding, logits, labels, self.model.centres)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            embedding, logits = self.forward(feats, lengths)
+            total, terms = self.loss(embedding, logits, labels, self.model.centres)
         if not self.ranks.all_finite(total):  # every rank skips the same steps
             self._nan_streak += 1
             if self._nan_streak >= MAX_CONSECUTIVE_NAN:
@@ -339,9 +356,11 @@ class Trainer:
             return None
         self._nan_streak = 0
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        self.scaler.scale(total).backward()  # the scaler is a pass-through unless precision is fp16
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP_NORM)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return {"total": total.item(), **{key: value.item() for key, value in terms.items()}}
 
     # -- evaluation ------------------------------------------------------------------------------------------
@@ -418,6 +437,7 @@ class Trainer:
             scheduler=self.scheduler,
             extra={
                 "stopped_early": self.stopped_early,
+                "grad_scaler": self.scaler.state_dict(),
                 "history": [dataclasses.asdict(r) for r in self.history],
                 "generators": {
                     "samplers": [rng.bit_generator.state for rng in self.sampler_rngs],
@@ -449,6 +469,8 @@ class Trainer:
         for generator, saved in zip(self.sampler_rngs, generators["samplers"]):
             generator.bit_generator.state = saved
         self.order_rng.bit_generator.state = generators["batch_order"]
+        if state.get("grad_scaler"):  # fp16 runs; absent from checkpoints written before mixed precision
+            self.scaler.load_state_dict(state["grad_scaler"])
 
     def _restore_rank_rng(self, saved: list[dict[str, Any]] | None) -> None:
         """Each rank continues its own random stream; a checkpoint of another number of processes (or of one) has

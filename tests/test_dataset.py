@@ -110,19 +110,20 @@ def test_frame_count_is_checked_against_the_file(tmp_path):
         ChunkDataset([missing], chunk_frames=40, mean_size=2)[0]
 
 
-def test_augment_sees_pooled_chunk_and_valid_length(tmp_path):
-    items = synthetic_features(tmp_path, n_works=1, perfs_per_work=1, n_frames=(30, 30))
+def test_augment_sees_the_pooled_batch_and_valid_lengths(tmp_path):
+    items = synthetic_features(tmp_path, n_works=2, perfs_per_work=1, n_frames=(30, 30))
     seen = []
 
-    def augment(feat, length, rng):
-        seen.append((feat.shape, length))
-        return feat + 1
+    def augment(feats, lengths, rng):
+        seen.append((feats.shape, lengths.tolist()))
+        return feats + 1
 
-    ds = ChunkDataset(items, chunk_frames=40, mean_size=2, augment=augment)
-    feat, length, _ = ds[0]
-    assert seen == [((20, feat.shape[1]), 15)]
-    plain, _, _ = ChunkDataset(items, chunk_frames=40, mean_size=2)[0]
-    assert torch.allclose(feat, plain + 1)
+    ds = ChunkDataset(items, chunk_frames=40, mean_size=2, augment=augment, mode="defined")
+    batch = ds.__getitems__([0, 1])
+    assert seen == [((2, 20, batch[0][0].shape[1]), [15, 15])]
+    plain = ChunkDataset(items, chunk_frames=40, mean_size=2, mode="defined").__getitems__([0, 1])
+    for (feat, length, _), (expected, expected_length, _) in zip(batch, plain):
+        assert length == expected_length and torch.allclose(feat, expected + 1)
 
 
 def test_collate_stacks_lengths_and_labels(tmp_path):

@@ -137,7 +137,7 @@ def _rank_main(rank: int, port: int, hp, items, folder: Path) -> None:
     torch.set_num_threads(1)
     with process_group("gloo", "cpu") as (ranks, device):
         trainer = Trainer(hp, items, folder / "straight", val_items=items[:8], device=device, ranks=ranks)
-        planned = [copy.deepcopy(loader.batch_sampler) for loader in trainer.train_loaders]
+        planned = [copy.deepcopy(loader.batch_sampler.batches) for loader in trainer.train_loaders]  # under EpochBatches
         batches = [[list(sampler) for sampler in planned] for _ in range(hp.max_epochs)]
         hashes: list[str] = []
         trainer.progress = lambda step, epoch, metrics: (

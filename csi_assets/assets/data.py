@@ -9,7 +9,7 @@ it completes, so a killed run continues where it stopped).
 import json
 import multiprocessing
 import os
-from collections.abc import Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -320,27 +320,56 @@ def pending_features(
     ]
 
 
+Verified = Callable[[dict[str, tuple[str, int, int]]], None]
+VERIFIED_PER_RECORD = 2000  # markers recorded per store write during a scan: a killed scan keeps most of its work
+
+
 def feature_problems(stored: Mapping[str, Mapping[str, Any]], n_bins: int,
-                     verified: Set[str] = frozenset()) -> dict[str, str]:
+                     verified: Set[str] = frozenset(), record_verified: Verified | None = None) -> dict[str, str]:
     """Why each unusable stored feature file cannot be used, by variant: unreadable, truncated, not
     ``[n_frames recorded, n_bins]``, NaN/inf, or one file recorded for several variants (their ids were once
-    turned into the same path). Missing files are left to :func:`pending_features`. Reads every file whole but
-    those of ``verified`` (read whole earlier in the same step, file unchanged); shared files are found for all."""
+    turned into the same path). Missing files are left to :func:`pending_features`. Reads a file whole only when
+    it has no verified marker (``verified_size``/``verified_mtime_ns`` of its row) matching its size and mtime now,
+    and is not in ``verified`` (read whole earlier in the same step); shared files are found for all.
+    ``record_verified`` receives, in batches, variant → (path, size, mtime_ns) of the files read whole and sound,
+    stamped before the read, so a file changed during or after the read is read again next time."""
     owners: dict[Path, list[str]] = {}
     for variant, row in stored.items():
         owners.setdefault(Path(row["path"]).resolve(), []).append(variant)
     problems: dict[str, str] = {}
+    sound: dict[str, tuple[str, int, int]] = {}
     for variant, row in stored.items():
         path = Path(row["path"])
         sharing = owners[path.resolve()]
         if len(sharing) > 1:
             problems[variant] = f"{path}: one file recorded for {len(sharing)} variants ({', '.join(sharing[:3])})"
-        elif variant not in verified and path.exists():
+        elif variant not in verified and (stamp := _file_stamp(path)) is not None and not _marked(row, stamp):
             try:
                 check_feature_file(FeatureItem(variant, 0, path, int(row["n_frames"])), n_bins)
             except FeatureFileError as err:
                 problems[variant] = str(err)
+            else:
+                sound[variant] = (row["path"], *stamp)
+        if record_verified is not None and len(sound) >= VERIFIED_PER_RECORD:
+            record_verified(sound)
+            sound = {}
+    if record_verified is not None and sound:
+        record_verified(sound)
     return problems
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """(size in bytes, mtime in ns) of a file, None when it does not exist."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def _marked(row: Mapping[str, Any], stamp: tuple[int, int]) -> bool:
+    """The file was verified whole at exactly this size and mtime (rows of older stores have no marker)."""
+    return (row.get("verified_size"), row.get("verified_mtime_ns")) == stamp
 
 
 def extract_features(
@@ -432,7 +461,10 @@ def cqt_features(context: dg.AssetExecutionContext, dataset: DatasetResource,
     variants = feature_store.variants(db, dataset.name)
     require_upstream(variants, "speed_variants", dataset.name, "recordings to compute features of")
     stored = feature_store.features(db, dataset.name, settings.settings_hash())
-    problems = feature_problems(stored, settings.n_bins)
+    def record_verified(markers: dict[str, tuple[str, int, int]]) -> None:
+        feature_store.record_verified(db, dataset.name, settings.settings_hash(), markers)
+
+    problems = feature_problems(stored, settings.n_bins, record_verified=record_verified)
     _discard_bad_features(stored, problems, folder, context.log)
     pending = pending_features(variants, stored, problems)
 
@@ -462,15 +494,16 @@ def cqt_features(context: dg.AssetExecutionContext, dataset: DatasetResource,
             "hours_of_features": round(float(frames.sum()) / settings.fps / 3600, 3),
             "folder": dg.MetadataValue.path(str(dataset.features_dir / settings.settings_hash())),
         },
-        check_results=[features_check(stored, settings.n_bins, verified)],
+        check_results=[features_check(stored, settings.n_bins, verified, record_verified)],
     )
 
 
-def features_check(stored: Mapping[str, Mapping[str, Any]], n_bins: int,
-                   verified: Set[str] = frozenset()) -> dg.AssetCheckResult:
+def features_check(stored: Mapping[str, Mapping[str, Any]], n_bins: int, verified: Set[str] = frozenset(),
+                   record_verified: Verified | None = None) -> dg.AssetCheckResult:
     """Every feature file is readable, has the recorded frames, ``n_bins`` bins and only finite values (float16 or
-    float32); bad and missing ones are named. ``verified``: variants whose files this step already read whole."""
-    problems = feature_problems(stored, n_bins, verified)
+    float32); bad and missing ones are named. ``verified``: variants whose files this step already read whole;
+    ``record_verified``: see :func:`feature_problems`."""
+    problems = feature_problems(stored, n_bins, verified, record_verified)
     problems |= {v: f"{r['path']}: file missing" for v, r in stored.items() if not Path(r["path"]).exists()}
     listing = "\n".join(f"- `{v}`: {reason}" for v, reason in sorted(problems.items())[:20])
     return dg.AssetCheckResult(

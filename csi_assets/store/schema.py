@@ -97,6 +97,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (dataset, perf, label))""",
         ),
     ),
+    (
+        6,
+        (
+            # the size and mtime (ns) a feature file had when it was last read whole and found sound: a later scan
+            # reads only files whose size or mtime changed since; NULL = never verified (or rewritten since)
+            "ALTER TABLE features ADD COLUMN verified_size BIGINT",
+            "ALTER TABLE features ADD COLUMN verified_mtime_ns BIGINT",
+        ),
+    ),
 )
 
 
