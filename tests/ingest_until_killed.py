@@ -16,7 +16,8 @@ from typing import Any
 
 import dagster as dg
 
-from csi_assets.assets import data, ingestion
+from csi_assets import features as feature_stage
+from csi_assets.assets import ingestion
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import catalog, embeddings, features
 
@@ -40,7 +41,7 @@ def die_after(module: Any, name: str) -> None:
 
 
 def main(stage: str, dataset_dir: str, store_path: str, batch_id: str) -> None:
-    data.CQT_FILES_PER_BATCH = 2
+    feature_stage.CQT_FILES_PER_BATCH = 2
     die_after(*STAGES[stage])
     dg.materialize([ingestion.ingested_batch], partition_key=batch_id, instance=dg.DagsterInstance.get(),
                    resources={"dataset": DatasetResource(dataset_dir=dataset_dir),

@@ -15,14 +15,9 @@ from typing import Any
 
 import dagster as dg
 
-from csi_assets.assets.data import (
-    extract_features,
-    pending_features,
-    rejection_rows,
-    split_collisions,
-    verify_catalog_rows,
-)
+from csi_assets.assets.data import rejection_rows, split_collisions, verify_catalog_rows
 from csi_assets.assets.serving import embed_missing
+from csi_assets.features import extract_features, pending_features
 from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
 from csi_assets.reference_index import ReferenceIndex, sync_index
 from csi_assets.resources import DatasetResource, StoreResource

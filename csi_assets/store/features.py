@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import duckdb
+
 from csi_assets.store.connection import Store
 from csi_assets.store.rows import fetch_dicts, upsert
 
@@ -49,14 +51,20 @@ def record_features(
 ) -> int:
     """Record computed features (variant, path, n_frames, n_bins, audio_hash); called per batch so a killed run
     keeps every batch it finished."""
-    settings_json = json.dumps(dict(settings), sort_keys=True)
     with store.transaction() as con:
-        return upsert(
-            con,
-            "features",
-            ("dataset", "variant", "settings_hash"),
-            [dict(r, dataset=dataset, settings_hash=settings_hash, settings=settings_json) for r in rows],
-        )
+        return upsert_features(con, dataset, settings_hash, settings, rows)
+
+
+def upsert_features(con: duckdb.DuckDBPyConnection, dataset: str, settings_hash: str, settings: Mapping[str, Any],
+                    rows: Sequence[Mapping[str, Any]]) -> int:
+    """:func:`record_features` inside a caller's transaction (a sharded stage's commit)."""
+    settings_json = json.dumps(dict(settings), sort_keys=True)
+    return upsert(
+        con,
+        "features",
+        ("dataset", "variant", "settings_hash"),
+        [dict(r, dataset=dataset, settings_hash=settings_hash, settings=settings_json) for r in rows],
+    )
 
 
 def feature_table(store: Store, dataset: str, settings_hash: str,
