@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
-import yaml
 
 from csi_assets.assets import data, serving
 from csi_assets.shards import Shard, split_shards, staging_dir
@@ -151,12 +151,12 @@ def test_a_worker_killed_mid_stage_costs_nothing_but_time(in_process, cluster, t
                               args=(cluster.scheduler_address, ".compute_cqt_shard[", killed))
     with _instance(tmp_path) as instance:
         killer.start()
-        first = _run_on_dask(project, instance, cluster.scheduler_address, per_shard=1)
+        first = _run_on_dask(project, instance, cluster.scheduler_address, per_shard=2)
         killer.join()
         assert killed, "no shard step was ever seen running"
         # Dask runs the dead worker's step again elsewhere; whatever the first run's outcome, a re-run finishes
         # the stage and commits nothing twice.
-        again = _run_on_dask(project, instance, cluster.scheduler_address, per_shard=1)
+        again = _run_on_dask(project, instance, cluster.scheduler_address, per_shard=2)
         assert again.success
         metadata = {e.asset_key.to_user_string(): e.metadata
                     for e in again.get_asset_materialization_events() and
@@ -198,41 +198,44 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def postgres(tmp_path):
+def postgres():
     """A throw-away PostgreSQL server on 127.0.0.1 run as an unprivileged user; yields the CSI_PG_* variables."""
     bin_dir = _postgres_bin()
     if bin_dir is None:
         pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql (Debian: apt-get install postgresql)")
     run_as: list[str] = []
-    folder = tmp_path / "pg"
-    folder.mkdir()
+    folder = Path(tempfile.mkdtemp(prefix="csi-pg-"))  # not under pytest's root-only folder: the server reads it
     if os.geteuid() == 0:  # initdb refuses root: run the server as the package's own user
-        if not shutil.which("runuser"):
-            pytest.skip("running as root and no runuser to start PostgreSQL as another user")
         user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
-        if user is None:
-            pytest.skip("running as root and no unprivileged user (postgres, nobody) to start PostgreSQL as")
+        if not shutil.which("runuser") or user is None:
+            shutil.rmtree(folder)
+            pytest.skip("running as root with no runuser or no unprivileged user (postgres, nobody) to start "
+                        "PostgreSQL as")
         run_as = ["runuser", "-u", user, "--"]
         shutil.chown(folder, user)
-        os.chmod(tmp_path, 0o755)
     password = "csi-test"
     (folder / "pw").write_text(password)
+    if run_as:
+        shutil.chown(folder / "pw", run_as[2])
     port = _free_port()
 
     def pg(*args: str) -> None:
-        subprocess.run([*run_as, *args], check=True, capture_output=True, timeout=120)
+        done = subprocess.run([*run_as, *args], capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(args[:1])} failed ({done.returncode}): {done.stderr or done.stdout}")
 
-    if run_as:
-        shutil.chown(folder / "pw", run_as[2])
-    pg(str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "csi", f"--pwfile={folder / 'pw'}",
-       "--auth-local=trust", "--auth-host=scram-sha-256")
-    pg(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-t", "60",
-       "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
     try:
-        yield {"CSI_PG_HOST": "127.0.0.1", "CSI_PG_PORT": str(port), "CSI_PG_USER": "csi",
-               "CSI_PG_PASSWORD": password, "CSI_PG_DB": "postgres"}
+        pg(str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "csi", f"--pwfile={folder / 'pw'}",
+           "--auth-local=trust", "--auth-host=scram-sha-256")
+        pg(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-t", "60",
+           "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
+        try:
+            yield {"CSI_PG_HOST": "127.0.0.1", "CSI_PG_PORT": str(port), "CSI_PG_USER": "csi",
+                   "CSI_PG_PASSWORD": password, "CSI_PG_DB": "postgres"}
+        finally:
+            pg(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop")
     finally:
-        pg(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _user_exists(name: str) -> bool:
