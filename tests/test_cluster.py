@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from csi_assets.assets import data, serving
+from csi_assets.dask_execution import cluster_from_environment, make_cluster
 from csi_assets.shards import Shard, split_shards, staging_dir
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import features as feature_store
@@ -94,7 +95,7 @@ def _assert_same_store(actual: Project, expected: Project) -> None:
     assert vectors.keys() == want_vectors.keys()
     for perf, (starts, v) in vectors.items():
         assert starts == want_vectors[perf][0]
-        np.testing.assert_allclose(v, want_vectors[perf][1], rtol=0, atol=1e-6, err_msg=perf)
+        assert np.array_equal(v, want_vectors[perf][1]), perf
     duplicates = "SELECT count(*) FROM (SELECT dataset, perf, model_id, segment FROM embeddings GROUP BY ALL " \
                  "HAVING count(*) > 1)"
     assert _query(actual, duplicates) == [(0,)]
@@ -263,3 +264,48 @@ def test_a_materialisation_on_a_postgres_instance(postgres, tmp_path, monkeypatc
         record = instance.get_latest_materialization_event(dg.AssetKey("work_ids"))
         assert record is not None and record.run_id == result.run_id
         assert record.asset_materialization.metadata["works"].value == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the deployment switch and the example cluster files
+
+
+def test_one_variable_selects_the_deployment(tmp_path, monkeypatch) -> None:
+    from csi_assets import definitions
+
+    monkeypatch.delenv("CSI_DEPLOYMENT", raising=False)
+    assert definitions._executor() is dg.multi_or_in_process_executor and "io_manager" not in definitions._resources()
+    monkeypatch.setenv("CSI_DEPLOYMENT", "cluster")
+    monkeypatch.setenv("CSI_STORE_PATH", str(tmp_path / "csi.duckdb"))
+    assert definitions._executor().name == "dask"
+    assert definitions._resources()["io_manager"].base_dir == str(tmp_path / "csi.duckdb.shards" / "io")
+    monkeypatch.setenv("CSI_DEPLOYMENT", "elsewhere")
+    with pytest.raises(ValueError, match="CSI_DEPLOYMENT='elsewhere'"):
+        definitions._executor()
+
+
+def test_cluster_config_comes_from_run_config_or_environment(tmp_path) -> None:
+    assert cluster_from_environment({}) == {"local": {}}
+    assert cluster_from_environment({"CSI_DASK_SCHEDULER": "tcp://10.0.0.1:8786"}) == \
+        {"existing": {"address": "tcp://10.0.0.1:8786"}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("slurm: {}\npbs: {}\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        cluster_from_environment({"CSI_DASK_CLUSTER_FILE": str(bad)})
+    with pytest.raises(ValueError, match="unknown Dask cluster kind 'mesos'"):
+        make_cluster("mesos", {}, "job")
+
+
+@pytest.mark.parametrize("name", ["slurm", "pbs"])
+def test_the_example_batch_cluster_files_make_job_scripts(name) -> None:
+    """Build the Slurm/PBS cluster of deploy/dask/<name>.yaml without submitting a job (no workers asked for)."""
+    pytest.importorskip("dask_jobqueue")
+    path = Path(__file__).parents[1] / "deploy" / "dask" / f"{name}.yaml"
+    [(kind, settings)] = cluster_from_environment({"CSI_DASK_CLUSTER_FILE": str(path)}).items()
+    cluster = make_cluster(kind, {**settings, "n_workers": 0, "scheduler_options": {"host": "127.0.0.1"}}, "csi")
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "OMP_NUM_THREADS=1" in script and "--nworkers 8" in script and "--nthreads 1" in script
+    assert ("#SBATCH -A my-lab" if name == "slurm" else "#PBS -A my-lab") in script
