@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,8 @@ def read_rows(path: str | Path, shard_id: str) -> tuple[list[dict[str, Any]], li
     return record["rows"], record["errors"]
 
 
-def finished(path: Path, shard: Shard, files_of: Any) -> ShardResult | None:
+def finished(path: Path, shard: Shard, files_of: Callable[[Mapping[str, Any]], Sequence[str | Path]]
+             ) -> ShardResult | None:
     """The result of a shard computed earlier (a retried or re-run worker), when its rows file and every file its
     rows name (``files_of(row)`` → paths) are still there; None when it must be computed."""
     if not path.exists():
