@@ -19,13 +19,13 @@ import dagster as dg
 from csi_assets import features as feature_stage
 from csi_assets.assets import ingestion
 from csi_assets.resources import DatasetResource, StoreResource
-from csi_assets.store import catalog, embeddings, features
+from csi_assets.store import catalog, features, shards
 
 STAGES = {
     "rows": (catalog, "add_batch_rows"),  # performances stored, no work ids, variants, features or embeddings
     "variants": (features, "replace_variants"),  # catalogued, nothing computed
     "features": (features, "record_features"),  # half of the features stored
-    "embeddings": (embeddings, "write_embeddings"),  # all embedded, batch still `received`
+    "embeddings": (shards, "commit"),  # the embedding shards committed, batch still `received`
 }
 
 
