@@ -21,9 +21,11 @@ import pytest
 
 from csi_assets.assets import data, serving
 from csi_assets.dask_execution import cluster_from_environment, make_cluster
-from csi_assets.shards import Shard, split_shards, staging_dir
+from csi_assets.shards import Shard, finished, rows_path, split_shards, staging_dir, write_rows
+from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import features as feature_store
+from csi_assets.store import shards as shard_store
 from tests.graph_fixtures import Project, make_project
 from tests.serving_fixtures import ORIGINALS_ONLY, random_model, register_model, serving_hparams
 
@@ -189,6 +191,48 @@ def test_shards_are_sized_by_item_count_and_addressed_by_their_inputs() -> None:
     assert len(split_shards("stage", items, {}, items_per_shard=0)) == min(10, len(os.sched_getaffinity(0)))
     with pytest.raises(ValueError, match="items_per_shard"):
         split_shards("stage", items, {}, items_per_shard=-1)
+
+
+def test_a_stage_commit_is_all_or_nothing_and_never_twice(tmp_path) -> None:
+    store = Store(tmp_path / "csi.duckdb")
+    rows = {"a": [{"variant": "v1", "path": "/f/v1", "n_frames": 3, "n_bins": 96, "audio_hash": "h1"}],
+            "b": [{"variant": "v2", "path": "/f/v2", "n_frames": 4, "n_bins": 96, "audio_hash": "h2"}]}
+
+    def write(con, shard_rows):
+        return feature_store.upsert_features(con, "d", "s", {}, shard_rows)
+
+    def features() -> list[tuple]:
+        with store.transaction() as con:
+            return con.execute("SELECT variant, n_frames FROM features ORDER BY variant").fetchall()
+
+    def crash(con, shard_rows):
+        write(con, shard_rows)
+        if shard_rows[0]["variant"] == "v2":
+            raise OSError("worker lost mid-commit")
+        return 1
+
+    with pytest.raises(OSError):
+        shard_store.commit(store, "stage", list(rows.items()), crash)
+    assert features() == [] and shard_store.committed(store, "stage") == set()
+    assert shard_store.commit(store, "stage", list(rows.items()), write) == 2
+    assert shard_store.commit(store, "stage", list(rows.items()), write) == 0  # a retried commit: nothing twice
+    assert features() == [("v1", 3), ("v2", 4)] and shard_store.committed(store, "stage") == {"a", "b"}
+    shard_store.forget(store, "stage", ["a"])  # planned again: its items are pending once more
+    assert shard_store.commit(store, "stage", list(rows.items()), write) == 1
+
+
+def test_a_rows_file_is_found_again_only_when_whole(tmp_path) -> None:
+    [shard] = split_shards("stage", [{"variant": "v1"}], {}, items_per_shard=1)
+    path = rows_path(tmp_path, shard)
+    feature = tmp_path / "v1.npy"
+    assert finished(path, shard, lambda row: [row["path"]]) is None
+    write_rows(path, shard, [{"variant": "v1", "path": str(feature)}], [])
+    assert not list(tmp_path.glob(".*tmp*")), "the temporary file was renamed into place"
+    assert finished(path, shard, lambda row: [row["path"]]) is None  # its feature file is gone: compute again
+    feature.write_bytes(b"")
+    assert finished(path, shard, lambda row: [row["path"]]).rows == 1
+    path.write_text('{"shard_id": "another"')  # torn or foreign: computed again, never trusted
+    assert finished(path, shard, lambda row: [row["path"]]) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
