@@ -11,6 +11,7 @@ dataset's CQT settings with the model's input contract (``csi_model.contract``).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,12 @@ def load_model(store: Store, dataset: str, model_id: str | None = None, device: 
         raise ModelLoadError(f"no model {model_id!r} in the store" if model_id else
                              f"no promoted model for dataset {dataset!r}: materialize trained_model first "
                              "(or promote a registered model)")
+    return load_model_row(row, device)
+
+
+def load_model_row(row: Mapping[str, Any], device: str | None = None) -> LoadedModel:
+    """A model from its store row (``model_id``, ``hparams``, ``checkpoint``, ``training_dir``, ``fingerprint``,
+    ``input_contract``): what a worker that does not open the store (a Dask worker) is handed."""
     hp = training_hparams_from_dict(row["hparams"], source=f"hparams of model {row['model_id']}")
     checkpoint = Path(row["checkpoint"])
     if not checkpoint.is_absolute():

@@ -16,15 +16,16 @@ from typing import Any
 
 import dagster as dg
 
-from csi_assets.assets import data, ingestion
+from csi_assets import features as feature_stage
+from csi_assets.assets import ingestion
 from csi_assets.resources import DatasetResource, StoreResource
-from csi_assets.store import catalog, embeddings, features
+from csi_assets.store import catalog, features, shards
 
 STAGES = {
     "rows": (catalog, "add_batch_rows"),  # performances stored, no work ids, variants, features or embeddings
     "variants": (features, "replace_variants"),  # catalogued, nothing computed
     "features": (features, "record_features"),  # half of the features stored
-    "embeddings": (embeddings, "write_embeddings"),  # all embedded, batch still `received`
+    "embeddings": (shards, "commit"),  # the embedding shards committed, batch still `received`
 }
 
 
@@ -40,7 +41,7 @@ def die_after(module: Any, name: str) -> None:
 
 
 def main(stage: str, dataset_dir: str, store_path: str, batch_id: str) -> None:
-    data.CQT_FILES_PER_BATCH = 2
+    feature_stage.CQT_FILES_PER_BATCH = 2
     die_after(*STAGES[stage])
     dg.materialize([ingestion.ingested_batch], partition_key=batch_id, instance=dg.DagsterInstance.get(),
                    resources={"dataset": DatasetResource(dataset_dir=dataset_dir),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from csi_assets import features
 from csi_assets.assets import data
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
@@ -182,15 +183,15 @@ def test_parallel_decoding_keeps_file_order_and_names_unreadable_files(tmp_path)
     from csi_model.audio import SAMPLE_RATE, write_wav
 
     wavs = []
-    for i in range(2 * data.CQT_FILES_PER_BATCH + 3):
+    for i in range(2 * features.CQT_FILES_PER_BATCH + 3):
         path = tmp_path / f"{i}.wav"
         if i == 5:
             path.write_bytes(b"RIFF not audio")
         else:
             write_wav(path, np.full(SAMPLE_RATE // 10 + i, 0.01 * (i + 1), dtype=np.float32), SAMPLE_RATE)
         wavs.append(str(path))
-    batches = list(data._decoded_batches(wavs))
-    assert [len(b) for b in batches] == [data.CQT_FILES_PER_BATCH, data.CQT_FILES_PER_BATCH, 3]
+    batches = list(features._decoded_batches(wavs))
+    assert [len(b) for b in batches] == [features.CQT_FILES_PER_BATCH, features.CQT_FILES_PER_BATCH, 3]
     flat = [item for batch in batches for item in batch]
     assert flat[5][0] is None and "5.wav" in flat[5][1]
     assert [len(signal) for i, (signal, _) in enumerate(flat) if i != 5] == \

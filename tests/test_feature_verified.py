@@ -12,6 +12,7 @@ import duckdb
 import numpy as np
 
 from csi_assets.assets import data
+from csi_assets.features import feature_problems
 from csi_assets.store import Store, schema
 from csi_assets.store import features as feature_store
 from tests.graph_fixtures import make_project, materialize
@@ -60,8 +61,8 @@ def test_only_files_changed_since_verification_are_read_again(tmp_path: Path) ->
     # The untouched file really is corrupt: without its marker the scan reads it and names it.
     after = feature_store.features(project.store, "dataset", settings.settings_hash())
     unmarked = {v: dict(r, verified_size=None, verified_mtime_ns=None) for v, r in after.items()}
-    assert set(data.feature_problems(unmarked, settings.n_bins)) == {untouched_bad}
-    assert data.feature_problems(after, settings.n_bins) == {}
+    assert set(feature_problems(unmarked, settings.n_bins)) == {untouched_bad}
+    assert feature_problems(after, settings.n_bins) == {}
     for variant in (touched_bad, truncated):  # recomputed, then verified by the in-step check
         info = Path(after[variant]["path"]).stat()
         assert (after[variant]["verified_size"], after[variant]["verified_mtime_ns"]) == (
@@ -91,15 +92,15 @@ def test_a_store_from_before_markers_migrates_and_verifies_its_files_once(tmp_pa
     con.close()
 
     store = Store(path)
-    assert store.schema_version() == 6
+    assert store.schema_version() == schema.MIGRATIONS[-1][0]  # migrated to the newest
     [row] = feature_store.features(store, "d", "s").values()
     assert (row["path"], row["verified_size"], row["verified_mtime_ns"]) == (str(feature_file), None, None)
     recorded: list[dict] = []
-    assert data.feature_problems({"v": row}, 3, record_verified=recorded.append) == {}
+    assert feature_problems({"v": row}, 3, record_verified=recorded.append) == {}
     info = feature_file.stat()
     assert recorded == [{"v": (str(feature_file), info.st_size, info.st_mtime_ns)}]
     feature_store.record_verified(store, "d", "s", recorded[0])
     marked = feature_store.features(store, "d", "s")
     feature_file.write_bytes(b"")  # emptied after verification: the size differs, so it is read and caught
-    assert "cannot read" in data.feature_problems(marked, 3)["v"]
+    assert "cannot read" in feature_problems(marked, 3)["v"]
 

@@ -8,8 +8,7 @@ it completes, so a killed run continues where it stopped).
 
 import json
 import multiprocessing
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import Iterator, Mapping, Sequence, Set
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,31 +17,25 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
+from csi_assets import features
 from csi_assets.assets.upstream import require_upstream
+from csi_assets.features import feature_problems, pending_features
+from csi_assets.shards import Shard, ShardResult, local_cores, staging_dir
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
+from csi_assets.store import shards as shard_store
 from csi_assets.store import splits as split_store
-from csi_model.audio import AudioError, load_audio
+from csi_model.audio import AudioError
 from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, verify_row
-from csi_model.cqt import CqtSettings, compute_cqt, content_hash, save_feature
-from csi_model.dataset import FeatureFileError, FeatureItem, check_feature_file
-from csi_model.devices import pick_device
-from csi_model.identifiers import id_path
+from csi_model.cqt import content_hash
 from csi_model.export import FeatureLine, write_reference_exports
 from csi_model.hparams import DataPrepHParams
 from csi_model.splits import Split, assign_work_ids, split_performances
 from csi_model.tempo import TempoVariant, plan_variants, render_variant
 
 GROUP = "data"
-CQT_FILES_PER_BATCH = 16
-"""Files per CQT call and per store transaction: a killed run loses at most one batch of work."""
-
-
-def _workers() -> int:
-    """Worker processes for decoding and rendering: one per core this process may use."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -84,7 +77,7 @@ def verify_catalog_rows(
         return record, None, warning
 
     good, bad, warned = [], [], []
-    with ThreadPoolExecutor(_workers()) as pool:
+    with ThreadPoolExecutor(local_cores()) as pool:
         for (record, rejection, warning), row in zip(pool.map(check, rows), rows):
             if record:
                 good.append(record)
@@ -234,7 +227,7 @@ def render_variants(
     progress = Progress(log, "rendering tempo variants", len(todo), "files")
     errors = []
     # Rubber Band holds the GIL: processes, not threads, put both cores to work.
-    with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(local_cores(), mp_context=multiprocessing.get_context("spawn")) as pool:
         for error in pool.map(_render_or_error, todo, chunksize=4):
             progress.advance()
             if error:
@@ -300,108 +293,6 @@ def variant_row(variant: TempoVariant, source_hash: str) -> dict[str, Any]:
 # cqt_features: decode in parallel processes, CQT in batches, check in the same step
 
 
-def feature_path(features_dir: Path, settings: CqtSettings, variant: str) -> Path:
-    """``<features_dir>/<settings hash>/<file name of the variant id>.cqt.npy`` (``csi_model.identifiers``)."""
-    return id_path(features_dir / settings.settings_hash(), variant, ".cqt.npy")
-
-
-def pending_features(
-    variants: Sequence[dict[str, Any]], stored: dict[str, dict[str, Any]], bad: Mapping[str, str] | None = None
-) -> list[dict[str, Any]]:
-    """Variants whose feature is missing, was made from other audio, whose file has gone, or is in ``bad``."""
-    return [
-        v for v in variants
-        if not (
-            (known := stored.get(v["variant"]))
-            and known["audio_hash"] == v["source_hash"]
-            and Path(known["path"]).exists()
-            and v["variant"] not in (bad or {})
-        )
-    ]
-
-
-Verified = Callable[[dict[str, tuple[str, int, int]]], None]
-VERIFIED_PER_RECORD = 2000  # markers recorded per store write during a scan: a killed scan keeps most of its work
-
-
-def feature_problems(stored: Mapping[str, Mapping[str, Any]], n_bins: int,
-                     verified: Set[str] = frozenset(), record_verified: Verified | None = None) -> dict[str, str]:
-    """Why each unusable stored feature file cannot be used, by variant: unreadable, truncated, not
-    ``[n_frames recorded, n_bins]``, NaN/inf, or one file recorded for several variants (their ids were once
-    turned into the same path). Missing files are left to :func:`pending_features`. Reads a file whole only when
-    it has no verified marker (``verified_size``/``verified_mtime_ns`` of its row) matching its size and mtime now,
-    and is not in ``verified`` (read whole earlier in the same step); shared files are found for all.
-    ``record_verified`` receives, in batches, variant → (path, size, mtime_ns) of the files read whole and sound,
-    stamped before the read, so a file changed during or after the read is read again next time."""
-    owners: dict[Path, list[str]] = {}
-    for variant, row in stored.items():
-        owners.setdefault(Path(row["path"]).resolve(), []).append(variant)
-    problems: dict[str, str] = {}
-    sound: dict[str, tuple[str, int, int]] = {}
-    for variant, row in stored.items():
-        path = Path(row["path"])
-        sharing = owners[path.resolve()]
-        if len(sharing) > 1:
-            problems[variant] = f"{path}: one file recorded for {len(sharing)} variants ({', '.join(sharing[:3])})"
-        elif variant not in verified and (stamp := _file_stamp(path)) is not None and not _marked(row, stamp):
-            try:
-                check_feature_file(FeatureItem(variant, 0, path, int(row["n_frames"])), n_bins)
-            except FeatureFileError as err:
-                problems[variant] = str(err)
-            else:
-                sound[variant] = (row["path"], *stamp)
-        if record_verified is not None and len(sound) >= VERIFIED_PER_RECORD:
-            record_verified(sound)
-            sound = {}
-    if record_verified is not None and sound:
-        record_verified(sound)
-    return problems
-
-
-def _file_stamp(path: Path) -> tuple[int, int] | None:
-    """(size in bytes, mtime in ns) of a file, None when it does not exist."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return None
-    return info.st_size, info.st_mtime_ns
-
-
-def _marked(row: Mapping[str, Any], stamp: tuple[int, int]) -> bool:
-    """The file was verified whole at exactly this size and mtime (rows of older stores have no marker)."""
-    return (row.get("verified_size"), row.get("verified_mtime_ns")) == stamp
-
-
-def extract_features(
-    variants: Sequence[dict[str, Any]], settings: CqtSettings, features_dir: Path, device: Any,
-    record: Any, log: Any, label: str,
-) -> tuple[int, list[str]]:
-    """Decode (in parallel processes), CQT (batched across files) and save the variants; ``record(rows)`` is called
-    after each batch is on disk, so a killed run keeps every batch it finished. Returns (computed, errors)."""
-    progress = Progress(log, label, len(variants), "files")
-    errors: list[str] = []
-    done = 0
-    for start, decoded in zip(range(0, len(variants), CQT_FILES_PER_BATCH),
-                              _decoded_batches([v["wav"] for v in variants])):
-        batch, signals = [], []
-        for v, (signal, error) in zip(variants[start:start + CQT_FILES_PER_BATCH], decoded):
-            if error is not None:
-                errors.append(f"{v['variant']}: {error}")
-                continue
-            signals.append(signal)
-            batch.append(v)
-        rows = []
-        for v, feature in zip(batch, compute_cqt(signals, settings, device)):
-            path = feature_path(features_dir, settings, v["variant"])
-            save_feature(path, feature)
-            rows.append({"variant": v["variant"], "path": str(path), "n_frames": int(feature.shape[0]),
-                         "n_bins": int(feature.shape[1]), "audio_hash": v["source_hash"]})
-        record(rows)
-        done += len(rows)
-        progress.advance(len(decoded))
-    return done, errors
-
-
 def _discard_bad_features(stored: Mapping[str, Mapping[str, Any]], problems: Mapping[str, str], folder: Path,
                           log: Any) -> None:
     """Name every bad feature file and delete those this project wrote (inside ``folder``), so they are computed
@@ -418,91 +309,101 @@ def _discard_bad_features(stored: Mapping[str, Mapping[str, Any]], problems: Map
             path.unlink(missing_ok=True)
 
 
-def _decoded_batches(wavs: Sequence[str]) -> Iterator[list[tuple[np.ndarray | None, str | None]]]:
-    """``(signal, error)`` per file in batches of CQT_FILES_PER_BATCH, in order. With more than one batch, one
-    decode process per core works on the next batch while the caller computes the current batch's CQT, so at most
-    two batches of signals are in memory whatever the collection's size."""
-    batches = [wavs[i:i + CQT_FILES_PER_BATCH] for i in range(0, len(wavs), CQT_FILES_PER_BATCH)]
-    workers = _workers()
-    if workers == 1 or len(batches) <= 1:
-        yield from ([_decode_or_error(w) for w in batch] for batch in batches)
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = [pool.submit(_decode_or_error, w) for w in batches[0]]
-        for following in [*batches[1:], []]:
-            ahead = [pool.submit(_decode_or_error, w) for w in following]
-            yield [future.result() for future in pending]
-            pending = ahead
-
-
-def _decode_or_error(wav: str) -> tuple[np.ndarray | None, str | None]:
-    try:
-        return load_audio(wav), None
-    except AudioError as err:
-        return None, str(err)
-
-
 FEATURES_CHECK = "features_are_finite"
+FEATURES_CHECK_OUTPUT = "cqt_features_features_are_finite"
 
 
-@dg.asset(group_name=GROUP, deps=[speed_variants], kinds={"pytorch", "numpy"},
-          check_specs=[dg.AssetCheckSpec(FEATURES_CHECK, asset="cqt_features",
-                                         description="Feature files have the configured bins and no NaN/inf.")])
-def cqt_features(context: dg.AssetExecutionContext, dataset: DatasetResource,
-                 store: StoreResource) -> dg.MaterializeResult:
-    """One CQT array ``[T, n_bins]`` (float16 dB) per recording and CQT settings, computed once per audio content
-    and settings: decoding runs in one process per core, the CQT in batches of files. One step, checks included:
-    a step costs a process start, which on a small dataset is more than the work."""
+class ShardConfig(dg.Config):
+    """How a sharded stage fans out: ``items_per_shard`` items per op (0: one shard per core of the machine that
+    plans, the local default; on a cluster set it so that shards take minutes, e.g. 200 recordings)."""
+
+    items_per_shard: int = 0
+
+
+@dg.op(ins={"after": dg.In(dg.Nothing)}, out={"plan": dg.Out(), "shards": dg.DynamicOut()})
+def plan_cqt_shards(context: dg.OpExecutionContext, config: ShardConfig, dataset: DatasetResource,
+                    store: StoreResource) -> Iterator[dg.Output | dg.DynamicOutput]:
+    """Read every stored feature file once, discard bad ones, and cut the recordings without a usable feature
+    into shards."""
     settings = dataset.cqt_settings()
     db = store.store()
     folder = dataset.features_dir / settings.settings_hash()
     for stale in folder.glob(".*.tmp*"):
-        stale.unlink(missing_ok=True)  # left by a killed run: this step is the only writer
+        stale.unlink(missing_ok=True)  # left by a killed worker: this stage is the only writer of the folder
     variants = feature_store.variants(db, dataset.name)
     require_upstream(variants, "speed_variants", dataset.name, "recordings to compute features of")
     stored = feature_store.features(db, dataset.name, settings.settings_hash())
-    def record_verified(markers: dict[str, tuple[str, int, int]]) -> None:
-        feature_store.record_verified(db, dataset.name, settings.settings_hash(), markers)
-
-    problems = feature_problems(stored, settings.n_bins, record_verified=record_verified)
+    problems = feature_problems(stored, settings.n_bins,
+                                record_verified=features.marker_recorder(db, dataset.name, settings))
     _discard_bad_features(stored, problems, folder, context.log)
     pending = pending_features(variants, stored, problems)
+    stage = features.feature_stage(dataset.name, settings)
+    shards = features.plan_feature_shards(stage, pending, settings, dataset.features_dir, dataset.hparams().device,
+                                          config.items_per_shard)
+    shard_store.forget(db, stage, [s.shard_id for s in shards])
+    context.log.info(f"{len(pending)} of {len(variants)} recordings to compute, in {len(shards)} shard(s)")
+    yield dg.Output(features.FeaturePlan(stage, len(variants), tuple(v["variant"] for v in pending), problems,
+                                         {v: r["path"] for v, r in stored.items()}), "plan")
+    for shard in shards:
+        yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
 
-    def record(rows: list[dict[str, Any]]) -> None:
-        feature_store.record_features(db, dataset.name, settings.settings_hash(), asdict(settings), rows)
 
-    computed, errors = extract_features(pending, settings, dataset.features_dir, pick_device(dataset.hparams().device),
-                                        record, context.log, "CQT")
-    before, stored = stored, feature_store.features(db, dataset.name, settings.settings_hash())
-    rewritten = {v["variant"] for v in pending} | set(problems)
-    verified = {v for v, r in stored.items()  # read whole above and not rewritten since: not read again
-                if v in before and v not in rewritten and r["path"] == before[v]["path"]}
-    missing = pending_features(variants, stored)
+@dg.op
+def compute_cqt_shard(context: dg.OpExecutionContext, shard: Shard, store: StoreResource) -> ShardResult:
+    """Decode and CQT one shard on whichever worker runs it; its rows go to a file beside the store."""
+    return features.compute_feature_shard(shard, staging_dir(store.path), context.log)
+
+
+@dg.op(out={"result": dg.Out(dg.Nothing), FEATURES_CHECK_OUTPUT: dg.Out(dg.Nothing)})
+def commit_cqt_features(context: dg.OpExecutionContext, dataset: DatasetResource, store: StoreResource,
+                        plan: features.FeaturePlan, results: list[ShardResult]) -> Iterator[Any]:
+    """Record every shard's features in one store transaction, then check every feature file."""
+    settings = dataset.cqt_settings()
+    db = store.store()
+    computed, errors = features.commit_feature_shards(db, dataset.name, settings, plan.stage, results)
+    stored = feature_store.features(db, dataset.name, settings.settings_hash())
+    rewritten = set(plan.pending) | set(plan.problems)
+    verified = {v for v, r in stored.items()  # read whole by the plan and not rewritten since: not read again
+                if v not in rewritten and plan.verified_paths.get(v) == r["path"]}
+    missing = pending_features(feature_store.variants(db, dataset.name), stored)
     if errors or missing:
-        raise dg.Failure(description=f"{len(missing)} of {len(variants)} variants have no feature:\n"
+        raise dg.Failure(description=f"{len(missing)} of {plan.variants} variants have no feature:\n"
                                      + "\n".join(errors[:20]))
     frames = np.array([r["n_frames"] for r in stored.values()] or [0])
-    return dg.MaterializeResult(
-        metadata={
-            "features": len(stored),
-            "computed_now": computed,
-            "bad_files_recomputed": len(problems),
-            "settings_hash": settings.settings_hash(),
-            "settings": dg.MetadataValue.json(asdict(settings)),
-            "fps": settings.fps,
-            "frames_median": int(np.median(frames)),
-            "hours_of_features": round(float(frames.sum()) / settings.fps / 3600, 3),
-            "folder": dg.MetadataValue.path(str(dataset.features_dir / settings.settings_hash())),
-        },
-        check_results=[features_check(stored, settings.n_bins, verified, record_verified)],
-    )
+    yield dg.Output(None, "result", metadata={
+        "features": len(stored),
+        "computed_now": computed,
+        "shards": len(results),
+        "bad_files_recomputed": len(plan.problems),
+        "settings_hash": settings.settings_hash(),
+        "settings": dg.MetadataValue.json(asdict(settings)),
+        "fps": settings.fps,
+        "frames_median": int(np.median(frames)),
+        "hours_of_features": round(float(frames.sum()) / settings.fps / 3600, 3),
+        "folder": dg.MetadataValue.path(str(dataset.features_dir / settings.settings_hash())),
+    })
+    yield features_check(stored, settings.n_bins, verified, features.marker_recorder(db, dataset.name, settings))
+
+
+@dg.graph_asset(group_name=GROUP, ins={"speed_variants": dg.AssetIn(dagster_type=dg.Nothing)},
+                kinds={"pytorch", "numpy"},
+                check_specs=[dg.AssetCheckSpec(FEATURES_CHECK, asset="cqt_features",
+                                               description="Feature files have the configured bins and no NaN/inf.")])
+def cqt_features(speed_variants: None) -> dict[str, Any]:
+    """One CQT array ``[T, n_bins]`` (float16 dB) per recording and CQT settings, computed once per audio content
+    and settings: a planning op cuts the recordings without a usable feature into shards, one op per shard
+    decodes and computes them (anywhere: a process, a Dask worker), and one op records them all in a single
+    store transaction and checks every file."""
+    plan, shards = plan_cqt_shards(speed_variants)
+    result, check = commit_cqt_features(plan, shards.map(compute_cqt_shard).collect())
+    return {"result": result, FEATURES_CHECK_OUTPUT: check}
 
 
 def features_check(stored: Mapping[str, Mapping[str, Any]], n_bins: int, verified: Set[str] = frozenset(),
-                   record_verified: Verified | None = None) -> dg.AssetCheckResult:
+                   record_verified: features.Verified | None = None) -> dg.AssetCheckResult:
     """Every feature file is readable, has the recorded frames, ``n_bins`` bins and only finite values (float16 or
     float32); bad and missing ones are named. ``verified``: variants whose files this step already read whole;
-    ``record_verified``: see :func:`feature_problems`."""
+    ``record_verified``: see :func:`csi_assets.features.feature_problems`."""
     problems = feature_problems(stored, n_bins, verified, record_verified)
     problems |= {v: f"{r['path']}: file missing" for v, r in stored.items() if not Path(r["path"]).exists()}
     listing = "\n".join(f"- `{v}`: {reason}" for v, reason in sorted(problems.items())[:20])

@@ -9,26 +9,28 @@ embeds the new performances with the promoted model. Nothing already stored is r
 
 import hashlib
 import stat
-from dataclasses import asdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from csi_assets.assets.data import (
-    extract_features,
-    pending_features,
-    rejection_rows,
-    split_collisions,
-    verify_catalog_rows,
-)
-from csi_assets.assets.serving import embed_missing
-from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
+from csi_assets.assets.data import rejection_rows, split_collisions, verify_catalog_rows
+from csi_assets.assets.data import ShardConfig
+from csi_assets.assets.serving import embed_missing, embed_reference_shard
+from csi_assets.features import extract_features, pending_features
+from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
+from csi_assets.references import commit_reference_shards, pending_references, reference_shards, reference_stage
 from csi_assets.reference_index import ReferenceIndex, sync_index
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
+from csi_assets.shards import ShardResult
 from csi_assets.store import ingest as ingest_store
+from csi_assets.store import models as model_store
+from csi_assets.store import shards as shard_store
 from csi_assets.store import splits as split_store
 from csi_model.catalog import parse_catalog
 from csi_model.devices import pick_device
@@ -133,10 +135,25 @@ def quarantine(entry: Path, rejected_dir: Path, reason: str) -> Path:
 
 
 def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path, log: Any) -> dict[str, Any]:
-    """Catalog, identify, extract and embed one batch; returns counts. Raises on a batch that cannot finish.
+    """Catalog, identify, extract and embed one batch in this process; returns counts. Raises on a batch that
+    cannot finish. (The ``ingested_batch`` asset does the same with the embedding fanned out in shards.)
 
     Every stage works on the batch's whole row set (new perf ids and those it stored in an earlier, interrupted
     run) and does only what is missing, so a re-run after a kill at any point ends as an uninterrupted run would."""
+    counts = catalog_and_featurise(db, dataset, batch_id, catalog, log)
+    model = _batch_model(db, dataset, log)
+    if model is None:
+        return counts | {"embedded": 0}
+    references = _batch_references(db, dataset, counts["perfs"])
+    embedded = embed_missing(db, dataset.name, model, references, log).computed
+    _sync_batch_index(db, dataset, model.model_id, log)
+    return counts | {"embedded": embedded}
+
+
+def catalog_and_featurise(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path, log: Any
+                          ) -> dict[str, Any]:
+    """Catalog the batch, give new works ids, record its variants and extract its features; returns counts and
+    the batch's own ``perfs``."""
     parsed = parse_catalog(catalog, labels=dataset.hparams().labels)
     known = ingest_store.known_perfs(db, dataset.name, [r.perf for r in parsed.rows])
     verified, bad_audio, warned = verify_catalog_rows(parsed.rows, {}, log, f"batch {batch_id}: checking audio")
@@ -160,54 +177,117 @@ def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path
                                         log, f"batch {batch_id}: CQT")
     if errors:
         raise RuntimeError("feature extraction failed:\n" + "\n".join(errors[:20]))
-    embedded = _embed_new(db, dataset, settings.settings_hash(), [r["perf"] for r in own], log)
     return {"performances": len(own), "added": change.added, "already_present": already,
-            "rejected": len(rejected), "features": computed, "embedded": embedded, "new_works": new_works,
-            "rejected_lines": rejected}
+            "rejected": len(rejected), "features": computed, "new_works": new_works, "rejected_lines": rejected,
+            "perfs": [r["perf"] for r in own]}
 
 
-def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: list[str], log: Any) -> int:
-    """Embed the batch's performances that lack an embedding of the promoted model (without a model, the next
-    refresh does it) and add them to the model's reference index, if it has one, without rebuilding it."""
+def _batch_model(db: Any, dataset: DatasetResource, log: Any) -> LoadedModel | None:
+    """The promoted model that embeds the batch, or None (logged) when there is none yet: the next reference
+    refresh embeds the batch then. A model trained on other features must not embed it (ModelLoadError)."""
     try:
         model = load_model(db, dataset.name)
     except ModelLoadError as err:
         log.warning(f"{err}; the batch is catalogued and featurised, and the reference refresh embeds it once a "
                     "model is promoted")
-        return 0
-    dataset_input(model, dataset.hparams(), log)  # a model trained on other features must not embed this batch
-    references = [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
-                  if r["speed"] == 1.0]
-    computed = embed_missing(db, dataset.name, model, references, log).computed
-    if ReferenceIndex.read(db.path, dataset.name, model.model_id) is not None:  # none yet: reference_index builds it
-        sync_index(db, db.path, dataset.name, model.model_id, log=log.info)
-    return computed
+        return None
+    dataset_input(model, dataset.hparams(), log)
+    return model
 
 
-@dg.asset(group_name=GROUP, partitions_def=delta_batches, kinds={"duckdb"})
-def ingested_batch(context: dg.AssetExecutionContext, dataset: DatasetResource,
-                   store: StoreResource) -> dg.MaterializeResult:
-    """One delta batch catalogued, featurised (no tempo augmentation) and embedded with the promoted model."""
+def _batch_references(db: Any, dataset: DatasetResource, perfs: list[str]) -> list[dict[str, Any]]:
+    """The batch's original recordings with their features (feature_table rows)."""
+    settings_hash = dataset.cqt_settings().settings_hash()
+    return [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
+            if r["speed"] == 1.0]
+
+
+def _sync_batch_index(db: Any, dataset: DatasetResource, model_id: str, log: Any) -> None:
+    """Add the batch to the model's reference index in place, when it has one (none yet: reference_index builds
+    it)."""
+    if ReferenceIndex.read(db.path, dataset.name, model_id) is not None:
+        sync_index(db, db.path, dataset.name, model_id, log=log.info)
+
+
+@dataclass(frozen=True)
+class BatchIntake:
+    """What the first op of a batch hands its commit: counts so far and the embedding stage, if any."""
+
+    batch_id: str
+    catalog: str
+    counts: dict[str, Any]
+    model_id: str | None
+    stage: str | None
+    to_embed: int
+
+
+@contextmanager
+def _failure_recorded(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path) -> Iterator[None]:
+    """Record the batch as failed, with the reason, when the block raises; re-raise."""
+    try:
+        yield
+    except Exception as err:
+        ingest_store.record_batch(db, batch_id, dataset.name, str(catalog), ingest_store.FAILED, reason=str(err))
+        raise
+
+
+@dg.op(out={"intake": dg.Out(), "shards": dg.DynamicOut()})
+def featurise_batch(context: dg.OpExecutionContext, config: ShardConfig, dataset: DatasetResource,
+                    store: StoreResource) -> Iterator[dg.Output | dg.DynamicOutput]:
+    """Catalog and featurise the batch, then cut its performances without an embedding of the promoted model into
+    shards."""
     db = store.store()
     batch_id = context.partition_key
     state = ingest_store.batch(db, batch_id)
     if state is None:
         raise dg.Failure(description=f"batch {batch_id} was never received by the sensor (no row in the store)")
     catalog = Path(state["source"])
-    try:
-        counts = ingest_batch(db, dataset, batch_id, catalog, context.log)
-    except Exception as err:
-        ingest_store.record_batch(db, batch_id, dataset.name, str(catalog), ingest_store.FAILED, reason=str(err))
-        raise
-    ingest_store.record_batch(db, batch_id, dataset.name, str(catalog), ingest_store.INGESTED,
+    with _failure_recorded(db, dataset, batch_id, catalog):
+        counts = catalog_and_featurise(db, dataset, batch_id, catalog, context.log)
+        model = _batch_model(db, dataset, context.log)
+        shards, stage = [], None
+        if model is not None:
+            todo, too_short = pending_references(db, dataset.name, model, _batch_references(db, dataset,
+                                                                                             counts["perfs"]))
+            for perf in too_short:
+                context.log.warning(f"{perf}: too short to embed (fewer than {model.min_raw_frames} CQT frames)")
+            stage = reference_stage(dataset.name, model.model_id)
+            shards = reference_shards(stage, todo, model_store.get_model(db, model.model_id), str(model.device),
+                                      config.items_per_shard)
+            shard_store.forget(db, stage, [s.shard_id for s in shards])
+    yield dg.Output(BatchIntake(batch_id, str(catalog), counts, model and model.model_id, stage,
+                                sum(len(s.items) for s in shards)), "intake")
+    for shard in shards:
+        yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
+
+
+@dg.op(out=dg.Out(dg.Nothing))
+def commit_batch(context: dg.OpExecutionContext, dataset: DatasetResource, store: StoreResource,
+                 intake: BatchIntake, results: list[ShardResult]) -> dg.Output:
+    """Store the batch's embeddings in one transaction, add them to the model's index, mark the batch ingested."""
+    db = store.store()
+    counts = intake.counts
+    with _failure_recorded(db, dataset, intake.batch_id, Path(intake.catalog)):
+        if intake.model_id is not None:
+            commit_reference_shards(db, dataset.name, intake.model_id, intake.stage, results)
+            _sync_batch_index(db, dataset, intake.model_id, context.log)
+    ingest_store.record_batch(db, intake.batch_id, dataset.name, intake.catalog, ingest_store.INGESTED,
                               n_good=counts["performances"], n_bad=counts["rejected"])
     for line in counts["rejected_lines"]:
         context.log.warning(line["reason"])
-    return dg.MaterializeResult(metadata={
+    return dg.Output(None, metadata={
         "performances": counts["performances"], "added_now": counts["added"],
         "already_present": counts["already_present"],
-        "rejected_lines": counts["rejected"], "features": counts["features"], "embedded": counts["embedded"],
-        "new_works": counts["new_works"], "catalog": dg.MetadataValue.path(str(catalog)),
+        "rejected_lines": counts["rejected"], "features": counts["features"], "embedded": intake.to_embed,
+        "embedding_shards": len(results),
+        "new_works": counts["new_works"], "catalog": dg.MetadataValue.path(intake.catalog),
         "rejected": dg.MetadataValue.md("\n".join(f"- {r['reason']}" for r in counts["rejected_lines"]) or "none"),
     })
 
+
+@dg.graph_asset(group_name=GROUP, partitions_def=delta_batches, kinds={"duckdb"})
+def ingested_batch() -> Any:
+    """One delta batch catalogued, featurised (no tempo augmentation) and embedded with the promoted model: the
+    embedding fans out in shards (one op each) and is committed in one transaction with the batch's status."""
+    intake, shards = featurise_batch()
+    return commit_batch(intake, shards.map(embed_reference_shard).collect())

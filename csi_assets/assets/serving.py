@@ -9,28 +9,30 @@ here and all segments elsewhere).
 
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import numpy as np
 
-from csi_assets.assets.data import cqt_features
-from csi_assets.assets.training import trained_model
+from csi_assets.assets.data import ShardConfig
 from csi_assets.assets.upstream import require_upstream
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
+from csi_assets.references import (ReferencePlan, commit_reference_shards, embed_rows, embed_shard,
+                                   pending_references, reference_shards, reference_stage)
 from csi_assets.reference_index import IndexUnavailable, ReferenceIndex, model_dir, sync_index
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
+from csi_assets.store import shards as shard_store
+from csi_assets.shards import Shard, ShardResult, staging_dir
 from csi_model.calibration import Calibration, compute_track_calibration
 from csi_model.centroids import WorkCentroids, compute_centroids
-from csi_model.cqt import load_feature
-from csi_model.embedding import embed_tracks, mean_unit_vectors
+from csi_model.embedding import mean_unit_vectors
 from csi_model.segment_index import IndexConfig
 
 GROUP = "serving"
@@ -60,25 +62,14 @@ def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Se
 
     Plain function so the delta-ingestion sensor can embed the performances of a new batch only."""
     start = time.monotonic()
-    stored = embedding_store.embedded_segments(store, dataset, model.model_id)
-    # A perf whose feature changed (other audio, or another length) since it was embedded is embedded again.
-    todo = [r for r in references
-            if stored.get(r["perf"]) != (len(model.segment_starts(r["n_frames"])), r["audio_hash"])]
-    too_short = [r["perf"] for r in todo if r["n_frames"] < model.min_raw_frames]
-    todo = [r for r in todo if r["n_frames"] >= model.min_raw_frames]
+    todo, too_short = pending_references(store, dataset, model, references)
     for perf in too_short:
         log.warning(f"{perf}: too short to embed (fewer than {model.min_raw_frames} CQT frames)")
     progress = Progress(log, f"embedding references with {model.model_id}", len(todo), "tracks")
     segments = 0
-    hp = model.hparams
     for first in range(0, len(todo), tracks_per_batch):
         batch = todo[first:first + tracks_per_batch]
-        features = [load_feature(r["feat"]) for r in batch]
-        vectors = embed_tracks(model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, model.device)
-        starts = [model.segment_starts(len(f)) for f in features]
-        for row, s, v in zip(batch, starts, vectors):
-            if len(s) != len(v):
-                raise RuntimeError(f"{row['perf']}: {len(v)} embeddings for {len(s)} segment starts")
+        starts, vectors = embed_rows(model, batch)
         segments += embedding_store.write_embeddings(store, dataset, model.model_id, [r["perf"] for r in batch],
                                                      starts, vectors, [r["audio_hash"] for r in batch])
         progress.advance(len(batch))
@@ -128,43 +119,79 @@ def _promoted(store: Store, dataset: DatasetResource, log: Any) -> LoadedModel:
         raise dg.Failure(description=str(err)) from err
 
 
-@dg.asset(group_name=GROUP, deps=[trained_model, cqt_features], kinds={"pytorch", "duckdb"})
-def reference_embeddings(context: dg.AssetExecutionContext, dataset: DatasetResource,
-                         store: StoreResource) -> dg.MaterializeResult:
-    """Segment embeddings of every reference performance for the promoted model (only missing (perf, model)
-    pairs are computed; performances gone from the catalog lose theirs), then the model's calibration and work
-    centroids, recomputed from all of them. Without any reference it fails before deleting anything."""
+@dg.op(ins={"after_model": dg.In(dg.Nothing), "after_features": dg.In(dg.Nothing)},
+       out={"plan": dg.Out(), "shards": dg.DynamicOut()})
+def plan_reference_shards(context: dg.OpExecutionContext, config: ShardConfig, dataset: DatasetResource,
+                          store: StoreResource) -> Iterator[dg.Output | dg.DynamicOutput]:
+    """The references without an embedding of the promoted model, cut into shards."""
     db = store.store()
     model = _promoted(db, dataset, context.log)
     references = reference_rows(db, dataset)
     require_upstream(references, "cqt_features", dataset.name, "CQT features of its catalogued performances "
                      "(nothing was deleted)")
-    stats = embed_missing(db, dataset.name, model, references, context.log)
+    todo, too_short = pending_references(db, dataset.name, model, references)
+    for perf in too_short:
+        context.log.warning(f"{perf}: too short to embed (fewer than {model.min_raw_frames} CQT frames)")
+    stage = reference_stage(dataset.name, model.model_id)
+    shards = reference_shards(stage, todo, model_store.get_model(db, model.model_id), str(model.device),
+                                     config.items_per_shard)
+    shard_store.forget(db, stage, [s.shard_id for s in shards])
+    context.log.info(f"{len(todo)} of {len(references)} references to embed, in {len(shards)} shard(s)")
+    yield dg.Output(ReferencePlan(stage, model.model_id, len(references), len(todo), tuple(too_short)), "plan")
+    for shard in shards:
+        yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
+
+
+@dg.op
+def embed_reference_shard(context: dg.OpExecutionContext, shard: Shard, store: StoreResource) -> ShardResult:
+    """Embed one shard on whichever worker runs it; its vectors and rows go to files beside the store."""
+    return embed_shard(shard, staging_dir(store.path), context.log)
+
+
+@dg.op(out=dg.Out(dg.Nothing))
+def commit_reference_embeddings(context: dg.OpExecutionContext, dataset: DatasetResource, store: StoreResource,
+                                plan: ReferencePlan, results: list[ShardResult]) -> dg.Output:
+    """Store every shard's segments in one transaction, forget performances gone from the catalog, and recompute
+    the model's calibration and work centroids from all its embeddings."""
+    db = store.store()
+    start = time.monotonic()
+    segments = commit_reference_shards(db, dataset.name, plan.model_id, plan.stage, results)
     removed = embedding_store.forget_uncatalogued(db, dataset.name)
     try:
-        calibration, centroids, n_perfs, n_segments = refresh_statistics(db, dataset.name, model.model_id)
+        calibration, centroids, n_perfs, n_segments = refresh_statistics(db, dataset.name, plan.model_id)
     except ValueError as err:
-        raise dg.Failure(description=f"calibration/centroids of {model.model_id} failed: {err}") from err
-    rate = stats.segments / stats.seconds if stats.computed else 0.0
-    context.log.info(f"{stats.computed} performances ({stats.segments} segments) embedded in {stats.seconds:.1f} s"
-                     f" ({rate:.1f} segments/s); {stats.reused} reused; {removed} stale segment rows removed")
-    return dg.MaterializeResult(metadata={
-        "model_id": model.model_id,
+        raise dg.Failure(description=f"calibration/centroids of {plan.model_id} failed: {err}") from err
+    context.log.info(f"{plan.todo} performances ({segments} segments) from {len(results)} shard(s) committed in "
+                     f"{time.monotonic() - start:.1f} s; {plan.references - plan.todo - len(plan.too_short)} "
+                     f"reused; {removed} stale segment rows removed")
+    return dg.Output(None, metadata={
+        "model_id": plan.model_id,
         "performances": n_perfs,
         "segments": n_segments,
-        "computed_now": stats.computed,
-        "reused": stats.reused,
-        "segments_computed_now": stats.segments,
-        "segments_per_s": round(rate, 1),
+        "computed_now": plan.todo,
+        "reused": plan.references - plan.todo - len(plan.too_short),
+        "segments_computed_now": segments,
+        "shards": len(results),
         "removed_segment_rows": removed,
-        "too_short": dg.MetadataValue.json(stats.too_short),
+        "too_short": dg.MetadataValue.json(list(plan.too_short)),
         "works": int(centroids.work_ids.size),
         "calibration_mu": round(calibration.mu, 6),
         "calibration_sigma": round(calibration.sigma, 6),
         "calibration_pairs": calibration.n_pairs,
         "centroid_coherence_median": round(float(np.median(centroids.coherence)), 4),
-        "device": str(model.device),
     })
+
+
+@dg.graph_asset(group_name=GROUP, kinds={"pytorch", "duckdb"},
+                ins={"trained_model": dg.AssetIn(dagster_type=dg.Nothing),
+                     "cqt_features": dg.AssetIn(dagster_type=dg.Nothing)})
+def reference_embeddings(trained_model: None, cqt_features: None) -> Any:
+    """Segment embeddings of every reference performance for the promoted model (only missing (perf, model)
+    pairs are computed, one op per shard; performances gone from the catalog lose theirs), committed in one
+    store transaction, then the model's calibration and work centroids, recomputed from all of them. Without any
+    reference it fails before deleting anything."""
+    plan, shards = plan_reference_shards(after_model=trained_model, after_features=cqt_features)
+    return commit_reference_embeddings(plan, shards.map(embed_reference_shard).collect())
 
 
 @dg.asset_check(asset=reference_embeddings,

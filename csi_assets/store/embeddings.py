@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -48,6 +49,14 @@ def write_embeddings(store: Store, dataset: str, model_id: str, perfs: Sequence[
     """Store the segments of each perf (``start_frames[i]`` [S_i], ``vectors[i]`` [S_i, D], embedded from the
     feature of audio ``audio_hashes[i]``), replacing any earlier rows of those perfs for this model (a perf whose
     segment count changed keeps no stale segment)."""
+    with store.transaction() as con:
+        return insert_embeddings(con, dataset, model_id, perfs, start_frames, vectors, audio_hashes)
+
+
+def insert_embeddings(con: duckdb.DuckDBPyConnection, dataset: str, model_id: str, perfs: Sequence[str],
+                      start_frames: Sequence[np.ndarray], vectors: Sequence[np.ndarray],
+                      audio_hashes: Sequence[str]) -> int:
+    """:func:`write_embeddings` inside a caller's transaction (a sharded stage's commit)."""
     counts = np.array([len(v) for v in vectors], dtype=np.int64)
     frame = pd.DataFrame({
         "dataset": dataset,
@@ -58,12 +67,11 @@ def write_embeddings(store: Store, dataset: str, model_id: str, perfs: Sequence[
         "vector": list(np.concatenate(vectors).astype(np.float32)),
         "audio_hash": np.repeat(np.asarray(audio_hashes, dtype=object), counts),
     })
-    with store.transaction() as con:
-        con.execute("DELETE FROM embeddings WHERE dataset = ? AND model_id = ? AND list_contains(?, perf)",
-                    [dataset, model_id, list(perfs)])
-        con.register("_csi_embeddings", frame)
-        con.execute(f"INSERT INTO embeddings ({', '.join(frame.columns)}) SELECT * FROM _csi_embeddings")
-        con.unregister("_csi_embeddings")
+    con.execute("DELETE FROM embeddings WHERE dataset = ? AND model_id = ? AND list_contains(?, perf)",
+                [dataset, model_id, list(perfs)])
+    con.register("_csi_embeddings", frame)
+    con.execute(f"INSERT INTO embeddings ({', '.join(frame.columns)}) SELECT * FROM _csi_embeddings")
+    con.unregister("_csi_embeddings")
     return len(frame)
 
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from csi_assets.store.connection import Store
@@ -51,15 +52,42 @@ def record_features(
 ) -> int:
     """Record computed features (variant, path, n_frames, n_bins, audio_hash); called per batch so a killed run
     keeps every batch it finished. A (re)written file loses its verified marker: it has not been read whole yet."""
-    settings_json = json.dumps(dict(settings), sort_keys=True)
     with store.transaction() as con:
-        return upsert(
-            con,
-            "features",
-            ("dataset", "variant", "settings_hash"),
-            [dict(r, dataset=dataset, settings_hash=settings_hash, settings=settings_json, verified_size=None,
-                  verified_mtime_ns=None) for r in rows],
-        )
+        return upsert_features(con, dataset, settings_hash, settings, rows)
+
+
+def upsert_features(con: duckdb.DuckDBPyConnection, dataset: str, settings_hash: str, settings: Mapping[str, Any],
+                    rows: Sequence[Mapping[str, Any]]) -> int:
+    """:func:`record_features` inside a caller's transaction (a sharded stage's commit)."""
+    settings_json = json.dumps(dict(settings), sort_keys=True)
+    return upsert(
+        con,
+        "features",
+        ("dataset", "variant", "settings_hash"),
+        [dict(r, dataset=dataset, settings_hash=settings_hash, settings=settings_json, verified_size=None,
+              verified_mtime_ns=None) for r in rows],
+    )
+
+
+def record_verified(store: Store, dataset: str, settings_hash: str,
+                    markers: Mapping[str, tuple[str, int, int]]) -> int:
+    """Mark feature files as read whole and sound: ``markers`` maps variant → (path, size in bytes, mtime in ns)
+    as taken just before the read. A marker lands only on the row that still records that path, so a file moved
+    or rewritten meanwhile stays unverified. Returns the rows marked."""
+    if not markers:
+        return 0
+    frame = pd.DataFrame.from_records(
+        [{"variant": v, "path": path, "size": size, "mtime_ns": mtime} for v, (path, size, mtime) in markers.items()])
+    with store.transaction() as con:
+        con.register("_csi_markers", frame)
+        try:
+            row = con.execute(
+                """UPDATE features SET verified_size = m.size, verified_mtime_ns = m.mtime_ns FROM _csi_markers m
+                   WHERE features.dataset = ? AND features.settings_hash = ? AND features.variant = m.variant
+                     AND features.path = m.path""", [dataset, settings_hash]).fetchone()
+        finally:
+            con.unregister("_csi_markers")
+    return int(row[0]) if row else 0
 
 
 def record_verified(store: Store, dataset: str, settings_hash: str,

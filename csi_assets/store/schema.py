@@ -106,6 +106,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE features ADD COLUMN verified_mtime_ns BIGINT",
         ),
     ),
+    (
+        7,
+        (
+            # the shards a stage's commit loaded (csi_assets/shards.py): a commit retried after it went through
+            # loads nothing twice; a shard planned again (its items pending once more) loses its entry first
+            """CREATE TABLE shard_commits (
+                stage TEXT NOT NULL, shard_id TEXT NOT NULL, n_rows INTEGER NOT NULL,
+                committed_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (stage, shard_id))""",
+        ),
+    ),
 )
 
 

@@ -1,0 +1,229 @@
+"""CQT features of recordings: which are missing or unusable, computing them in batches, and the sharded form
+of that stage (plan → shards computed anywhere → one commit), without Dagster.
+
+A feature file is ``<features_dir>/<settings hash>/<file name of the variant id>.cqt.npy`` (float16 ``[T, n_bins]``);
+the store records its path, frame count and the hash of the audio it was computed from.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from csi_assets.progress import Progress
+from csi_assets.shards import Shard, ShardResult, finished, local_cores, read_rows, rows_path, split_shards, write_rows
+from csi_assets.store import Store
+from csi_assets.store import features as feature_store
+from csi_assets.store import shards as shard_store
+from csi_model.audio import AudioError, load_audio
+from csi_model.cqt import CqtSettings, compute_cqt, save_feature
+from csi_model.dataset import FeatureFileError, FeatureItem, check_feature_file
+from csi_model.devices import pick_device
+from csi_model.identifiers import id_path
+
+CQT_FILES_PER_BATCH = 16
+"""Files per CQT call and per store transaction: a killed run loses at most one batch of work."""
+
+
+def feature_path(features_dir: Path, settings: CqtSettings, variant: str) -> Path:
+    """``<features_dir>/<settings hash>/<file name of the variant id>.cqt.npy`` (``csi_model.identifiers``)."""
+    return id_path(features_dir / settings.settings_hash(), variant, ".cqt.npy")
+
+
+def pending_features(
+    variants: Sequence[dict[str, Any]], stored: dict[str, dict[str, Any]], bad: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Variants whose feature is missing, was made from other audio, whose file has gone, or is in ``bad``."""
+    return [
+        v for v in variants
+        if not (
+            (known := stored.get(v["variant"]))
+            and known["audio_hash"] == v["source_hash"]
+            and Path(known["path"]).exists()
+            and v["variant"] not in (bad or {})
+        )
+    ]
+
+
+
+Verified = Callable[[dict[str, tuple[str, int, int]]], None]
+VERIFIED_PER_RECORD = 2000  # markers recorded per store write during a scan: a killed scan keeps most of its work
+
+
+def feature_problems(stored: Mapping[str, Mapping[str, Any]], n_bins: int,
+                     verified: Set[str] = frozenset(), record_verified: Verified | None = None) -> dict[str, str]:
+    """Why each unusable stored feature file cannot be used, by variant: unreadable, truncated, not
+    ``[n_frames recorded, n_bins]``, NaN/inf, or one file recorded for several variants (their ids were once
+    turned into the same path). Missing files are left to :func:`pending_features`. Reads a file whole only when
+    it has no verified marker (``verified_size``/``verified_mtime_ns`` of its row) matching its size and mtime now,
+    and is not in ``verified`` (read whole earlier in the same step); shared files are found for all.
+    ``record_verified`` receives, in batches, variant → (path, size, mtime_ns) of the files read whole and sound,
+    stamped before the read, so a file changed during or after the read is read again next time."""
+    owners: dict[Path, list[str]] = {}
+    for variant, row in stored.items():
+        owners.setdefault(Path(row["path"]).resolve(), []).append(variant)
+    problems: dict[str, str] = {}
+    sound: dict[str, tuple[str, int, int]] = {}
+    for variant, row in stored.items():
+        path = Path(row["path"])
+        sharing = owners[path.resolve()]
+        if len(sharing) > 1:
+            problems[variant] = f"{path}: one file recorded for {len(sharing)} variants ({', '.join(sharing[:3])})"
+        elif variant not in verified and (stamp := _file_stamp(path)) is not None and not _marked(row, stamp):
+            try:
+                check_feature_file(FeatureItem(variant, 0, path, int(row["n_frames"])), n_bins)
+            except FeatureFileError as err:
+                problems[variant] = str(err)
+            else:
+                sound[variant] = (row["path"], *stamp)
+        if record_verified is not None and len(sound) >= VERIFIED_PER_RECORD:
+            record_verified(sound)
+            sound = {}
+    if record_verified is not None and sound:
+        record_verified(sound)
+    return problems
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """(size in bytes, mtime in ns) of a file, None when it does not exist."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def _marked(row: Mapping[str, Any], stamp: tuple[int, int]) -> bool:
+    """The file was verified whole at exactly this size and mtime (rows of older stores have no marker)."""
+    return (row.get("verified_size"), row.get("verified_mtime_ns")) == stamp
+
+
+def marker_recorder(db: Store, dataset: str, settings: CqtSettings) -> Verified:
+    """The ``record_verified`` of :func:`feature_problems` that writes the markers to the store."""
+    def record(markers: dict[str, tuple[str, int, int]]) -> None:
+        feature_store.record_verified(db, dataset, settings.settings_hash(), markers)
+    return record
+
+
+def extract_features(
+    variants: Sequence[dict[str, Any]], settings: CqtSettings, features_dir: Path, device: Any,
+    record: Any, log: Any, label: str,
+) -> tuple[int, list[str]]:
+    """Decode (in parallel processes), CQT (batched across files) and save the variants; ``record(rows)`` is called
+    after each batch is on disk, so a killed run keeps every batch it finished. Returns (computed, errors)."""
+    progress = Progress(log, label, len(variants), "files")
+    errors: list[str] = []
+    done = 0
+    for start, decoded in zip(range(0, len(variants), CQT_FILES_PER_BATCH),
+                              _decoded_batches([v["wav"] for v in variants])):
+        batch, signals = [], []
+        for v, (signal, error) in zip(variants[start:start + CQT_FILES_PER_BATCH], decoded):
+            if error is not None:
+                errors.append(f"{v['variant']}: {error}")
+                continue
+            signals.append(signal)
+            batch.append(v)
+        rows = []
+        for v, feature in zip(batch, compute_cqt(signals, settings, device)):
+            path = feature_path(features_dir, settings, v["variant"])
+            save_feature(path, feature)
+            rows.append({"variant": v["variant"], "path": str(path), "n_frames": int(feature.shape[0]),
+                         "n_bins": int(feature.shape[1]), "audio_hash": v["source_hash"]})
+        record(rows)
+        done += len(rows)
+        progress.advance(len(decoded))
+    return done, errors
+
+
+
+def _decoded_batches(wavs: Sequence[str]) -> Iterator[list[tuple[np.ndarray | None, str | None]]]:
+    """``(signal, error)`` per file in batches of CQT_FILES_PER_BATCH, in order. With more than one batch, one
+    decode process per core works on the next batch while the caller computes the current batch's CQT, so at most
+    two batches of signals are in memory whatever the collection's size (in a daemon process, one file at a
+    time in the calling process)."""
+    batches = [wavs[i:i + CQT_FILES_PER_BATCH] for i in range(0, len(wavs), CQT_FILES_PER_BATCH)]
+    # A daemon process (a Dask worker) may not start processes of its own: there, shards are the parallelism.
+    workers = 1 if multiprocessing.current_process().daemon else local_cores()
+    if workers == 1 or len(batches) <= 1:
+        yield from ([_decode_or_error(w) for w in batch] for batch in batches)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = [pool.submit(_decode_or_error, w) for w in batches[0]]
+        for following in [*batches[1:], []]:
+            ahead = [pool.submit(_decode_or_error, w) for w in following]
+            yield [future.result() for future in pending]
+            pending = ahead
+
+
+def _decode_or_error(wav: str) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return load_audio(wav), None
+    except AudioError as err:
+        return None, str(err)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sharded stage: plan, compute a shard anywhere, commit once
+
+
+def feature_stage(dataset: str, settings: CqtSettings) -> str:
+    """The ledger name of one dataset's features at one CQT setting."""
+    return f"cqt_features/{dataset}/{settings.settings_hash()}"
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """What the planning step found, for the commit: the stage, how many variants, the bad files it discarded,
+    and the stored paths it read whole (``verified``: not read again by the commit's check unless rewritten)."""
+
+    stage: str
+    variants: int
+    pending: tuple[str, ...]
+    problems: Mapping[str, str]
+    verified_paths: Mapping[str, str]
+
+
+def plan_feature_shards(stage: str, pending: Sequence[Mapping[str, Any]], settings: CqtSettings,
+                        features_dir: Path, device: str | None, items_per_shard: int = 0) -> list[Shard]:
+    """Shards of the pending variants (``variant``, ``wav``, ``source_hash`` each): see ``shards.shard_size``."""
+    items = [{"variant": v["variant"], "wav": str(v["wav"]), "source_hash": v["source_hash"]} for v in pending]
+    params = {"settings": asdict(settings), "features_dir": str(features_dir), "device": device}
+    return split_shards(stage, items, params, items_per_shard)
+
+
+def compute_feature_shard(shard: Shard, staging: Path, log: Any) -> ShardResult:
+    """Compute a shard's features into their ``.npy`` files and its rows into ``<staging>/<shard id>.rows.json``;
+    a shard whose rows file and feature files exist already (a retried worker) is not computed again."""
+    path = rows_path(staging, shard)
+    done = finished(path, shard, lambda row: [row["path"]])
+    if done is not None:
+        log.info(f"shard {shard.shard_id}: found computed ({done.rows} features)")
+        return done
+    settings = CqtSettings(**shard.params["settings"])
+    rows: list[dict[str, Any]] = []
+    _, errors = extract_features(list(shard.items), settings, Path(shard.params["features_dir"]),
+                                 pick_device(shard.params["device"]), rows.extend, log,
+                                 f"CQT shard {shard.shard_id}")
+    return write_rows(path, shard, rows, errors)
+
+
+def commit_feature_shards(store: Store, dataset: str, settings: CqtSettings, stage: str,
+                          results: Sequence[ShardResult]) -> tuple[int, list[str]]:
+    """Record every shard's features in one transaction (shards already committed are skipped), then delete the
+    rows files. Returns (rows written, the errors the shards reported)."""
+    loaded, errors = [], []
+    for result in results:
+        rows, shard_errors = read_rows(result.path, result.shard_id)
+        loaded.append((result.shard_id, rows))
+        errors.extend(shard_errors)
+    written = shard_store.commit(store, stage, loaded, lambda con, rows: feature_store.upsert_features(
+        con, dataset, settings.settings_hash(), asdict(settings), rows))
+    for result in results:
+        Path(result.path).unlink(missing_ok=True)
+    return written, errors
