@@ -31,7 +31,7 @@ from csi_model.augment import SpecAugment, TempoRange
 from csi_model.dataset import ChunkDataset, FeatureItem, collate_chunks
 from csi_model.hparams import TrainingHParams, load_training_hparams
 from csi_model.sampler import MPerClassBatchSampler
-from csi_model.training import train
+from csi_model.training import StepEnded, train
 
 DEMO_HPARAMS = Path(__file__).resolve().parents[1] / "training" / "demo" / "config" / "hparams.yaml"
 
@@ -72,8 +72,8 @@ def loader_only(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[int, flo
 def training_run(hp: TrainingHParams, items: list[FeatureItem], model_dir: Path,
                  tempo: TempoRange | None = None) -> tuple[int, float]:
     stamps: list[float] = []
-    train(hp, items, model_dir, progress=lambda step, epoch, m: None if "epoch_end" in m else
-          stamps.append(time.perf_counter()), tempo=tempo)
+    train(hp, items, model_dir, progress=lambda event: stamps.append(time.perf_counter())
+          if isinstance(event, StepEnded) else None, tempo=tempo)
     steps = len(stamps) - 1
     return steps * hp.batch_size, stamps[-1] - stamps[0]
 

@@ -7,7 +7,8 @@ import dataclasses
 import torch
 
 from csi_model.model import CoverHunter, ModelConfig
-from csi_model.training import RetrievalTestSet, evaluate_test_set
+from csi_model.embedding import Embedder
+from csi_model.evaluation import RetrievalTestSet, evaluate
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
 
@@ -18,11 +19,12 @@ def test_test_sets_sharing_references_embed_each_track_once_with_the_same_scores
     sets = [RetrievalTestSet("val", items[:3], items), RetrievalTestSet("test", items[3:6], items)]
     tracks_seen: list[int] = []
     model._encoder.register_forward_pre_hook(lambda _module, args: tracks_seen.append(args[0].shape[0]))
-    alone = [evaluate_test_set(model, ts, hp, torch.device("cpu")) for ts in sets]
+    embedder = Embedder.for_hparams(model, hp, torch.device("cpu"))
+    alone = [evaluate(embedder, ts).metrics for ts in sets]
     forward_alone = sum(tracks_seen)
     tracks_seen.clear()
     shared: dict = {}
-    together = [evaluate_test_set(model, ts, hp, torch.device("cpu"), shared) for ts in sets]
+    together = [evaluate(embedder, ts, shared).metrics for ts in sets]
     assert [dataclasses.asdict(m) for m in together] == [dataclasses.asdict(m) for m in alone]
     assert set(shared) == {it.feat_path for it in items}
     assert 2 * sum(tracks_seen) == forward_alone  # the second set's queries and references are all known
