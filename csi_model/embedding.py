@@ -117,10 +117,16 @@ class Embedder:
             (kept if self.long_enough(n_frames(item)) else short).append(item)
         return kept, short
 
-    def too_short_message(self, what: str, n_frames: int, fps: float, doing: str) -> str:
-        """``<what>: too short to <doing> (x.xx s; the model needs y.yy s)`` for a track of ``n_frames``."""
-        return (f"{what}: too short to {doing} ({n_frames / fps:.2f} s; "
-                f"the model needs {self.min_frames / fps:.2f} s)")
+    def drop_too_short(self, names: Sequence[str], features: Sequence[np.ndarray], fps: float, doing: str,
+                       fail: Callable[[str, str], None]) -> tuple[list[str], list[np.ndarray]]:
+        """``(names, features)`` of the tracks long enough to embed, order kept; every other one is reported as
+        ``fail(name, "<name>: too short to <doing> (x.xx s; the model needs y.yy s)")`` (``fail`` may raise).
+        ``fps``: frames per second of the features, for the message."""
+        kept, short = self.split_by_length(list(zip(names, features)), lambda pair: len(pair[1]))
+        for name, feature in short:
+            fail(name, f"{name}: too short to {doing} ({len(feature) / fps:.2f} s; "
+                       f"the model needs {self.min_frames / fps:.2f} s)")
+        return [name for name, _ in kept], [feature for _, feature in kept]
 
     def segment_starts(self, n_frames: int) -> np.ndarray:
         """Raw-frame starts of the segments :meth:`embed` cuts a track of ``n_frames`` into: the tail may not be

@@ -115,8 +115,11 @@ def test_minimum_frames_rule_is_the_models_and_splits_by_length(model: CoverHunt
     kept, short = embedder.split_by_length([30, 18, 19, 5], lambda n: n)
     assert (kept, short) == ([30, 19], [18, 5])
     assert len(embedder.embed(tracks(19))[0]) == 1
-    assert embedder.too_short_message("q.wav", 18, 25.0, "identify") == \
-        "q.wav: too short to identify (0.72 s; the model needs 0.76 s)"
+    failed: list[tuple[str, str]] = []
+    names, kept = embedder.drop_too_short(["a", "q.wav", "b"], tracks(19, 18, 40), 25.0, "identify",
+                                          lambda name, message: failed.append((name, message)))
+    assert names == ["a", "b"] and [len(f) for f in kept] == [19, 40]
+    assert failed == [("q.wav", "q.wav: too short to identify (0.72 s; the model needs 0.76 s)")]
 
 
 def test_logits_are_the_classifier_of_the_segment_embeddings(model: CoverHunter) -> None:

@@ -32,6 +32,7 @@ from csi_assets.store import ingest as ingest_store
 from csi_assets.store import splits as split_store
 from csi_model.catalog import parse_catalog
 from csi_model.devices import pick_device
+from csi_model.identifiers import is_original_speed
 from csi_model.splits import assign_work_ids
 from csi_model.cqt import settings_for
 
@@ -177,7 +178,7 @@ def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: lis
         return 0
     dataset_input(model, dataset.hparams(), log)  # a model trained on other features must not embed this batch
     references = [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
-                  if r["speed"] == 1.0]
+                  if is_original_speed(r["speed"])]
     computed = embed_missing(db, dataset.name, model, references, log).computed
     if ReferenceIndex.read(db.path, dataset.name, model.model_id) is not None:  # none yet: reference_index builds it
         sync_index(db, db.path, dataset.name, model.model_id, log=log.info)

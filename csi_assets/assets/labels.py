@@ -43,7 +43,7 @@ from csi_assets.testsets import too_short_message
 from csi_model.atomic import write_text_atomic
 from csi_model.cqt import load_feature, settings_for
 from csi_model.devices import pick_device
-from csi_model.embedding import embed_tracks, softmax_rows
+from csi_model.embedding import Embedder, softmax_rows
 from csi_model.hparams import HParamsError, TrainingHParams, load_data_hparams
 from csi_model.label_probe import (KNN_NEIGHBOURS, METRICS, PROBES, ProbeDataError, ProbeResult, bootstrap_scores,
                                    confusion_png, fit_linear, label_map_png, probe_label, verdict)
@@ -276,7 +276,7 @@ def held_out_scores(model: Any, hp: TrainingHParams, split: LabelSplit, device: 
     """(scores, gain, predicted [T]): each held-out recording's value is the argmax of its segments' mean class
     probabilities; the baseline answers the training items' most frequent value."""
     features = [load_feature(item.feat_path) for item in split.test]
-    logits = embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, device, logits=True)
+    logits = Embedder.for_hparams(model, hp, device).logits(features)
     predicted = np.array([softmax_rows(track).mean(axis=0).argmax() for track in logits])
     y = np.array([item.work_id for item in split.test])
     majority = np.bincount([item.work_id for item in split.train], minlength=len(split.classes)).argmax()

@@ -32,13 +32,14 @@ from csi_model.atomic import write_text_atomic
 from csi_model.devices import pick_device
 from csi_model.folds import PoolItem, ProductionRun, StageResult
 from csi_model.hparams import HParamsError, TrainingHParams, load_training_hparams, to_dict
-from csi_model.metrics import bootstrap_metrics, per_query_metrics
+from csi_model.checkpoint import state_file_for
+from csi_model.embedding import Embedder
+from csi_model.evaluation import RetrievalTestSet, evaluate
+from csi_model.identifiers import is_original_speed
 from csi_model.model import CoverHunter
 from csi_model.sweeps import (Experiment, RunOutcome, Tuning, experiment_hparams, load_tuning, markdown_table,
                               plan_experiments, summarise)
-from csi_model.tempo import is_identity
-from csi_model.training import (RetrievalTestSet, TrainingDiverged, TrainingResult, WarmStart, retrieval_distances,
-                                train)
+from csi_model.training import TrainingDiverged, TrainingResult, WarmStart, train
 from csi_model.cqt import settings_for
 
 GROUP = "research"
@@ -103,13 +104,10 @@ def bootstrap_map(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHP
                   n_bootstrap: int) -> dict[str, float]:
     """Work-stratified bootstrap CI of one test set's mAP for ``model``, over its answerable queries; also
     how many queries had no match to find (left out of the mAP)."""
-    model.to(device)
-    query_labels, ref_labels = test_set.labels()
-    per_query = per_query_metrics(retrieval_distances(model, test_set, hp, device), query_labels, ref_labels,
-                                  test_set.exclusion_mask())
-    interval = bootstrap_metrics(per_query, query_labels, n_bootstrap)["mean_ap"]
+    evaluation = evaluate(Embedder.for_hparams(model, hp, device), test_set)
+    interval = evaluation.bootstrap(n_bootstrap)["mean_ap"]
     return {"ci_low": interval.ci_low, "ci_high": interval.ci_high, "std": interval.std,
-            "n_unanswerable": per_query.summary().n_unanswerable}
+            "n_unanswerable": evaluation.metrics.n_unanswerable}
 
 
 def outcome_of(experiment: Experiment, result: TrainingResult | None, seconds: float,
@@ -132,7 +130,7 @@ def foundation_warm_start(tuning: Tuning) -> WarmStart | None:
     generator = Path(tuning.foundation_checkpoint).expanduser()
     if not generator.is_file():
         raise dg.Failure(description=f"{tuning.source}: foundation_checkpoint {generator} does not exist")
-    state = generator.with_name("do_" + generator.name.removeprefix("g_"))
+    state = state_file_for(generator)
     return WarmStart(generator, state if tuning.restore_optimizer_state and state.is_file() else None)
 
 
@@ -246,9 +244,9 @@ def production_pool(table: Sequence[dict[str, Any]], mean_size: int,
     variants, unless ``stored_variants`` is False: feature-domain tempo); the final run validates on the test
     split's original recordings, the held-out data the folds never saw."""
     shortest = CoverHunter.min_raw_frames(mean_size)
-    pool = [PoolItem(feature_item(r), r["perf"], is_identity(r["speed"])) for r in table
+    pool = [PoolItem(feature_item(r), r["perf"], is_original_speed(r["speed"])) for r in table
             if r["split"] in ("train", "val") and r["n_frames"] >= shortest
-            and (stored_variants or is_identity(r["speed"]))]
+            and (stored_variants or is_original_speed(r["speed"]))]
     return pool, split_items(table, mean_size).test
 
 

@@ -2,7 +2,7 @@
 
 A reference is the original recording of a performance (its speed-1.0 variant; tempo copies are training
 augmentation, not recordings anyone will query for), from the main catalog or from an ingested batch. Each is
-embedded with ``csi_model.embedding.embed_tracks`` -- every segment, tail included -- exactly as evaluation and
+embedded with the model's ``csi_model.embedding.Embedder`` -- every segment, tail included -- exactly as evaluation and
 identification embed their tracks, so the three measure the same thing (the reference tool used one 135 s chunk
 here and all segments elsewhere).
 """
@@ -30,13 +30,11 @@ from csi_assets.store import models as model_store
 from csi_model.calibration import Calibration, compute_track_calibration
 from csi_model.centroids import WorkCentroids, compute_centroids
 from csi_model.cqt import load_feature
-from csi_model.embedding import embed_tracks, mean_unit_vectors
+from csi_model.embedding import TRACKS_PER_BATCH, mean_unit_vectors
+from csi_model.identifiers import is_original_speed
 from csi_model.segment_index import IndexConfig
 
 GROUP = "serving"
-TRACKS_PER_BATCH = 64
-"""Tracks per ``embed_tracks`` call and per store write: long enough batches for the length-sorted segment
-batching, short enough that a killed run loses little and the progress line moves."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,8 @@ class EmbedStats:
 def reference_rows(store: Store, dataset: DatasetResource) -> list[dict[str, Any]]:
     """The original recording (speed 1.0) of every performance that has a feature, with its work id."""
     settings_hash = dataset.cqt_settings().settings_hash()
-    return [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if r["speed"] == 1.0]
+    return [r for r in feature_store.feature_table(store, dataset.name, settings_hash)
+            if is_original_speed(r["speed"])]
 
 
 def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Sequence[dict[str, Any]],
@@ -61,21 +60,21 @@ def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Se
     Plain function so the delta-ingestion sensor can embed the performances of a new batch only."""
     start = time.monotonic()
     stored = embedding_store.embedded_segments(store, dataset, model.model_id)
+    embedder = model.embedder
     # A perf whose feature changed (other audio, or another length) since it was embedded is embedded again.
     todo = [r for r in references
-            if stored.get(r["perf"]) != (len(model.segment_starts(r["n_frames"])), r["audio_hash"])]
-    too_short = [r["perf"] for r in todo if r["n_frames"] < model.min_raw_frames]
-    todo = [r for r in todo if r["n_frames"] >= model.min_raw_frames]
+            if stored.get(r["perf"]) != (len(embedder.segment_starts(r["n_frames"])), r["audio_hash"])]
+    todo, short = embedder.split_by_length(todo, lambda r: r["n_frames"])
+    too_short = [r["perf"] for r in short]
     for perf in too_short:
-        log.warning(f"{perf}: too short to embed (fewer than {model.min_raw_frames} CQT frames)")
+        log.warning(f"{perf}: too short to embed (fewer than {embedder.min_frames} CQT frames)")
     progress = Progress(log, f"embedding references with {model.model_id}", len(todo), "tracks")
     segments = 0
-    hp = model.hparams
-    for first in range(0, len(todo), tracks_per_batch):
-        batch = todo[first:first + tracks_per_batch]
-        features = [load_feature(r["feat"]) for r in batch]
-        vectors = embed_tracks(model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, model.device)
-        starts = [model.segment_starts(len(f)) for f in features]
+    def embed(features: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:  # (starts, vectors) per track
+        return list(zip([embedder.segment_starts(len(f)) for f in features], embedder.embed(features)))
+
+    for batch, embedded in embedder.batches(todo, lambda r: load_feature(r["feat"]), embed, tracks_per_batch):
+        starts, vectors = [s for s, _ in embedded], [v for _, v in embedded]
         for row, s, v in zip(batch, starts, vectors):
             if len(s) != len(v):
                 raise RuntimeError(f"{row['perf']}: {len(v)} embeddings for {len(s)} segment starts")

@@ -19,7 +19,7 @@ import dagster as dg
 import numpy as np
 
 from csi_assets.assets.data import cqt_features, dataset_catalog
-from csi_assets.assets.serving import TRACKS_PER_BATCH, reference_rows
+from csi_assets.assets.serving import reference_rows
 from csi_assets.assets.training import trained_model
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
@@ -69,17 +69,16 @@ def compute_alignments(store: Store, dataset: DatasetResource, model: LoadedMode
     start = time.monotonic()
     fps = dataset_input(model, dataset.hparams(), log).fps
     rows = reference_rows(store, dataset)  # the original recording of every performance with a feature
-    usable = [r for r in rows if r["n_frames"] >= model.min_raw_frames]
-    too_short = sorted(r["perf"] for r in rows if r["n_frames"] < model.min_raw_frames)
+    embedder = model.embedder
+    usable, short = embedder.split_by_length(rows, lambda r: r["n_frames"])
+    too_short = sorted(r["perf"] for r in short)
     for perf in too_short:
-        log.warning(f"{perf}: too short to align (fewer than {model.min_raw_frames} CQT frames)")
+        log.warning(f"{perf}: too short to align (fewer than {embedder.min_frames} CQT frames)")
     progress = Progress(log, f"embedding {window_s:g} s windows every {hop_s:g} s", len(usable), "tracks")
     tracks: list[TrackWindows] = []
-    hp = model.hparams
-    for first in range(0, len(usable), TRACKS_PER_BATCH):
-        batch = usable[first:first + TRACKS_PER_BATCH]
-        tracks += embed_windows(model.model, [load_feature(r["feat"]) for r in batch], fps, hp.mean_size,
-                                hp.batch_size, window_s, hop_s, model.device)
+    for batch, windows in embedder.batches(usable, lambda r: load_feature(r["feat"]),
+                                           lambda features: embed_windows(embedder, features, fps, window_s, hop_s)):
+        tracks += windows
         progress.advance(len(batch))
     alignments = align_works([r["perf"] for r in usable], [r["work_id"] for r in usable], tracks)
     return AlignmentRun(alignments, model.model_id, window_s, hop_s, sum(len(t.starts_s) for t in tracks),
