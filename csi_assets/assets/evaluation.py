@@ -8,9 +8,10 @@ they usually share references, which one process embeds once. A test set's repor
 nothing is lost by evaluating them together.
 
 Every track is embedded by the model's ``Embedder`` (all segments, tail included) and two tracks are as far apart
-as their nearest segment pair, the same rule identification ranks by (``csi_model.evaluation``). Queries with no other performance of their work
-among the references cannot be answered: they are left out of every metric and counted (``n_unanswerable``), and
-a test set without any answerable query fails the asset before anything is embedded.
+as their nearest segment pair, the same rule identification ranks by (``csi_model.evaluation``). Queries with no
+other performance of their work among the references cannot be answered: they are left out of every metric and
+counted (``n_unanswerable``), and a test set without any answerable query fails the asset before anything is
+embedded.
 """
 
 
