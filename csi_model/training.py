@@ -3,6 +3,8 @@
 One epoch zips the three chunk-length loaders and visits each step's three batches in a shuffled order; each
 batch is one AdamW step with the global grad norm clipped to 1.0. After the epoch come the validation loss (fixed
 chunk starts, so the curve is not sampling noise), the test-set mAP, early stopping and the checkpoint.
+A caller follows the run through typed events (:data:`TrainingEvent`: each step, each test set scored, each
+checkpoint saved, each epoch's end); the test sets are scored by ``csi_model.evaluation``, the one evaluation path.
 
 Exact resume: a checkpoint holds, besides weights and optimizer, the scheduler, early-stopping state, history and
 every random stream (torch, the samplers' and the batch-order generators; the datasets reseed from

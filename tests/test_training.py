@@ -15,7 +15,8 @@ from csi_model.metrics import NoAnswerableQueries
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.embedding import Embedder
 from csi_model.evaluation import RetrievalTestSet, evaluate
-from csi_model.training import CheckpointSaved, EpochEnded, StepEnded, TrainingDiverged, train
+from csi_model.training import (CheckpointSaved, EpochEnded, StepEnded, TestSetEvaluated, TrainingDiverged,
+                                train)
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
 AUGMENT = SpecAugHParams(RandomEraseHParams(prob=0.5, erase_num=2), RollPitchHParams(prob=0.5, shift_num=2))
@@ -132,7 +133,10 @@ def test_early_stopping_stops_and_a_rerun_does_nothing(data, tmp_path):
 def test_resume_is_bit_identical(data, tmp_path):
     hp = tiny_hparams(max_epochs=3, spec_augmentation=AUGMENT, hold_steps=5, warmup=True, warmup_steps=4)
     kwargs = dict(val_items=data["held_out"], test_sets=[RetrievalTestSet("tiny", data["held_out"])])
-    straight = train(hp, data["train"], tmp_path / "straight", **kwargs)
+    events = []
+    straight = train(hp, data["train"], tmp_path / "straight", progress=events.append, **kwargs)
+    scored = [(e.epoch, e.metrics.mean_ap) for e in events if isinstance(e, TestSetEvaluated) and e.name == "tiny"]
+    assert scored == [(r.epoch, r.mean_ap["tiny"]) for r in straight.history]
     first = train(dataclasses.replace(hp, max_epochs=2), data["train"], tmp_path / "resumed", **kwargs)
     resumed = train(hp, data["train"], tmp_path / "resumed", **kwargs)
     assert (first.epochs_run, resumed.epochs_run, straight.epochs_run) == (2, 1, 3)
