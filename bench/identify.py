@@ -46,7 +46,7 @@ import torch
 
 from csi_model.audio import load_audio
 from csi_model.cqt import CqtSettings, compute_cqt
-from csi_model.embedding import embed_tracks
+from csi_model.embedding import Embedder
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.search import PerformanceIndex
 from csi_model.segment_index import FLAT, IVF, IVF_REFINE, TRAIN_ROWS_PER_LIST, Groups, IndexConfig, RefinedIndex, \
@@ -119,17 +119,18 @@ def measure_end_to_end(seconds: float, n_segments: int, batch: int, repeats: int
         wav = next((Path(folder) / "wav").iterdir())
         signal = load_audio(wav)
         feature = compute_cqt([signal], settings, device)[0]
-        segments = embed_tracks(model, [feature], 1125, 3, 32, device)[0]
+        embedder = Embedder(model, 1125, 3, 32, device)
+        segments = embedder.embed([feature])[0]
         stages = {
             "decode": time_search(lambda: load_audio(wav), repeats, warmup=1),
             "cqt": time_search(lambda: compute_cqt([signal], settings, device), repeats, warmup=1),
-            "embed": time_search(lambda: embed_tracks(model, [feature], 1125, 3, 32, device), repeats, warmup=1),
+            "embed": time_search(lambda: embedder.embed([feature]), repeats, warmup=1),
             "search": time_search(lambda: index.search_works([segments], TOP_K), repeats, warmup=1),
         }
 
         def whole(paths: list[Path]) -> object:
             features = compute_cqt([load_audio(p) for p in paths], settings, device)
-            return index.search_works(embed_tracks(model, features, 1125, 3, 32, device), TOP_K)
+            return index.search_works(embedder.embed(features), TOP_K)
 
         one = time_search(lambda: whole([wav]), repeats, warmup=1)
         many = time_search(lambda: whole([wav] * batch), max(1, repeats // 3), warmup=0)

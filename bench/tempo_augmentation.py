@@ -87,9 +87,8 @@ def run_mode(out: Path, audio: Path, mode: str, args: argparse.Namespace) -> dic
     from csi_assets.sweeps import bootstrap_map
     from csi_assets.testsets import retrieval_test_sets
     from csi_assets.training_runs import run_training
-    from csi_model import checkpoint as ckpt
     from csi_model.hparams import training_hparams_from_dict
-    from csi_model.model import CoverHunter, ModelConfig
+    from csi_model.loading import model_from_checkpoint
     import torch
 
     dataset, training_dir, store_path = make_project(out, audio, mode, args)
@@ -109,8 +108,7 @@ def run_mode(out: Path, audio: Path, mode: str, args: argparse.Namespace) -> dic
     store = resources["store"].store()
     row = model_store.promoted_model(store, dataset.name)
     hp = training_hparams_from_dict(row["hparams"])
-    model = CoverHunter(ModelConfig.from_hparams(hp, int(row["metrics"]["num_classes"])))
-    ckpt.load_generator(row["checkpoint"], model)
+    model, _ = model_from_checkpoint(row["checkpoint"], hp, num_classes=int(row["metrics"]["num_classes"]))
     table = feature_store.feature_table(store, dataset.name, resources["dataset"].cqt_settings().settings_hash())
     test_sets, counts = retrieval_test_sets(hp, table, training_dir)
     test = next(ts for ts in test_sets if ts.name == "demo_test")

@@ -34,7 +34,7 @@ from csi_model.augment import SpecAugment
 from csi_model.dataset import ChunkDataset, EpochBatches, FeatureItem, collate_chunks
 from csi_model.hparams import TrainingHParams, load_training_hparams
 from csi_model.sampler import MPerClassBatchSampler
-from csi_model.training import train
+from csi_model.training import StepEnded, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_step import ReferenceTrainer, reference_style_chunk  # noqa: E402
@@ -82,8 +82,8 @@ COMPILED = "product-compile"  # opt-in (--compile): timed on its second epoch, a
 def product_run(hp: TrainingHParams, items: list[FeatureItem], model_dir: Path) -> tuple[int, float]:
     """(samples, seconds) over the steps of the run's last epoch but its first step."""
     stamps: dict[int, list[float]] = {}
-    train(hp, items, model_dir, progress=lambda step, epoch, m: None if "epoch_end" in m else
-          stamps.setdefault(epoch, []).append(time.perf_counter()))
+    train(hp, items, model_dir, progress=lambda event: stamps.setdefault(event.epoch, []).append(time.perf_counter())
+          if isinstance(event, StepEnded) else None)
     last = stamps[max(stamps)]
     return (len(last) - 1) * hp.batch_size, last[-1] - last[0]
 

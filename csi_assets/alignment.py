@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from csi_assets.errors import RunFailed
-from csi_assets.eval_reports import TRACKS_PER_BATCH
 from csi_assets.layouts import DatasetLayout
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Log, Progress
@@ -26,7 +25,7 @@ from csi_assets.store import features as feature_store
 from csi_model.alignment import Alignment, TrackWindows, align_works, embed_windows
 from csi_model.atomic import write_text_atomic
 from csi_model.cqt import load_feature
-from csi_model.tempo import is_identity
+from csi_model.identifiers import is_original_speed
 
 ALIGNMENT_FILE = "alignments.jsonl"
 ALIGNMENT_META_FILE = "alignments.meta.json"
@@ -60,18 +59,17 @@ def compute_alignments(store: Store, dataset: DatasetLayout, model: LoadedModel,
     fps = dataset_input(model, dataset.hparams(), log).fps
     settings_hash = dataset.cqt_settings().settings_hash()
     # the original recording of every performance with a feature
-    rows = [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if is_identity(r["speed"])]
-    usable = [r for r in rows if r["n_frames"] >= model.min_raw_frames]
-    too_short = sorted(r["perf"] for r in rows if r["n_frames"] < model.min_raw_frames)
+    rows = [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if is_original_speed(r["speed"])]
+    embedder = model.embedder
+    usable, short = embedder.split_by_length(rows, lambda r: r["n_frames"])
+    too_short = sorted(r["perf"] for r in short)
     for perf in too_short:
-        log.warning(f"{perf}: too short to align (fewer than {model.min_raw_frames} CQT frames)")
+        log.warning(f"{perf}: too short to align (fewer than {embedder.min_frames} CQT frames)")
     progress = Progress(log, f"embedding {window_s:g} s windows every {hop_s:g} s", len(usable), "tracks")
     tracks: list[TrackWindows] = []
-    hp = model.hparams
-    for first in range(0, len(usable), TRACKS_PER_BATCH):
-        batch = usable[first:first + TRACKS_PER_BATCH]
-        tracks += embed_windows(model.model, [load_feature(r["feat"]) for r in batch], fps, hp.mean_size,
-                                hp.batch_size, window_s, hop_s, model.device)
+    for batch, windows in embedder.batches(usable, lambda r: load_feature(r["feat"]),
+                                           lambda features: embed_windows(embedder, features, fps, window_s, hop_s)):
+        tracks += windows
         progress.advance(len(batch))
     alignments = align_works([r["perf"] for r in usable], [r["work_id"] for r in usable], tracks)
     return AlignmentRun(alignments, model.model_id, window_s, hop_s, sum(len(t.starts_s) for t in tracks),

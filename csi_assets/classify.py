@@ -27,7 +27,7 @@ from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_cqt_se
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
 from csi_model.cqt import CqtSettings, compute_cqt
-from csi_model.embedding import embed_tracks, mean_unit_vectors, softmax_rows
+from csi_model.embedding import mean_unit_vectors, softmax_rows
 from csi_model.label_probe import LinearProbe
 
 TOP = 3
@@ -110,30 +110,23 @@ class Classifier:
         the model raises :class:`ClassifyError`, or with ``failed`` is reported as ``failed(name, message)`` and
         left out, so the others are still answered."""
         features = compute_cqt(list(signals), self.settings, self.model.device)
-        kept_names, kept = [], []
-        for name, feature in zip(names, features):
-            if len(feature) >= self.model.min_raw_frames:
-                kept_names.append(name)
-                kept.append(feature)
-                continue
-            message = (f"{name}: too short to classify ({len(feature) / self.settings.fps:.2f} s; "
-                       f"the model needs {self.model.min_raw_frames / self.settings.fps:.2f} s)")
+
+        def fail(name: str, message: str) -> None:
             if failed is None:
                 raise ClassifyError(message)
             failed(name, message)
+
+        kept_names, kept = self.model.embedder.drop_too_short(names, features, self.settings.fps, "classify", fail)
         if not kept:
             return []
         probabilities = self._probabilities(kept)  # [N, K]
         return [self._prediction(name, row) for name, row in zip(kept_names, probabilities)]
 
     def _probabilities(self, features: list[np.ndarray]) -> np.ndarray:
-        hp = self.model.hparams
         if self.probe is None:
-            logits = embed_tracks(self.model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size,
-                                  self.model.device, logits=True)
+            logits = self.model.embedder.logits(features)
             return np.stack([softmax_rows(track).mean(axis=0) for track in logits])
-        tracks = embed_tracks(self.model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size,
-                              self.model.device)
+        tracks = self.model.embedder.embed(features)
         vectors = np.concatenate([mean_unit_vectors(t, np.zeros(len(t), dtype=np.int64)) for t in tracks])
         return self.probe.predict_proba(vectors)
 

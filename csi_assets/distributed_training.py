@@ -81,7 +81,7 @@ def run_torchrun(job: TrainingJob, progress: Progress | None, log: Callable[[str
                 if event is None:
                     log(line)
                 elif progress is not None:
-                    progress(*event)
+                    progress(event)
         except BaseException:  # the caller gave up (run cancelled, callback failed): stop every rank, not just wait
             proc.terminate()  # torchrun passes SIGTERM on to its processes
             for _ in lines:  # until both pipes close: no reader thread outlives them

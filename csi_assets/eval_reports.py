@@ -7,10 +7,11 @@ they usually share references, which one process embeds once. A test set's repor
 ``<training_dir>/reports/<model_id>/<test_set>/``, and its metrics are a row of their own in ``evaluations``, so
 nothing is lost by evaluating them together.
 
-Every track is embedded by ``embed_tracks`` (all segments, tail included) and two tracks are as far apart as
-their nearest segment pair, the same rule identification ranks by. Queries with no other performance of their work
-among the references cannot be answered: they are left out of every metric and counted (``n_unanswerable``), and
-a test set without any answerable query fails the asset before anything is embedded.
+Every track is embedded by the model's ``Embedder`` (all segments, tail included) and two tracks are as far apart
+as their nearest segment pair, the same rule identification ranks by (``csi_model.evaluation``). Queries with no
+other performance of their work among the references cannot be answered: they are left out of every metric and
+counted (``n_unanswerable``), and a test set without any answerable query fails the asset before anything is
+embedded.
 """
 
 from __future__ import annotations
@@ -35,12 +36,8 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
 from csi_assets.testsets import InvalidTestSet, require_answerable_test_sets, retrieval_test_sets, split_items
 from csi_model.atomic import atomic_path, write_text_atomic
-from csi_model.cqt import load_feature
-from csi_model.dataset import FeatureItem
-from csi_model.embedding import embed_tracks
-from csi_model.metrics import (MetricInterval, RetrievalMetrics, bootstrap_metrics, min_segment_distance,
-                               per_query_metrics, self_match_mask)
-from csi_model.training import RetrievalTestSet
+from csi_model.evaluation import RetrievalTestSet, evaluate
+from csi_model.metrics import MetricInterval, RetrievalMetrics, min_segment_distance, self_match_mask
 from csi_model.tsne_plot import plot_tsne
 
 DEFAULT_BOOTSTRAP = 200
@@ -48,7 +45,6 @@ DEFAULT_BOOTSTRAP = 200
 MAX_TSNE_TRACKS = 2000
 """t-SNE is quadratic and unreadable beyond a few thousand points; larger query sets plot a fixed sample."""
 FALLBACK_TEST_SET = "test_split"
-TRACKS_PER_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -67,42 +63,23 @@ class TestSetReport:
                 "bootstrap": {name: interval.to_dict() for name, interval in self.intervals.items()}}
 
 
-def embed_items(model: LoadedModel, items: Sequence[FeatureItem], log: Log, label: str) -> list[np.ndarray]:
-    """Segment embeddings of every item, ``TRACKS_PER_BATCH`` tracks per call, with a progress line."""
-    hp = model.hparams
-    progress = Progress(log, label, len(items), "tracks")
-    vectors: list[np.ndarray] = []
-    for first in range(0, len(items), TRACKS_PER_BATCH):
-        batch = items[first:first + TRACKS_PER_BATCH]
-        features = [load_feature(item.feat_path) for item in batch]
-        vectors += embed_tracks(model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, model.device)
-        progress.advance(len(batch))
-    return vectors
-
-
 def evaluate_test_set(model: LoadedModel, test_set: RetrievalTestSet, folder: Path, unseen_works: Collection[int],
                       n_bootstrap: int, log: Log) -> TestSetReport:
     """Embed, rank, score (with work-stratified bootstrap), plot and write one test set's report folder."""
     start = time.monotonic()
-    queries = list(test_set.queries)
-    refs = queries if test_set.refs is None else list(test_set.refs)
-    unique = list({item.feat_path: item for item in [*queries, *refs]}.values())  # each feature embedded once
-    vectors = dict(zip((item.feat_path for item in unique),
-                       embed_items(model, unique, log, f"embedding test set {test_set.name}")))
-    query_vectors = [vectors[item.feat_path] for item in queries]
-    distances = min_segment_distance(query_vectors, [vectors[item.feat_path] for item in refs])  # [Q, R]
-    excluded = test_set.exclusion_mask()
+    progress = Progress(log, f"embedding test set {test_set.name}", len(test_set.tracks()), "tracks")
+    evaluation = evaluate(model.embedder, test_set, progress=progress.advance)
+    distances, excluded = evaluation.distances, test_set.exclusion_mask()
     query_labels, ref_labels = test_set.labels()
-    per_query = per_query_metrics(distances, query_labels, ref_labels, excluded)
-    intervals = bootstrap_metrics(per_query, query_labels, n_bootstrap)
+    intervals = evaluation.bootstrap(n_bootstrap)
     plot = folder / "tsne.png"
-    _plot_queries(query_vectors, query_labels, distances if test_set.refs is None else None, plot, unseen_works,
-                  test_set.name)
+    _plot_queries(evaluation.query_vectors, query_labels, distances if test_set.refs is None else None, plot,
+                  unseen_works, test_set.name)
     _save_array(folder / "distances.npy", np.where(excluded, np.float32(-1.0), distances))
     _save_array(folder / "excluded.npy", excluded)
     _save_array(folder / "query_labels.npy", query_labels)
     _save_array(folder / "ref_labels.npy", ref_labels)
-    report = TestSetReport(test_set.name, per_query.summary(), intervals, len(refs), folder, plot,
+    report = TestSetReport(test_set.name, evaluation.metrics, intervals, len(test_set.ref_items), folder, plot,
                            time.monotonic() - start)
     write_text_atomic(folder / "metrics.json", json.dumps(report.record(), indent=2))
     write_text_atomic(folder / "report.md", _markdown(report, model.model_id, "tsne.png"))

@@ -2,7 +2,7 @@
 
 A query goes through exactly the reference path: decoded to 16 kHz mono, the dataset's CQT settings and code
 (``csi_model.cqt.compute_cqt``, batched over queries), every segment embedded by the promoted model with
-``embed_tracks``, then ranked against the model's reference index (``csi_assets.reference_index``: a FAISS index
+the model's ``Embedder``, then ranked against the model's reference index (``csi_assets.reference_index``: a FAISS index
 of every stored segment, re-ranked exactly): a performance is as near as its nearest segment pair, a work as near
 as its nearest performance. The whole query is used, not its first 135 s, and many queries share one model load
 and one index.
@@ -30,7 +30,6 @@ from csi_assets.store import embeddings as embedding_store
 from csi_model.audio import AudioError, load_audio
 from csi_model.calibration import Calibration
 from csi_model.cqt import compute_cqt
-from csi_model.embedding import embed_tracks
 
 QUERIES_PER_BATCH = 16
 """Queries decoded, transformed and embedded together: amortises each call, bounds memory for long lists."""
@@ -125,18 +124,9 @@ class Identifier:
             except AudioError as err:
                 fail(path, str(err))
         features = compute_cqt(signals, self.settings, self.model.device) if signals else []
-        long_enough = [len(feature) >= self.model.min_raw_frames for feature in features]
-        for path, feature, ok in zip(kept, features, long_enough):
-            if not ok:
-                fail(path, f"{path}: too short to identify ({len(feature) / self.settings.fps:.2f} s; "
-                           f"the model needs {self.model.min_raw_frames / self.settings.fps:.2f} s)")
-        kept = [path for path, ok in zip(kept, long_enough) if ok]
-        features = [feature for feature, ok in zip(features, long_enough) if ok]
-        if not features:
-            return [], []
-        hp = self.model.hparams
-        return kept, embed_tracks(self.model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size,
-                                  self.model.device)
+        embedder = self.model.embedder
+        kept, features = embedder.drop_too_short(kept, features, self.settings.fps, "identify", fail)
+        return kept, embedder.embed(features) if features else []
 
     def _rank(self, paths: Sequence[str], tracks: list[np.ndarray], top: int, works: bool) -> list[QueryResult]:
         found = self.references.search(tracks, top, works)

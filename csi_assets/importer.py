@@ -35,16 +35,15 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
 from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, scan_records
-from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, load_generator, read_generator_state
+from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, checkpoint_epoch, latest_generator
 from csi_model.contract import InputContract, InputContractError, check_input_contract
 from csi_model.cqt import content_hash, settings_for
 from csi_model.identifiers import UnsafePathError, contained, tempo_copy_of
 from csi_model.hparams import DataPrepHParams, HParamsError, load_data_hparams, load_training_hparams, to_dict
-from csi_model.model import CoverHunter, ModelConfig
+from csi_model.loading import model_from_checkpoint
 
 IMPORT_ORIGIN = "reference-import"
 UNKNOWN_CQT_CLASS = "unknown: CQT1992v2 (MPS) or CQT2010v2 (CUDA)"
-_CLASSIFIER_KEY = "_ce_layer.weight"
 
 
 def rejection_rows(lines: Sequence[RejectedLine]) -> list[dict[str, Any]]:
@@ -105,6 +104,11 @@ class _Line:
     dtype: str
     work_id: int
 
+    @property
+    def is_original(self) -> bool:
+        """The line of an original recording, not of a tempo copy (whose id names its original)."""
+        return self.original == self.row.perf
+
 
 def _original_of(perf: str) -> tuple[str, float]:
     """A tempo copy's original and factor; ``(perf, 1.0)`` for an original. A copy whose original has no line is
@@ -124,15 +128,15 @@ def _import_full(store: Store, data_dir: Path, full: Path, cwd: Path, report: Im
         except ReferenceImportError as err:
             report.rejected.append({"line_no": row.line_no, "raw": row.perf, "reason": str(err)})
     _refuse_own_features(store, data_dir.name, settings.settings_hash())
-    hashes = {line.row.perf: content_hash(line.row.wav) for line in lines if line.speed == 1.0}
+    hashes = {line.row.perf: content_hash(line.row.wav) for line in lines if line.is_original}
     orphans = [line for line in lines if line.original not in hashes]  # a copy whose original was rejected
     report.rejected += [{"line_no": line.row.line_no, "raw": line.row.perf, "reason":
                          f"{full}:{line.row.line_no}: tempo copy of {line.original!r}, which has no usable line"}
                         for line in orphans]
     lines = [line for line in lines if line.original in hashes]
     _record_work_ids(store, data_dir.name, lines, full)  # first: a work id conflict stops the import unwritten
-    _record_catalog(store, data_dir.name, str(full), [line.row for line in lines if line.speed == 1.0], hashes,
-                    report)
+    _record_catalog(store, data_dir.name, str(full), [line.row for line in lines if line.is_original],
+                    hashes, report)
     feature_store.replace_variants(store, data_dir.name, sorted(hashes), [
         {"variant": line.row.perf, "perf": line.original, "speed": line.speed, "wav": str(line.row.wav),
          "dur_s": line.row.dur_s, "source_hash": hashes[line.original]} for line in lines])
@@ -241,17 +245,11 @@ def _import_catalog_only(store: Store, dataset: str, catalog: Path, cwd: str | o
 
 
 def best_generator(folder: Path) -> tuple[Path, int]:
-    """The g_ file with the highest epoch, parsed as the reference does for inference: ``-`` and ``_``
-    read as ``.``, the second field is the epoch. Files whose second field is not a number are not checkpoints."""
-    epochs: dict[int, Path] = {}
-    for path in folder.glob(f"{GENERATOR_PREFIX}*") if folder.is_dir() else ():
-        fields = path.name.replace("-", ".").replace("_", ".").split(".")
-        if path.is_file() and len(fields) > 1 and fields[1].isdigit():
-            epochs.setdefault(int(fields[1]), path)
-    if not epochs:
+    """The g_ file with the highest epoch (``csi_model.checkpoint.latest_generator``: the reference's rule)."""
+    path = latest_generator(folder)
+    if path is None:
         raise ReferenceImportError(f"{folder}: no g_ checkpoint (expected files like g_00000012)")
-    epoch = max(epochs)
-    return epochs[epoch], epoch
+    return path, checkpoint_epoch(path.name, GENERATOR_PREFIX)
 
 
 def _import_model(store: Store, dataset: str, training_dir: Path, report: ImportReport,
@@ -271,9 +269,7 @@ def _import_model(store: Store, dataset: str, training_dir: Path, report: Import
         raise ReferenceImportError(str(err)) from err
     checkpoint, epoch = best_generator(training_dir / "checkpoints")
     try:
-        state = read_generator_state(checkpoint)
-        num_classes = int(state[_CLASSIFIER_KEY].shape[0]) if _CLASSIFIER_KEY in state else 1
-        loaded = load_generator(checkpoint, CoverHunter(ModelConfig.from_hparams(hp, num_classes)))
+        _, loaded = model_from_checkpoint(checkpoint, hp)
     except (CheckpointError, ValueError) as err:
         raise ReferenceImportError(f"{checkpoint} with {config}: {err}") from err
     model_id = model_store.model_id_for(training_dir.name, loaded.fingerprint)

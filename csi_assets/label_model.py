@@ -35,16 +35,17 @@ from csi_assets.testsets import too_short_message
 from csi_assets.training_runs import TrainingLog, best_model, check_compatible, steps_per_epoch, trained_contract
 from csi_model.atomic import write_text_atomic
 from csi_model.augment import TempoRange
-from csi_model.checkpoint import CheckpointError, load_generator
+from csi_model.checkpoint import CheckpointError
 from csi_model.cqt import load_feature, settings_for
 from csi_model.dataset import FeatureItem
 from csi_model.devices import pick_device
-from csi_model.embedding import embed_tracks, softmax_rows
+from csi_model.embedding import Embedder, softmax_rows
 from csi_model.hparams import TrainingHParams, to_dict, training_hparams_from_dict
+from csi_model.identifiers import is_original_speed
 from csi_model.label_probe import (ProbeDataError, bootstrap_scores, confusion_png, grouped_folds,
                                    single_work_values, verdict)
-from csi_model.model import CoverHunter, ModelConfig
-from csi_model.tempo import is_identity
+from csi_model.loading import model_from_checkpoint
+from csi_model.model import CoverHunter
 from csi_model.training import TrainingResult, WarmStart, train
 
 LABEL_MODEL_FILE = "label_model.json"
@@ -74,8 +75,8 @@ def label_split(table: Sequence[Mapping[str, Any]], values: Mapping[str, str | N
     shortest = CoverHunter.min_raw_frames(mean_size)
     labelled = [r for r in table if values.get(r["perf"]) is not None]
     too_short = [r for r in labelled if r["n_frames"] < shortest]
-    usable = [r for r in labelled if r["n_frames"] >= shortest and (stored_variants or is_identity(r["speed"]))]
-    originals = [r for r in usable if is_identity(r["speed"])]
+    usable = [r for r in labelled if r["n_frames"] >= shortest and (stored_variants or is_original_speed(r["speed"]))]
+    originals = [r for r in usable if is_original_speed(r["speed"])]
     labels = np.array([values[r["perf"]] for r in originals], dtype=str)
     works = np.array([int(r["work_id"]) for r in originals])
     left_out = single_work_values(labels, works)
@@ -121,19 +122,18 @@ def load_label_model(path: str | Path, device: str | None = None) -> tuple[Loade
     record = json.loads(path.read_text(encoding="utf-8"))
     hp = training_hparams_from_dict(record["hparams"], source=f"hparams in {path}")
     classes = [str(c) for c in record["classes"]]
-    model = CoverHunter(ModelConfig.from_hparams(hp, len(classes)))
     checkpoint = Path(record["checkpoint"])
+    target = pick_device(device or hp.device)
     try:
-        report = load_generator(checkpoint, model)
+        model, report = model_from_checkpoint(checkpoint, hp, target, num_classes=len(classes))
     except (FileNotFoundError, CheckpointError) as err:
         raise ModelLoadError(f"{path}: checkpoint {checkpoint} of the label model cannot be loaded: {err}") from err
     if report.fingerprint != record["fingerprint"]:
         raise ModelLoadError(f"{checkpoint}: weights changed since {path} was written (fingerprint "
                              f"{report.fingerprint}, recorded {record['fingerprint']})")
-    target = pick_device(device or hp.device)
     name = f"label-{record['label']}-{report.fingerprint[:12]}"
     contract = stored_contract({"model_id": name, "input_contract": record.get("input_contract")}, hp)
-    return LoadedModel(name, model.to(target).eval(), hp, target, checkpoint, contract), classes
+    return LoadedModel(name, model, hp, target, checkpoint, contract), classes
 
 
 def label_hparams(hp: TrainingHParams, max_epochs: int | None = None, augmentation: bool = True) -> TrainingHParams:
@@ -158,7 +158,7 @@ def held_out_scores(model: Any, hp: TrainingHParams, split: LabelSplit, device: 
     """(scores, gain, predicted [T]): each held-out recording's value is the argmax of its segments' mean class
     probabilities; the baseline answers the training items' most frequent value."""
     features = [load_feature(item.feat_path) for item in split.test]
-    logits = embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, device, logits=True)
+    logits = Embedder.for_hparams(model, hp, device).logits(features)
     predicted = np.array([softmax_rows(track).mean(axis=0).argmax() for track in logits])
     y = np.array([item.work_id for item in split.test])
     majority = np.bincount([item.work_id for item in split.train], minlength=len(split.classes)).argmax()

@@ -16,21 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
-from csi_model.checkpoint import CheckpointError, load_generator, read_generator_state
+from csi_model.checkpoint import CheckpointError
 from csi_model.contract import InputContract, InputContractError, InputContractWarning, check_input_contract
 from csi_model.cqt import CqtSettings, settings_for
 from csi_model.devices import pick_device
-from csi_model.embedding import segment_starts
+from csi_model.embedding import Embedder
 from csi_model.hparams import (DataPrepHParams, HParamsError, TrainingHParams, load_data_hparams,
                                training_hparams_from_dict)
-from csi_model.model import CoverHunter, ModelConfig
-
-_CLASSIFIER_KEY = "_ce_layer.weight"
+from csi_model.loading import model_from_checkpoint
+from csi_model.model import CoverHunter
 
 
 class ModelLoadError(RuntimeError):
@@ -48,17 +46,10 @@ class LoadedModel:
     checkpoint: Path
     contract: InputContract  # the CQT settings of the features it was trained on
 
-    def segment_starts(self, n_frames: int) -> np.ndarray:
-        """Raw-frame starts of the segments ``csi_model.embedding.embed_tracks`` cuts a track into.
-
-        Same window and tail rule as ``embed_tracks``: the tail may not be shorter than what the model accepts."""
-        seg_len = self.hparams.eval_chunk_raw_frames
-        return segment_starts(n_frames, seg_len, max(seg_len // 4, self.min_raw_frames))
-
     @property
-    def min_raw_frames(self) -> int:
-        """Shortest track (raw CQT frames) the model can embed."""
-        return self.model.min_raw_frames(self.hparams.mean_size)
+    def embedder(self) -> Embedder:
+        """The model with the evaluation window, minimum input and batch size of its hparams, on its device."""
+        return Embedder.for_hparams(self.model, self.hparams, self.device)
 
 
 def load_model(store: Store, dataset: str, model_id: str | None = None, device: str | None = None) -> LoadedModel:
@@ -80,18 +71,15 @@ def load_model_row(row: Mapping[str, Any], device: str | None = None) -> LoadedM
         checkpoint = Path(row["training_dir"]) / checkpoint
     if not checkpoint.is_file():
         raise ModelLoadError(f"{checkpoint}: checkpoint of model {row['model_id']} is missing")
+    target = pick_device(device or hp.device)
     try:
-        state = read_generator_state(checkpoint)
-        num_classes = int(state[_CLASSIFIER_KEY].shape[0]) if _CLASSIFIER_KEY in state else 1
-        model = CoverHunter(ModelConfig.from_hparams(hp, num_classes))
-        report = load_generator(checkpoint, model)
+        model, report = model_from_checkpoint(checkpoint, hp, target)
     except CheckpointError as err:
         raise ModelLoadError(str(err)) from err
     if row.get("fingerprint") and report.fingerprint != row["fingerprint"]:
         raise ModelLoadError(f"{checkpoint}: weights changed since model {row['model_id']} was registered "
                              f"(fingerprint {report.fingerprint}, registered {row['fingerprint']})")
-    target = pick_device(device or hp.device)
-    return LoadedModel(row["model_id"], model.to(target).eval(), hp, target, checkpoint, stored_contract(row, hp))
+    return LoadedModel(row["model_id"], model, hp, target, checkpoint, stored_contract(row, hp))
 
 
 def stored_contract(row: dict[str, Any], hp: TrainingHParams) -> InputContract:

@@ -24,8 +24,8 @@ from csi_assets.training_runs import (TrainingLog, best_model, steps_per_epoch, 
 from csi_model.devices import pick_device
 from csi_model.folds import PoolItem, ProductionResult, ProductionRun, StageResult
 from csi_model.hparams import HParamsError, TrainingHParams, load_training_hparams, to_dict
+from csi_model.identifiers import is_original_speed
 from csi_model.model import CoverHunter
-from csi_model.tempo import is_identity
 
 
 def production_dir(training: TrainingLayout) -> Path:
@@ -47,9 +47,9 @@ def production_pool(table: Sequence[dict[str, Any]], mean_size: int,
     variants, unless ``stored_variants`` is False: feature-domain tempo); the final run validates on the test
     split's original recordings, the held-out data the folds never saw."""
     shortest = CoverHunter.min_raw_frames(mean_size)
-    pool = [PoolItem(feature_item(r), r["perf"], is_identity(r["speed"])) for r in table
+    pool = [PoolItem(feature_item(r), r["perf"], is_original_speed(r["speed"])) for r in table
             if r["split"] in ("train", "val") and r["n_frames"] >= shortest
-            and (stored_variants or is_identity(r["speed"]))]
+            and (stored_variants or is_original_speed(r["speed"]))]
     return pool, split_items(table, mean_size).test
 
 

@@ -22,7 +22,6 @@ from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import shards as shard_store
 from csi_model.cqt import load_feature
-from csi_model.embedding import embed_tracks
 
 MODEL_FIELDS = ("model_id", "training_dir", "checkpoint", "fingerprint", "hparams", "input_contract")
 """The fields of a model's store row a worker needs to load it without opening the store."""
@@ -33,18 +32,18 @@ def pending_references(store: Store, dataset: str, model: LoadedModel, reference
     """(references to embed, perfs too short for the model) among ``references`` (feature_table rows): those with
     no embedding for ``model``, or one made from another feature (other audio, or another length)."""
     stored = embedding_store.embedded_segments(store, dataset, model.model_id)
+    embedder = model.embedder
     todo = [r for r in references
-            if stored.get(r["perf"]) != (len(model.segment_starts(r["n_frames"])), r["audio_hash"])]
-    too_short = [r["perf"] for r in todo if r["n_frames"] < model.min_raw_frames]
-    return [r for r in todo if r["n_frames"] >= model.min_raw_frames], too_short
+            if stored.get(r["perf"]) != (len(embedder.segment_starts(r["n_frames"])), r["audio_hash"])]
+    todo, short = embedder.split_by_length(todo, lambda r: r["n_frames"])
+    return todo, [r["perf"] for r in short]
 
 
 def embed_rows(model: LoadedModel, rows: Sequence[Mapping[str, Any]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(segment starts [S_i], vectors [S_i, D]) of each row's feature file (``feat``, ``perf``)."""
-    hp = model.hparams
     features = [load_feature(r["feat"]) for r in rows]
-    vectors = embed_tracks(model.model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, model.device)
-    starts = [model.segment_starts(len(f)) for f in features]
+    vectors = model.embedder.embed(features)
+    starts = [model.embedder.segment_starts(len(f)) for f in features]
     for row, s, v in zip(rows, starts, vectors):
         if len(s) != len(v):
             raise RuntimeError(f"{row['perf']}: {len(v)} embeddings for {len(s)} segment starts")

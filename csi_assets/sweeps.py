@@ -25,15 +25,16 @@ from csi_assets.testsets import retrieval_test_sets
 from csi_assets.training_runs import (TrainingLog, best_model, check_compatible, steps_per_epoch,
                                       tempo_training_data, write_curves)
 from csi_model.atomic import write_text_atomic
+from csi_model.checkpoint import state_file_for
 from csi_model.cqt import settings_for
 from csi_model.devices import pick_device
+from csi_model.embedding import Embedder
+from csi_model.evaluation import RetrievalTestSet, evaluate
 from csi_model.hparams import HParamsError, TrainingHParams
-from csi_model.metrics import bootstrap_metrics, per_query_metrics
 from csi_model.model import CoverHunter
 from csi_model.sweeps import (Experiment, RunOutcome, Tuning, experiment_hparams, load_tuning, markdown_table,
                               plan_experiments, summarise)
-from csi_model.training import (RetrievalTestSet, TrainingDiverged, TrainingResult, WarmStart, retrieval_distances,
-                                train)
+from csi_model.training import TrainingDiverged, TrainingResult, WarmStart, train
 
 OUTCOME_FILE = "outcome.json"
 SUMMARY_FILE = "summary.md"
@@ -72,13 +73,10 @@ def bootstrap_map(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHP
                   n_bootstrap: int) -> dict[str, float]:
     """Work-stratified bootstrap CI of one test set's mAP for ``model``, over its answerable queries; also
     how many queries had no match to find (left out of the mAP)."""
-    model.to(device)
-    query_labels, ref_labels = test_set.labels()
-    per_query = per_query_metrics(retrieval_distances(model, test_set, hp, device), query_labels, ref_labels,
-                                  test_set.exclusion_mask())
-    interval = bootstrap_metrics(per_query, query_labels, n_bootstrap)["mean_ap"]
+    evaluation = evaluate(Embedder.for_hparams(model, hp, device), test_set)
+    interval = evaluation.bootstrap(n_bootstrap)["mean_ap"]
     return {"ci_low": interval.ci_low, "ci_high": interval.ci_high, "std": interval.std,
-            "n_unanswerable": per_query.summary().n_unanswerable}
+            "n_unanswerable": evaluation.metrics.n_unanswerable}
 
 
 def outcome_of(experiment: Experiment, result: TrainingResult | None, seconds: float,
@@ -101,7 +99,7 @@ def foundation_warm_start(tuning: Tuning) -> WarmStart | None:
     generator = Path(tuning.foundation_checkpoint).expanduser()
     if not generator.is_file():
         raise RunFailed(f"{tuning.source}: foundation_checkpoint {generator} does not exist")
-    state = generator.with_name("do_" + generator.name.removeprefix("g_"))
+    state = state_file_for(generator)
     return WarmStart(generator, state if tuning.restore_optimizer_state and state.is_file() else None)
 
 

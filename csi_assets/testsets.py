@@ -32,11 +32,11 @@ from typing import Any
 from csi_model.augment import TempoRange
 from csi_model.catalog import CatalogLineError, read_records
 from csi_model.dataset import FeatureItem
+from csi_model.evaluation import RetrievalTestSet
 from csi_model.hparams import DataPrepHParams, TestSetHParams, TrainingHParams
+from csi_model.identifiers import is_original_speed
 from csi_model.metrics import NoAnswerableQueries, require_answerable
 from csi_model.model import CoverHunter
-from csi_model.tempo import is_identity
-from csi_model.training import RetrievalTestSet
 
 
 class InvalidTestSet(ValueError):
@@ -70,7 +70,7 @@ def split_items(table: Sequence[Mapping[str, Any]], mean_size: int, stored_varia
 
     def members(split: str, originals_only: bool) -> list[FeatureItem]:
         return [feature_item(r) for r in usable
-                if r["split"] == split and (not originals_only or is_identity(r["speed"]))]
+                if r["split"] == split and (not originals_only or is_original_speed(r["speed"]))]
 
     too_short = [r for r in table if r["split"] and r["n_frames"] < shortest]
     return SplitItems(members("train", not stored_variants), members("val", True), members("test", True), too_short)
@@ -106,11 +106,11 @@ def training_data(data_hp: DataPrepHParams, table: Sequence[Mapping[str, Any]], 
     drawn on top; if ``aug_speed_mode`` asks for variants and none are stored (the dataset was processed in
     ``features`` mode), that is an error rather than a silent run without tempo augmentation.
     """
-    stored = sum(1 for r in table if r["split"] == "train" and not is_identity(r["speed"]))
+    stored = sum(1 for r in table if r["split"] == "train" and not is_original_speed(r["speed"]))
     mode = data_hp.tempo_augmentation
     record: dict[str, Any] = {"mode": mode, "aug_speed_mode": list(data_hp.aug_speed_mode)}
     if mode == "audio":
-        wanted = any(not is_identity(k) for k in data_hp.aug_speed_mode)
+        wanted = any(not is_original_speed(k) for k in data_hp.aug_speed_mode)
         if wanted and not stored:
             raise TempoModeMismatch(
                 f"{data_hp.source or 'data hparams'}: tempo_augmentation is 'audio' with aug_speed_mode "
@@ -159,7 +159,7 @@ def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]], min_frames
         if row is None:
             raise InvalidTestSet(f"{path}:{line_no}: perf {perf!r} is not a performance of this dataset with a CQT "
                                "feature (run the data assets first, or fix the test-set file)")
-        if not is_identity(row["speed"]) or row["n_frames"] < min_frames:
+        if not is_original_speed(row["speed"]) or row["n_frames"] < min_frames:
             new_index.append(None)
             continue
         if perf in line_of:

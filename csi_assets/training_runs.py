@@ -38,9 +38,12 @@ from csi_model.cqt import settings_for
 from csi_model.devices import pick_device
 from csi_model.distributed import steps_per_rank
 from csi_model.hparams import DataPrepHParams, TrainingHParams, to_dict, training_hparams_from_dict
-from csi_model.model import CoverHunter, ModelConfig, parameter_counts
+from csi_model.embedding import Embedder
+from csi_model.evaluation import RetrievalTestSet, evaluate
+from csi_model.loading import model_from_checkpoint
+from csi_model.model import CoverHunter, parameter_counts
 from csi_model.sampler import MPerClassBatchSampler
-from csi_model.training import EpochRecord, RetrievalTestSet, TrainingResult, evaluate_test_set
+from csi_model.training import EpochEnded, EpochRecord, StepEnded, TrainingEvent, TrainingResult
 
 CURVES_FILE = "training_curves.png"
 
@@ -71,15 +74,17 @@ class TrainingLog:
         self.steps = Progress(log, f"epoch {first_epoch} [0..{max_epochs - 1}]",
                               steps_per_epoch * max(max_epochs - first_epoch, 0), "steps")
 
-    def __call__(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
-        if "epoch_end" not in metrics:
-            self.steps.label = f"epoch {epoch} [0..{self.max_epochs - 1}], global step {step}"
+    def __call__(self, event: TrainingEvent) -> None:
+        if isinstance(event, StepEnded):
+            self.steps.label = f"epoch {event.epoch} [0..{self.max_epochs - 1}], global step {event.step}"
             self.steps.advance()
-            return
-        shown = {k: v for k, v in metrics.items() if k.startswith(("train/total", "val/foc_loss", "mAP/", "hit_rate/"))}
-        values = ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))
-        self.log.info(f"epoch {epoch} [0..{self.max_epochs - 1}] done in {metrics['seconds']:.1f} s "
-                      f"(lr {metrics['lr']:.2g}): {values}")
+        elif isinstance(event, EpochEnded):
+            record = event.record
+            shown = {k: v for k, v in record.flat().items()
+                     if k.startswith(("train/total", "val/foc_loss", "mAP/", "hit_rate/"))}
+            values = ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))
+            self.log.info(f"epoch {record.epoch} [0..{self.max_epochs - 1}] done in {record.seconds:.1f} s "
+                          f"(lr {record.lr:.2g}): {values}")
 
 
 def steps_per_epoch(hp: TrainingHParams, labels: Sequence[int], copies: int = 1) -> int:
@@ -131,8 +136,7 @@ def best_model(hp: TrainingHParams, result: TrainingResult) -> tuple[CoverHunter
     if result.best_checkpoint is None:
         raise RunFailed(f"{result.checkpoint_dir}: no checkpoint of the best epoch {result.best_epoch}; "
                         "nothing to register")
-    model = CoverHunter(ModelConfig.from_hparams(hp, result.num_classes))
-    return model, ckpt.load_generator(result.best_checkpoint, model)
+    return model_from_checkpoint(result.best_checkpoint, hp)
 
 
 def retrieval_scores(model: CoverHunter, hp: TrainingHParams, test_sets: Sequence[RetrievalTestSet],
@@ -142,14 +146,14 @@ def retrieval_scores(model: CoverHunter, hp: TrainingHParams, test_sets: Sequenc
     evaluated, else from the store when this model was scored before, else by evaluating it now."""
     scores: dict[str, dict[str, float]] = {"mAP": {}, "hit_rate": {}}
     known_maps = (known or {}).get("mAP", {})
-    model.to(device)
+    embedder = Embedder.for_hparams(model, hp, device)
     for ts in test_sets:
         if best is not None and ts.name in best.mean_ap:
             mean_ap, hit_rate = best.mean_ap[ts.name], best.hit_rate[ts.name]
         elif ts.name in known_maps:
             mean_ap, hit_rate = known_maps[ts.name], known["hit_rate"][ts.name]
         else:
-            metrics = evaluate_test_set(model, ts, hp, device)
+            metrics = evaluate(embedder, ts).metrics
             mean_ap, hit_rate = metrics.mean_ap, metrics.hit_rate
         scores["mAP"][ts.name], scores["hit_rate"][ts.name] = mean_ap, hit_rate
     return scores
@@ -269,9 +273,8 @@ def check_promoted_checkpoint(db: Store, dataset: str) -> CheckpointCheck:
     if row is None:
         return CheckpointCheck(False, {"problem": f"no promoted model for {dataset!r}"})
     hp = training_hparams_from_dict(row["hparams"], source=f"store model {row['model_id']}")
-    model = CoverHunter(ModelConfig.from_hparams(hp, int(row["metrics"]["num_classes"])))
     try:
-        report = ckpt.load_generator(row["checkpoint"], model)
+        _, report = model_from_checkpoint(row["checkpoint"], hp, num_classes=int(row["metrics"]["num_classes"]))
     except (FileNotFoundError, ckpt.CheckpointError) as err:
         return CheckpointCheck(False, {"model_id": row["model_id"], "problem": str(err)})
     return CheckpointCheck(report.fingerprint == row["fingerprint"],

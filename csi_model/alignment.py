@@ -18,10 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from csi_model.embedding import embed_tracks
-from csi_model.model import CoverHunter
+from csi_model.embedding import Embedder
 
 DEFAULT_WINDOW_S = 15.0
 DEFAULT_HOP_S = 5.0
@@ -56,27 +54,24 @@ def window_starts(n_frames: int, window: int, hop: int) -> np.ndarray:
 
 
 def embed_windows(
-    model: CoverHunter,
+    embedder: Embedder,
     features: Sequence[np.ndarray],
     fps: float,
-    mean_size: int,
-    batch_size: int,
     window_s: float = DEFAULT_WINDOW_S,
     hop_s: float = DEFAULT_HOP_S,
-    device: torch.device | str | None = None,
 ) -> list[TrackWindows]:
     """Embed the overlapping windows of every raw ``[frames, bins]`` feature (memory maps welcome).
 
-    Each window goes through ``embed_tracks`` as a track of its own whose evaluation window is the window length,
+    Each window goes through ``embedder`` as a track of its own whose evaluation window is the window length,
     so it is exactly one segment, pooled and masked as evaluation and identification embed theirs."""
     if hop_s <= 0 or window_s <= 0:
         raise ValueError(f"window and hop must be positive seconds, got {window_s} and {hop_s}")
-    chunk = max(1, round(window_s * fps / mean_size))  # pooled frames per window
-    window, hop = chunk * mean_size, max(1, round(hop_s * fps))
+    windows = embedder.with_window(max(1, round(window_s * fps / embedder.mean_size)))  # pooled frames per window
+    window, hop = windows.window, max(1, round(hop_s * fps))
     starts = [window_starts(len(f), window, hop) for f in features]
     pieces = [f[a : a + window] for f, s in zip(features, starts) for a in s]
-    vectors = embed_tracks(model, pieces, chunk, mean_size, batch_size, device)  # one [1, D] per window
-    flat = np.concatenate(vectors) if vectors else np.empty((0, model.config.embed_dim), np.float32)
+    vectors = windows.embed(pieces)  # one [1, D] per window
+    flat = np.concatenate(vectors) if vectors else np.empty((0, embedder.model.config.embed_dim), np.float32)
     bounds = np.cumsum([0] + [len(s) for s in starts])
     return [TrackWindows(s / fps, flat[a:b]) for s, a, b in zip(starts, bounds[:-1], bounds[1:])]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,10 @@ from csi_model.atomic import atomic_path
 GENERATOR_PREFIX = "g_"
 STATE_PREFIX = "do_"
 CENTRES_KEY = "_center_loss.centers"
+CLASSIFIER_KEY = "_ce_layer.weight"
+"""The classifier's ``[num_classes, embed_dim]`` weight: its first dimension is the number of classes."""
 PARALLEL_PREFIX = "module."
 """What ``nn.DataParallel`` puts in front of every tensor name of the model it wraps."""
-_EPOCH_FILE = re.compile(r"^(g|do)_(\d+)$")
 
 
 class CheckpointError(ValueError):
@@ -130,13 +130,32 @@ def save_checkpoint(
     return pair
 
 
+def checkpoint_epoch(name: str, prefix: str) -> int | None:
+    """The epoch of a checkpoint file named ``name`` with ``prefix`` (``g_`` or ``do_``), else ``None``.
+
+    The one rule for every folder of checkpoints, ours and the reference's: ``-`` and ``_`` read as ``.``, and the
+    second field is the epoch (``g_00000012``, ``g_00000012.pt``); ``g_best`` or a temporary ``.g_…`` is none."""
+    if not name.startswith(prefix):
+        return None
+    fields = name.replace("-", ".").replace("_", ".").split(".")
+    epoch = fields[1] if len(fields) > 1 else ""
+    return int(epoch) if epoch.isascii() and epoch.isdigit() else None
+
+
 def _epoch_files(folder: Path, prefix: str) -> dict[int, Path]:
-    files = {}
-    for path in folder.iterdir() if folder.is_dir() else ():
-        match = _EPOCH_FILE.match(path.name)
-        if match and f"{match[1]}_" == prefix:
-            files[int(match[2])] = path
+    """Epoch -> file; of two names for one epoch, the first in sorted order (``g_00000012`` before ``….pt``)."""
+    files: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        epoch = checkpoint_epoch(path.name, prefix)
+        if epoch is not None and path.is_file():
+            files.setdefault(epoch, path)
     return files
+
+
+def state_file_for(generator: str | Path) -> Path:
+    """The do_ file that belongs to a g_ file (it may not exist)."""
+    generator = Path(generator)
+    return generator.with_name(STATE_PREFIX + generator.name.removeprefix(GENERATOR_PREFIX))
 
 
 def list_checkpoints(folder: str | Path) -> list[CheckpointPair]:
@@ -153,7 +172,8 @@ def latest_checkpoint(folder: str | Path) -> CheckpointPair | None:
 
 
 def latest_generator(folder: str | Path) -> Path | None:
-    """The highest-epoch g_ file, with or without its do_ (inference needs only the weights)."""
+    """The highest-epoch g_ file, with or without its do_ (inference needs only the weights; an imported
+    reference training folder is read by the same rule)."""
     generators = _epoch_files(Path(folder), GENERATOR_PREFIX)
     return generators[max(generators)] if generators else None
 
@@ -248,7 +268,7 @@ def load_training_state(path: str | Path, map_location: Any = "cpu") -> dict[str
     return dict(content)
 
 
-CLASS_HEAD_KEYS = ("_ce_layer.weight", CENTRES_KEY)
+CLASS_HEAD_KEYS = (CLASSIFIER_KEY, CENTRES_KEY)
 """Tensors whose shape depends on the classes: a warm start onto other classes leaves them as initialised."""
 
 

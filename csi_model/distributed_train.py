@@ -2,17 +2,20 @@
 
 The job file holds everything :func:`csi_model.training.train` takes (hparams, the item lists, the retrieval test
 sets, the tempo range, the training folder), written by :func:`write_job` so a launcher in another process (the
-``trained_model`` asset) hands the run over whole. Rank 0 prints one ``csi-progress {json}`` line per step and per
-epoch on stdout for the launcher to follow, and writes the :class:`~csi_model.training.TrainingResult` to
-``<training folder>/distributed/result.json`` when the run ends. Both files are written atomically.
+``trained_model`` asset) hands the run over whole. Rank 0 prints one ``csi-progress <event>`` line per training
+event (step, test set, checkpoint, epoch) on stdout for the launcher to follow, and writes the
+:class:`~csi_model.training.TrainingResult` to ``<training folder>/distributed/result.json`` when the run ends.
+Both files are written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import json
 import os
+import pickle
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from csi_model.atomic import write_text_atomic
 from csi_model.augment import TempoRange
 from csi_model.dataset import FeatureItem
 from csi_model.hparams import TrainingHParams, to_dict, training_hparams_from_dict
-from csi_model.training import EpochRecord, RetrievalTestSet, TrainingResult
+from csi_model.training import EpochRecord, RetrievalTestSet, TrainingEvent, TrainingResult
 
 JOB_FORMAT = 1
 PROGRESS_MARK = "csi-progress "
@@ -158,17 +161,17 @@ def read_result(path: str | Path) -> TrainingResult:
         raise JobFileError(f"{path}: malformed training result ({type(err).__name__}: {err})") from err
 
 
-def print_progress(step: int, epoch: int, metrics: dict[str, float]) -> None:
-    """Rank 0's progress callback: one marked JSON line on stdout, flushed so the launcher sees it at once."""
-    print(PROGRESS_MARK + json.dumps({"step": step, "epoch": epoch, "metrics": metrics}), flush=True)
+def print_progress(event: TrainingEvent) -> None:
+    """Rank 0's progress callback: the typed event, pickled, as one marked line on stdout, flushed so the launcher
+    sees it at once (the launcher started this process: the stream is trusted)."""
+    print(PROGRESS_MARK + base64.b64encode(pickle.dumps(event)).decode("ascii"), flush=True)
 
 
-def parse_progress(line: str) -> tuple[int, int, dict[str, float]] | None:
-    """(step, epoch, metrics) of a progress line; None for any other line."""
+def parse_progress(line: str) -> TrainingEvent | None:
+    """The :data:`~csi_model.training.TrainingEvent` of a progress line; None for any other line."""
     if not line.startswith(PROGRESS_MARK):
         return None
-    event = json.loads(line[len(PROGRESS_MARK):])
-    return int(event["step"]), int(event["epoch"]), dict(event["metrics"])
+    return pickle.loads(base64.b64decode(line[len(PROGRESS_MARK):]))
 
 
 def run_job(job: TrainingJob) -> TrainingResult | None:

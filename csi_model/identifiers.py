@@ -35,6 +35,16 @@ tool's form, kept for its exports and imports). The namespace is reserved: a cat
 form, so a generated id never names a user's recording."""
 
 
+IDENTITY_TOLERANCE = 0.01
+"""A tempo factor closer than this to 1.0 means "the original": no copy is rendered (the reference tool's rule)."""
+
+
+def is_original_speed(speed: float) -> bool:
+    """Whether a recording at tempo factor ``speed`` is the original recording, not a tempo copy (the rule of
+    every stored feature row's ``speed``, and of which factors make a copy at all)."""
+    return abs(speed - 1.0) < IDENTITY_TOLERANCE
+
+
 class UnsafePathError(ValueError):
     """A path the product was about to write lies outside the folder it belongs to."""
 

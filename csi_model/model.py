@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from csi_model.checkpoint import CENTRES_KEY
+from csi_model.checkpoint import CENTRES_KEY, CLASSIFIER_KEY
 
 if TYPE_CHECKING:
     from csi_model.hparams import TrainingHParams
@@ -75,7 +75,7 @@ _SHAPE_OF = {  # config field -> (tensor name, dimension whose size it is)
     "heads": ("_encoder.encoders.0.self_attn.pos_bias_u", 0),
     "conv_kernel": ("_encoder.encoders.0.conv_module.depthwise_conv.weight", -1),
     "embed_dim": ("_bottleneck.weight", 0),
-    "num_classes": ("_ce_layer.weight", 0),
+    "num_classes": (CLASSIFIER_KEY, 0),
 }
 _BLOCK_KEY = "_encoder.encoders."
 

@@ -33,10 +33,7 @@ import numpy as np
 import pedalboard
 
 from csi_model.audio import SAMPLE_RATE, load_audio, write_wav
-from csi_model.identifiers import TEMPO_COPY_ID, id_path
-
-IDENTITY_TOLERANCE = 0.01
-"""A factor closer than this to 1.0 means "the original": no file is rendered (the reference tool's rule)."""
+from csi_model.identifiers import TEMPO_COPY_ID, id_path, is_original_speed
 
 HIGH_QUALITY = True
 
@@ -63,10 +60,6 @@ class TempoVariant:
     @property
     def is_original(self) -> bool:
         return self.perf == self.original_perf
-
-
-def is_identity(factor: float) -> bool:
-    return abs(factor - 1.0) < IDENTITY_TOLERANCE
 
 
 def variant_perf_id(perf: str, factor: float) -> str:
@@ -101,7 +94,7 @@ def plan_variants(
 
 
 def _plan_one(performance: Performance, factor: float, folder: Path) -> TempoVariant:
-    if is_identity(factor):
+    if is_original_speed(factor):
         source = Path(performance.wav)
         return TempoVariant(performance.perf, performance.perf, 1.0, source, source, round(performance.dur_s, 2))
     perf = variant_perf_id(performance.perf, factor)

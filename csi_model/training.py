@@ -3,6 +3,8 @@
 One epoch zips the three chunk-length loaders and visits each step's three batches in a shuffled order; each
 batch is one AdamW step with the global grad norm clipped to 1.0. After the epoch come the validation loss (fixed
 chunk starts, so the curve is not sampling noise), the test-set mAP, early stopping and the checkpoint.
+A caller follows the run through typed events (:data:`TrainingEvent`: each step, each test set scored, each
+checkpoint saved, each epoch's end); the test sets are scored by ``csi_model.evaluation``, the one evaluation path.
 
 Exact resume: a checkpoint holds, besides weights and optimizer, the scheduler, early-stopping state, history and
 every random stream (torch, the samplers' and the batch-order generators; each training batch's chunks are drawn
@@ -20,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,11 +35,11 @@ from csi_model.dataset import PAD_VALUE, ChunkDataset, EpochBatches, FeatureItem
 from csi_model.devices import autocast_dtype, pick_device
 from csi_model.distributed import SINGLE, NullWriter, Ranks, shard, wrap_model
 from csi_model.early_stopping import EarlyStopping
-from csi_model.embedding import embed_tracks
+from csi_model.embedding import Embedder
+from csi_model.evaluation import EmbeddingCache, RetrievalTestSet, evaluate
 from csi_model.hparams import TrainingHParams
 from csi_model.losses import CoverHunterLoss
-from csi_model.metrics import (RetrievalMetrics, answerable_queries, min_segment_distance, pair_mask,
-                               require_answerable, retrieval_metrics, self_match_mask)
+from csi_model.metrics import RetrievalMetrics, require_answerable
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.sampler import MPerClassBatchSampler
 from csi_model.scheduler import StepDecayLR
@@ -45,41 +47,9 @@ from csi_model.scheduler import StepDecayLR
 GRAD_CLIP_NORM = 1.0
 MAX_CONSECUTIVE_NAN = 3
 
-Progress = Callable[[int, int, dict[str, float]], None]
-
 
 class TrainingDiverged(RuntimeError):
     """The loss was not finite for several consecutive steps: the run cannot recover by itself."""
-
-
-@dataclass(frozen=True)
-class RetrievalTestSet:
-    """Queries ranked against references for periodic mAP; ``refs=None`` means queries against themselves."""
-
-    name: str
-    queries: Sequence[FeatureItem]
-    refs: Sequence[FeatureItem] | None = None
-    exclude_pairs: Sequence[tuple[int, int]] = ()  # (query index, ref index): the same recording
-    every_n_epoch: int = 1
-
-    @property
-    def ref_items(self) -> Sequence[FeatureItem]:
-        return self.queries if self.refs is None else self.refs
-
-    def labels(self) -> tuple[np.ndarray, np.ndarray]:
-        """(query work ids [Q], reference work ids [R]) as int64."""
-        return (np.array([it.work_id for it in self.queries], dtype=np.int64),
-                np.array([it.work_id for it in self.ref_items], dtype=np.int64))
-
-    def exclusion_mask(self) -> np.ndarray:
-        """[Q, R] bool cells never ranked: the diagonal of a self test set, else the listed same-recording pairs."""
-        if self.refs is None:
-            return self_match_mask(len(self.queries))
-        return pair_mask(self.exclude_pairs, len(self.queries), len(self.refs))
-
-    def answerable(self) -> np.ndarray:
-        """[Q] bool: queries with another performance of their work among the kept references."""
-        return answerable_queries(*self.labels(), self.exclusion_mask())
 
 
 @dataclass(frozen=True)
@@ -93,6 +63,54 @@ class EpochRecord:
     mean_ap: dict[str, float] = field(default_factory=dict)
     hit_rate: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def flat(self) -> dict[str, float]:
+        """Every number of the epoch under one name each: ``lr``, ``seconds``, ``train/<term>``, ``val/<term>``,
+        ``test/<term>``, ``mAP/<test set>``, ``hit_rate/<test set>``."""
+        out = {"lr": self.lr, "seconds": self.seconds}
+        for prefix, values in (("train", self.train), ("val", self.val), ("test", self.test),
+                               ("mAP", self.mean_ap), ("hit_rate", self.hit_rate)):
+            out.update({f"{prefix}/{k}": v for k, v in values.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class StepEnded:
+    """One optimizer step done (a step whose loss was not finite is skipped and reports nothing)."""
+
+    step: int  # global optimizer steps so far
+    epoch: int
+    lr: float
+    losses: dict[str, float]  # "total" and each loss term
+
+
+@dataclass(frozen=True)
+class TestSetEvaluated:
+    """A retrieval test set scored with the epoch's weights."""
+
+    epoch: int
+    name: str
+    metrics: RetrievalMetrics
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    epoch: int
+    checkpoint: ckpt.CheckpointPair
+
+
+@dataclass(frozen=True)
+class EpochEnded:
+    """The epoch is complete: trained, evaluated, checkpointed when due; ``record`` is its history entry."""
+
+    step: int
+    record: EpochRecord
+
+
+TrainingEvent = Union[StepEnded, TestSetEvaluated, CheckpointSaved, EpochEnded]
+Progress = Callable[[TrainingEvent], None]
+"""Called with every :data:`TrainingEvent` of a run, in order: steps, then per epoch its test sets, its
+checkpoint (when one is saved) and its end."""
 
 
 @dataclass(frozen=True)
@@ -293,7 +311,7 @@ class Trainer:
             val = self._fixed_losses(self.val_loader) if evaluate else {}
             test = self._fixed_losses(self.test_loader) if evaluate else {}
             due = [ts for ts in self.test_sets if epoch % ts.every_n_epoch == 0 or final]
-            mean_ap, hit_rate = self._retrieval(due)
+            mean_ap, hit_rate = self._retrieval(epoch, due)
         val, test, mean_ap, hit_rate = self.ranks.broadcast((val, test, mean_ap, hit_rate))  # rank 0's decide
         is_best = self._update_stopping(epoch, val, {ts.name: mean_ap[ts.name] for ts in due
                                                      if epoch % ts.every_n_epoch == 0})
@@ -303,9 +321,8 @@ class Trainer:
         self.last_epoch = epoch
         self._log_epoch(writer, record)
         if is_best or final or self.stopped_early or epoch % self.hp.every_n_epoch_to_save == 0:
-            self._save(epoch)
-        if self.progress is not None:
-            self.progress(self.steps, epoch, {"epoch_end": 1.0, **_epoch_metrics(record)})
+            self._notify(CheckpointSaved(epoch, self._save(epoch)))
+        self._notify(EpochEnded(self.steps, record))
 
     def _train_epoch(self, epoch: int, writer: SummaryWriter | NullWriter) -> dict[str, float]:
         self.model.train()
@@ -322,11 +339,10 @@ class Trainer:
                 n += 1
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + value
-                logged = {"lr": self._logged_lr(), **terms}
-                for key, value in logged.items():
+                lr = self._logged_lr()
+                for key, value in {"lr": lr, **terms}.items():
                     writer.add_scalar(f"csi/{key}", value, self.steps)
-                if self.progress is not None:
-                    self.progress(self.steps, epoch, logged)
+                self._notify(StepEnded(self.steps, epoch, lr, terms))
         return {key: value / max(n, 1) for key, value in sums.items()}
 
     def _step(self, batch: tuple[torch.Tensor, ...], out_frames: int) -> dict[str, float] | None:
@@ -382,14 +398,20 @@ class Trainer:
             count += len(labels)
         return {key: value / count for key, value in sums.items()}
 
-    @torch.no_grad()
-    def _retrieval(self, test_sets: Iterable[RetrievalTestSet]) -> tuple[dict[str, float], dict[str, float]]:
+    def _retrieval(self, epoch: int, test_sets: Iterable[RetrievalTestSet]
+                   ) -> tuple[dict[str, float], dict[str, float]]:
         mean_ap, hit_rate = {}, {}
-        embedded: dict[Path, np.ndarray] = {}  # test sets share their references: each track is embedded once
+        embedder = Embedder.for_hparams(self.model, self.hp, self.device)
+        embedded: EmbeddingCache = {}  # test sets share their references: each track is embedded once
         for ts in test_sets:
-            metrics = evaluate_test_set(self.model, ts, self.hp, self.device, embedded)
+            metrics = evaluate(embedder, ts, embedded).metrics
             mean_ap[ts.name], hit_rate[ts.name] = metrics.mean_ap, metrics.hit_rate
+            self._notify(TestSetEvaluated(epoch, ts.name, metrics))
         return mean_ap, hit_rate
+
+    def _notify(self, event: TrainingEvent) -> None:
+        if self.progress is not None:
+            self.progress(event)
 
     def _update_stopping(self, epoch: int, val: dict[str, float], stopping_maps: dict[str, float]) -> bool:
         """Feed the configured signal to early stopping; returns True when this epoch is the best so far."""
@@ -422,12 +444,13 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------------------
 
-    def _save(self, epoch: int) -> None:
+    def _save(self, epoch: int) -> ckpt.CheckpointPair:
         """Rank 0 writes; the others hand it their RNG states and wait until the pair is complete."""
         extra = {"rank_rng": self.ranks.gather(ckpt.capture_rng_state())} if self.ranks.distributed else {}
         if self.ranks.is_main:
             self._write_checkpoint(epoch, extra)
         self.ranks.barrier()
+        return ckpt.checkpoint_paths(self.checkpoint_dir, epoch)
 
     def _write_checkpoint(self, epoch: int, extra: dict[str, Any]) -> None:
         early = self.stopping.state_dict()
@@ -505,35 +528,6 @@ class Trainer:
         return path if path.exists() else None
 
 
-def evaluate_test_set(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,
-                      embedded: dict[Path, np.ndarray] | None = None) -> RetrievalMetrics:
-    """mAP / MR1 / HR@1 of one test set over its answerable queries: every track embedded per segment, min
-    cosine distance over segments. Raises ``NoAnswerableQueries`` when no query has a match to find."""
-    return retrieval_metrics(retrieval_distances(model, test_set, hp, device, embedded), *test_set.labels(),
-                             test_set.exclusion_mask())
-
-
-def retrieval_distances(model: CoverHunter, test_set: RetrievalTestSet, hp: TrainingHParams, device: torch.device,
-                        embedded: dict[Path, np.ndarray] | None = None) -> np.ndarray:
-    """[Q, R] min-segment cosine distances of a test set's queries to its references. ``embedded`` (feature path →
-    segment embeddings of this model's current weights) is reused and filled in, so shared tracks embed once."""
-    embedded = {} if embedded is None else embedded
-    queries = _embed(model, test_set.queries, hp, device, embedded)
-    refs = queries if test_set.refs is None else _embed(model, test_set.refs, hp, device, embedded)
-    return min_segment_distance(queries, refs)
-
-
-def _embed(model: CoverHunter, items: Sequence[FeatureItem], hp: TrainingHParams, device: torch.device,
-           embedded: dict[Path, np.ndarray]) -> list[np.ndarray]:
-    """Segment embeddings per item; only tracks missing from ``embedded`` go through the model."""
-    model.eval()
-    missing = list(dict.fromkeys(it.feat_path for it in items if it.feat_path not in embedded))
-    features = [np.load(path, mmap_mode="r") for path in missing]
-    embedded.update(zip(missing, embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size,
-                                              device)))
-    return [embedded[it.feat_path] for it in items]
-
-
 # -- construction helpers ------------------------------------------------------------------------------------
 
 
@@ -589,11 +583,3 @@ def _early_stopping(hp: TrainingHParams, test_sets: Sequence[RetrievalTestSet]) 
 def _mix(*parts: int) -> int:
     """One 63-bit seed from several integers (hparams seed, augmentation seed, loader index)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-def _epoch_metrics(record: EpochRecord) -> dict[str, float]:
-    out = {"lr": record.lr, "seconds": record.seconds}
-    for prefix, values in (("train", record.train), ("val", record.val), ("test", record.test),
-                           ("mAP", record.mean_ap), ("hit_rate", record.hit_rate)):
-        out.update({f"{prefix}/{k}": v for k, v in values.items()})
-    return out

@@ -18,6 +18,7 @@ from csi_assets.store import catalog as catalog_store
 from csi_model.alignment import TrackWindows, align_works, coarse_shifts, embed_windows, window_starts
 from csi_model.audio import SAMPLE_RATE
 from csi_model.cqt import CqtSettings, compute_cqt
+from csi_model.embedding import Embedder
 from csi_model.model import CoverHunter, ModelConfig
 from tests.serving_fixtures import project_with_model
 
@@ -102,7 +103,8 @@ def test_shift_recovered_end_to_end_through_cqt_and_an_untrained_model() -> None
     shifted = signal[int(shift_s * SAMPLE_RATE):]  # perf j = perf i without its first 10 s
     settings = CqtSettings()
     features = compute_cqt([signal, shifted], settings, torch.device("cpu"))
-    tracks = embed_windows(model, features, settings.fps, mean_size=3, batch_size=16, window_s=4.0, hop_s=1.0)
+    embedder = Embedder(model, chunk_frames=20, mean_size=3, batch_size=16)  # the window is alignment's own
+    tracks = embed_windows(embedder, features, settings.fps, window_s=4.0, hop_s=1.0)
     assert [len(t.starts_s) for t in tracks] == [47, 37]
     shifts = coarse_shifts(tracks)
     assert abs(shifts[0, 1] - shift_s) <= 1.0

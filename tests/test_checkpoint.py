@@ -13,6 +13,7 @@ from csi_model.checkpoint import (
     PARALLEL_PREFIX,
     CheckpointError,
     capture_rng_state,
+    checkpoint_epoch,
     checkpoint_paths,
     latest_checkpoint,
     latest_generator,
@@ -22,9 +23,12 @@ from csi_model.checkpoint import (
     model_fingerprint,
     restore_rng_state,
     save_checkpoint,
+    state_file_for,
     strip_parallel_prefix,
 )
+from csi_model.loading import classes_in, model_from_checkpoint
 from csi_model.model import CoverHunter, ModelConfig
+from tests.train_fixtures import tiny_hparams
 
 LAYOUT = Path(__file__).parent / "fixtures" / "reference" / "checkpoint_layout.tsv"
 TINY = ModelConfig(input_dim=24, embed_dim=32, d_model=32, num_blocks=1, ff_dim=64, num_classes=4)
@@ -227,3 +231,31 @@ def test_a_mixed_prefix_is_an_error_naming_the_file_and_examples(tmp_path: Path)
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: \d+ of \d+ tensor names start with "
                                               r"'module\.' and \d+ do not \(e\.g\. module\._"):
         load_generator(path, CoverHunter(TINY))
+
+
+@pytest.mark.parametrize(("name", "epoch"), [("g_00000012", 12), ("g_12", 12), ("g_00000012.pt", 12),
+                                             ("g_00000012-old", 12), ("do_00000003", None), ("g_best", None),
+                                             (".g_00000012.tmp", None), ("g_", None), ("g_\u00b2", None)])
+def test_one_epoch_rule_for_generator_names(name: str, epoch: int | None) -> None:
+    assert checkpoint_epoch(name, "g_") == epoch
+
+
+def test_latest_generator_reads_reference_names_and_the_state_file_pairs_it(tmp_path: Path) -> None:
+    for name in ("g_00000002", "g_00000011.pt", "g_00000009", "do_00000099", "g_best"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "g_00000030").mkdir()  # a folder is no checkpoint
+    assert latest_generator(tmp_path) == tmp_path / "g_00000011.pt"
+    assert state_file_for(tmp_path / "g_00000011") == tmp_path / "do_00000011"
+
+
+def test_model_from_checkpoint_sizes_the_classifier_from_the_file(tmp_path: Path) -> None:
+    hp = tiny_hparams()
+    torch.manual_seed(1)
+    saved = CoverHunter(ModelConfig.from_hparams(hp, 5))
+    path = save_checkpoint(tmp_path, 0, saved, torch.optim.AdamW(saved.parameters()), steps=0,
+                           early_stopping={}).generator
+    model, report = model_from_checkpoint(path, hp)
+    assert classes_in(saved.state_dict()) == model.config.num_classes == 5 and not model.training
+    assert report.fingerprint == model_fingerprint(saved.state_dict())
+    with pytest.raises(CheckpointError, match="wrong shape: _ce_layer.weight"):
+        model_from_checkpoint(path, hp, num_classes=3)

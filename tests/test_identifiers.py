@@ -18,7 +18,7 @@ from csi_assets.assets import data
 from csi_assets.store import features as feature_store
 from csi_model.catalog import parse_catalog
 from csi_model.identifiers import (HASH_CHARS, SLUG_CHARS, UnsafePathError, contained, id_file_name, id_path,
-                                   id_problem)
+                                   id_problem, is_original_speed)
 from tests.graph_fixtures import make_project, materialize
 
 NASTY = [
@@ -156,3 +156,9 @@ def test_hostile_ids_get_their_own_files_inside_the_dataset_folder(tmp_path: Pat
     slow, fast = stored["sp_0.9-../../../escape"], stored["sp_1.1-../../../escape"]
     assert slow["n_frames"] / fast["n_frames"] == pytest.approx(1.1 / 0.9, rel=0.05)
     assert os.path.commonpath([variants["sp_0.9-../../../escape"]["wav"], str(variants_dir)]) == str(variants_dir)
+
+
+@pytest.mark.parametrize(("speed", "original"), [(1.0, True), (1.005, True), (0.995, True), (1.01, False),
+                                                 (0.8, False), (1.2, False)])
+def test_original_recording_is_the_identity_speed(speed: float, original: bool) -> None:
+    assert is_original_speed(speed) is original

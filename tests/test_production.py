@@ -82,7 +82,7 @@ def _kill_final(stage, hp):
     if stage != "final":
         return None
 
-    def progress(step, epoch, metrics):
+    def progress(event):
         raise Killed(stage)
     return progress
 

@@ -13,7 +13,10 @@ from csi_model.early_stopping import EarlyStopping
 from csi_model.hparams import RandomEraseHParams, RollPitchHParams, SpecAugHParams
 from csi_model.metrics import NoAnswerableQueries
 from csi_model.model import CoverHunter, ModelConfig
-from csi_model.training import RetrievalTestSet, TrainingDiverged, evaluate_test_set, train
+from csi_model.embedding import Embedder
+from csi_model.evaluation import RetrievalTestSet, evaluate
+from csi_model.training import (CheckpointSaved, EpochEnded, StepEnded, TestSetEvaluated, TrainingDiverged,
+                                train)
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
 AUGMENT = SpecAugHParams(RandomEraseHParams(prob=0.5, erase_num=2), RollPitchHParams(prob=0.5, shift_num=2))
@@ -42,7 +45,7 @@ def test_loss_decreases_and_result_is_complete(data, tmp_path):
     hp = tiny_hparams(max_epochs=4)
     seen = []
     result = train(hp, data["train"], tmp_path, val_items=data["held_out"],
-                   progress=lambda step, epoch, metrics: seen.append((step, epoch, metrics)))
+                   progress=seen.append)
     totals = [r.train["total"] for r in result.history]
     assert result.epochs_run == 4 and len(result.history) == 4
     assert totals[-1] < 0.7 * totals[0]
@@ -51,8 +54,13 @@ def test_loss_decreases_and_result_is_complete(data, tmp_path):
     assert result.latest_checkpoint == tmp_path / "checkpoints" / "g_00000003"
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
     steps_per_epoch = 3 * 3  # 24 items, batch 8 -> 3 batches per loader, three loaders
-    assert [s for s, _, m in seen if "epoch_end" not in m] == list(range(1, 4 * steps_per_epoch + 1))
-    assert {"lr", "total", "foc_loss", "tri_loss"} <= set(seen[0][2])
+    steps = [e for e in seen if isinstance(e, StepEnded)]
+    assert [e.step for e in steps] == list(range(1, 4 * steps_per_epoch + 1))
+    assert {"total", "foc_loss", "tri_loss"} <= set(steps[0].losses) and steps[0].lr > 0
+    assert [e.record for e in seen if isinstance(e, EpochEnded)] == result.history
+    saved = [e.checkpoint.generator for e in seen if isinstance(e, CheckpointSaved)]
+    assert saved[-1] == result.latest_checkpoint
+    assert {type(e) for e in seen} == {StepEnded, CheckpointSaved, EpochEnded}  # no test sets: none evaluated
     assert any((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
 
 
@@ -103,9 +111,10 @@ def test_training_time_metrics_leave_unanswerable_queries_out(data):
     model = CoverHunter(ModelConfig.from_hparams(hp, 6))
     refs = data["held_out"]
     pairs = tuple((i, i) for i in range(len(refs)))
-    plain = evaluate_test_set(model, RetrievalTestSet("plain", refs, refs, pairs), hp, torch.device("cpu"))
+    embedder = Embedder.for_hparams(model, hp, torch.device("cpu"))
+    plain = evaluate(embedder, RetrievalTestSet("plain", refs, refs, pairs)).metrics
     lonely = RetrievalTestSet("lonely", [*refs, data["unseen"][0]], refs, pairs)  # its work has no reference
-    scored = evaluate_test_set(model, lonely, hp, torch.device("cpu"))
+    scored = evaluate(embedder, lonely).metrics
     assert (scored.n_queries, scored.n_unanswerable) == (plain.n_queries + 1, 1)
     assert (scored.mean_ap, scored.mr1, scored.hit_rate) == (plain.mean_ap, plain.mr1, plain.hit_rate)
     assert scored.mr1 >= 1.0
@@ -124,7 +133,10 @@ def test_early_stopping_stops_and_a_rerun_does_nothing(data, tmp_path):
 def test_resume_is_bit_identical(data, tmp_path):
     hp = tiny_hparams(max_epochs=3, spec_augmentation=AUGMENT, hold_steps=5, warmup=True, warmup_steps=4)
     kwargs = dict(val_items=data["held_out"], test_sets=[RetrievalTestSet("tiny", data["held_out"])])
-    straight = train(hp, data["train"], tmp_path / "straight", **kwargs)
+    events = []
+    straight = train(hp, data["train"], tmp_path / "straight", progress=events.append, **kwargs)
+    scored = [(e.epoch, e.metrics.mean_ap) for e in events if isinstance(e, TestSetEvaluated) and e.name == "tiny"]
+    assert scored == [(r.epoch, r.mean_ap["tiny"]) for r in straight.history]
     first = train(dataclasses.replace(hp, max_epochs=2), data["train"], tmp_path / "resumed", **kwargs)
     resumed = train(hp, data["train"], tmp_path / "resumed", **kwargs)
     assert (first.epochs_run, resumed.epochs_run, straight.epochs_run) == (2, 1, 3)
@@ -162,7 +174,7 @@ def test_training_improves_retrieval_of_unseen_recordings(data, tmp_path):
     test_set = RetrievalTestSet("held_out", data["held_out"])
     torch.manual_seed(hp.seed)
     untrained = CoverHunter(ModelConfig.from_hparams(hp, 6))
-    before = evaluate_test_set(untrained, test_set, hp, torch.device("cpu")).mean_ap
+    before = evaluate(Embedder.for_hparams(untrained, hp, torch.device("cpu")), test_set).metrics.mean_ap
     result = train(hp, data["train"], tmp_path, test_sets=[test_set])
     after = result.history[-1].mean_ap["held_out"]
     assert after > before + 0.2, (before, after)

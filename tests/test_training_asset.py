@@ -21,7 +21,8 @@ from csi_assets.training_runs import check_compatible
 from csi_model.checkpoint import list_checkpoints
 from csi_model.hparams import DataPrepHParams, training_hparams_from_dict
 from csi_model.model import CoverHunter, ModelConfig
-from csi_model.training import evaluate_test_set
+from csi_model.embedding import Embedder
+from csi_model.evaluation import evaluate
 from csi_model.cqt import settings_for
 from tests.graph_fixtures import DATA_HPARAMS, Project, make_project
 
@@ -219,10 +220,10 @@ def test_training_beats_the_untrained_model_by_0_2_map(tmp_path: Path) -> None:
     device = torch.device("cpu")
     torch.manual_seed(hp.seed)  # the trainer's initialisation: same seed, same architecture
     model = CoverHunter(ModelConfig.from_hparams(hp, meta["num_classes"]))
-    untrained = evaluate_test_set(model, test_set, hp, device).mean_ap
+    untrained = evaluate(Embedder.for_hparams(model, hp, device), test_set).metrics.mean_ap
     promoted = model_store.promoted_model(project.store, "dataset")
     model.load_state_dict(torch.load(promoted["checkpoint"], weights_only=True)["generator"])
-    trained = evaluate_test_set(model, test_set, hp, device).mean_ap
+    trained = evaluate(Embedder.for_hparams(model, hp, device), test_set).metrics.mean_ap
     print(f"test mAP untrained {untrained:.3f}, trained {trained:.3f} (best epoch {meta['best_epoch']})")
     assert trained == pytest.approx(meta["mAP/covers"])  # the asset reports the promoted checkpoint's score
     assert len(test_set.queries) >= 16

@@ -15,7 +15,9 @@ from csi_model.augment import SpecAugment
 from csi_model.dataset import ChunkDataset, EpochBatches, collate_chunks
 from csi_model.hparams import HParamsError, RandomEraseHParams, RollPitchHParams, SpecAugHParams
 from csi_model.model import CoverHunter, ModelConfig
-from csi_model.training import RetrievalTestSet, Trainer, evaluate_test_set, train
+from csi_model.embedding import Embedder
+from csi_model.evaluation import RetrievalTestSet, evaluate
+from csi_model.training import StepEnded, Trainer, train
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
 
@@ -26,11 +28,12 @@ def test_test_sets_sharing_references_embed_each_track_once_with_the_same_scores
     sets = [RetrievalTestSet("val", items[:3], items), RetrievalTestSet("test", items[3:6], items)]
     tracks_seen: list[int] = []
     model._encoder.register_forward_pre_hook(lambda _module, args: tracks_seen.append(args[0].shape[0]))
-    alone = [evaluate_test_set(model, ts, hp, torch.device("cpu")) for ts in sets]
+    embedder = Embedder.for_hparams(model, hp, torch.device("cpu"))
+    alone = [evaluate(embedder, ts).metrics for ts in sets]
     forward_alone = sum(tracks_seen)
     tracks_seen.clear()
     shared: dict = {}
-    together = [evaluate_test_set(model, ts, hp, torch.device("cpu"), shared) for ts in sets]
+    together = [evaluate(embedder, ts, shared).metrics for ts in sets]
     assert [dataclasses.asdict(m) for m in together] == [dataclasses.asdict(m) for m in alone]
     assert set(shared) == {it.feat_path for it in items}
     assert 2 * sum(tracks_seen) == forward_alone  # the second set's queries and references are all known
@@ -85,7 +88,8 @@ def test_mixed_precision_trains_with_finite_losses_and_the_fp32_first_loss(tmp_p
     def run(hp, folder: str) -> tuple[list[float], dict[str, float]]:
         losses: list[float] = []
         result = train(hp, items, tmp_path / folder,
-                       progress=lambda step, epoch, m: None if "epoch_end" in m else losses.append(m["total"]))
+                       progress=lambda event: losses.append(event.losses["total"]) if isinstance(event, StepEnded)
+                       else None)
         return losses, result.history[0].train
 
     full_steps, full = run(tiny_hparams(max_epochs=1), "fp32")

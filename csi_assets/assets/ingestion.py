@@ -34,6 +34,7 @@ from csi_assets.store import shards as shard_store
 from csi_assets.store import splits as split_store
 from csi_model.catalog import parse_catalog
 from csi_model.devices import pick_device
+from csi_model.identifiers import is_original_speed
 from csi_model.splits import assign_work_ids
 from csi_model.cqt import settings_for
 
@@ -191,7 +192,7 @@ def _batch_model(db: Any, dataset: DatasetResource, log: Any) -> LoadedModel | N
         log.warning(f"{err}; the batch is catalogued and featurised, and the reference refresh embeds it once a "
                     "model is promoted")
         return None
-    dataset_input(model, dataset.hparams(), log)
+    dataset_input(model, dataset.hparams(), log)  # a model trained on other features must not embed this batch
     return model
 
 
@@ -199,7 +200,7 @@ def _batch_references(db: Any, dataset: DatasetResource, perfs: list[str]) -> li
     """The batch's original recordings with their features (feature_table rows)."""
     settings_hash = dataset.cqt_settings().settings_hash()
     return [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
-            if r["speed"] == 1.0]
+            if is_original_speed(r["speed"])]
 
 
 def _sync_batch_index(db: Any, dataset: DatasetResource, model_id: str, log: Any) -> None:
@@ -250,7 +251,7 @@ def featurise_batch(context: dg.OpExecutionContext, config: ShardConfig, dataset
             todo, too_short = pending_references(db, dataset.name, model, _batch_references(db, dataset,
                                                                                              counts["perfs"]))
             for perf in too_short:
-                context.log.warning(f"{perf}: too short to embed (fewer than {model.min_raw_frames} CQT frames)")
+                context.log.warning(f"{perf}: too short to embed (fewer than {model.embedder.min_frames} CQT frames)")
             stage = reference_stage(dataset.name, model.model_id)
             shards = reference_shards(stage, todo, model_store.get_model(db, model.model_id), str(model.device),
                                       config.items_per_shard)

@@ -2,7 +2,7 @@
 
 A reference is the original recording of a performance (its speed-1.0 variant; tempo copies are training
 augmentation, not recordings anyone will query for), from the main catalog or from an ingested batch. Each is
-embedded with ``csi_model.embedding.embed_tracks`` -- every segment, tail included -- exactly as evaluation and
+embedded with the model's ``csi_model.embedding.Embedder`` -- every segment, tail included -- exactly as evaluation and
 identification embed their tracks, so the three measure the same thing (the reference tool used one 135 s chunk
 here and all segments elsewhere).
 """
@@ -32,13 +32,11 @@ from csi_assets.store import shards as shard_store
 from csi_assets.shards import Shard, ShardResult, staging_dir
 from csi_model.calibration import Calibration, compute_track_calibration
 from csi_model.centroids import WorkCentroids, compute_centroids
-from csi_model.embedding import mean_unit_vectors
+from csi_model.embedding import TRACKS_PER_BATCH, mean_unit_vectors
+from csi_model.identifiers import is_original_speed
 from csi_model.segment_index import IndexConfig
 
 GROUP = "serving"
-TRACKS_PER_BATCH = 64
-"""Tracks per ``embed_tracks`` call and per store write: long enough batches for the length-sorted segment
-batching, short enough that a killed run loses little and the progress line moves."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,8 @@ class EmbedStats:
 def reference_rows(store: Store, dataset: DatasetResource) -> list[dict[str, Any]]:
     """The original recording (speed 1.0) of every performance that has a feature, with its work id."""
     settings_hash = dataset.cqt_settings().settings_hash()
-    return [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if r["speed"] == 1.0]
+    return [r for r in feature_store.feature_table(store, dataset.name, settings_hash)
+            if is_original_speed(r["speed"])]
 
 
 def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Sequence[dict[str, Any]],
@@ -64,7 +63,7 @@ def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Se
     start = time.monotonic()
     todo, too_short = pending_references(store, dataset, model, references)
     for perf in too_short:
-        log.warning(f"{perf}: too short to embed (fewer than {model.min_raw_frames} CQT frames)")
+        log.warning(f"{perf}: too short to embed (fewer than {model.embedder.min_frames} CQT frames)")
     progress = Progress(log, f"embedding references with {model.model_id}", len(todo), "tracks")
     segments = 0
     for first in range(0, len(todo), tracks_per_batch):
@@ -131,7 +130,7 @@ def plan_reference_shards(context: dg.OpExecutionContext, config: ShardConfig, d
                      "(nothing was deleted)")
     todo, too_short = pending_references(db, dataset.name, model, references)
     for perf in too_short:
-        context.log.warning(f"{perf}: too short to embed (fewer than {model.min_raw_frames} CQT frames)")
+        context.log.warning(f"{perf}: too short to embed (fewer than {model.embedder.min_frames} CQT frames)")
     stage = reference_stage(dataset.name, model.model_id)
     shards = reference_shards(stage, todo, model_store.get_model(db, model.model_id), str(model.device),
                                      config.items_per_shard)

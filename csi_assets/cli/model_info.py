@@ -23,7 +23,6 @@ from csi_assets.cli import CliError
 if TYPE_CHECKING:
     from csi_model.model import ModelConfig
 
-CLASSIFIER_KEY = "_ce_layer.weight"
 PART_NAMES = {"embedding_network": "embedding network", "bn_neck": "BN-neck", "classifier": "classifier",
               "centres": "centres", "total": "total"}
 
@@ -69,7 +68,7 @@ def model_config(hparams: Path | None, num_classes: int | None, file_state: dict
                  inferred: ModelConfig | None = None) -> ModelConfig:
     """The hparams' model (else ``inferred``, else the reference's), sized by --num-classes, else by the
     checkpoint's classifier."""
-    from csi_model.checkpoint import CENTRES_KEY
+    from csi_model.checkpoint import CENTRES_KEY, CLASSIFIER_KEY
     from csi_model.hparams import HParamsError, load_training_hparams
     from csi_model.model import ModelConfig
 

@@ -90,27 +90,6 @@ def record_verified(store: Store, dataset: str, settings_hash: str,
     return int(row[0]) if row else 0
 
 
-def record_verified(store: Store, dataset: str, settings_hash: str,
-                    markers: Mapping[str, tuple[str, int, int]]) -> int:
-    """Mark feature files as read whole and sound: ``markers`` maps variant → (path, size in bytes, mtime in ns)
-    as taken just before the read. A marker lands only on the row that still records that path, so a file moved
-    or rewritten meanwhile stays unverified. Returns the rows marked."""
-    if not markers:
-        return 0
-    frame = pd.DataFrame.from_records(
-        [{"variant": v, "path": path, "size": size, "mtime_ns": mtime} for v, (path, size, mtime) in markers.items()])
-    with store.transaction() as con:
-        con.register("_csi_markers", frame)
-        try:
-            row = con.execute(
-                """UPDATE features SET verified_size = m.size, verified_mtime_ns = m.mtime_ns FROM _csi_markers m
-                   WHERE features.dataset = ? AND features.settings_hash = ? AND features.variant = m.variant
-                     AND features.path = m.path""", [dataset, settings_hash]).fetchone()
-        finally:
-            con.unregister("_csi_markers")
-    return int(row[0]) if row else 0
-
-
 def feature_table(store: Store, dataset: str, settings_hash: str,
                   perfs: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Every variant (of ``perfs`` only, when given) with its feature, original performance, work, work id and
