@@ -23,7 +23,7 @@ from csi_model.distributed_train import TrainingJob, read_job, write_job
 from csi_model.hparams import DistributedHParams, HParamsError, training_hparams_from_dict
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.sampler import MPerClassBatchSampler
-from csi_model.training import RetrievalTestSet, Trainer
+from csi_model.training import EpochEnded, RetrievalTestSet, StepEnded, Trainer
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
 WORLD = 2
@@ -140,8 +140,8 @@ def _rank_main(rank: int, port: int, hp, items, folder: Path) -> None:
         planned = [copy.deepcopy(loader.batch_sampler.batches) for loader in trainer.train_loaders]  # under EpochBatches
         batches = [[list(sampler) for sampler in planned] for _ in range(hp.max_epochs)]
         hashes: list[str] = []
-        trainer.progress = lambda step, epoch, metrics: (
-            hashes.append(_parameter_hash(trainer.model)) if "epoch_end" not in metrics else None)
+        trainer.progress = lambda event: (
+            hashes.append(_parameter_hash(trainer.model)) if isinstance(event, StepEnded) else None)
         straight = trainer.run()
         Trainer(dataclasses.replace(hp, max_epochs=1), items, folder / "resumed", val_items=items[:8], device=device,
                 ranks=ranks).run()
@@ -213,12 +213,12 @@ def test_torchrun_launcher_trains_and_streams_progress(items, tmp_path):
     progress, lines = [], []
     result = train_model(hp, items, tmp_path, val_items=items[:8],
                          test_sets=[RetrievalTestSet("tiny", items[:12])],
-                         progress=lambda *event: progress.append(event), log=lines.append)
+                         progress=progress.append, log=lines.append)
     assert result.epochs_run == 1 and result.last_epoch == 0 and result.num_classes == 6
     assert result.latest_checkpoint == tmp_path / "checkpoints" / "g_00000000"
     assert "tiny" in result.history[0].mean_ap and "foc_loss" in result.history[0].val
-    assert [step for step, _, metrics in progress if "epoch_end" not in metrics] == list(range(1, 7))
-    assert progress[-1][2]["epoch_end"] == 1.0
+    assert [e.step for e in progress if isinstance(e, StepEnded)] == list(range(1, 7))
+    assert isinstance(progress[-1], EpochEnded)
     assert any("torch.distributed.run" in line and "--nproc_per_node 2" in line for line in lines)
     model = CoverHunter(ModelConfig.from_hparams(hp, 6))
     ckpt.load_generator(result.best_checkpoint, model)
@@ -247,7 +247,7 @@ def test_a_caller_that_gives_up_stops_the_processes(tmp_path):
     ranks at once, and its output readers end cleanly: no epoch is ever saved, no reader fails on a closed pipe."""
     items = synthetic_features(tmp_path / "features", n_works=24, perfs_per_work=6, seed=2)  # 27 steps per epoch
 
-    def cancel(step: int, epoch: int, metrics: dict) -> None:
+    def cancel(event: object) -> None:
         raise RuntimeError("cancelled")
 
     job = TrainingJob(two_process_hparams(max_epochs=50), tmp_path / "model", items)
