@@ -32,7 +32,7 @@ $(CSI_DATASET_DIR)/dataset.txt: | $(STAMP)
 # an epoch 10x slower). In-process execution: see dagster_demo_run.yaml.
 demo: setup $(CSI_DATASET_DIR)/dataset.txt
 	OMP_NUM_THREADS=1 $(BIN)/dagster job execute -m csi_assets.definitions -j main -c dagster_demo_run.yaml
-	for label in $$($(BIN)/python -m csi_assets.assets.labels); do \
+	for label in $$($(BIN)/python -m csi_assets.labels); do \
 		OMP_NUM_THREADS=1 $(BIN)/dagster asset materialize -m csi_assets.definitions --select label_probe \
 			--partition $$label || exit 1; \
 	done

@@ -23,8 +23,7 @@ import torch
 import yaml
 
 from csi_assets.assets import ingestion
-from csi_assets.assets.training import trained_contract
-from csi_assets.resources import DatasetResource
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import embeddings as embedding_store
@@ -32,6 +31,7 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import ingest as ingest_store
 from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
+from csi_assets.training_runs import trained_contract
 from csi_model.checkpoint import model_fingerprint, save_checkpoint
 from csi_model.cqt import compute_cqt, save_feature
 from csi_model.audio import load_audio
@@ -52,12 +52,12 @@ class _Quiet:
     def warning(self, msg: str) -> None: ...
 
 
-def build_store(root: Path, n_refs: int, audio: Path) -> tuple[Store, DatasetResource]:
+def build_store(root: Path, n_refs: int, audio: Path) -> tuple[Store, DatasetLayout]:
     """A dataset folder + store holding ``n_refs`` reference performances embedded by a promoted tiny model."""
     dataset_dir = root / "dataset"
     dataset_dir.mkdir(parents=True)
     (dataset_dir / "hparams.yaml").write_text(yaml.safe_dump(DATA_HPARAMS))
-    dataset = DatasetResource(dataset_dir=str(dataset_dir))
+    dataset = DatasetLayout.at(dataset_dir)
     store = Store(root / "csi.duckdb")
     settings = dataset.cqt_settings()
     feature = compute_cqt([load_audio(audio)], settings, torch.device("cpu"))[0]
@@ -87,7 +87,7 @@ def build_store(root: Path, n_refs: int, audio: Path) -> tuple[Store, DatasetRes
     return store, dataset
 
 
-def register_tiny_model(store: Store, dataset: DatasetResource, training_dir: Path) -> str:
+def register_tiny_model(store: Store, dataset: DatasetLayout, training_dir: Path) -> str:
     hp = training_hparams_from_dict(MODEL_HPARAMS)
     torch.manual_seed(0)
     model = CoverHunter(ModelConfig.from_hparams(hp, num_classes=8))
@@ -111,7 +111,7 @@ def make_batch(folder: Path, source: Path, tag: str, size: int) -> Path:
     return catalog
 
 
-def time_ingest(store: Store, dataset: DatasetResource, batches: list[Path]) -> list[float]:
+def time_ingest(store: Store, dataset: DatasetLayout, batches: list[Path]) -> list[float]:
     seconds = []
     for catalog in batches:
         batch_id = catalog.stem

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -78,12 +79,14 @@ def make_project(out: Path, audio: Path, mode: str, args: argparse.Namespace) ->
 def run_mode(out: Path, audio: Path, mode: str, args: argparse.Namespace) -> dict:
     import dagster as dg
 
-    from csi_assets.assets import data, training
-    from csi_assets.assets.research import bootstrap_map
+    from csi_assets.assets import data
+    from csi_assets.layouts import TrainingLayout
     from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
     from csi_assets.store import features as feature_store
     from csi_assets.store import models as model_store
+    from csi_assets.sweeps import bootstrap_map
     from csi_assets.testsets import retrieval_test_sets
+    from csi_assets.training_runs import run_training
     from csi_model import checkpoint as ckpt
     from csi_model.hparams import training_hparams_from_dict
     from csi_model.model import CoverHunter, ModelConfig
@@ -99,7 +102,8 @@ def run_mode(out: Path, audio: Path, mode: str, args: argparse.Namespace) -> dic
                     data.data_splits], resources=resources, instance=instance)
     data_seconds = time.monotonic() - started
     started = time.monotonic()
-    dg.materialize([training.trained_model], resources=resources, instance=instance)
+    run_training(resources["store"].store(), resources["dataset"].layout(), TrainingLayout.at(training_dir),
+                 logging.getLogger("bench.train"))
     train_seconds = time.monotonic() - started
 
     store = resources["store"].store()
@@ -122,6 +126,7 @@ def run_mode(out: Path, audio: Path, mode: str, args: argparse.Namespace) -> dic
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

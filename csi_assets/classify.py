@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from csi_assets.label_model import LABEL_MODEL_FILE, load_label_model
+from csi_assets.label_model import LABEL_MODEL_FILE, label_model_folder, load_label_model
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_cqt_settings, load_model
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
@@ -53,10 +53,6 @@ class Prediction:
         return {"query": self.query, "label": self.label, "value": self.value, "probability": self.probability,
                 "top": [{"value": v, "probability": p} for v, p in self.top], "source": self.source,
                 "model": self.model}
-
-
-def label_model_folder(training_dir: str | os.PathLike[str], label: str) -> Path:
-    return Path(training_dir) / "labels" / label
 
 
 def probe_file(training_dir: str | os.PathLike[str], model_id: str, label: str) -> Path:

@@ -9,23 +9,12 @@ import os
 import dagster as dg
 
 from csi_assets.assets import data, evaluation, ingestion, labels, research, serving, tools, training
+from csi_assets.jobs import ALL_JOBS
 from csi_assets.resources import default_resources
-from csi_assets.schedules import reference_refresh_schedule, refresh_references_job
+from csi_assets.schedules import reference_refresh_schedule
 from csi_assets.sensors.delta_dataset import delta_dataset_sensor
 
 _ASSET_MODULES = [data, training, serving, evaluation, ingestion, research, tools, labels]
-
-main_job = dg.define_asset_job(
-    "main",
-    selection=dg.AssetSelection.groups(data.GROUP, training.GROUP, serving.GROUP, evaluation.GROUP)
-    - dg.AssetSelection.assets(*labels.LABEL_ASSETS),
-    description="The whole graph: catalog → features → splits → training → references → evaluation.",
-)
-
-labels_job = dg.define_asset_job(
-    "labels", selection=dg.AssetSelection.assets(labels.label_probe),
-    description="Probe one musical category (a partition per label of the data hparams) in the promoted model.",
-)
 
 
 def _executor() -> dg.ExecutorDefinition:
@@ -40,8 +29,7 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_ASSET_MODULES),
     asset_checks=dg.load_asset_checks_from_modules(_ASSET_MODULES),
     resources=default_resources(),
-    jobs=[main_job, labels_job, ingestion.ingest_job, refresh_references_job, research.sweep_job,
-          research.production_job],
+    jobs=ALL_JOBS,
     sensors=[delta_dataset_sensor],
     schedules=[reference_refresh_schedule],
     executor=_executor(),

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import os
 
-from csi_assets.resources import default_resources
+from pathlib import Path
+
+from csi_assets import locations
+from csi_assets.layouts import DatasetLayout, TrainingLayout
 from csi_assets.store import Store, models, summary
 
 
 def main() -> None:
-    resources = default_resources()
-    store = resources["store"].store()
-    dataset = resources["dataset"]
-    training = resources["training"]
+    store = Store(Path(locations.store_path()).resolve())
+    dataset = DatasetLayout.at(locations.dataset_dir())
+    training = TrainingLayout.at(locations.training_dir())
     counts = summary.table_counts(store, dataset.name)
     print()
     print("Demo finished. What was built:")
@@ -32,7 +34,7 @@ def main() -> None:
 
 def _label_verdicts(store: Store, dataset: str) -> None:
     """Each label probe's reading (from its metrics.json), when the promoted model has been probed."""
-    from csi_assets.assets.labels import configured_labels
+    from csi_assets.labels import configured_labels
     from csi_assets.classify import probe_file
 
     promoted = models.promoted_model(store, dataset)

@@ -13,7 +13,9 @@ best checkpoint, its fingerprint, hparams, held-out metrics), ``metrics.json``, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +23,35 @@ from typing import Any
 
 import numpy as np
 
+from csi_assets.errors import RunFailed
+from csi_assets.layouts import DatasetLayout, TrainingLayout
 from csi_assets.model_loading import LoadedModel, ModelLoadError, stored_contract
+from csi_assets.progress import Log
+from csi_assets.store import Store
+from csi_assets.store import catalog as catalog_store
+from csi_assets.store import features as feature_store
+from csi_assets.store import models as model_store
+from csi_assets.testsets import too_short_message
+from csi_assets.training_runs import TrainingLog, best_model, check_compatible, steps_per_epoch, trained_contract
 from csi_model.atomic import write_text_atomic
+from csi_model.augment import TempoRange
 from csi_model.checkpoint import CheckpointError, load_generator
+from csi_model.cqt import load_feature, settings_for
 from csi_model.dataset import FeatureItem
 from csi_model.devices import pick_device
-from csi_model.hparams import to_dict, training_hparams_from_dict
-from csi_model.label_probe import ProbeDataError, grouped_folds, single_work_values
+from csi_model.embedding import embed_tracks, softmax_rows
+from csi_model.hparams import TrainingHParams, to_dict, training_hparams_from_dict
+from csi_model.label_probe import (ProbeDataError, bootstrap_scores, confusion_png, grouped_folds,
+                                   single_work_values, verdict)
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.tempo import is_identity
+from csi_model.training import TrainingResult, WarmStart, train
 
 LABEL_MODEL_FILE = "label_model.json"
+
+
+def label_model_folder(training_dir: str | os.PathLike[str], label: str) -> Path:
+    return Path(training_dir) / "labels" / label
 
 
 @dataclass(frozen=True)
@@ -114,3 +134,98 @@ def load_label_model(path: str | Path, device: str | None = None) -> tuple[Loade
     name = f"label-{record['label']}-{report.fingerprint[:12]}"
     contract = stored_contract({"model_id": name, "input_contract": record.get("input_contract")}, hp)
     return LoadedModel(name, model.to(target).eval(), hp, target, checkpoint, contract), classes
+
+
+def label_hparams(hp: TrainingHParams, max_epochs: int | None = None, augmentation: bool = True) -> TrainingHParams:
+    """The training hparams with the label's values as classes: no retrieval test sets, validation loss for early
+    stopping and the best checkpoint, the classifier sized by the values."""
+    return dataclasses.replace(
+        hp, test_sets={}, early_stop_metric="val_loss", map_stopping_testsets=(), foc=dataclasses.replace(
+            hp.foc, output_dims=None), max_epochs=max_epochs or hp.max_epochs,
+        spec_augmentation=hp.spec_augmentation if augmentation else None)
+
+
+def promoted_checkpoint(db: Store, dataset: str) -> Path:
+    """The promoted CSI model's checkpoint, the label model's warm start."""
+    promoted = model_store.promoted_model(db, dataset)
+    if promoted is None:
+        raise RunFailed(f"warm_start needs a promoted model for dataset {dataset!r}: materialize trained_model (or "
+                        "run without warm_start)")
+    return Path(promoted["checkpoint"])
+
+
+def held_out_scores(model: Any, hp: TrainingHParams, split: LabelSplit, device: Any, seed: int) -> tuple:
+    """(scores, gain, predicted [T]): each held-out recording's value is the argmax of its segments' mean class
+    probabilities; the baseline answers the training items' most frequent value."""
+    features = [load_feature(item.feat_path) for item in split.test]
+    logits = embed_tracks(model, features, hp.chunk_frame[0], hp.mean_size, hp.batch_size, device, logits=True)
+    predicted = np.array([softmax_rows(track).mean(axis=0).argmax() for track in logits])
+    y = np.array([item.work_id for item in split.test])
+    majority = np.bincount([item.work_id for item in split.train], minlength=len(split.classes)).argmax()
+    predictions = {"label_model": predicted, "majority": np.full(len(y), majority)}
+    scores, gain = bootstrap_scores(y, predictions, split.test_works, len(split.classes), seed,
+                                    primary="label_model")
+    return scores, gain, predicted
+
+
+@dataclass(frozen=True)
+class LabelModelRun:
+    """One ``label_model`` run: the split, the training, the held-out scores and the files written."""
+
+    split: LabelSplit
+    result: TrainingResult
+    scores: dict[str, dict[str, Any]]  # predictor -> metric -> interval
+    gain: Any  # interval of the balanced-accuracy gain over the majority baseline
+    reading: str  # the verdict in words
+    record: dict[str, Any]  # metrics.json
+    folder: Path
+    warm_start: Path | None
+
+
+def run_label_model(db: Store, dataset: DatasetLayout, training: TrainingLayout, label: str, log: Log,
+                    max_epochs: int | None = None, warm_start: bool = False,
+                    augmentation: bool = True) -> LabelModelRun:
+    """Train CoverHunter with ``label`` as its class (the training loop, losses, sampler, tempo augmentation and
+    resumable checkpoints of ``trained_model``) in ``<training_dir>/labels/<label>/``, score it on held-out works
+    like the probe and write ``label_model.json``. ``warm_start``: start the embedding network from the promoted
+    CSI model (its class heads are not reused); ``augmentation``: the hparams' spectrogram augmentation."""
+    data_hp = dataset.hparams()
+    hp = label_hparams(training.hparams(), max_epochs, augmentation)
+    check_compatible(hp, data_hp)
+    table = feature_store.feature_table(db, dataset.name, settings_for(data_hp).settings_hash())
+    # the tempo augmentation trained_model uses: rendered variants ('audio') or drawn per chunk ('features')
+    tempo = None if data_hp.tempo_augmentation == "audio" else TempoRange.from_factors(data_hp.aug_speed_mode)
+    try:
+        split = label_split(table, catalog_store.performance_labels(db, dataset.name, label), data_hp.seed,
+                            hp.mean_size, stored_variants=tempo is None)
+    except ProbeDataError as err:
+        raise RunFailed(f"label {label!r} cannot be learnt: {err}") from err
+    for row in split.too_short:
+        log.warning(too_short_message(row, hp.mean_size))
+    warm = WarmStart(promoted_checkpoint(db, dataset.name), heads=False) if warm_start else None
+    folder = label_model_folder(training.root, label)
+    device = pick_device(hp.device)
+    log.info(f"{label}: {len(split.classes)} values {split.classes}, {len(split.train)} train / {len(split.val)} val "
+             f"/ {len(split.test)} test items, warm start {warm.generator if warm else 'none'}")
+    copies = tempo.copies if tempo is not None else 1
+    progress = TrainingLog(log, steps_per_epoch(hp, [it.work_id for it in split.train], copies), 0, hp.max_epochs)
+    result = train(hp, split.train, folder, split.val, device=device, progress=progress, warm_start=warm,
+                   tempo=tempo)
+    model, loaded = best_model(hp, result)
+    scores, gain, predicted = held_out_scores(model, hp, split, device, data_hp.seed)
+    reading = verdict(scores, gain, len(set(split.test_works.tolist())), "label_model",
+                      "the category is learnable from the audio features",
+                      "so this network hears it beyond the tunes it was trained on")
+    record = {"label": label, "classes": split.classes, "best_epoch": result.best_epoch,
+              "epochs": result.last_epoch + 1, "items": {"train": len(split.train), "val": len(split.val),
+                                                         "test": len(split.test)},
+              "left_out_single_work_values": split.left_out, "verdict": reading,
+              "gain_balanced_accuracy": gain.to_dict(),
+              "scores": {p: {m: i.to_dict() for m, i in v.items()} for p, v in scores.items()}}
+    y_test = np.array([it.work_id for it in split.test])
+    confusion_png(y_test, predicted, split.classes, folder / "confusion.png", f"{label}: label model, held out")
+    write_text_atomic(folder / "metrics.json", json.dumps(record, indent=2, ensure_ascii=False))
+    write_label_model(folder, label, split.classes, result.best_checkpoint, loaded.fingerprint, hp, record,
+                      str(warm.generator) if warm else None, trained_contract(data_hp))
+    log.info(f"{label}: {reading}")
+    return LabelModelRun(split, result, scores, gain, reading, record, folder, warm.generator if warm else None)

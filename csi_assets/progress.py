@@ -1,4 +1,4 @@
-"""Progress lines for long assets: count, rate and ETA in the Dagster log, at most every few seconds."""
+"""Progress lines for long runs: count, rate and ETA in the run's log, at most every few seconds."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
-class _Log(Protocol):
+class Log(Protocol):
+    """What application code logs to: a ``logging.Logger`` or Dagster's ``context.log`` alike."""
+
     def info(self, msg: str) -> None: ...
+
+    def warning(self, msg: str) -> None: ...
 
 
 @dataclass
 class Progress:
     """Call ``advance(n)`` as work completes; a line is logged when ``every_s`` has passed and at the end."""
 
-    log: _Log
+    log: Log
     label: str
     total: int
     unit: str = "items"

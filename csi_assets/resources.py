@@ -12,9 +12,10 @@ import dagster as dg
 
 from csi_assets import locations
 from csi_assets.locations import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH, DEFAULT_TRAINING_DIR
+from csi_assets.layouts import DatasetLayout, TrainingLayout
 from csi_assets.store import Store
-from csi_model.cqt import CqtSettings, settings_for
-from csi_model.hparams import DataPrepHParams, TrainingHParams, load_data_hparams, load_training_hparams
+from csi_model.cqt import CqtSettings
+from csi_model.hparams import DataPrepHParams, TrainingHParams
 
 
 class DatasetResource(dg.ConfigurableResource):
@@ -22,37 +23,41 @@ class DatasetResource(dg.ConfigurableResource):
 
     dataset_dir: str = DEFAULT_DATASET_DIR
 
+    def layout(self) -> DatasetLayout:
+        """The folder as the plain value application code takes."""
+        return DatasetLayout.at(self.dataset_dir)
+
     @property
     def root(self) -> Path:
-        return Path(self.dataset_dir).resolve()
+        return self.layout().root
 
     @property
     def name(self) -> str:
         """The key of this dataset's rows in the store."""
-        return self.root.name
+        return self.layout().name
 
     @property
     def catalog_path(self) -> Path:
-        return self.root / "dataset.txt"
+        return self.layout().catalog_path
 
     @property
     def incoming_dir(self) -> Path:
-        return self.root / "incoming"
+        return self.layout().incoming_dir
 
     @property
     def variants_dir(self) -> Path:
-        return self.root / "sp_wav"
+        return self.layout().variants_dir
 
     @property
     def features_dir(self) -> Path:
-        return self.root / "cqt_feat"
+        return self.layout().features_dir
 
     def hparams(self) -> DataPrepHParams:
-        return load_data_hparams(self.root / "hparams.yaml")
+        return self.layout().hparams()
 
     def cqt_settings(self) -> CqtSettings:
         """The CQT settings of this dataset's features: their hash keys the feature cache."""
-        return settings_for(self.hparams())
+        return self.layout().cqt_settings()
 
 
 class TrainingResource(dg.ConfigurableResource):
@@ -60,20 +65,24 @@ class TrainingResource(dg.ConfigurableResource):
 
     training_dir: str = DEFAULT_TRAINING_DIR
 
+    def layout(self) -> TrainingLayout:
+        """The folder as the plain value application code takes."""
+        return TrainingLayout.at(self.training_dir)
+
     @property
     def root(self) -> Path:
-        return Path(self.training_dir).resolve()
+        return self.layout().root
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.root / "checkpoints"
+        return self.layout().checkpoints_dir
 
     @property
     def logs_dir(self) -> Path:
-        return self.root / "logs"
+        return self.layout().logs_dir
 
     def hparams(self) -> TrainingHParams:
-        return load_training_hparams(self.root / "config" / "hparams.yaml")
+        return self.layout().hparams()
 
 
 class StoreResource(dg.ConfigurableResource):

@@ -4,14 +4,7 @@ import os
 
 import dagster as dg
 
-from csi_assets.assets.serving import reference_embeddings, reference_index
-
-refresh_references_job = dg.define_asset_job(
-    "refresh_references",
-    selection=[reference_embeddings, reference_index],
-    description="Fill every missing (performance, promoted model) embedding; a newly promoted model gets the whole "
-                "reference set, and its calibration and centroids are recomputed; then the reference index follows.",
-)
+from csi_assets.jobs import refresh_references_job
 
 reference_refresh_schedule = dg.ScheduleDefinition(
     name="reference_refresh",

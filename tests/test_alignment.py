@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from csi_assets.alignment import ALIGNMENT_FILE, ALIGNMENT_META_FILE
 from csi_assets.assets import tools
 from csi_assets.cli import main as csi
 from csi_assets.store import catalog as catalog_store
@@ -131,21 +132,21 @@ def test_alignments_asset_writes_every_same_work_pair(project) -> None:
                             run_config={"ops": {"alignments": {"config": {"window_s": 2.0, "hop_s": 1.0}}}})
     assert result.success
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("alignments")[0].metadata.items()}
-    lines = _read_lines(project.training_dir / tools.ALIGNMENT_FILE)
+    lines = _read_lines(project.training_dir / ALIGNMENT_FILE)
     work_of = {p["perf"]: p["work"] for p in catalog_store.performances(project.store, project.dataset_dir.name)}
     assert len(lines) == 3 * 3 * 3 and metadata["pairs"] == 27 and metadata["distinct_pairs"] == 18
     assert all(set(line) == {"perf_i", "perf_j", "shift_s"} for line in lines)
     assert all(work_of[line["perf_i"]] == work_of[line["perf_j"]] for line in lines)
     assert all(line["shift_s"] == 0.0 for line in lines if line["perf_i"] == line["perf_j"])
     assert all(float(line["shift_s"]).is_integer() for line in lines)  # on the 1 s hop grid
-    meta = json.loads((project.training_dir / tools.ALIGNMENT_META_FILE).read_text())
+    meta = json.loads((project.training_dir / ALIGNMENT_META_FILE).read_text())
     assert meta["model_id"] == model_id and meta["window_s"] == 2.0 and meta["hop_s"] == 1.0
     assert metadata["windows"] == meta["windows"] > 9
 
 
 def test_csi_align_matches_the_asset(project, capsys) -> None:
     project, _ = project
-    path = project.training_dir / tools.ALIGNMENT_FILE
+    path = project.training_dir / ALIGNMENT_FILE
     before = path.read_text() if path.exists() else None
     args = ["align", "--dataset-dir", str(project.dataset_dir), "--training-dir", str(project.training_dir),
             "--store", str(project.store_path), "--window", "2", "--hop", "1"]

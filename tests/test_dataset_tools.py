@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from csi_assets.assets import data, tools
+from csi_assets.catalog_histogram import HISTOGRAM_FILE
 from csi_assets.cli import main as csi
 
 from csi_model.catalog import CatalogLineError
@@ -101,7 +102,7 @@ def test_catalog_histogram_asset_shows_the_png(tmp_path: Path) -> None:
     assert result.success
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("catalog_histogram")[0].metadata.items()}
     assert (metadata["works"], metadata["perfs"], metadata["min_perfs"], metadata["max_perfs"]) == (3, 6, 2, 2)
-    png = (project.dataset_dir / tools.HISTOGRAM_FILE).read_bytes()
+    png = (project.dataset_dir / HISTOGRAM_FILE).read_bytes()
     prefix = "![performances per work](data:image/png;base64,"
     assert metadata["histogram"].startswith(prefix)
     assert base64.b64decode(metadata["histogram"][len(prefix):-1]) == png

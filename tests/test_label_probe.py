@@ -15,6 +15,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from csi_assets.assets import labels, serving
+from csi_assets.classify import PROBE_FILE
 from csi_model.label_probe import LinearProbe, classification_scores, fit_linear, grouped_folds, probe_label
 from tests.graph_fixtures import make_project
 from tests.serving_fixtures import ORIGINALS_ONLY, materialize_data, random_model, register_model, serving_hparams
@@ -111,12 +112,12 @@ def test_probe_report_files_and_counts(probed) -> None:
     project, model_id, metadata = probed
     folder = project.training_dir / "reports" / model_id / "labels" / "register"
     assert {p.name for p in folder.iterdir()} == {"metrics.json", "report.md", "confusion.png", "tsne.png",
-                                                 "predictions.csv", labels.PROBE_FILE}
+                                                 "predictions.csv", PROBE_FILE}
     record = json.loads((folder / "metrics.json").read_text())
     assert record["counts"] == {"catalogued": 48, "missing_value": 0, "with_value_not_embedded": 0,
                                 "with_value_and_embedding": 48}
     assert set(record["scores"]) == {"logistic", "knn", "majority"}
-    assert LinearProbe.load(folder / labels.PROBE_FILE).classes == ["high", "low"]
+    assert LinearProbe.load(folder / PROBE_FILE).classes == ["high", "low"]
     assert len((folder / "predictions.csv").read_text().splitlines()) == 49
 
 

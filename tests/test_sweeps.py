@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from csi_assets.assets import research
+from csi_assets.errors import RunFailed
 from csi_assets.resources import TrainingResource
+from csi_assets.sweeps import foundation_warm_start
 from csi_model.hparams import HParamsError, to_dict
 from csi_model.sweeps import (RunOutcome, experiment_hparams, markdown_table, parse_tuning, plan_experiments,
                               summarise, tail_slope)
@@ -213,10 +215,10 @@ def test_replanning_replaces_stale_partitions_and_a_bad_file_fails_the_plan(tmp_
 def test_foundation_checkpoint_warm_start(tmp_path):
     generator, state = tmp_path / "g_00000004", tmp_path / "do_00000004"
     text = f"early_stopping_patience: 2\nfoundation_checkpoint: {generator}\nrestore_optimizer_state: true\n"
-    with pytest.raises(dg.Failure, match="does not exist"):
-        research.foundation_warm_start(parse_tuning(text, "hp_tuning.yaml"))
+    with pytest.raises(RunFailed, match="does not exist"):
+        foundation_warm_start(parse_tuning(text, "hp_tuning.yaml"))
     generator.write_bytes(b"")
-    assert research.foundation_warm_start(parse_tuning(text)).state is None  # no do_ file: cold optimizer
+    assert foundation_warm_start(parse_tuning(text)).state is None  # no do_ file: cold optimizer
     state.write_bytes(b"")
-    assert research.foundation_warm_start(parse_tuning(text)).state == state
-    assert research.foundation_warm_start(parse_tuning(text.replace("true", "false"))).state is None
+    assert foundation_warm_start(parse_tuning(text)).state == state
+    assert foundation_warm_start(parse_tuning(text.replace("true", "false"))).state is None

@@ -13,9 +13,11 @@ import yaml
 
 from audio_fixtures import write_tone
 from csi_assets.assets import data, training
+from csi_assets.errors import RunFailed
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.testsets import retrieval_test_sets
+from csi_assets.training_runs import check_compatible
 from csi_model.checkpoint import list_checkpoints
 from csi_model.hparams import DataPrepHParams, training_hparams_from_dict
 from csi_model.model import CoverHunter, ModelConfig
@@ -157,9 +159,9 @@ def test_a_clip_too_short_for_the_model_is_left_out_by_name_and_training_runs(tm
 
 def test_hparams_that_do_not_fit_the_features_are_refused() -> None:
     hp = training_hparams_from_dict({"input_dim": 84, "cqt": {"hop_size": 0.02}}, source="train.yaml")
-    with pytest.raises(dg.Failure, match=r"expects hop_size 0.02 s .*\(train.yaml\) but data.yaml says hop_size 0.04 s"
+    with pytest.raises(RunFailed, match=r"expects hop_size 0.02 s .*\(train.yaml\) but data.yaml says hop_size 0.04 s"
                                          r".*expects n_bins 84 \(train.yaml\) but data.yaml says n_bins 96"):
-        training.check_compatible(hp, DataPrepHParams(source="data.yaml"))
+        check_compatible(hp, DataPrepHParams(source="data.yaml"))
 
 
 # -- acceptance: training learns cover identification --------------------------------------------------------------

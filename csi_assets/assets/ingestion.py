@@ -211,6 +211,3 @@ def ingested_batch(context: dg.AssetExecutionContext, dataset: DatasetResource,
         "rejected": dg.MetadataValue.md("\n".join(f"- {r['reason']}" for r in counts["rejected_lines"]) or "none"),
     })
 
-
-ingest_job = dg.define_asset_job("ingest_delta_batch", selection=[ingested_batch], partitions_def=delta_batches,
-                                 description="Ingest one delta batch (a partition per batch).")

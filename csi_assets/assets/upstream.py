@@ -1,21 +1,31 @@
-"""The one rule for an asset whose upstream data are missing: fail, naming the asset to materialize.
-
-A partial selection (``--select '+data_splits'`` on a fresh dataset) runs assets whose parents were never
-materialized for this dataset. Computed from nothing they would report success with 0 rows (or a misleading
-error from deep inside); instead each asset states what it reads from its parents through
-:func:`require_upstream`, so every such failure reads the same and names the asset to run first.
-"""
+"""Application failures as Dagster failures: the one rule for an asset whose upstream data are missing, and the
+conversion of :class:`csi_assets.errors.RunFailed` into ``dg.Failure`` (same message, same metadata)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import dagster as dg
+
+from csi_assets import errors
+
+
+def as_failure(err: errors.RunFailed) -> dg.Failure:
+    return dg.Failure(description=err.description, metadata=err.metadata)
+
+
+@contextlib.contextmanager
+def failures() -> Iterator[None]:
+    """Inside an asset or check: an application :class:`~csi_assets.errors.RunFailed` fails the step as a
+    ``dg.Failure`` with its message and metadata (no traceback of library internals in the UI)."""
+    try:
+        yield
+    except errors.RunFailed as err:
+        raise as_failure(err) from err
 
 
 def require_upstream(present: object, upstream: str, dataset: str, what: str) -> None:
-    """Raise ``dg.Failure`` ("dataset 'd' has no <what>: materialize <upstream> first") unless ``present``.
-
-    ``present``: the rows the asset read from its parent (a list, dict, set: empty means missing) or a bool.
-    ``upstream``: the parent asset's key as the user selects it; ``what``: the missing data, in plain words."""
-    if not present:
-        raise dg.Failure(description=f"dataset {dataset!r} has no {what}: materialize {upstream} first",
-                         metadata={"missing_upstream": upstream})
+    """:func:`csi_assets.errors.require_upstream`, failing the step as a ``dg.Failure`` with ``missing_upstream``."""
+    with failures():
+        errors.require_upstream(present, upstream, dataset, what)

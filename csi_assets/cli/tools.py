@@ -70,24 +70,24 @@ def run_align(args: argparse.Namespace) -> int:
     if any(value is not None and value <= 0 for value in (args.window, args.hop)):
         raise CliError(f"--window and --hop must be positive, got {args.window} and {args.hop}")
     from csi_assets import locations
-    from csi_assets.assets.tools import compute_alignments, write_alignments
-    from csi_assets.model_loading import ModelLoadError, load_model
-    from csi_assets.resources import DatasetResource
+    from csi_assets.alignment import align_dataset
+    from csi_assets.errors import RunFailed
+    from csi_assets.layouts import DatasetLayout, TrainingLayout
     from csi_assets.store import Store
     from csi_model.alignment import DEFAULT_HOP_S, DEFAULT_WINDOW_S
     from csi_model.hparams import HParamsError
 
     window = DEFAULT_WINDOW_S if args.window is None else args.window
     hop = DEFAULT_HOP_S if args.hop is None else args.hop
-    dataset = DatasetResource(dataset_dir=args.dataset_dir or locations.dataset_dir())
+    dataset = DatasetLayout.at(args.dataset_dir or locations.dataset_dir())
+    training = TrainingLayout.at(args.training_dir or locations.training_dir())
     store = Store(_store_path(args))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        model = load_model(store, dataset.name, args.model, args.device)
-        run = compute_alignments(store, dataset, model, window, hop, logging.getLogger("csi.align"))
-    except (ModelLoadError, HParamsError, ValueError) as err:
+        run, path = align_dataset(store, dataset, training.root, window, hop, logging.getLogger("csi.align"),
+                                  args.model, args.device)
+    except (RunFailed, HParamsError) as err:
         raise CliError(str(err)) from err
-    path = write_alignments(Path(args.training_dir or locations.training_dir()).resolve(), run)
     print(f"{len(run.alignments)} pairs ({run.windows} windows, {run.seconds:.1f} s) -> {path}")
     return 0
 

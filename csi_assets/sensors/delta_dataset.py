@@ -27,10 +27,10 @@ from csi_assets.assets.ingestion import (
     delta_batches,
     entry_problem,
     entry_signature,
-    ingest_job,
     pending_entries,
     quarantine,
 )
+from csi_assets.jobs import ingest_job
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.run_health import run_alive
 from csi_assets.store import ingest as ingest_store
