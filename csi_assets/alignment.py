@@ -60,9 +60,9 @@ def compute_alignments(store: Store, dataset: DatasetLayout, model: LoadedModel,
     fps = dataset_input(model, dataset.hparams(), log).fps
     settings_hash = dataset.cqt_settings().settings_hash()
     # the original recording of every performance with a feature
-    rows = [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if is_identity(r["speed"])]
-    usable = [r for r in rows if r["n_frames"] >= model.min_raw_frames]
-    too_short = sorted(r["perf"] for r in rows if r["n_frames"] < model.min_raw_frames)
+    rows = [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if is_identity(r.speed)]
+    usable = [r for r in rows if r.n_frames >= model.min_raw_frames]
+    too_short = sorted(r.perf for r in rows if r.n_frames < model.min_raw_frames)
     for perf in too_short:
         log.warning(f"{perf}: too short to align (fewer than {model.min_raw_frames} CQT frames)")
     progress = Progress(log, f"embedding {window_s:g} s windows every {hop_s:g} s", len(usable), "tracks")
@@ -70,10 +70,10 @@ def compute_alignments(store: Store, dataset: DatasetLayout, model: LoadedModel,
     hp = model.hparams
     for first in range(0, len(usable), TRACKS_PER_BATCH):
         batch = usable[first:first + TRACKS_PER_BATCH]
-        tracks += embed_windows(model.model, [load_feature(r["feat"]) for r in batch], fps, hp.mean_size,
+        tracks += embed_windows(model.model, [load_feature(r.feat) for r in batch], fps, hp.mean_size,
                                 hp.batch_size, window_s, hop_s, model.device)
         progress.advance(len(batch))
-    alignments = align_works([r["perf"] for r in usable], [r["work_id"] for r in usable], tracks)
+    alignments = align_works([r.perf for r in usable], [r.work_id for r in usable], tracks)
     return AlignmentRun(alignments, model.model_id, window_s, hop_s, sum(len(t.starts_s) for t in tracks),
                         too_short, time.monotonic() - start)
 

@@ -23,7 +23,7 @@ def histogram_markdown(path: Path) -> str:
 
 def write_histogram(performances: Sequence[Mapping[str, Any]], out_path: Path, title: str) -> dict[str, Any]:
     """Plot the histogram of ``performances`` (rows with ``perf`` and ``work``) to ``out_path``; its statistics."""
-    counts = perfs_per_work([p["perf"] for p in performances], [p["work"] for p in performances])
+    counts = perfs_per_work([p.perf for p in performances], [p.work for p in performances])
     stats = work_size_stats(counts)
     plot_perfs_per_work(counts, out_path, title)
     return dict(vars(stats))

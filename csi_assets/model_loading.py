@@ -11,6 +11,7 @@ dataset's CQT settings with the model's input contract (``csi_model.contract``).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,12 @@ def load_model(store: Store, dataset: str, model_id: str | None = None, device: 
         raise ModelLoadError(f"no model {model_id!r} in the store" if model_id else
                              f"no promoted model for dataset {dataset!r}: materialize trained_model first "
                              "(or promote a registered model)")
-    hp = training_hparams_from_dict(row["hparams"], source=f"hparams of model {row['model_id']}")
-    checkpoint = Path(row["checkpoint"])
+    hp = training_hparams_from_dict(row.hparams, source=f"hparams of model {row.model_id}")
+    checkpoint = Path(row.checkpoint)
     if not checkpoint.is_absolute():
-        checkpoint = Path(row["training_dir"]) / checkpoint
+        checkpoint = Path(row.training_dir) / checkpoint
     if not checkpoint.is_file():
-        raise ModelLoadError(f"{checkpoint}: checkpoint of model {row['model_id']} is missing")
+        raise ModelLoadError(f"{checkpoint}: checkpoint of model {row.model_id} is missing")
     try:
         state = read_generator_state(checkpoint)
         num_classes = int(state[_CLASSIFIER_KEY].shape[0]) if _CLASSIFIER_KEY in state else 1
@@ -80,21 +81,21 @@ def load_model(store: Store, dataset: str, model_id: str | None = None, device: 
         report = load_generator(checkpoint, model)
     except CheckpointError as err:
         raise ModelLoadError(str(err)) from err
-    if row.get("fingerprint") and report.fingerprint != row["fingerprint"]:
-        raise ModelLoadError(f"{checkpoint}: weights changed since model {row['model_id']} was registered "
-                             f"(fingerprint {report.fingerprint}, registered {row['fingerprint']})")
+    if row.fingerprint and report.fingerprint != row.fingerprint:
+        raise ModelLoadError(f"{checkpoint}: weights changed since model {row.model_id} was registered "
+                             f"(fingerprint {report.fingerprint}, registered {row.fingerprint})")
     target = pick_device(device or hp.device)
-    return LoadedModel(row["model_id"], model.to(target).eval(), hp, target, checkpoint, stored_contract(row, hp))
+    return LoadedModel(row.model_id, model.to(target).eval(), hp, target, checkpoint, stored_contract(row.model_id, row.input_contract, hp))
 
 
-def stored_contract(row: dict[str, Any], hp: TrainingHParams) -> InputContract:
-    """The input contract recorded with a model row; for a model registered before contracts were recorded,
-    what its stored hparams say (hop and bins), with a warning that the rest cannot be checked."""
-    if row.get("input_contract"):
-        return InputContract.from_dict(row["input_contract"])
+def stored_contract(model_id: str, recorded: Mapping[str, Any] | None, hp: TrainingHParams) -> InputContract:
+    """The input contract ``recorded`` with model ``model_id``; for a model registered before contracts were
+    recorded, what its stored hparams say (hop and bins), with a warning that the rest cannot be checked."""
+    if recorded:
+        return InputContract.from_dict(recorded)
     contract = InputContract.from_training_hparams(
-        hp, f"hparams stored with model {row['model_id']} (registered without an input contract)")
-    warnings.warn(f"model {row['model_id']} was registered before input contracts were recorded: only its "
+        hp, f"hparams stored with model {model_id} (registered without an input contract)")
+    warnings.warn(f"model {model_id} was registered before input contracts were recorded: only its "
                   f"hop and n_bins are known (from its hparams); {', '.join(contract.unknown())} of the features "
                   "fed to it cannot be checked. Re-register it (materialize trained_model) to record them.",
                   InputContractWarning, stacklevel=2)

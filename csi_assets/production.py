@@ -47,9 +47,9 @@ def production_pool(table: Sequence[dict[str, Any]], mean_size: int,
     variants, unless ``stored_variants`` is False: feature-domain tempo); the final run validates on the test
     split's original recordings, the held-out data the folds never saw."""
     shortest = CoverHunter.min_raw_frames(mean_size)
-    pool = [PoolItem(feature_item(r), r["perf"], is_identity(r["speed"])) for r in table
-            if r["split"] in ("train", "val") and r["n_frames"] >= shortest
-            and (stored_variants or is_identity(r["speed"]))]
+    pool = [PoolItem(feature_item(r), r.perf, is_identity(r.speed)) for r in table
+            if r.split in ("train", "val") and r.n_frames >= shortest
+            and (stored_variants or is_identity(r.speed))]
     return pool, split_items(table, mean_size).test
 
 

@@ -58,7 +58,7 @@ class SplitItems:
 
 def feature_item(row: Mapping[str, Any]) -> FeatureItem:
     """A ``feature_table`` row as the training library's item (its perf id is the variant id)."""
-    return FeatureItem(row["variant"], int(row["work_id"]), Path(row["feat"]), int(row["n_frames"]))
+    return FeatureItem(row.variant, int(row.work_id), Path(row.feat), int(row.n_frames))
 
 
 def split_items(table: Sequence[Mapping[str, Any]], mean_size: int, stored_variants: bool = True) -> SplitItems:
@@ -66,20 +66,20 @@ def split_items(table: Sequence[Mapping[str, Any]], mean_size: int, stored_varia
     short for the model at ``mean_size`` go to ``too_short``. ``stored_variants=False`` trains on the original
     recordings only (tempo is then drawn in the feature domain)."""
     shortest = CoverHunter.min_raw_frames(mean_size)
-    usable = [r for r in table if r["split"] and r["n_frames"] >= shortest]
+    usable = [r for r in table if r.split and r.n_frames >= shortest]
 
     def members(split: str, originals_only: bool) -> list[FeatureItem]:
         return [feature_item(r) for r in usable
-                if r["split"] == split and (not originals_only or is_identity(r["speed"]))]
+                if r.split == split and (not originals_only or is_identity(r.speed))]
 
-    too_short = [r for r in table if r["split"] and r["n_frames"] < shortest]
+    too_short = [r for r in table if r.split and r.n_frames < shortest]
     return SplitItems(members("train", not stored_variants), members("val", True), members("test", True), too_short)
 
 
 def too_short_message(row: Mapping[str, Any], mean_size: int) -> str:
     """One line naming a recording (variant) too short for the model, with its catalog line and length."""
-    line = f"catalog line {row['line_no']}, " if row.get("line_no") else ""
-    return (f"{row['variant']} ({line}{row['variant_dur_s']:g} s, {row['n_frames']} CQT frames): shorter than the "
+    line = f"catalog line {row.line_no}, " if row.line_no else ""
+    return (f"{row.variant} ({line}{row.variant_dur_s:g} s, {row.n_frames} CQT frames): shorter than the "
             f"{CoverHunter.min_raw_frames(mean_size)} frames the model needs at mean_size {mean_size}; left out")
 
 
@@ -106,7 +106,7 @@ def training_data(data_hp: DataPrepHParams, table: Sequence[Mapping[str, Any]], 
     drawn on top; if ``aug_speed_mode`` asks for variants and none are stored (the dataset was processed in
     ``features`` mode), that is an error rather than a silent run without tempo augmentation.
     """
-    stored = sum(1 for r in table if r["split"] == "train" and not is_identity(r["speed"]))
+    stored = sum(1 for r in table if r.split == "train" and not is_identity(r.speed))
     mode = data_hp.tempo_augmentation
     record: dict[str, Any] = {"mode": mode, "aug_speed_mode": list(data_hp.aug_speed_mode)}
     if mode == "audio":
@@ -159,7 +159,7 @@ def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]], min_frames
         if row is None:
             raise InvalidTestSet(f"{path}:{line_no}: perf {perf!r} is not a performance of this dataset with a CQT "
                                "feature (run the data assets first, or fix the test-set file)")
-        if not is_identity(row["speed"]) or row["n_frames"] < min_frames:
+        if not is_identity(row.speed) or row.n_frames < min_frames:
             new_index.append(None)
             continue
         if perf in line_of:
@@ -199,7 +199,7 @@ def retrieval_test_set(name: str, spec: TestSetHParams, table: Sequence[Mapping[
                        min_frames: int = 1) -> tuple[RetrievalTestSet, dict[str, int]]:
     """One test set and its line counts (``queries``, ``refs``, ``dropped_variant_lines``: tempo copies and
     recordings shorter than ``min_frames`` raw frames)."""
-    by_variant = {r["variant"]: r for r in table}
+    by_variant = {r.variant: r for r in table}
     query_path = resolve_path(spec.query_path, training_dir, cwd)
     ref_path = resolve_path(spec.ref_path, training_dir, cwd)
     queries = _resolve_file(query_path, by_variant, min_frames)

@@ -228,7 +228,7 @@ def run_training(db: Store, dataset: DatasetLayout, training: TrainingLayout, lo
     model_id = model_store.model_id_for(training.root.name, loaded.fingerprint)
     known = model_store.get_model(db, model_id)
     best = record_of(result.history, result.best_epoch)
-    scores = retrieval_scores(model, hp, test_sets, best, known and known["metrics"], device)
+    scores = retrieval_scores(model, hp, test_sets, best, known and known.metrics, device)
     curves_path, png = write_curves(training.root, result.history, result.best_epoch)
     metrics = {
         "epochs": result.last_epoch + 1, "best_epoch": result.best_epoch,
@@ -238,7 +238,7 @@ def run_training(db: Store, dataset: DatasetLayout, training: TrainingLayout, lo
         "tempo_augmentation": data.tempo_record,
     }
     current = model_store.promoted_model(db, dataset.name)
-    promote = promote or (current is not None and current["model_id"] == model_id)
+    promote = promote or (current is not None and current.model_id == model_id)
     model_store.register_model(
         db, model_id=model_id, dataset=dataset.name, training_dir=str(training.root),
         checkpoint=str(result.best_checkpoint), epoch=result.best_epoch, fingerprint=loaded.fingerprint,
@@ -261,12 +261,12 @@ def check_promoted_checkpoint(db: Store, dataset: str) -> CheckpointCheck:
     row = model_store.promoted_model(db, dataset)
     if row is None:
         return CheckpointCheck(False, {"problem": f"no promoted model for {dataset!r}"})
-    hp = training_hparams_from_dict(row["hparams"], source=f"store model {row['model_id']}")
-    model = CoverHunter(ModelConfig.from_hparams(hp, int(row["metrics"]["num_classes"])))
+    hp = training_hparams_from_dict(row.hparams, source=f"store model {row.model_id}")
+    model = CoverHunter(ModelConfig.from_hparams(hp, int(row.metrics["num_classes"])))
     try:
-        report = ckpt.load_generator(row["checkpoint"], model)
+        report = ckpt.load_generator(row.checkpoint, model)
     except (FileNotFoundError, ckpt.CheckpointError) as err:
-        return CheckpointCheck(False, {"model_id": row["model_id"], "problem": str(err)})
-    return CheckpointCheck(report.fingerprint == row["fingerprint"],
-                           {"model_id": row["model_id"], "checkpoint": row["checkpoint"], "tensors": report.tensors,
-                            "fingerprint": report.fingerprint, "recorded_fingerprint": row["fingerprint"]})
+        return CheckpointCheck(False, {"model_id": row.model_id, "problem": str(err)})
+    return CheckpointCheck(report.fingerprint == row.fingerprint,
+                           {"model_id": row.model_id, "checkpoint": row.checkpoint, "tensors": report.tensors,
+                            "fingerprint": report.fingerprint, "recorded_fingerprint": row.fingerprint})

@@ -9,7 +9,6 @@ embeds the new performances with the promoted model. Nothing already stored is r
 
 import hashlib
 import stat
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import ingest as ingest_store
 from csi_assets.store import splits as split_store
+from csi_assets.store.records import FeatureRecord, VariantRecord
 from csi_model.catalog import parse_catalog
 from csi_model.devices import pick_device
 from csi_model.splits import assign_work_ids
@@ -142,8 +142,8 @@ def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path
     verified, bad_audio, warned = verify_catalog_rows(parsed.rows, {}, log, f"batch {batch_id}: checking audio")
     own, clashes, already = split_collisions(verified, known, str(catalog), batch_id)
     rejected = rejection_rows([*parsed.rejected, *bad_audio, *clashes])
-    variants = [{"variant": r["perf"], "perf": r["perf"], "speed": 1.0, "wav": r["wav"], "dur_s": r["dur_s"],
-                 "source_hash": r["audio_hash"]} for r in own]
+    variants = [VariantRecord(variant=r["perf"], perf=r["perf"], speed=1.0, wav=r["wav"], dur_s=r["dur_s"],
+                              source_hash=r["audio_hash"]) for r in own]
     with db.session():  # a burst of small writes: one connection instead of one per write
         change = catalog_store.add_batch_rows(db, dataset.name, str(catalog), batch_id, own, rejected, warned)
         new_works = split_store.add_work_ids(
@@ -152,8 +152,8 @@ def ingest_batch(db: Any, dataset: DatasetResource, batch_id: str, catalog: Path
     hp = dataset.hparams()
     settings = settings_for(hp)
 
-    def record(rows: list[dict[str, Any]]) -> None:
-        feature_store.record_features(db, dataset.name, settings.settings_hash(), asdict(settings), rows)
+    def record(rows: list[FeatureRecord]) -> None:
+        feature_store.record_features(db, dataset.name, settings.settings_hash(), rows)
 
     todo = pending_features(variants, feature_store.features(db, dataset.name, settings.settings_hash()))
     computed, errors = extract_features(todo, settings, dataset.features_dir, pick_device(hp.device), record,
@@ -177,7 +177,7 @@ def _embed_new(db: Any, dataset: DatasetResource, settings_hash: str, perfs: lis
         return 0
     dataset_input(model, dataset.hparams(), log)  # a model trained on other features must not embed this batch
     references = [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
-                  if r["speed"] == 1.0]
+                  if r.speed == 1.0]
     computed = embed_missing(db, dataset.name, model, references, log).computed
     if ReferenceIndex.read(db.path, dataset.name, model.model_id) is not None:  # none yet: reference_index builds it
         sync_index(db, db.path, dataset.name, model.model_id, log=log.info)
@@ -193,7 +193,7 @@ def ingested_batch(context: dg.AssetExecutionContext, dataset: DatasetResource,
     state = ingest_store.batch(db, batch_id)
     if state is None:
         raise dg.Failure(description=f"batch {batch_id} was never received by the sensor (no row in the store)")
-    catalog = Path(state["source"])
+    catalog = Path(state.source)
     try:
         counts = ingest_batch(db, dataset, batch_id, catalog, context.log)
     except Exception as err:
