@@ -31,6 +31,7 @@ from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
+from csi_assets.store.records import FeatureTableRecord
 from csi_assets.testsets import too_short_message
 from csi_assets.training_runs import TrainingLog, best_model, check_compatible, steps_per_epoch, trained_contract
 from csi_model.atomic import write_text_atomic
@@ -62,10 +63,10 @@ class LabelSplit:
     test: list[FeatureItem]
     test_works: np.ndarray  # [len(test)] work id of each test item (for the bootstrap over works)
     left_out: dict[str, int]  # values of a single work -> performances
-    too_short: list[Mapping[str, Any]]  # labelled feature_table rows too short for the model, left out
+    too_short: list[FeatureTableRecord]  # labelled feature_table rows too short for the model, left out
 
 
-def label_split(table: Sequence[Mapping[str, Any]], values: Mapping[str, str | None], seed: int, mean_size: int,
+def label_split(table: Sequence[FeatureTableRecord], values: Mapping[str, str | None], seed: int, mean_size: int,
                 stored_variants: bool = True) -> LabelSplit:
     """Train / val / test items of a ``feature_table`` for one label (see the module doc). Needs three works.
 
@@ -92,7 +93,7 @@ def label_split(table: Sequence[Mapping[str, Any]], values: Mapping[str, str | N
     val_perfs = {originals[i].perf for i in folds[1][1]}
     class_of = {r.perf: int(k) for r, k in zip(originals, y)}
 
-    def item(row: Mapping[str, Any]) -> FeatureItem:
+    def item(row: FeatureTableRecord) -> FeatureItem:
         return FeatureItem(row.variant, class_of[row.perf], Path(row.feat), int(row.n_frames))
 
     train = [item(r) for r in usable if r.perf in class_of and r.perf not in test_perfs | val_perfs]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from csi_model.augment import TempoRange
+from csi_assets.store.records import FeatureTableRecord
 from csi_model.catalog import CatalogLineError, read_records
 from csi_model.dataset import FeatureItem
 from csi_model.hparams import DataPrepHParams, TestSetHParams, TrainingHParams
@@ -53,15 +54,15 @@ class SplitItems:
     train: list[FeatureItem]
     val: list[FeatureItem]
     test: list[FeatureItem]
-    too_short: list[Mapping[str, Any]]
+    too_short: list[FeatureTableRecord]
 
 
-def feature_item(row: Mapping[str, Any]) -> FeatureItem:
+def feature_item(row: FeatureTableRecord) -> FeatureItem:
     """A ``feature_table`` row as the training library's item (its perf id is the variant id)."""
     return FeatureItem(row.variant, int(row.work_id), Path(row.feat), int(row.n_frames))
 
 
-def split_items(table: Sequence[Mapping[str, Any]], mean_size: int, stored_variants: bool = True) -> SplitItems:
+def split_items(table: Sequence[FeatureTableRecord], mean_size: int, stored_variants: bool = True) -> SplitItems:
     """Train / val / test items of a ``store.features.feature_table``; rows without a split are ignored, rows too
     short for the model at ``mean_size`` go to ``too_short``. ``stored_variants=False`` trains on the original
     recordings only (tempo is then drawn in the feature domain)."""
@@ -76,7 +77,7 @@ def split_items(table: Sequence[Mapping[str, Any]], mean_size: int, stored_varia
     return SplitItems(members("train", not stored_variants), members("val", True), members("test", True), too_short)
 
 
-def too_short_message(row: Mapping[str, Any], mean_size: int) -> str:
+def too_short_message(row: FeatureTableRecord, mean_size: int) -> str:
     """One line naming a recording (variant) too short for the model, with its catalog line and length."""
     line = f"catalog line {row.line_no}, " if row.line_no else ""
     return (f"{row.variant} ({line}{row.variant_dur_s:g} s, {row.n_frames} CQT frames): shorter than the "
@@ -97,7 +98,7 @@ class TrainingData:
     tempo_record: dict[str, Any]
 
 
-def training_data(data_hp: DataPrepHParams, table: Sequence[Mapping[str, Any]], mean_size: int) -> TrainingData:
+def training_data(data_hp: DataPrepHParams, table: Sequence[FeatureTableRecord], mean_size: int) -> TrainingData:
     """Apply ``tempo_augmentation`` to the stored features, never stacking both kinds of tempo augmentation;
     recordings too short for the model at ``mean_size`` are left out (``items.too_short``).
 
@@ -148,7 +149,7 @@ def _records(path: Path) -> list[tuple[int, dict[str, object]]]:
         raise InvalidTestSet(str(err)) from None
 
 
-def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]], min_frames: int) -> _ResolvedFile:
+def _resolve_file(path: Path, table: Mapping[str, FeatureTableRecord], min_frames: int) -> _ResolvedFile:
     records = _records(path)
     items: list[FeatureItem] = []
     new_index: list[int | None] = []
@@ -194,7 +195,7 @@ def _same_perf_pairs(queries: Sequence[FeatureItem], refs: Sequence[FeatureItem]
     return [(i, ref_index[q.perf]) for i, q in enumerate(queries) if q.perf in ref_index]
 
 
-def retrieval_test_set(name: str, spec: TestSetHParams, table: Sequence[Mapping[str, Any]],
+def retrieval_test_set(name: str, spec: TestSetHParams, table: Sequence[FeatureTableRecord],
                        training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
                        min_frames: int = 1) -> tuple[RetrievalTestSet, dict[str, int]]:
     """One test set and its line counts (``queries``, ``refs``, ``dropped_variant_lines``: tempo copies and
@@ -231,7 +232,7 @@ def require_answerable_test_sets(test_sets: Sequence[RetrievalTestSet]) -> None:
         raise InvalidTestSet("\n".join(problems))
 
 
-def retrieval_test_sets(hp: TrainingHParams, table: Sequence[Mapping[str, Any]],
+def retrieval_test_sets(hp: TrainingHParams, table: Sequence[FeatureTableRecord],
                         training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None
                         ) -> tuple[list[RetrievalTestSet], dict[str, dict[str, int]]]:
     """Every test set of ``hp`` (in the hparams' order) with its line counts, by name."""

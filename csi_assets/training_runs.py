@@ -28,6 +28,7 @@ from csi_assets.progress import Log, Progress
 from csi_assets.store import Store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
+from csi_assets.store.records import FeatureTableRecord
 from csi_assets.testsets import (InvalidTestSet, TempoModeMismatch, TrainingData, require_answerable_test_sets,
                                  retrieval_test_sets, too_short_message, training_data)
 from csi_model import checkpoint as ckpt
@@ -152,7 +153,7 @@ def retrieval_scores(model: CoverHunter, hp: TrainingHParams, test_sets: Sequenc
     return scores
 
 
-def tempo_training_data(data_hp: DataPrepHParams, table: Sequence[dict[str, Any]], mean_size: int,
+def tempo_training_data(data_hp: DataPrepHParams, table: Sequence[FeatureTableRecord], mean_size: int,
                         log: Log) -> TrainingData:
     """The run's items and tempo augmentation (see ``csi_assets.testsets.training_data``), logged explicitly;
     recordings too short for the model are named."""

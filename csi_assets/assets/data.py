@@ -149,7 +149,7 @@ def dataset_catalog(
                                      "set CSI_DATASET_DIR or run `csi synth` for the demo")
     db = store.store()
     parsed = parse_catalog(dataset.catalog_path, labels=dataset.hparams().labels)
-    known = {r["perf"]: r for r in catalog_store.performances(db, dataset.name)}
+    known = {r.perf: r for r in catalog_store.performances(db, dataset.name)}
     verified, bad_audio, warned = verify_catalog_rows(parsed.rows, known, context.log, "checking audio")
     good, clashes, already = split_collisions(verified, known, str(dataset.catalog_path))
     rejected = rejection_rows([*parsed.rejected, *bad_audio, *clashes])

@@ -9,9 +9,12 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csi_assets.cli import CliError, add_store_options, locations
+
+if TYPE_CHECKING:
+    from csi_assets.store.records import EvaluationRecord
 
 _COLUMNS = (("mean_ap", "mAP"), ("mr1", "MR1"), ("hit_rate", "HR@1"), ("precision_at_10", "P@10"))
 
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored_evaluations(store_path: Path, dataset: str, args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
+def _stored_evaluations(store_path: Path, dataset: str, args: argparse.Namespace) -> tuple[str, list[EvaluationRecord]]:
     """(model id, its evaluation records) from the store opened read-only; CliError when there is nothing."""
     from csi_assets.store import Store
     from csi_assets.store import evaluations as evaluation_store
