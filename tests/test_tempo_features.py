@@ -119,7 +119,7 @@ def test_audio_mode_uses_stored_variants_without_feature_tempo() -> None:
 def test_audio_mode_without_stored_variants_is_an_error() -> None:
     hp = DataPrepHParams(aug_speed_mode=(0.9, 1.0, 1.1), tempo_augmentation="audio", source="data/hparams.yaml")
     with pytest.raises(TempoModeMismatch, match=r"data/hparams.yaml.*no rendered tempo variants"):
-        training_data(hp, [r for r in TABLE if r["speed"] == 1.0], mean_size=1)
+        training_data(hp, [r for r in TABLE if r.speed == 1.0], mean_size=1)
 
 
 def test_training_with_feature_tempo_runs_and_visits_each_recording_per_copy(tmp_path) -> None:
