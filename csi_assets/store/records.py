@@ -283,9 +283,9 @@ class CentroidRecord:
     centroid: list[float]
     """[D] unit vector."""
     radius: float | None
-    """Largest cosine distance of a member to the centroid."""
+    """Spread of the members: mean + 1.5 std of their cosine distances (1 - member . centroid) to the centroid."""
     coherence: float | None
-    """Norm of the members' mean before normalising (1.0 = identical members)."""
+    """Length of the members' plain mean, in [0, 1] (1.0 = identical members, 0 = the mean vanished)."""
     n_members: int | None
     """Reference performances averaged."""
 

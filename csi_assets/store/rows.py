@@ -41,9 +41,9 @@ def fetch_records(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any
     return build_records(record_type, [d[0] for d in cursor.description], cursor.fetchall())
 
 
-def select_fields(record_type: type, prefix: str = "") -> str:
-    """The SELECT list of a record type's fields (each qualified by ``prefix``, e.g. ``"p."``)."""
-    return ", ".join(prefix + name for name in record_fields(record_type))
+def select_fields(record_type: type) -> str:
+    """The SELECT list of a record type's fields, for reads of one table."""
+    return ", ".join(record_fields(record_type))
 
 
 def append(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
