@@ -155,4 +155,4 @@ def test_hostile_ids_get_their_own_files_inside_the_dataset_folder(tmp_path: Pat
         assert np.load(path).shape == (row.n_frames, 96)  # round trip: the store finds each id's file
     slow, fast = stored["sp_0.9-../../../escape"], stored["sp_1.1-../../../escape"]
     assert slow.n_frames / fast.n_frames == pytest.approx(1.1 / 0.9, rel=0.05)
-    assert os.path.commonpath([variants["sp_0.9-../../../escape"]["wav"], str(variants_dir)]) == str(variants_dir)
+    assert os.path.commonpath([variants["sp_0.9-../../../escape"].wav, str(variants_dir)]) == str(variants_dir)

@@ -131,8 +131,8 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     assert any("broken.wav" in r for r in reasons)
     assert any("already exists with different content" in r for r in reasons)
     states = {b.batch_id: b for b in ingest_store.batches(project.store, "dataset")}
-    assert states[keys[0]]["status"] == "ingested" and states[keys[0]]["n_good"] == 4
-    assert states[keys[1]]["status"] == "ingested" and states[keys[1]]["n_bad"] == 3
+    assert states[keys[0]].status == "ingested" and states[keys[0]].n_good == 4
+    assert states[keys[1]].status == "ingested" and states[keys[1]].n_bad == 3
     ids = split_store.work_ids(project.store, "dataset")
     assert {"new_work_000", "new_work_001", "mixed_work_000"} <= set(ids)
 
@@ -238,7 +238,7 @@ def test_grown_batch_is_a_new_batch_and_rerunning_a_batch_never_removes_what_it_
     _ingest(instance, project, request.partition_key)  # the first batch again, now reading the grown file
     assert _stored(project, "grow_") == after
     states = {b.batch_id: b for b in ingest_store.batches(project.store, "dataset")}
-    assert states[again.partition_key]["status"] == states[request.partition_key]["status"] == "ingested"
+    assert states[again.partition_key].status == states[request.partition_key].status == "ingested"
     assert not _evaluate(instance, project, grown.cursor).run_requests
 
 
