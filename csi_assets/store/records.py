@@ -4,6 +4,10 @@ Every read of the store selects exactly the fields of one record type, in order 
 so a query and its record cannot drift apart silently. Rows are scoped by the ``dataset`` a read is given, so the
 dataset is a field only where one row does not say it otherwise (models, ingest batches). A field stored as JSON
 names its decoder in the field's metadata and arrives decoded.
+
+Writes take the same records where the caller has the whole row (variants, features, a calibration), keyword
+arguments for one row (a model, an evaluation, a batch's state), and the catalog writes take the verified catalog
+lines as mappings: a line carries its labels and lacks what the store adds (source, batch), so it is no record.
 """
 
 from __future__ import annotations
