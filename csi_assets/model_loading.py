@@ -85,7 +85,8 @@ def load_model(store: Store, dataset: str, model_id: str | None = None, device: 
         raise ModelLoadError(f"{checkpoint}: weights changed since model {row.model_id} was registered "
                              f"(fingerprint {report.fingerprint}, registered {row.fingerprint})")
     target = pick_device(device or hp.device)
-    return LoadedModel(row.model_id, model.to(target).eval(), hp, target, checkpoint, stored_contract(row.model_id, row.input_contract, hp))
+    contract = stored_contract(row.model_id, row.input_contract, hp)
+    return LoadedModel(row.model_id, model.to(target).eval(), hp, target, checkpoint, contract)
 
 
 def stored_contract(model_id: str, recorded: Mapping[str, Any] | None, hp: TrainingHParams) -> InputContract:

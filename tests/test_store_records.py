@@ -123,8 +123,9 @@ def test_models_evaluations_batches_and_serving_statistics_read_back_as_written(
                             fingerprint=_text(rng), hparams={"lr": _number(rng), "name": _text(rng)},
                             metrics={"mAP": {_text(rng): _number(rng)}}, promoted=False, created_at=None,
                             input_contract=rng.choice([None, {"hop": 640, "n_bins": rng.choice([84, 96])}]))
-        model_store.register_model(store, promote=False, **{
-            f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("promoted", "created_at")})
+        written = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+        model_store.register_model(store, promote=False, **{k: v for k, v in written.items()
+                                                             if k not in ("promoted", "created_at")})
         models.append(model)
     promoted = rng.choice(models)
     model_store.promote(store, DATASET, promoted.model_id)
