@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from csi_assets.assets.data import feature_problems
+from csi_assets.features import feature_problems
+from csi_assets.store.records import FeatureRecord
 
 FRAMES, BINS = 4500, 84
 
@@ -27,13 +29,13 @@ def main() -> None:
         for i in range(args.files):
             path = Path(tmp) / f"{i}.npy"
             np.save(path, rng.uniform(-90, 0, size=(FRAMES, BINS)).astype(np.float16))
-            stored[f"v{i}"] = {"path": str(path), "n_frames": FRAMES}
+            stored[f"v{i}"] = FeatureRecord(f"v{i}", str(path), FRAMES, BINS, "bench", {})
         markers: dict[str, tuple[str, int, int]] = {}
         began = time.perf_counter()
         problems = feature_problems(stored, BINS, record_verified=markers.update)
         whole = time.perf_counter() - began
         assert not problems and len(markers) == args.files
-        marked = {v: dict(row, verified_size=markers[v][1], verified_mtime_ns=markers[v][2])
+        marked = {v: replace(row, verified_size=markers[v][1], verified_mtime_ns=markers[v][2])
                   for v, row in stored.items()}
         began = time.perf_counter()
         feature_problems(marked, BINS)

@@ -272,7 +272,7 @@ def measure_index(n_segments: int, nprobes: list[int], kinds: list[str], config:
             print(f"  {label}: segment query p50 {latency.p50_ms:.2f} ms, p95 {latency.p95_ms:.2f} ms; batch "
                   f"{len(queries) / QUERY_SEGMENTS / batch_s:.0f} queries/s; recall@10 {recall:.4f}; work ranking with "
                   f"exact re-rank p50 {ranked.p50_ms:.2f} ms, p95 {ranked.p95_ms:.2f} ms", flush=True)
-        del index
+        index = None  # freed before the next kind is built
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import ingest as ingest_store
 from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
+from csi_assets.store.records import FeatureRecord, VariantRecord
 from csi_assets.training_runs import trained_contract
 from csi_model.checkpoint import model_fingerprint, save_checkpoint
 from csi_model.cqt import compute_cqt, save_feature
@@ -70,11 +71,11 @@ def build_store(root: Path, n_refs: int, audio: Path) -> tuple[Store, DatasetLay
     catalog_store.replace_catalog(store, dataset.name, str(dataset.catalog_path), rows, [], [])
     split_store.add_work_ids(store, dataset.name, {f"work_{w:05d}": w for w in range((n_refs + 4) // 5)})
     feature_store.replace_variants(store, dataset.name, perfs, [
-        {"variant": p, "perf": p, "speed": 1.0, "wav": str(audio), "dur_s": 8.0, "source_hash": f"h{i}"}
+        VariantRecord(variant=p, perf=p, speed=1.0, wav=str(audio), dur_s=8.0, source_hash=f"h{i}")
         for i, p in enumerate(perfs)])
-    feature_store.record_features(store, dataset.name, settings.settings_hash(), {}, [
-        {"variant": p, "path": str(feat_path), "n_frames": len(feature), "n_bins": 96, "audio_hash": f"h{i}"}
-        for i, p in enumerate(perfs)])
+    feature_store.record_features(store, dataset.name, settings.settings_hash(), [
+        FeatureRecord(variant=p, path=str(feat_path), n_frames=len(feature), n_bins=96, audio_hash=f"h{i}",
+                      settings={}) for i, p in enumerate(perfs)])
     model_id = register_tiny_model(store, dataset, root / "training")
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n_refs, SEGMENTS_PER_PERF, 64)).astype(np.float32)

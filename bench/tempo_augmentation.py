@@ -107,13 +107,13 @@ def run_mode(out: Path, audio: Path, mode: str, args: argparse.Namespace) -> dic
 
     store = resources["store"].store()
     row = model_store.promoted_model(store, dataset.name)
-    hp = training_hparams_from_dict(row["hparams"])
-    model, _ = model_from_checkpoint(row["checkpoint"], hp, num_classes=int(row["metrics"]["num_classes"]))
+    hp = training_hparams_from_dict(row.hparams)
+    model, _ = model_from_checkpoint(row.checkpoint, hp, num_classes=int(row.metrics["num_classes"]))
     table = feature_store.feature_table(store, dataset.name, resources["dataset"].cqt_settings().settings_hash())
     test_sets, counts = retrieval_test_sets(hp, table, training_dir)
     test = next(ts for ts in test_sets if ts.name == "demo_test")
     interval = bootstrap_map(model, test, hp, torch.device("cpu"), args.bootstrap)
-    metrics = row["metrics"]
+    metrics = row.metrics
     return {"mode": mode, "test_mAP": metrics["mAP"]["demo_test"], "ci95": [interval["ci_low"], interval["ci_high"]],
             "val_mAP": metrics["mAP"]["demo_val"], "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"],
             "test_queries": counts["demo_test"]["queries"], "refs": counts["demo_test"]["refs"],

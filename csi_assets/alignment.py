@@ -59,19 +59,19 @@ def compute_alignments(store: Store, dataset: DatasetLayout, model: LoadedModel,
     fps = dataset_input(model, dataset.hparams(), log).fps
     settings_hash = dataset.cqt_settings().settings_hash()
     # the original recording of every performance with a feature
-    rows = [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if is_original_speed(r["speed"])]
+    rows = [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if is_original_speed(r.speed)]
     embedder = model.embedder
-    usable, short = embedder.split_by_length(rows, lambda r: r["n_frames"])
-    too_short = sorted(r["perf"] for r in short)
+    usable, short = embedder.split_by_length(rows, lambda r: r.n_frames)
+    too_short = sorted(r.perf for r in short)
     for perf in too_short:
         log.warning(f"{perf}: too short to align (fewer than {embedder.min_frames} CQT frames)")
     progress = Progress(log, f"embedding {window_s:g} s windows every {hop_s:g} s", len(usable), "tracks")
     tracks: list[TrackWindows] = []
-    for batch, windows in embedder.batches(usable, lambda r: load_feature(r["feat"]),
+    for batch, windows in embedder.batches(usable, lambda r: load_feature(r.feat),
                                            lambda features: embed_windows(embedder, features, fps, window_s, hop_s)):
         tracks += windows
         progress.advance(len(batch))
-    alignments = align_works([r["perf"] for r in usable], [r["work_id"] for r in usable], tracks)
+    alignments = align_works([r.perf for r in usable], [r.work_id for r in usable], tracks)
     return AlignmentRun(alignments, model.model_id, window_s, hop_s, sum(len(t.starts_s) for t in tracks),
                         too_short, time.monotonic() - start)
 

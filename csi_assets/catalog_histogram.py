@@ -4,7 +4,7 @@ the catalog (how many works have one, two, ... performances), not a step of the 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from csi_assets.errors import RunFailed
 from csi_assets.layouts import DatasetLayout
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
+from csi_assets.store.records import PerformanceRecord
 from csi_model.dataset_tools import perfs_per_work, plot_perfs_per_work, work_size_stats
 
 HISTOGRAM_FILE = "perfs_per_work.png"
@@ -21,9 +22,9 @@ def histogram_markdown(path: Path) -> str:
     return f"![performances per work](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')})"
 
 
-def write_histogram(performances: Sequence[Mapping[str, Any]], out_path: Path, title: str) -> dict[str, Any]:
+def write_histogram(performances: Sequence[PerformanceRecord], out_path: Path, title: str) -> dict[str, Any]:
     """Plot the histogram of ``performances`` (rows with ``perf`` and ``work``) to ``out_path``; its statistics."""
-    counts = perfs_per_work([p["perf"] for p in performances], [p["work"] for p in performances])
+    counts = perfs_per_work([p.perf for p in performances], [p.work for p in performances])
     stats = work_size_stats(counts)
     plot_perfs_per_work(counts, out_path, title)
     return dict(vars(stats))

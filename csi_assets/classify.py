@@ -81,7 +81,7 @@ class Classifier:
         promoted = model_store.promoted_model(store, dataset_dir.name)
         if promoted is None:
             raise ClassifyError(f"no promoted model for dataset {dataset_dir.name!r}: materialize trained_model")
-        folder = label_model_folder(promoted["training_dir"], label)
+        folder = label_model_folder(promoted.training_dir, label)
         if (folder / LABEL_MODEL_FILE).is_file():
             self.source, self.name = "label_model", str(folder)
             try:
@@ -91,7 +91,7 @@ class Classifier:
             self.probe = None
             self.settings = _checked_settings(dataset_dir, self.model)
             return
-        path = probe_file(promoted["training_dir"], promoted["model_id"], label)
+        path = probe_file(promoted.training_dir, promoted.model_id, label)
         if not path.is_file():
             raise ClassifyError(f"no label model ({folder / LABEL_MODEL_FILE}) and no probe ({path}) for label "
                                 f"{label!r}: materialize label_probe (or label_model) for partition {label!r}")

@@ -41,7 +41,7 @@ def _label_verdicts(store: Store, dataset: str) -> None:
     if promoted is None:
         return
     for label in configured_labels():
-        metrics = probe_file(promoted["training_dir"], promoted["model_id"], label).parent / "metrics.json"
+        metrics = probe_file(promoted.training_dir, promoted.model_id, label).parent / "metrics.json"
         if metrics.is_file():
             print(f"\n  label {label}: {json.loads(metrics.read_text(encoding='utf-8'))['verdict']}")
 

@@ -34,6 +34,7 @@ from csi_assets.store import Store
 from csi_assets.store import evaluations as evaluation_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
+from csi_assets.store.records import FeatureTableRecord
 from csi_assets.testsets import InvalidTestSet, require_answerable_test_sets, retrieval_test_sets, split_items
 from csi_model.atomic import atomic_path, write_text_atomic
 from csi_model.evaluation import RetrievalTestSet, evaluate
@@ -135,7 +136,7 @@ def inline_png(path: Path) -> str:
     return f"![t-SNE](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')})"
 
 
-def resolve_test_sets(model: LoadedModel, table: Sequence[dict[str, Any]],
+def resolve_test_sets(model: LoadedModel, table: Sequence[FeatureTableRecord],
                       training_dir: Path) -> list[RetrievalTestSet]:
     """The test sets of the model's hparams; without any, the data split's test performances against each other."""
     try:

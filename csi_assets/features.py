@@ -21,6 +21,7 @@ from csi_assets.shards import Shard, ShardResult, finished, local_cores, read_ro
 from csi_assets.store import Store
 from csi_assets.store import features as feature_store
 from csi_assets.store import shards as shard_store
+from csi_assets.store.records import FeatureRecord, VariantRecord, as_columns
 from csi_model.audio import AudioError, load_audio
 from csi_model.cqt import CqtSettings, compute_cqt, save_feature
 from csi_model.dataset import FeatureFileError, FeatureItem, check_feature_file
@@ -37,26 +38,25 @@ def feature_path(features_dir: Path, settings: CqtSettings, variant: str) -> Pat
 
 
 def pending_features(
-    variants: Sequence[dict[str, Any]], stored: dict[str, dict[str, Any]], bad: Mapping[str, str] | None = None
-) -> list[dict[str, Any]]:
+    variants: Sequence[VariantRecord], stored: Mapping[str, FeatureRecord], bad: Mapping[str, str] | None = None
+) -> list[VariantRecord]:
     """Variants whose feature is missing, was made from other audio, whose file has gone, or is in ``bad``."""
     return [
         v for v in variants
         if not (
-            (known := stored.get(v["variant"]))
-            and known["audio_hash"] == v["source_hash"]
-            and Path(known["path"]).exists()
-            and v["variant"] not in (bad or {})
+            (known := stored.get(v.variant))
+            and known.audio_hash == v.source_hash
+            and Path(known.path).exists()
+            and v.variant not in (bad or {})
         )
     ]
-
 
 
 Verified = Callable[[dict[str, tuple[str, int, int]]], None]
 VERIFIED_PER_RECORD = 2000  # markers recorded per store write during a scan: a killed scan keeps most of its work
 
 
-def feature_problems(stored: Mapping[str, Mapping[str, Any]], n_bins: int,
+def feature_problems(stored: Mapping[str, FeatureRecord], n_bins: int,
                      verified: Set[str] = frozenset(), record_verified: Verified | None = None) -> dict[str, str]:
     """Why each unusable stored feature file cannot be used, by variant: unreadable, truncated, not
     ``[n_frames recorded, n_bins]``, NaN/inf, or one file recorded for several variants (their ids were once
@@ -67,21 +67,21 @@ def feature_problems(stored: Mapping[str, Mapping[str, Any]], n_bins: int,
     stamped before the read, so a file changed during or after the read is read again next time."""
     owners: dict[Path, list[str]] = {}
     for variant, row in stored.items():
-        owners.setdefault(Path(row["path"]).resolve(), []).append(variant)
+        owners.setdefault(Path(row.path).resolve(), []).append(variant)
     problems: dict[str, str] = {}
     sound: dict[str, tuple[str, int, int]] = {}
     for variant, row in stored.items():
-        path = Path(row["path"])
+        path = Path(row.path)
         sharing = owners[path.resolve()]
         if len(sharing) > 1:
             problems[variant] = f"{path}: one file recorded for {len(sharing)} variants ({', '.join(sharing[:3])})"
         elif variant not in verified and (stamp := _file_stamp(path)) is not None and not _marked(row, stamp):
             try:
-                check_feature_file(FeatureItem(variant, 0, path, int(row["n_frames"])), n_bins)
+                check_feature_file(FeatureItem(variant, 0, path, int(row.n_frames)), n_bins)
             except FeatureFileError as err:
                 problems[variant] = str(err)
             else:
-                sound[variant] = (row["path"], *stamp)
+                sound[variant] = (row.path, *stamp)
         if record_verified is not None and len(sound) >= VERIFIED_PER_RECORD:
             record_verified(sound)
             sound = {}
@@ -99,9 +99,9 @@ def _file_stamp(path: Path) -> tuple[int, int] | None:
     return info.st_size, info.st_mtime_ns
 
 
-def _marked(row: Mapping[str, Any], stamp: tuple[int, int]) -> bool:
-    """The file was verified whole at exactly this size and mtime (rows of older stores have no marker)."""
-    return (row.get("verified_size"), row.get("verified_mtime_ns")) == stamp
+def _marked(row: FeatureRecord, stamp: tuple[int, int]) -> bool:
+    """The file was verified whole at exactly this size and mtime (None until it was, or once it is rewritten)."""
+    return (row.verified_size, row.verified_mtime_ns) == stamp
 
 
 def marker_recorder(db: Store, dataset: str, settings: CqtSettings) -> Verified:
@@ -112,8 +112,8 @@ def marker_recorder(db: Store, dataset: str, settings: CqtSettings) -> Verified:
 
 
 def extract_features(
-    variants: Sequence[dict[str, Any]], settings: CqtSettings, features_dir: Path, device: Any,
-    record: Any, log: Any, label: str,
+    variants: Sequence[VariantRecord], settings: CqtSettings, features_dir: Path, device: Any,
+    record: Callable[[list[FeatureRecord]], Any], log: Any, label: str,
 ) -> tuple[int, list[str]]:
     """Decode (in parallel processes), CQT (batched across files) and save the variants; ``record(rows)`` is called
     after each batch is on disk, so a killed run keeps every batch it finished. Returns (computed, errors)."""
@@ -121,25 +121,25 @@ def extract_features(
     errors: list[str] = []
     done = 0
     for start, decoded in zip(range(0, len(variants), CQT_FILES_PER_BATCH),
-                              _decoded_batches([v["wav"] for v in variants])):
+                              _decoded_batches([v.wav for v in variants])):
         batch, signals = [], []
         for v, (signal, error) in zip(variants[start:start + CQT_FILES_PER_BATCH], decoded):
             if error is not None:
-                errors.append(f"{v['variant']}: {error}")
+                errors.append(f"{v.variant}: {error}")
                 continue
             signals.append(signal)
             batch.append(v)
         rows = []
         for v, feature in zip(batch, compute_cqt(signals, settings, device)):
-            path = feature_path(features_dir, settings, v["variant"])
+            path = feature_path(features_dir, settings, v.variant)
             save_feature(path, feature)
-            rows.append({"variant": v["variant"], "path": str(path), "n_frames": int(feature.shape[0]),
-                         "n_bins": int(feature.shape[1]), "audio_hash": v["source_hash"]})
+            rows.append(FeatureRecord(variant=v.variant, path=str(path), n_frames=int(feature.shape[0]),
+                                      n_bins=int(feature.shape[1]), audio_hash=v.source_hash,
+                                      settings=asdict(settings)))
         record(rows)
         done += len(rows)
         progress.advance(len(decoded))
     return done, errors
-
 
 
 def _decoded_batches(wavs: Sequence[str]) -> Iterator[list[tuple[np.ndarray | None, str | None]]]:
@@ -189,10 +189,10 @@ class FeaturePlan:
     verified_paths: Mapping[str, str]
 
 
-def plan_feature_shards(stage: str, pending: Sequence[Mapping[str, Any]], settings: CqtSettings,
+def plan_feature_shards(stage: str, pending: Sequence[VariantRecord], settings: CqtSettings,
                         features_dir: Path, device: str | None, items_per_shard: int = 0) -> list[Shard]:
-    """Shards of the pending variants (``variant``, ``wav``, ``source_hash`` each): see ``shards.shard_size``."""
-    items = [{"variant": v["variant"], "wav": str(v["wav"]), "source_hash": v["source_hash"]} for v in pending]
+    """Shards of the pending variants (each a :class:`VariantRecord`'s fields, JSON): see ``shards.shard_size``."""
+    items = [as_columns(v) for v in pending]
     params = {"settings": asdict(settings), "features_dir": str(features_dir), "device": device}
     return split_shards(stage, items, params, items_per_shard)
 
@@ -206,11 +206,11 @@ def compute_feature_shard(shard: Shard, staging: Path, log: Any) -> ShardResult:
         log.info(f"shard {shard.shard_id}: found computed ({done.rows} features)")
         return done
     settings = CqtSettings(**shard.params["settings"])
-    rows: list[dict[str, Any]] = []
-    _, errors = extract_features(list(shard.items), settings, Path(shard.params["features_dir"]),
-                                 pick_device(shard.params["device"]), rows.extend, log,
-                                 f"CQT shard {shard.shard_id}")
-    return write_rows(path, shard, rows, errors)
+    rows: list[FeatureRecord] = []
+    _, errors = extract_features([VariantRecord(**item) for item in shard.items], settings,
+                                 Path(shard.params["features_dir"]), pick_device(shard.params["device"]), rows.extend,
+                                 log, f"CQT shard {shard.shard_id}")
+    return write_rows(path, shard, [as_columns(r) for r in rows], errors)
 
 
 def commit_feature_shards(store: Store, dataset: str, settings: CqtSettings, stage: str,
@@ -220,10 +220,10 @@ def commit_feature_shards(store: Store, dataset: str, settings: CqtSettings, sta
     loaded, errors = [], []
     for result in results:
         rows, shard_errors = read_rows(result.path, result.shard_id)
-        loaded.append((result.shard_id, rows))
+        loaded.append((result.shard_id, [FeatureRecord(**row) for row in rows]))
         errors.extend(shard_errors)
     written = shard_store.commit(store, stage, loaded, lambda con, rows: feature_store.upsert_features(
-        con, dataset, settings.settings_hash(), asdict(settings), rows))
+        con, dataset, settings.settings_hash(), rows))
     for result in results:
         Path(result.path).unlink(missing_ok=True)
     return written, errors

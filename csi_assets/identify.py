@@ -85,7 +85,7 @@ class Identifier:
         except (ModelLoadError, IndexUnavailable) as err:
             raise IdentifyError(str(err)) from err
         record = embedding_store.calibration(store, self.dataset, self.model.model_id)
-        self.calibration = Calibration.from_dict(record) if record else None
+        self.calibration: Calibration | None = record.calibration if record else None
 
     def identify(self, queries: Sequence[str | os.PathLike[str]], top: int = 10, works: bool = False,
                  calibrated: bool = False, progress: Callable[[int], None] | None = None,

@@ -20,7 +20,6 @@ and its best model go into the store, nothing is re-extracted or re-trained.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
+from csi_assets.store.records import FeatureRecord, VariantRecord
 from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, scan_records
 from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, checkpoint_epoch, latest_generator
 from csi_model.contract import InputContract, InputContractError, check_input_contract
@@ -138,13 +138,13 @@ def _import_full(store: Store, data_dir: Path, full: Path, cwd: Path, report: Im
     _record_catalog(store, data_dir.name, str(full), [line.row for line in lines if line.is_original],
                     hashes, report)
     feature_store.replace_variants(store, data_dir.name, sorted(hashes), [
-        {"variant": line.row.perf, "perf": line.original, "speed": line.speed, "wav": str(line.row.wav),
-         "dur_s": line.row.dur_s, "source_hash": hashes[line.original]} for line in lines])
+        VariantRecord(variant=line.row.perf, perf=line.original, speed=line.speed, wav=str(line.row.wav),
+                      dur_s=line.row.dur_s, source_hash=hashes[line.original]) for line in lines])
     recorded = {**asdict(settings), "origin": IMPORT_ORIGIN, "cqt_class": UNKNOWN_CQT_CLASS,
                 "dtype": sorted({line.dtype for line in lines}), "source": str(full)}
-    feature_store.record_features(store, data_dir.name, settings.settings_hash(), recorded, [
-        {"variant": line.row.perf, "path": str(line.feat), "n_frames": line.n_frames, "n_bins": line.n_bins,
-         "audio_hash": hashes[line.original]} for line in lines])
+    feature_store.record_features(store, data_dir.name, settings.settings_hash(), [
+        FeatureRecord(variant=line.row.perf, path=str(line.feat), n_frames=line.n_frames, n_bins=line.n_bins,
+                      audio_hash=hashes[line.original], settings=recorded) for line in lines])
     report.variants = report.features = len(lines)
     report.works = len({line.row.work for line in lines})
 
@@ -196,7 +196,7 @@ def _resolve_feature(feat: str, data_dir: Path, cwd: Path, perf: str, where: str
 def _refuse_own_features(store: Store, dataset: str, settings_hash: str) -> None:
     """Features this project computed for the same dataset and settings must not be mixed with imported ones."""
     ours = [v for v, r in feature_store.features(store, dataset, settings_hash).items()
-            if json.loads(r["settings"] or "{}").get("origin") != IMPORT_ORIGIN]
+            if r.settings.get("origin") != IMPORT_ORIGIN]
     if ours:
         raise ReferenceImportError(f"dataset {dataset!r} already has {len(ours)} features computed by this project "
                            f"(e.g. {ours[0]}); import into a folder of another name instead of mixing them")

@@ -31,6 +31,7 @@ from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
+from csi_assets.store.records import FeatureTableRecord
 from csi_assets.testsets import too_short_message
 from csi_assets.training_runs import TrainingLog, best_model, check_compatible, steps_per_epoch, trained_contract
 from csi_model.atomic import write_text_atomic
@@ -63,22 +64,22 @@ class LabelSplit:
     test: list[FeatureItem]
     test_works: np.ndarray  # [len(test)] work id of each test item (for the bootstrap over works)
     left_out: dict[str, int]  # values of a single work -> performances
-    too_short: list[Mapping[str, Any]]  # labelled feature_table rows too short for the model, left out
+    too_short: list[FeatureTableRecord]  # labelled feature_table rows too short for the model, left out
 
 
-def label_split(table: Sequence[Mapping[str, Any]], values: Mapping[str, str | None], seed: int, mean_size: int,
+def label_split(table: Sequence[FeatureTableRecord], values: Mapping[str, str | None], seed: int, mean_size: int,
                 stored_variants: bool = True) -> LabelSplit:
     """Train / val / test items of a ``feature_table`` for one label (see the module doc). Needs three works.
 
     Recordings too short for the model at ``mean_size`` are left out (``too_short``), as in every other split;
     ``stored_variants=False`` trains on the original recordings only (tempo is then drawn in the feature domain)."""
     shortest = CoverHunter.min_raw_frames(mean_size)
-    labelled = [r for r in table if values.get(r["perf"]) is not None]
-    too_short = [r for r in labelled if r["n_frames"] < shortest]
-    usable = [r for r in labelled if r["n_frames"] >= shortest and (stored_variants or is_original_speed(r["speed"]))]
-    originals = [r for r in usable if is_original_speed(r["speed"])]
-    labels = np.array([values[r["perf"]] for r in originals], dtype=str)
-    works = np.array([int(r["work_id"]) for r in originals])
+    labelled = [r for r in table if values.get(r.perf) is not None]
+    too_short = [r for r in labelled if r.n_frames < shortest]
+    usable = [r for r in labelled if r.n_frames >= shortest and (stored_variants or is_original_speed(r.speed))]
+    originals = [r for r in usable if is_original_speed(r.speed)]
+    labels = np.array([values[r.perf] for r in originals], dtype=str)
+    works = np.array([int(r.work_id) for r in originals])
     left_out = single_work_values(labels, works)
     keep = ~np.isin(labels, list(left_out))
     originals, labels, works = [r for r, k in zip(originals, keep) if k], labels[keep], works[keep]
@@ -89,17 +90,17 @@ def label_split(table: Sequence[Mapping[str, Any]], values: Mapping[str, str | N
     if len(folds) < 3:
         raise ProbeDataError(f"{len(np.unique(works))} works with a value: a work-grouped train/val/test split "
                              "needs at least three")
-    test_perfs = {originals[i]["perf"] for i in folds[0][1]}
-    val_perfs = {originals[i]["perf"] for i in folds[1][1]}
-    class_of = {r["perf"]: int(k) for r, k in zip(originals, y)}
+    test_perfs = {originals[i].perf for i in folds[0][1]}
+    val_perfs = {originals[i].perf for i in folds[1][1]}
+    class_of = {r.perf: int(k) for r, k in zip(originals, y)}
 
-    def item(row: Mapping[str, Any]) -> FeatureItem:
-        return FeatureItem(row["variant"], class_of[row["perf"]], Path(row["feat"]), int(row["n_frames"]))
+    def item(row: FeatureTableRecord) -> FeatureItem:
+        return FeatureItem(row.variant, class_of[row.perf], Path(row.feat), int(row.n_frames))
 
-    train = [item(r) for r in usable if r["perf"] in class_of and r["perf"] not in test_perfs | val_perfs]
-    test_rows = [r for r in originals if r["perf"] in test_perfs]
-    return LabelSplit(classes.tolist(), train, [item(r) for r in originals if r["perf"] in val_perfs],
-                      [item(r) for r in test_rows], np.array([int(r["work_id"]) for r in test_rows]), left_out,
+    train = [item(r) for r in usable if r.perf in class_of and r.perf not in test_perfs | val_perfs]
+    test_rows = [r for r in originals if r.perf in test_perfs]
+    return LabelSplit(classes.tolist(), train, [item(r) for r in originals if r.perf in val_perfs],
+                      [item(r) for r in test_rows], np.array([int(r.work_id) for r in test_rows]), left_out,
                       too_short)
 
 
@@ -132,7 +133,7 @@ def load_label_model(path: str | Path, device: str | None = None) -> tuple[Loade
         raise ModelLoadError(f"{checkpoint}: weights changed since {path} was written (fingerprint "
                              f"{report.fingerprint}, recorded {record['fingerprint']})")
     name = f"label-{record['label']}-{report.fingerprint[:12]}"
-    contract = stored_contract({"model_id": name, "input_contract": record.get("input_contract")}, hp)
+    contract = stored_contract(name, record.get("input_contract"), hp)
     return LoadedModel(name, model, hp, target, checkpoint, contract), classes
 
 
@@ -151,7 +152,7 @@ def promoted_checkpoint(db: Store, dataset: str) -> Path:
     if promoted is None:
         raise RunFailed(f"warm_start needs a promoted model for dataset {dataset!r}: materialize trained_model (or "
                         "run without warm_start)")
-    return Path(promoted["checkpoint"])
+    return Path(promoted.checkpoint)
 
 
 def held_out_scores(model: Any, hp: TrainingHParams, split: LabelSplit, device: Any, seed: int) -> tuple:

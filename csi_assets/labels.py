@@ -133,7 +133,7 @@ def run_label_probe(db: Store, dataset: DatasetLayout, training: TrainingLayout,
     if model is None:
         raise RunFailed(f"no promoted model for dataset {dataset.name!r}: materialize trained_model and "
                         "reference_embeddings first")
-    model_id = model["model_id"]
+    model_id = model.model_id
     data = labelled_performances(db, dataset.name, model_id, label)
     seed = dataset.hparams().seed
     try:

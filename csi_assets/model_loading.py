@@ -20,6 +20,7 @@ import torch
 
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
+from csi_assets.store.records import ModelRecord
 from csi_model.checkpoint import CheckpointError
 from csi_model.contract import InputContract, InputContractError, InputContractWarning, check_input_contract
 from csi_model.cqt import CqtSettings, settings_for
@@ -59,37 +60,48 @@ def load_model(store: Store, dataset: str, model_id: str | None = None, device: 
         raise ModelLoadError(f"no model {model_id!r} in the store" if model_id else
                              f"no promoted model for dataset {dataset!r}: materialize trained_model first "
                              "(or promote a registered model)")
-    return load_model_row(row, device)
+    return load_model_fields(**model_fields(row), device=device)
 
 
-def load_model_row(row: Mapping[str, Any], device: str | None = None) -> LoadedModel:
-    """A model from its store row (``model_id``, ``hparams``, ``checkpoint``, ``training_dir``, ``fingerprint``,
-    ``input_contract``): what a worker that does not open the store (a Dask worker) is handed."""
-    hp = training_hparams_from_dict(row["hparams"], source=f"hparams of model {row['model_id']}")
-    checkpoint = Path(row["checkpoint"])
-    if not checkpoint.is_absolute():
-        checkpoint = Path(row["training_dir"]) / checkpoint
-    if not checkpoint.is_file():
-        raise ModelLoadError(f"{checkpoint}: checkpoint of model {row['model_id']} is missing")
+MODEL_FIELDS = ("model_id", "training_dir", "checkpoint", "fingerprint", "hparams", "input_contract")
+"""The fields of a model's record that load it: what a worker that does not open the store (a Dask worker) is
+handed, as JSON."""
+
+
+def model_fields(row: ModelRecord) -> dict[str, Any]:
+    """The :data:`MODEL_FIELDS` of a model record, as keyword arguments of :func:`load_model_fields`."""
+    return {name: getattr(row, name) for name in MODEL_FIELDS}
+
+
+def load_model_fields(model_id: str, training_dir: str, checkpoint: str, fingerprint: str | None,
+                      hparams: Mapping[str, Any], input_contract: Mapping[str, Any] | None,
+                      device: str | None = None) -> LoadedModel:
+    """A model from the :data:`MODEL_FIELDS` of its record (see :class:`~csi_assets.store.records.ModelRecord`)."""
+    hp = training_hparams_from_dict(dict(hparams), source=f"hparams of model {model_id}")
+    path = Path(checkpoint)
+    if not path.is_absolute():
+        path = Path(training_dir) / path
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: checkpoint of model {model_id} is missing")
     target = pick_device(device or hp.device)
     try:
-        model, report = model_from_checkpoint(checkpoint, hp, target)
+        model, report = model_from_checkpoint(path, hp, target)
     except CheckpointError as err:
         raise ModelLoadError(str(err)) from err
-    if row.get("fingerprint") and report.fingerprint != row["fingerprint"]:
-        raise ModelLoadError(f"{checkpoint}: weights changed since model {row['model_id']} was registered "
-                             f"(fingerprint {report.fingerprint}, registered {row['fingerprint']})")
-    return LoadedModel(row["model_id"], model, hp, target, checkpoint, stored_contract(row, hp))
+    if fingerprint and report.fingerprint != fingerprint:
+        raise ModelLoadError(f"{path}: weights changed since model {model_id} was registered "
+                             f"(fingerprint {report.fingerprint}, registered {fingerprint})")
+    return LoadedModel(model_id, model, hp, target, path, stored_contract(model_id, input_contract, hp))
 
 
-def stored_contract(row: dict[str, Any], hp: TrainingHParams) -> InputContract:
-    """The input contract recorded with a model row; for a model registered before contracts were recorded,
-    what its stored hparams say (hop and bins), with a warning that the rest cannot be checked."""
-    if row.get("input_contract"):
-        return InputContract.from_dict(row["input_contract"])
+def stored_contract(model_id: str, recorded: Mapping[str, Any] | None, hp: TrainingHParams) -> InputContract:
+    """The input contract ``recorded`` with model ``model_id``; for a model registered before contracts were
+    recorded, what its stored hparams say (hop and bins), with a warning that the rest cannot be checked."""
+    if recorded:
+        return InputContract.from_dict(recorded)
     contract = InputContract.from_training_hparams(
-        hp, f"hparams stored with model {row['model_id']} (registered without an input contract)")
-    warnings.warn(f"model {row['model_id']} was registered before input contracts were recorded: only its "
+        hp, f"hparams stored with model {model_id} (registered without an input contract)")
+    warnings.warn(f"model {model_id} was registered before input contracts were recorded: only its "
                   f"hop and n_bins are known (from its hparams); {', '.join(contract.unknown())} of the features "
                   "fed to it cannot be checked. Re-register it (materialize trained_model) to record them.",
                   InputContractWarning, stacklevel=2)

@@ -17,6 +17,7 @@ from csi_assets.layouts import DatasetLayout, TrainingLayout
 from csi_assets.progress import Log
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
+from csi_assets.store.records import FeatureTableRecord
 from csi_assets.sweeps import dataset_items
 from csi_assets.testsets import feature_item, retrieval_test_sets, split_items
 from csi_assets.training_runs import (TrainingLog, best_model, steps_per_epoch, tempo_training_data, trained_contract,
@@ -41,15 +42,15 @@ def production_hparams(training: TrainingLayout, k_folds: int | None = None,
     return dataclasses.replace(hp, **changes)
 
 
-def production_pool(table: Sequence[dict[str, Any]], mean_size: int,
+def production_pool(table: Sequence[FeatureTableRecord], mean_size: int,
                     stored_variants: bool = True) -> tuple[list[PoolItem], list]:
     """Folds cover every train and val performance long enough for the model at ``mean_size`` (all their tempo
     variants, unless ``stored_variants`` is False: feature-domain tempo); the final run validates on the test
     split's original recordings, the held-out data the folds never saw."""
     shortest = CoverHunter.min_raw_frames(mean_size)
-    pool = [PoolItem(feature_item(r), r["perf"], is_original_speed(r["speed"])) for r in table
-            if r["split"] in ("train", "val") and r["n_frames"] >= shortest
-            and (stored_variants or is_original_speed(r["speed"]))]
+    pool = [PoolItem(feature_item(r), r.perf, is_original_speed(r.speed)) for r in table
+            if r.split in ("train", "val") and r.n_frames >= shortest
+            and (stored_variants or is_original_speed(r.speed))]
     return pool, split_items(table, mean_size).test
 
 

@@ -271,7 +271,7 @@ def _write(folder: Path, manifest: Manifest, index: Any, groups: Groups, works: 
 def _point_promoted(store: Store, store_path: str | os.PathLike[str], dataset: str, manifest: Manifest) -> None:
     """Record the promoted model's live version in ``promoted.json`` (a running service watches that file)."""
     promoted = model_store.promoted_model(store, dataset)
-    if promoted is None or promoted["model_id"] != manifest.model_id:
+    if promoted is None or promoted.model_id != manifest.model_id:
         return
     pointer = promoted_pointer(store_path, dataset)
     record = {"model_id": manifest.model_id, "version": manifest.version}

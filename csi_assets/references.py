@@ -9,44 +9,42 @@ the rows file written last, so its presence means the shard is whole.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from csi_assets.model_loading import LoadedModel, load_model_row
+from csi_assets.model_loading import LoadedModel, load_model_fields, model_fields
 from csi_assets.shards import Shard, ShardResult, finished, read_rows, rows_path, split_shards, write_rows
 from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import shards as shard_store
+from csi_assets.store.records import FeatureTableRecord, ModelRecord
 from csi_model.cqt import load_feature
 
-MODEL_FIELDS = ("model_id", "training_dir", "checkpoint", "fingerprint", "hparams", "input_contract")
-"""The fields of a model's store row a worker needs to load it without opening the store."""
-
-
-def pending_references(store: Store, dataset: str, model: LoadedModel, references: Sequence[Mapping[str, Any]]
-                       ) -> tuple[list[Mapping[str, Any]], list[str]]:
+def pending_references(store: Store, dataset: str, model: LoadedModel, references: Sequence[FeatureTableRecord]
+                       ) -> tuple[list[FeatureTableRecord], list[str]]:
     """(references to embed, perfs too short for the model) among ``references`` (feature_table rows): those with
     no embedding for ``model``, or one made from another feature (other audio, or another length)."""
     stored = embedding_store.embedded_segments(store, dataset, model.model_id)
     embedder = model.embedder
     todo = [r for r in references
-            if stored.get(r["perf"]) != (len(embedder.segment_starts(r["n_frames"])), r["audio_hash"])]
-    todo, short = embedder.split_by_length(todo, lambda r: r["n_frames"])
-    return todo, [r["perf"] for r in short]
+            if stored.get(r.perf) != (len(embedder.segment_starts(r.n_frames)), r.audio_hash)]
+    todo, short = embedder.split_by_length(todo, lambda r: r.n_frames)
+    return todo, [r.perf for r in short]
 
 
-def embed_rows(model: LoadedModel, rows: Sequence[Mapping[str, Any]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(segment starts [S_i], vectors [S_i, D]) of each row's feature file (``feat``, ``perf``)."""
-    features = [load_feature(r["feat"]) for r in rows]
+def embed_files(model: LoadedModel, perfs: Sequence[str], paths: Sequence[str]
+                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(segment starts [S_i], vectors [S_i, D]) of each performance's feature file (``perfs[i]``, ``paths[i]``)."""
+    features = [load_feature(p) for p in paths]
     vectors = model.embedder.embed(features)
     starts = [model.embedder.segment_starts(len(f)) for f in features]
-    for row, s, v in zip(rows, starts, vectors):
+    for perf, s, v in zip(perfs, starts, vectors):
         if len(s) != len(v):
-            raise RuntimeError(f"{row['perf']}: {len(v)} embeddings for {len(s)} segment starts")
+            raise RuntimeError(f"{perf}: {len(v)} embeddings for {len(s)} segment starts")
     return starts, vectors
 
 
@@ -70,11 +68,12 @@ class ReferencePlan:
     too_short: tuple[str, ...]
 
 
-def reference_shards(stage: str, todo: Sequence[Mapping[str, Any]], model_row: Mapping[str, Any],
-                          device: str | None, items_per_shard: int = 0) -> list[Shard]:
-    """Shards of the references to embed (``perf``, ``feat``, ``audio_hash`` each) with what loads the model."""
-    items = [{"perf": r["perf"], "feat": str(r["feat"]), "audio_hash": r["audio_hash"]} for r in todo]
-    params = {"model": {k: model_row.get(k) for k in MODEL_FIELDS}, "device": device}
+def reference_shards(stage: str, todo: Sequence[FeatureTableRecord], model_row: ModelRecord,
+                     device: str | None, items_per_shard: int = 0) -> list[Shard]:
+    """Shards of the references to embed (``perf``, ``feat``, ``audio_hash`` each, JSON) with what loads the
+    model (its :func:`~csi_assets.model_loading.model_fields`)."""
+    items = [{"perf": r.perf, "feat": str(r.feat), "audio_hash": r.audio_hash} for r in todo]
+    params = {"model": model_fields(model_row), "device": device}
     return split_shards(stage, items, params, items_per_shard)
 
 
@@ -87,8 +86,8 @@ def embed_shard(shard: Shard, staging: Path, log: Any) -> ShardResult:
     if done is not None:
         log.info(f"shard {shard.shard_id}: found embedded ({done.rows} performances)")
         return done
-    model = load_model_row(shard.params["model"], shard.params["device"])
-    starts, vectors = embed_rows(model, shard.items)
+    model = load_model_fields(**shard.params["model"], device=shard.params["device"])
+    starts, vectors = embed_files(model, [i["perf"] for i in shard.items], [i["feat"] for i in shard.items])
     tmp = vectors_path.with_name(f".{vectors_path.name}.tmp{os.getpid()}.npy")
     vectors_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(tmp, np.concatenate(vectors).astype(np.float32))

@@ -44,6 +44,7 @@ from csi_assets.identify import Identifier, IdentifyError
 from csi_assets.reference_index import POINTER, model_dir, promoted_pointer, stamp
 from csi_assets.store import Store, StoreError
 from csi_assets.store import models as model_store
+from csi_assets.store.records import ModelRecord
 
 log = logging.getLogger(__name__)
 UPLOAD_CHUNK = 1 << 20
@@ -77,7 +78,7 @@ class Loaded:
     """What one version of the service answers with; replaced as a whole, never changed."""
 
     identifier: Identifier
-    model_row: dict[str, Any]
+    model_row: ModelRecord | None
     stamps: tuple[Any, Any]
     loaded_at: float
 
@@ -141,7 +142,7 @@ class Engine:
         model_id = _published_model(self.config.store_path, dataset)
         if model_id is None:  # no index published yet: the promoted model's is built on load
             row = model_store.promoted_model(store, dataset)
-            model_id = row["model_id"] if row else None
+            model_id = row.model_id if row else None
         try:
             if model_id is None:
                 raise IdentifyError(f"no promoted model for dataset {dataset!r}: materialize trained_model first")
@@ -155,7 +156,7 @@ class Engine:
                 self._loaded = Loaded(previous.identifier, previous.model_row,
                                       self._stamps(previous.identifier.model.model_id), previous.loaded_at)
             return
-        row = model_store.get_model(store, model_id) or {}
+        row = model_store.get_model(store, model_id)
         self._loaded = Loaded(identifier, row, self._stamps(model_id), time.time())
         self.reloads += previous is not None
         manifest = identifier.references.manifest
@@ -228,8 +229,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     def models() -> dict[str, Any]:
         loaded = engine.current()
         row, manifest = loaded.model_row, loaded.identifier.references.manifest
-        return {"model_id": manifest.model_id, "dataset": manifest.dataset, "epoch": row.get("epoch"),
-                "created_at": str(row.get("created_at")), "metrics": row.get("metrics", {}),
+        return {"model_id": manifest.model_id, "dataset": manifest.dataset, "epoch": row and row.epoch,
+                "created_at": str(row and row.created_at), "metrics": row.metrics if row else {},
                 "references": {"performances": manifest.performances, "segments": manifest.rows},
                 "index": {"kind": manifest.kind, "version": manifest.version, "config": manifest.config},
                 "calibrated": loaded.identifier.calibration is not None}

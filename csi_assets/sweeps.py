@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -21,6 +20,7 @@ from csi_assets.layouts import DatasetLayout, TrainingLayout
 from csi_assets.progress import Log
 from csi_assets.store import Store
 from csi_assets.store import features as feature_store
+from csi_assets.store.records import FeatureTableRecord
 from csi_assets.testsets import retrieval_test_sets
 from csi_assets.training_runs import (TrainingLog, best_model, check_compatible, steps_per_epoch,
                                       tempo_training_data, write_curves)
@@ -62,7 +62,7 @@ def plan_markdown(experiments: Sequence[Experiment]) -> str:
     return "| partition | group | seed | sets |\n|---|---|---|---|\n" + rows
 
 
-def dataset_items(db: Store, dataset: DatasetLayout, hp: TrainingHParams) -> list[dict[str, Any]]:
+def dataset_items(db: Store, dataset: DatasetLayout, hp: TrainingHParams) -> list[FeatureTableRecord]:
     """The dataset's feature table for these hparams, after checking the features fit the model."""
     data_hp = dataset.hparams()
     check_compatible(hp, data_hp)

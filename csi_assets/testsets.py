@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from csi_model.augment import TempoRange
+from csi_assets.store.records import FeatureTableRecord
 from csi_model.catalog import CatalogLineError, read_records
 from csi_model.dataset import FeatureItem
 from csi_model.evaluation import RetrievalTestSet
@@ -53,33 +54,33 @@ class SplitItems:
     train: list[FeatureItem]
     val: list[FeatureItem]
     test: list[FeatureItem]
-    too_short: list[Mapping[str, Any]]
+    too_short: list[FeatureTableRecord]
 
 
-def feature_item(row: Mapping[str, Any]) -> FeatureItem:
+def feature_item(row: FeatureTableRecord) -> FeatureItem:
     """A ``feature_table`` row as the training library's item (its perf id is the variant id)."""
-    return FeatureItem(row["variant"], int(row["work_id"]), Path(row["feat"]), int(row["n_frames"]))
+    return FeatureItem(row.variant, int(row.work_id), Path(row.feat), int(row.n_frames))
 
 
-def split_items(table: Sequence[Mapping[str, Any]], mean_size: int, stored_variants: bool = True) -> SplitItems:
+def split_items(table: Sequence[FeatureTableRecord], mean_size: int, stored_variants: bool = True) -> SplitItems:
     """Train / val / test items of a ``store.features.feature_table``; rows without a split are ignored, rows too
     short for the model at ``mean_size`` go to ``too_short``. ``stored_variants=False`` trains on the original
     recordings only (tempo is then drawn in the feature domain)."""
     shortest = CoverHunter.min_raw_frames(mean_size)
-    usable = [r for r in table if r["split"] and r["n_frames"] >= shortest]
+    usable = [r for r in table if r.split and r.n_frames >= shortest]
 
     def members(split: str, originals_only: bool) -> list[FeatureItem]:
         return [feature_item(r) for r in usable
-                if r["split"] == split and (not originals_only or is_original_speed(r["speed"]))]
+                if r.split == split and (not originals_only or is_original_speed(r.speed))]
 
-    too_short = [r for r in table if r["split"] and r["n_frames"] < shortest]
+    too_short = [r for r in table if r.split and r.n_frames < shortest]
     return SplitItems(members("train", not stored_variants), members("val", True), members("test", True), too_short)
 
 
-def too_short_message(row: Mapping[str, Any], mean_size: int) -> str:
+def too_short_message(row: FeatureTableRecord, mean_size: int) -> str:
     """One line naming a recording (variant) too short for the model, with its catalog line and length."""
-    line = f"catalog line {row['line_no']}, " if row.get("line_no") else ""
-    return (f"{row['variant']} ({line}{row['variant_dur_s']:g} s, {row['n_frames']} CQT frames): shorter than the "
+    line = f"catalog line {row.line_no}, " if row.line_no else ""
+    return (f"{row.variant} ({line}{row.variant_dur_s:g} s, {row.n_frames} CQT frames): shorter than the "
             f"{CoverHunter.min_raw_frames(mean_size)} frames the model needs at mean_size {mean_size}; left out")
 
 
@@ -97,7 +98,7 @@ class TrainingData:
     tempo_record: dict[str, Any]
 
 
-def training_data(data_hp: DataPrepHParams, table: Sequence[Mapping[str, Any]], mean_size: int) -> TrainingData:
+def training_data(data_hp: DataPrepHParams, table: Sequence[FeatureTableRecord], mean_size: int) -> TrainingData:
     """Apply ``tempo_augmentation`` to the stored features, never stacking both kinds of tempo augmentation;
     recordings too short for the model at ``mean_size`` are left out (``items.too_short``).
 
@@ -106,7 +107,7 @@ def training_data(data_hp: DataPrepHParams, table: Sequence[Mapping[str, Any]], 
     drawn on top; if ``aug_speed_mode`` asks for variants and none are stored (the dataset was processed in
     ``features`` mode), that is an error rather than a silent run without tempo augmentation.
     """
-    stored = sum(1 for r in table if r["split"] == "train" and not is_original_speed(r["speed"]))
+    stored = sum(1 for r in table if r.split == "train" and not is_original_speed(r.speed))
     mode = data_hp.tempo_augmentation
     record: dict[str, Any] = {"mode": mode, "aug_speed_mode": list(data_hp.aug_speed_mode)}
     if mode == "audio":
@@ -148,7 +149,7 @@ def _records(path: Path) -> list[tuple[int, dict[str, object]]]:
         raise InvalidTestSet(str(err)) from None
 
 
-def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]], min_frames: int) -> _ResolvedFile:
+def _resolve_file(path: Path, table: Mapping[str, FeatureTableRecord], min_frames: int) -> _ResolvedFile:
     records = _records(path)
     items: list[FeatureItem] = []
     new_index: list[int | None] = []
@@ -159,7 +160,7 @@ def _resolve_file(path: Path, table: Mapping[str, Mapping[str, Any]], min_frames
         if row is None:
             raise InvalidTestSet(f"{path}:{line_no}: perf {perf!r} is not a performance of this dataset with a CQT "
                                "feature (run the data assets first, or fix the test-set file)")
-        if not is_original_speed(row["speed"]) or row["n_frames"] < min_frames:
+        if not is_original_speed(row.speed) or row.n_frames < min_frames:
             new_index.append(None)
             continue
         if perf in line_of:
@@ -194,12 +195,12 @@ def _same_perf_pairs(queries: Sequence[FeatureItem], refs: Sequence[FeatureItem]
     return [(i, ref_index[q.perf]) for i, q in enumerate(queries) if q.perf in ref_index]
 
 
-def retrieval_test_set(name: str, spec: TestSetHParams, table: Sequence[Mapping[str, Any]],
+def retrieval_test_set(name: str, spec: TestSetHParams, table: Sequence[FeatureTableRecord],
                        training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
                        min_frames: int = 1) -> tuple[RetrievalTestSet, dict[str, int]]:
     """One test set and its line counts (``queries``, ``refs``, ``dropped_variant_lines``: tempo copies and
     recordings shorter than ``min_frames`` raw frames)."""
-    by_variant = {r["variant"]: r for r in table}
+    by_variant = {r.variant: r for r in table}
     query_path = resolve_path(spec.query_path, training_dir, cwd)
     ref_path = resolve_path(spec.ref_path, training_dir, cwd)
     queries = _resolve_file(query_path, by_variant, min_frames)
@@ -231,7 +232,7 @@ def require_answerable_test_sets(test_sets: Sequence[RetrievalTestSet]) -> None:
         raise InvalidTestSet("\n".join(problems))
 
 
-def retrieval_test_sets(hp: TrainingHParams, table: Sequence[Mapping[str, Any]],
+def retrieval_test_sets(hp: TrainingHParams, table: Sequence[FeatureTableRecord],
                         training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None
                         ) -> tuple[list[RetrievalTestSet], dict[str, dict[str, int]]]:
     """Every test set of ``hp`` (in the hparams' order) with its line counts, by name."""

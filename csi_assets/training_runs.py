@@ -29,6 +29,7 @@ from csi_assets.progress import Log, Progress
 from csi_assets.store import Store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
+from csi_assets.store.records import FeatureTableRecord
 from csi_assets.testsets import (InvalidTestSet, TempoModeMismatch, TrainingData, require_answerable_test_sets,
                                  retrieval_test_sets, too_short_message, training_data)
 from csi_model import checkpoint as ckpt
@@ -159,7 +160,7 @@ def retrieval_scores(model: CoverHunter, hp: TrainingHParams, test_sets: Sequenc
     return scores
 
 
-def tempo_training_data(data_hp: DataPrepHParams, table: Sequence[dict[str, Any]], mean_size: int,
+def tempo_training_data(data_hp: DataPrepHParams, table: Sequence[FeatureTableRecord], mean_size: int,
                         log: Log) -> TrainingData:
     """The run's items and tempo augmentation (see ``csi_assets.testsets.training_data``), logged explicitly;
     recordings too short for the model are named."""
@@ -239,7 +240,7 @@ def run_training(db: Store, dataset: DatasetLayout, training: TrainingLayout, lo
     model_id = model_store.model_id_for(training.root.name, loaded.fingerprint)
     known = model_store.get_model(db, model_id)
     best = record_of(result.history, result.best_epoch)
-    scores = retrieval_scores(model, hp, test_sets, best, known and known["metrics"], device)
+    scores = retrieval_scores(model, hp, test_sets, best, known and known.metrics, device)
     curves_path, png = write_curves(training.root, result.history, result.best_epoch)
     metrics = {
         "epochs": result.last_epoch + 1, "best_epoch": result.best_epoch,
@@ -249,7 +250,7 @@ def run_training(db: Store, dataset: DatasetLayout, training: TrainingLayout, lo
         "tempo_augmentation": data.tempo_record,
     }
     current = model_store.promoted_model(db, dataset.name)
-    promote = promote or (current is not None and current["model_id"] == model_id)
+    promote = promote or (current is not None and current.model_id == model_id)
     model_store.register_model(
         db, model_id=model_id, dataset=dataset.name, training_dir=str(training.root),
         checkpoint=str(result.best_checkpoint), epoch=result.best_epoch, fingerprint=loaded.fingerprint,
@@ -272,11 +273,11 @@ def check_promoted_checkpoint(db: Store, dataset: str) -> CheckpointCheck:
     row = model_store.promoted_model(db, dataset)
     if row is None:
         return CheckpointCheck(False, {"problem": f"no promoted model for {dataset!r}"})
-    hp = training_hparams_from_dict(row["hparams"], source=f"store model {row['model_id']}")
+    hp = training_hparams_from_dict(row.hparams, source=f"store model {row.model_id}")
     try:
-        _, report = model_from_checkpoint(row["checkpoint"], hp, num_classes=int(row["metrics"]["num_classes"]))
+        _, report = model_from_checkpoint(row.checkpoint, hp, num_classes=int(row.metrics["num_classes"]))
     except (FileNotFoundError, ckpt.CheckpointError) as err:
-        return CheckpointCheck(False, {"model_id": row["model_id"], "problem": str(err)})
-    return CheckpointCheck(report.fingerprint == row["fingerprint"],
-                           {"model_id": row["model_id"], "checkpoint": row["checkpoint"], "tensors": report.tensors,
-                            "fingerprint": report.fingerprint, "recorded_fingerprint": row["fingerprint"]})
+        return CheckpointCheck(False, {"model_id": row.model_id, "problem": str(err)})
+    return CheckpointCheck(report.fingerprint == row.fingerprint,
+                           {"model_id": row.model_id, "checkpoint": row.checkpoint, "tensors": report.tensors,
+                            "fingerprint": report.fingerprint, "recorded_fingerprint": row.fingerprint})

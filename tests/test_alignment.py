@@ -135,7 +135,7 @@ def test_alignments_asset_writes_every_same_work_pair(project) -> None:
     assert result.success
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("alignments")[0].metadata.items()}
     lines = _read_lines(project.training_dir / ALIGNMENT_FILE)
-    work_of = {p["perf"]: p["work"] for p in catalog_store.performances(project.store, project.dataset_dir.name)}
+    work_of = {p.perf: p.work for p in catalog_store.performances(project.store, project.dataset_dir.name)}
     assert len(lines) == 3 * 3 * 3 and metadata["pairs"] == 27 and metadata["distinct_pairs"] == 18
     assert all(set(line) == {"perf_i", "perf_j", "shift_s"} for line in lines)
     assert all(work_of[line["perf_i"]] == work_of[line["perf_j"]] for line in lines)

@@ -54,8 +54,7 @@ def test_catalog_writes_never_touch_rows_they_do_not_own(tmp_path: Path) -> None
         source = f"incoming/{owner}/dataset.txt" if batch_id else owner
         before = _rows(store)
         wanted = [_row(p, rng.randrange(3)) for p in rng.sample(pool, rng.randrange(0, 8))]
-        held = {p: {"work": f"work_{p[-1]}", "audio_hash": r[3], "source": r[1], "batch_id": r[2]}
-                for p, r in before.items()}
+        held = {r.perf: r for r in catalog_store.performances(store, "d")}
         own, _, _ = data.split_collisions(wanted, held, source, batch_id)
         if batch_id:
             catalog_store.add_batch_rows(store, "d", source, batch_id, own, [], [])
@@ -136,8 +135,8 @@ def test_main_catalog_never_takes_over_a_perf_id_an_ingested_batch_holds(served,
     line = {"perf": f"held_{recording}", "wav": f"wav/{wav.name}", "dur_s": 4.0, "work": "held_work"}
     (batch / "dataset.txt").write_text(json.dumps(line) + "\n")
     ingestion.ingest_batch(project.store, dataset, "batch_held", batch / "dataset.txt", LOG)
-    stored = {r["perf"]: r for r in catalog_store.performances(project.store, "dataset")}[line["perf"]]
-    assert stored["batch_id"] == "batch_held"
+    stored = {r.perf: r for r in catalog_store.performances(project.store, "dataset")}[line["perf"]]
+    assert stored.batch_id == "batch_held"
 
     catalog = project.dataset_dir / "dataset.txt"
     original = catalog.read_text()
@@ -149,15 +148,15 @@ def test_main_catalog_never_takes_over_a_perf_id_an_ingested_batch_holds(served,
         run = dg.materialize([data.dataset_catalog], resources=project.resources,
                              instance=dg.DagsterInstance.ephemeral())
         metadata = run.asset_materializations_for_node("dataset_catalog")[0].metadata
-        rejected = [r for r in catalog_store.rejected(project.store, "dataset") if r["source"] == str(catalog)]
+        rejected = [r for r in catalog_store.rejected(project.store, "dataset") if r.source == str(catalog)]
     finally:
         catalog.write_text(original)
-    after = {r["perf"]: r for r in catalog_store.performances(project.store, "dataset")}[line["perf"]]
+    after = {r.perf: r for r in catalog_store.performances(project.store, "dataset")}[line["perf"]]
     assert after == stored
     if recording == "same_recording":
         assert metadata["already_present"].value == 1 and not rejected
     else:
-        [reason] = [r["reason"] for r in rejected if r["line_no"] == line_no]
+        [reason] = [r.reason for r in rejected if r.line_no == line_no]
         assert str(catalog) in reason and f"line {line_no}" in reason and "batch_held" in reason
-    assert ingest_store.known_perfs(project.store, "dataset", [line["perf"]])[line["perf"]]["batch_id"] == "batch_held"
+    assert ingest_store.known_perfs(project.store, "dataset", [line["perf"]])[line["perf"]].batch_id == "batch_held"
     dg.materialize([data.dataset_catalog], resources=project.resources, instance=dg.DagsterInstance.ephemeral())

@@ -26,6 +26,7 @@ from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import shards as shard_store
+from csi_assets.store.records import FeatureRecord
 from tests.graph_fixtures import Project, make_project
 from tests.serving_fixtures import ORIGINALS_ONLY, random_model, register_model, serving_hparams
 
@@ -72,9 +73,9 @@ def _stored(project: Project) -> tuple[dict, dict, dict]:
     """(feature rows, feature arrays, segment vectors) by variant/perf, paths relative to the project."""
     settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
     rows = feature_store.features(project.store, "dataset", settings_hash)
-    table = {v: (str(Path(r["path"]).relative_to(project.root)), r["n_frames"], r["n_bins"], r["audio_hash"],
-                 r["settings"]) for v, r in rows.items()}
-    arrays = {v: np.load(r["path"]) for v, r in rows.items()}
+    table = {v: (str(Path(r.path).relative_to(project.root)), r.n_frames, r.n_bins, r.audio_hash, r.settings)
+             for v, r in rows.items()}
+    arrays = {v: np.load(r.path) for v, r in rows.items()}
     [model_id] = {m for (m,) in _query(project, "SELECT DISTINCT model_id FROM embeddings")}
     stored = embedding_store.load_embeddings(project.store, "dataset", model_id)
     vectors = {p: (stored.start_frames[stored.segment_perf == i].tolist(), stored.vectors[stored.segment_perf == i])
@@ -195,11 +196,10 @@ def test_shards_are_sized_by_item_count_and_addressed_by_their_inputs() -> None:
 
 def test_a_stage_commit_is_all_or_nothing_and_never_twice(tmp_path) -> None:
     store = Store(tmp_path / "csi.duckdb")
-    rows = {"a": [{"variant": "v1", "path": "/f/v1", "n_frames": 3, "n_bins": 96, "audio_hash": "h1"}],
-            "b": [{"variant": "v2", "path": "/f/v2", "n_frames": 4, "n_bins": 96, "audio_hash": "h2"}]}
+    rows = {"a": [FeatureRecord("v1", "/f/v1", 3, 96, "h1", {})], "b": [FeatureRecord("v2", "/f/v2", 4, 96, "h2", {})]}
 
     def write(con, shard_rows):
-        return feature_store.upsert_features(con, "d", "s", {}, shard_rows)
+        return feature_store.upsert_features(con, "d", "s", shard_rows)
 
     def features() -> list[tuple]:
         with store.transaction() as con:
@@ -207,7 +207,7 @@ def test_a_stage_commit_is_all_or_nothing_and_never_twice(tmp_path) -> None:
 
     def crash(con, shard_rows):
         write(con, shard_rows)
-        if shard_rows[0]["variant"] == "v2":
+        if shard_rows[0].variant == "v2":
             raise OSError("worker lost mid-commit")
         return 1
 

@@ -157,12 +157,12 @@ def test_a_model_registered_before_contracts_loads_with_a_warning_and_is_still_c
         migrate(con, [m for m in MIGRATIONS if m[0] <= 2])
         con.execute("INSERT INTO models (model_id, dataset, training_dir, checkpoint, epoch, fingerprint, hparams, "
                     "metrics, promoted) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', true)",
-                    [model_id, row["dataset"], row["training_dir"], row["checkpoint"], row["epoch"],
-                     row["fingerprint"], json.dumps(row["hparams"])])
+                    [model_id, row.dataset, row.training_dir, row.checkpoint, row.epoch,
+                     row.fingerprint, json.dumps(row.hparams)])
     store = Store(old)
-    assert model_store.get_model(store, model_id)["input_contract"] is None
+    assert model_store.get_model(store, model_id).input_contract is None
     with pytest.warns(InputContractWarning, match=f"model {model_id} was registered before input contracts"):
-        model = load_model(store, row["dataset"])
+        model = load_model(store, row.dataset)
     assert (model.contract.hop, model.contract.n_bins, model.contract.fmin) == (640, 96, None)
     with pytest.warns(InputContractWarning, match="fmin, bins_per_octave, cqt_class unknown"):
         dataset_input(model, load_data_hparams(project.dataset_dir / "hparams.yaml"))
@@ -175,6 +175,6 @@ def test_a_model_registered_before_contracts_loads_with_a_warning_and_is_still_c
 
 def test_registered_models_record_the_settings_of_their_training_features(served) -> None:
     project, model_id = served
-    recorded = model_store.get_model(project.store, model_id)["input_contract"]
+    recorded = model_store.get_model(project.store, model_id).input_contract
     assert recorded == {"source": str(project.dataset_dir / "hparams.yaml"), "sample_rate": 16000, "hop": 640,
                         "fmin": 32.0, "n_bins": 96, "bins_per_octave": 12, "cqt_class": "CQT1992v2"}

@@ -16,6 +16,7 @@ from csi_assets.assets import data
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
+from csi_assets.store.records import FeatureRecord
 from csi_model.catalog import parse_catalog
 from csi_model.cqt import load_feature
 from tests.graph_fixtures import DATA_HPARAMS, make_project, materialize
@@ -48,7 +49,7 @@ def test_catalog_keeps_good_lines_and_names_every_bad_one(built) -> None:
     assert len(perfs) == 15
     rejected = catalog_store.rejected(project.store, "dataset")
     assert len(rejected) == 4
-    reasons = " ".join(r["reason"] for r in rejected)
+    reasons = " ".join(r.reason for r in rejected)
     assert "dataset.txt:16" in reasons and "dataset.txt:19" in reasons
     assert "missing.wav" in reasons and "corrupt.wav" in reasons
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
@@ -60,17 +61,17 @@ def test_variants_features_and_exports(built) -> None:
     project, _, _ = built
     variants = feature_store.variants(project.store, "dataset")
     assert len(variants) == 15 * 3
-    assert {v["variant"] for v in variants if v["speed"] == 0.9} == {f"sp_0.9-{p}" for p in
-                                                                    {v["perf"] for v in variants}}
+    assert {v.variant for v in variants if v.speed == 0.9} == {f"sp_0.9-{p}" for p in
+                                                                    {v.perf for v in variants}}
     settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
     table = feature_store.feature_table(project.store, "dataset", settings_hash)
     assert len(table) == 45
-    slow = next(r for r in table if r["speed"] == 0.9)
-    same = next(r for r in table if r["perf"] == slow["perf"] and r["speed"] == 1.0)
-    ratio = slow["n_frames"] / same["n_frames"]
+    slow = next(r for r in table if r.speed == 0.9)
+    same = next(r for r in table if r.perf == slow.perf and r.speed == 1.0)
+    ratio = slow.n_frames / same.n_frames
     assert ratio == pytest.approx(1 / 0.9, rel=0.02)
-    feature = load_feature(slow["feat"])
-    assert feature.dtype == np.float16 and feature.shape == (slow["n_frames"], 96)
+    feature = load_feature(slow.feat)
+    assert feature.dtype == np.float16 and feature.shape == (slow.n_frames, 96)
     full = parse_catalog(project.dataset_dir / "full.txt", tempo_copies=True)
     assert len(full.rows) == 45 and not full.rejected
     record = json.loads((project.dataset_dir / "full.txt").read_text().splitlines()[0])
@@ -86,8 +87,8 @@ def test_splits_are_leak_free_and_unseen_works_held_out(built) -> None:
     assert unseen and set(unseen.values()) == {"test"}
     ids = split_store.work_ids(project.store, "dataset")
     for perf in catalog_store.performances(project.store, "dataset"):
-        if ids[perf["work"]] in unseen:
-            assert split_of[perf["perf"]] == "test"
+        if ids[perf.work] in unseen:
+            assert split_of[perf.perf] == "test"
     train = {r.perf for r in parse_catalog(project.dataset_dir / "train.txt", tempo_copies=True).rows}
     test = {r.perf for r in parse_catalog(project.dataset_dir / "test.txt", tempo_copies=True).rows}
     originals = lambda ids: {p.split("-", 1)[1] if p.startswith("sp_") else p for p in ids}  # noqa: E731
@@ -99,7 +100,7 @@ def test_splits_are_leak_free_and_unseen_works_held_out(built) -> None:
 def test_rerun_recomputes_nothing_and_keeps_ids(built) -> None:
     project, instance, _ = built
     features_before = {p: Path(p).stat().st_mtime_ns for p in
-                       (r["path"] for r in feature_store.features(
+                       (r.path for r in feature_store.features(
                            project.store, "dataset", project.resources["dataset"].cqt_settings().settings_hash()
                        ).values())}
     ids_before = split_store.work_ids(project.store, "dataset")
@@ -150,7 +151,7 @@ def test_feature_tempo_mode_renders_nothing_and_retires_stored_variants_without_
     assert meta["speed_variants"]["rendered_now"].value == 0
     settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
     table = feature_store.feature_table(project.store, "dataset", settings_hash)
-    assert len(table) == 12 and all(r["speed"] == 1.0 for r in table)
+    assert len(table) == 12 and all(r.speed == 1.0 for r in table)
     assert not [r for r in parse_catalog(project.dataset_dir / "full.txt").rows if r.perf.startswith("sp_")]
     assert sorted(project.dataset_dir.joinpath("sp_wav").glob("*.wav")) == rendered
     hparams.write_text(yaml.safe_dump(DATA_HPARAMS))
@@ -171,7 +172,7 @@ def test_features_check_accepts_float16_and_float32_files_and_names_non_finite_o
     for name, dtype, value in [("half", np.float16, -20.0), ("single", np.float32, -20.0), ("nan", np.float32, np.nan)]:
         path = tmp_path / f"{name}.npy"
         np.save(path, np.full((7, 96), value, dtype=dtype))
-        rows[name] = {"variant": name, "path": str(path), "n_frames": 7}
+        rows[name] = FeatureRecord(name, str(path), n_frames=7, n_bins=96, audio_hash="h", settings={})
     good = {k: rows[k] for k in ("half", "single")}
     assert data.features_check(good, 96).passed
     result = data.features_check(rows, 96)

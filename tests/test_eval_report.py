@@ -54,21 +54,21 @@ def evaluated(tmp_path_factory):
 @pytest.mark.parametrize("test_set", ["self", "against_all", "with_single"])
 def test_stored_map_equals_metrics_recomputed_from_the_saved_matrix(evaluated, test_set) -> None:
     project, model_id, metadata, _ = evaluated
-    records = {r["test_set"]: r for r in evaluation_store.evaluations(project.store, "dataset", model_id)}
+    records = {r.test_set: r for r in evaluation_store.evaluations(project.store, "dataset", model_id)}
     record = records[test_set]
     folder = project.training_dir / "reports" / model_id / test_set
-    assert record["report_path"] == str(folder)
+    assert record.report_path == str(folder)
     distances = np.load(folder / "distances.npy")
     excluded = np.load(folder / "excluded.npy")
     recomputed = retrieval_metrics(distances, np.load(folder / "query_labels.npy"),
                                    np.load(folder / "ref_labels.npy"), excluded)
-    assert record["metrics"]["mean_ap"] == pytest.approx(recomputed.mean_ap, abs=1e-12)
-    assert record["metrics"]["mr1"] == pytest.approx(recomputed.mr1, abs=1e-12)
+    assert record.metrics["mean_ap"] == pytest.approx(recomputed.mean_ap, abs=1e-12)
+    assert record.metrics["mr1"] == pytest.approx(recomputed.mr1, abs=1e-12)
     assert metadata[f"{test_set}/mAP"].value == pytest.approx(recomputed.mean_ap, abs=1e-4)
     assert (distances[excluded] == -1).all() and (distances[~excluded] >= -1e-5).all()
-    interval = record["metrics"]["bootstrap"]["mean_ap"]
+    interval = record.metrics["bootstrap"]["mean_ap"]
     assert interval["n_bootstrap"] == 50 and interval["ci_low"] <= recomputed.mean_ap <= interval["ci_high"]
-    assert json.loads((folder / "metrics.json").read_text())["mean_ap"] == record["metrics"]["mean_ap"]
+    assert json.loads((folder / "metrics.json").read_text())["mean_ap"] == record.metrics["mean_ap"]
     assert "mAP" in (folder / "report.md").read_text()
 
 
@@ -81,8 +81,8 @@ def test_unanswerable_queries_are_counted_everywhere_and_scored_nowhere(evaluate
                                             np.load(folder / "excluded.npy"))).sum())
     if test_set == "with_single":
         assert unanswerable == 1
-    stored = {r["test_set"]: r for r in evaluation_store.evaluations(project.store, "dataset", model_id)}
-    for record in (stored[test_set]["metrics"], json.loads((folder / "metrics.json").read_text())):
+    stored = {r.test_set: r for r in evaluation_store.evaluations(project.store, "dataset", model_id)}
+    for record in (stored[test_set].metrics, json.loads((folder / "metrics.json").read_text())):
         assert record["n_unanswerable"] == unanswerable and record["n_queries"] == len(labels)
         assert record["mr1"] >= 1.0 and record["bootstrap"]["mr1"]["ci_low"] >= 1.0
     assert metadata[f"{test_set}/unanswerable"].value == unanswerable

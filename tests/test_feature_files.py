@@ -4,7 +4,7 @@ older naming stay in use."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +12,7 @@ import numpy as np
 
 from csi_assets.assets import data
 from csi_assets.store import features as feature_store
+from csi_assets.store.records import FeatureRecord
 from tests.graph_fixtures import make_project, materialize
 
 
@@ -29,7 +30,7 @@ def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: P
     settings = project.resources["dataset"].cqt_settings()
     stored = feature_store.features(project.store, "dataset", settings.settings_hash())
     truncated, empty, nan, shared_a, shared_b, legacy = sorted(stored)[:6]
-    path = {v: Path(r["path"]) for v, r in stored.items()}
+    path = {v: Path(r.path) for v, r in stored.items()}
     path[truncated].write_bytes(path[truncated].read_bytes()[:300])
     path[empty].write_bytes(b"")
     broken = np.load(path[nan])
@@ -38,12 +39,10 @@ def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: P
     old_name = path[legacy].with_name(f"{legacy}.cqt.npy")  # a file named as before ids were hashed
     path[legacy].rename(old_name)
 
-    def moved(variant: str, to: Path) -> dict:
-        row = stored[variant]
-        return {"variant": variant, "path": str(to), "n_frames": row["n_frames"], "n_bins": row["n_bins"],
-                "audio_hash": row["audio_hash"]}
+    def moved(variant: str, to: Path) -> FeatureRecord:
+        return replace(stored[variant], path=str(to))
 
-    feature_store.record_features(project.store, "dataset", settings.settings_hash(), asdict(settings),
+    feature_store.record_features(project.store, "dataset", settings.settings_hash(),
                                   [moved(shared_b, path[shared_a]), moved(legacy, old_name)])
 
     evaluation = _check(project)
@@ -62,8 +61,8 @@ def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: P
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.passed and _check(project).passed
     after = feature_store.features(project.store, "dataset", settings.settings_hash())
-    assert len({r["path"] for r in after.values()}) == len(after)
-    assert after[legacy]["path"] == str(old_name)  # a sound file under the old name is kept, not recomputed
+    assert len({r.path for r in after.values()}) == len(after)
+    assert after[legacy].path == str(old_name)  # a sound file under the old name is kept, not recomputed
     for row in after.values():
-        feature = np.load(row["path"])
-        assert feature.shape == (row["n_frames"], 96) and np.isfinite(feature).all()
+        feature = np.load(row.path)
+        assert feature.shape == (row.n_frames, 96) and np.isfinite(feature).all()

@@ -51,7 +51,7 @@ def test_killed_extraction_resumes_cleanly(tmp_path: Path) -> None:
     stored = feature_store.features(project.store, "dataset", settings.settings_hash())
     assert len(stored) == total
     assert not list(folder.glob(".*tmp*"))
-    assert sorted(p.name for p in folder.glob("*.cqt.npy")) == sorted(Path(r["path"]).name for r in stored.values())
+    assert sorted(p.name for p in folder.glob("*.cqt.npy")) == sorted(Path(r.path).name for r in stored.values())
     for row in stored.values():
-        feature = np.load(row["path"])
-        assert feature.shape == (row["n_frames"], 96) and np.isfinite(feature).all()
+        feature = np.load(row.path)
+        assert feature.shape == (row.n_frames, 96) and np.isfinite(feature).all()

@@ -5,6 +5,7 @@ read again, and a store from before the markers migrates and gets its files veri
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,7 @@ from csi_assets.assets import data
 from csi_assets.features import feature_problems
 from csi_assets.store import Store, schema
 from csi_assets.store import features as feature_store
+from csi_assets.store.records import FeatureRecord
 from tests.graph_fixtures import make_project, materialize
 
 
@@ -38,11 +40,11 @@ def test_only_files_changed_since_verification_are_read_again(tmp_path: Path) ->
     settings = project.resources["dataset"].cqt_settings()
     stored = feature_store.features(project.store, "dataset", settings.settings_hash())
     for row in stored.values():  # the in-step check read every new file whole and marked it
-        info = Path(row["path"]).stat()
-        assert (row["verified_size"], row["verified_mtime_ns"]) == (info.st_size, info.st_mtime_ns)
+        info = Path(row.path).stat()
+        assert (row.verified_size, row.verified_mtime_ns) == (info.st_size, info.st_mtime_ns)
 
     untouched_bad, touched_bad, truncated = sorted(stored)[:3]
-    path = {v: Path(r["path"]) for v, r in stored.items()}
+    path = {v: Path(r.path) for v, r in stored.items()}
     # Same size and mtime: a scan trusting its marker cannot see this corruption, so if it is reported the file
     # was read again.
     _corrupt_in_place(path[untouched_bad], keep_mtime=True)
@@ -60,25 +62,26 @@ def test_only_files_changed_since_verification_are_read_again(tmp_path: Path) ->
 
     # The untouched file really is corrupt: without its marker the scan reads it and names it.
     after = feature_store.features(project.store, "dataset", settings.settings_hash())
-    unmarked = {v: dict(r, verified_size=None, verified_mtime_ns=None) for v, r in after.items()}
+    unmarked = {v: replace(r, verified_size=None, verified_mtime_ns=None) for v, r in after.items()}
     assert set(feature_problems(unmarked, settings.n_bins)) == {untouched_bad}
     assert feature_problems(after, settings.n_bins) == {}
     for variant in (touched_bad, truncated):  # recomputed, then verified by the in-step check
-        info = Path(after[variant]["path"]).stat()
-        assert (after[variant]["verified_size"], after[variant]["verified_mtime_ns"]) == (
+        info = Path(after[variant].path).stat()
+        assert (after[variant].verified_size, after[variant].verified_mtime_ns) == (
             info.st_size, info.st_mtime_ns)
 
 
 def test_rewriting_a_feature_clears_its_marker(tmp_path: Path) -> None:
     store = Store(tmp_path / "csi.duckdb")
-    row = {"variant": "v", "path": str(tmp_path / "v.npy"), "n_frames": 3, "n_bins": 2, "audio_hash": "h"}
-    feature_store.record_features(store, "d", "s", {}, [row])
-    assert feature_store.record_verified(store, "d", "s", {"v": (row["path"], 10, 20)}) == 1
+    row = FeatureRecord(variant="v", path=str(tmp_path / "v.npy"), n_frames=3, n_bins=2, audio_hash="h", settings={})
+    feature_store.record_features(store, "d", "s", [row])
+    assert feature_store.record_verified(store, "d", "s", {"v": (row.path, 10, 20)}) == 1
     assert feature_store.record_verified(store, "d", "s", {"v": ("elsewhere.npy", 11, 21)}) == 0  # other path
-    assert feature_store.features(store, "d", "s")["v"]["verified_size"] == 10
-    feature_store.record_features(store, "d", "s", {}, [row])
+    verified = feature_store.features(store, "d", "s")["v"]
+    assert (verified.verified_size, verified.verified_mtime_ns) == (10, 20)
+    feature_store.record_features(store, "d", "s", [verified])  # rewritten: even a record carrying a marker
     marked = feature_store.features(store, "d", "s")["v"]
-    assert (marked["verified_size"], marked["verified_mtime_ns"]) == (None, None)
+    assert (marked.verified_size, marked.verified_mtime_ns) == (None, None)
 
 
 def test_a_store_from_before_markers_migrates_and_verifies_its_files_once(tmp_path: Path) -> None:
@@ -94,7 +97,7 @@ def test_a_store_from_before_markers_migrates_and_verifies_its_files_once(tmp_pa
     store = Store(path)
     assert store.schema_version() == schema.MIGRATIONS[-1][0]  # migrated to the newest
     [row] = feature_store.features(store, "d", "s").values()
-    assert (row["path"], row["verified_size"], row["verified_mtime_ns"]) == (str(feature_file), None, None)
+    assert (row.path, row.verified_size, row.verified_mtime_ns) == (str(feature_file), None, None)
     recorded: list[dict] = []
     assert feature_problems({"v": row}, 3, record_verified=recorded.append) == {}
     info = feature_file.stat()

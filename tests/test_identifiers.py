@@ -145,17 +145,17 @@ def test_hostile_ids_get_their_own_files_inside_the_dataset_folder(tmp_path: Pat
     assert all(p.is_file() for p in variants_dir.iterdir())  # no folder made from an id
     settings = project.resources["dataset"].cqt_settings()
     stored = feature_store.features(project.store, "dataset", settings.settings_hash())
-    variants = {v["variant"]: v for v in feature_store.variants(project.store, "dataset")}
+    variants = {v.variant: v for v in feature_store.variants(project.store, "dataset")}
     assert len(stored) == len(variants) == 4 * 3
-    assert len({r["path"] for r in stored.values()}) == 12
-    assert len({v["wav"] for v in variants.values()}) == 12  # the 0.9x and 1.1x copies never share a file
+    assert len({r.path for r in stored.values()}) == 12
+    assert len({v.wav for v in variants.values()}) == 12  # the 0.9x and 1.1x copies never share a file
     for variant, row in stored.items():
-        path = Path(row["path"])
+        path = Path(row.path)
         assert path.parent == project.dataset_dir / "cqt_feat" / settings.settings_hash()
-        assert np.load(path).shape == (row["n_frames"], 96)  # round trip: the store finds each id's file
+        assert np.load(path).shape == (row.n_frames, 96)  # round trip: the store finds each id's file
     slow, fast = stored["sp_0.9-../../../escape"], stored["sp_1.1-../../../escape"]
-    assert slow["n_frames"] / fast["n_frames"] == pytest.approx(1.1 / 0.9, rel=0.05)
-    assert os.path.commonpath([variants["sp_0.9-../../../escape"]["wav"], str(variants_dir)]) == str(variants_dir)
+    assert slow.n_frames / fast.n_frames == pytest.approx(1.1 / 0.9, rel=0.05)
+    assert os.path.commonpath([variants["sp_0.9-../../../escape"].wav, str(variants_dir)]) == str(variants_dir)
 
 
 @pytest.mark.parametrize(("speed", "original"), [(1.0, True), (1.005, True), (0.995, True), (1.01, False),

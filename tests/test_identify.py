@@ -138,7 +138,7 @@ def test_clear_errors_exit_2_without_traceback(served, tmp_path, capsys) -> None
     assert "no promoted model" in capsys.readouterr().err
 
     row = model_store.get_model(project.store, model_id)
-    model_store.register_model(Store(empty), **{k: row[k] for k in (
+    model_store.register_model(Store(empty), **{k: getattr(row, k) for k in (
         "model_id", "dataset", "training_dir", "checkpoint", "epoch", "fingerprint", "hparams", "metrics",
         "input_contract")},
         promote=True)
@@ -194,7 +194,7 @@ def test_search_p_of_strangers_is_not_small_and_no_p_beats_the_null_sample(serve
     """Queries of works absent from the references have a best match by chance only: per search that must not
     look significant, even though per pair it does; and no p goes below 1/(n_pairs + 1)."""
     project, model_id, queries = served
-    n_pairs = embedding_store.calibration(project.store, "dataset", model_id)["n_pairs"]
+    n_pairs = embedding_store.calibration(project.store, "dataset", model_id).calibration.n_pairs
     floor = 1.0 / (n_pairs + 1)
     results = Identifier(project.store_path, project.dataset_dir).identify([*strangers, *queries], top=WORKS * PERFS)
     for result in results:

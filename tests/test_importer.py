@@ -23,6 +23,7 @@ from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
+from csi_assets.store.records import FeatureRecord
 from csi_model.audio import load_audio
 from csi_model.catalog import parse_catalog
 from csi_model.checkpoint import model_fingerprint
@@ -103,32 +104,32 @@ def test_catalog_variants_features_and_work_ids_are_imported_as_they_are(importe
     repo, data, _, store_path = imported
     store = Store(store_path)
     performances = catalog_store.performances(store, "covers")
-    assert len(performances) == 6 and not any(p["perf"].startswith("sp_") for p in performances)
+    assert len(performances) == 6 and not any(p.perf.startswith("sp_") for p in performances)
     variants = feature_store.variants(store, "covers")
     assert len(variants) == 12
-    assert {v["speed"] for v in variants} == {0.9, 1.0}
-    assert all(v["variant"] == f"sp_0.9-{v['perf']}" for v in variants if v["speed"] == 0.9)
+    assert {v.speed for v in variants} == {0.9, 1.0}
+    assert all(v.variant == f"sp_0.9-{v.perf}" for v in variants if v.speed == 0.9)
     assert split_store.work_ids(store, "covers") == WORK_IDS
     settings_hash = CqtSettings().settings_hash()
     stored = feature_store.features(store, "covers", settings_hash)
     assert len(stored) == 12
     row = stored["w000_p0"]
-    assert Path(row["path"]) == data / "cqt_feat" / "w000_p0.cqt.npy"  # registered in place, not copied
-    assert row["n_frames"] == np.load(row["path"], mmap_mode="r").shape[0]
-    settings = json.loads(row["settings"])
+    assert Path(row.path) == data / "cqt_feat" / "w000_p0.cqt.npy"  # registered in place, not copied
+    assert row.n_frames == np.load(row.path, mmap_mode="r").shape[0]
+    settings = row.settings
     assert settings["origin"] == IMPORT_ORIGIN and "unknown" in settings["cqt_class"]
     assert settings["dtype"] == ["float32"]
     table = feature_store.feature_table(store, "covers", settings_hash)
-    assert len(table) == 12 and {r["work_id"] for r in table} == set(WORK_IDS.values())
+    assert len(table) == 12 and {r.work_id for r in table} == set(WORK_IDS.values())
 
 
 def test_the_highest_epoch_generator_is_registered_and_promoted(imported) -> None:
     _, _, training, store_path = imported
     model = model_store.promoted_model(Store(store_path), "covers")
-    assert model is not None and model["epoch"] == 10
-    assert Path(model["checkpoint"]) == training / "checkpoints" / "g_00000010"
-    assert model["fingerprint"] == model_fingerprint(_reference_model(2))
-    assert model["hparams"]["encoder"]["num_blocks"] == 1 and model["hparams"]["mean_size"] == 3
+    assert model is not None and model.epoch == 10
+    assert Path(model.checkpoint) == training / "checkpoints" / "g_00000010"
+    assert model.fingerprint == model_fingerprint(_reference_model(2))
+    assert model.hparams["encoder"]["num_blocks"] == 1 and model.hparams["mean_size"] == 3
 
 
 def test_identify_finds_imported_recordings_after_reference_embeddings(imported, capsys) -> None:
@@ -189,15 +190,16 @@ def test_a_tempo_copy_without_its_original_is_rejected_not_taken_for_an_original
     report = import_reference(store, data, None, repo)
     assert report.performances == 6 and report.features == 12
     assert any("full.txt:13" in r["reason"] and "tempo copy of 'ghost'" in r["reason"] for r in report.rejected)
-    assert "sp_0.9-ghost" not in {p["perf"] for p in catalog_store.performances(store, "covers")}
+    assert "sp_0.9-ghost" not in {p.perf for p in catalog_store.performances(store, "covers")}
 
 
 def test_features_computed_here_are_never_mixed_with_imported_ones(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     data, _ = make_reference_folders(repo)
     store = Store(tmp_path / "s.duckdb")
-    feature_store.record_features(store, "covers", CqtSettings().settings_hash(), {"cqt_class": "CQT1992v2"}, [
-        {"variant": "w000_p0", "path": "x.npy", "n_frames": 10, "n_bins": 96, "audio_hash": "h"}])
+    feature_store.record_features(store, "covers", CqtSettings().settings_hash(), [
+        FeatureRecord("w000_p0", path="x.npy", n_frames=10, n_bins=96, audio_hash="h",
+                      settings={"cqt_class": "CQT1992v2"})])
     with pytest.raises(ReferenceImportError, match="computed by this project"):
         import_reference(store, data, None, repo)
 
@@ -221,7 +223,7 @@ def test_a_dataset_txt_alone_fills_the_catalog_for_the_data_assets(tmp_path: Pat
     store = Store(tmp_path / "s.duckdb")
     report = import_reference(store, data, None)
     assert (report.performances, report.works, report.features, report.model_id) == (4, 2, 0, None)
-    assert [p["perf"] for p in catalog_store.performances(store, "plain")] == ["w000_p0", "w000_p1", "w001_p0",
+    assert [p.perf for p in catalog_store.performances(store, "plain")] == ["w000_p0", "w000_p1", "w001_p0",
                                                                               "w001_p1"]
 
 
@@ -257,6 +259,6 @@ def test_a_model_trained_on_another_hop_than_the_data_folder_is_refused(tmp_path
 
 def test_an_imported_model_records_the_data_folders_settings_with_the_cqt_class_unknown(imported) -> None:
     _, data, _, store_path = imported
-    contract = model_store.promoted_model(Store(store_path), "covers")["input_contract"]
+    contract = model_store.promoted_model(Store(store_path), "covers").input_contract
     assert contract == {"source": f"{data / 'hparams.yaml'}, imported from CoverHunterMPS", "sample_rate": 16000, "hop": 640, "fmin": 32.0,
                         "n_bins": 96, "bins_per_octave": 12, "cqt_class": None}

@@ -81,7 +81,7 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     partly = _batch_folder(incoming, "b_partly_bad", works=1, perfs=2, seed=12, prefix="mixed")
     catalog = partly / "dataset.txt"
     existing = catalog_store.performances(project.store, "dataset")[0]
-    clash = json.loads(catalog.read_text().splitlines()[0]) | {"perf": existing["perf"], "work": "someone_else"}
+    clash = json.loads(catalog.read_text().splitlines()[0]) | {"perf": existing.perf, "work": "someone_else"}
     (partly / "wav" / "broken.wav").write_bytes(b"not audio at all")
     catalog.write_text(catalog.read_text() + "{broken json\n"
                        + json.dumps({"perf": "mixed_broken", "wav": "wav/broken.wav", "dur_s": 1.0,
@@ -89,7 +89,7 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     unreadable = incoming / "c_unreadable"
     unreadable.mkdir()
     (unreadable / "notes.md").write_text("no catalog here")
-    before = {r["perf"]: r for r in catalog_store.performances(project.store, "dataset")}
+    before = {r.perf: r for r in catalog_store.performances(project.store, "dataset")}
 
     instance = dg.DagsterInstance.ephemeral()
     result = _evaluate(instance, project, None)
@@ -104,7 +104,7 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     assert not unreadable.exists()
     assert (project.dataset_dir / "rejected" / "c_unreadable").is_dir()
     assert "dataset.txt" in (project.dataset_dir / "rejected" / "c_unreadable.error.txt").read_text()
-    rejected_state = [b for b in ingest_store.batches(project.store, "dataset") if b["status"] == "rejected"]
+    rejected_state = [b for b in ingest_store.batches(project.store, "dataset") if b.status == "rejected"]
     assert len(rejected_state) == 1
 
     again = _evaluate(instance, project, result.cursor)
@@ -118,21 +118,21 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     # A daemon restart that lost the cursor still requests nothing: the partitions exist.
     assert not _evaluate(instance, project, None).run_requests
 
-    after = {r["perf"]: r for r in catalog_store.performances(project.store, "dataset")}
+    after = {r.perf: r for r in catalog_store.performances(project.store, "dataset")}
     assert {p: after[p] for p in before} == before  # nothing already stored changed
     new = sorted(set(after) - set(before))
     assert len(new) == 2 * 2 + 2
     embedded = embedding_store.embedded_perfs(project.store, "dataset", model_id)
     assert set(new) <= embedded
-    reasons = [r["reason"] for r in catalog_store.rejected(project.store, "dataset")
-               if r["source"] == str(catalog)]
+    reasons = [r.reason for r in catalog_store.rejected(project.store, "dataset")
+               if r.source == str(catalog)]
     assert len(reasons) == 3
     assert any("invalid JSON" in r for r in reasons)
     assert any("broken.wav" in r for r in reasons)
     assert any("already exists with different content" in r for r in reasons)
-    states = {b["batch_id"]: b for b in ingest_store.batches(project.store, "dataset")}
-    assert states[keys[0]]["status"] == "ingested" and states[keys[0]]["n_good"] == 4
-    assert states[keys[1]]["status"] == "ingested" and states[keys[1]]["n_bad"] == 3
+    states = {b.batch_id: b for b in ingest_store.batches(project.store, "dataset")}
+    assert states[keys[0]].status == "ingested" and states[keys[0]].n_good == 4
+    assert states[keys[1]].status == "ingested" and states[keys[1]].n_bad == 3
     ids = split_store.work_ids(project.store, "dataset")
     assert {"new_work_000", "new_work_001", "mixed_work_000"} <= set(ids)
 
@@ -169,16 +169,16 @@ def test_hundred_batches_are_each_ingested_exactly_once(tmp_path) -> None:
     for request in first.run_requests:
         state = ingest_store.batch(db, request.partition_key)
         counts = ingestion.ingest_batch(db, project.resources["dataset"], request.partition_key,
-                                        Path(state["source"]), _Quiet())
-        ingest_store.record_batch(db, request.partition_key, "dataset", state["source"], ingest_store.INGESTED,
+                                        Path(state.source), _Quiet())
+        ingest_store.record_batch(db, request.partition_key, "dataset", state.source, ingest_store.INGESTED,
                                   n_good=counts["performances"])
-    perfs = [r["perf"] for r in catalog_store.performances(db, "dataset") if r["perf"].startswith("drop_")]
+    perfs = [r.perf for r in catalog_store.performances(db, "dataset") if r.perf.startswith("drop_")]
     assert sorted(perfs) == [f"drop_{i:03d}" for i in range(100)]
     states = ingest_store.batches(db, "dataset")
-    assert len(states) == 100 and {s["status"] for s in states} == {"ingested"}
+    assert len(states) == 100 and {s.status for s in states} == {"ingested"}
     table = feature_store.feature_table(db, "dataset", project.resources["dataset"].cqt_settings()
                                         .settings_hash(), perfs=perfs)
-    assert sorted(r["perf"] for r in table) == sorted(perfs)
+    assert sorted(r.perf for r in table) == sorted(perfs)
 
 
 class _Quiet:
@@ -197,7 +197,7 @@ def _ingest(instance: dg.DagsterInstance, project, batch_id: str) -> dg.ExecuteI
 
 
 def _stored(project, prefix: str) -> dict[str, dict]:
-    return {r["perf"]: r for r in catalog_store.performances(project.store, "dataset") if r["perf"].startswith(prefix)}
+    return {r.perf: r for r in catalog_store.performances(project.store, "dataset") if r.perf.startswith(prefix)}
 
 
 def test_grown_batch_is_a_new_batch_and_rerunning_a_batch_never_removes_what_it_stored(project, incoming) -> None:
@@ -233,12 +233,12 @@ def test_grown_batch_is_a_new_batch_and_rerunning_a_batch_never_removes_what_it_
     after = _stored(project, "grow_")
     assert {p: after[p] for p in stored} == stored
     assert set(after) - set(stored) == {record["perf"]}
-    assert after[record["perf"]]["batch_id"] == again.partition_key
+    assert after[record["perf"]].batch_id == again.partition_key
     assert set(after) <= embedding_store.embedded_perfs(project.store, "dataset", model_id)
     _ingest(instance, project, request.partition_key)  # the first batch again, now reading the grown file
     assert _stored(project, "grow_") == after
-    states = {b["batch_id"]: b for b in ingest_store.batches(project.store, "dataset")}
-    assert states[again.partition_key]["status"] == states[request.partition_key]["status"] == "ingested"
+    states = {b.batch_id: b for b in ingest_store.batches(project.store, "dataset")}
+    assert states[again.partition_key].status == states[request.partition_key].status == "ingested"
     assert not _evaluate(instance, project, grown.cursor).run_requests
 
 
@@ -378,7 +378,7 @@ def test_ingestion_killed_at_any_stage_resumes_to_the_uninterrupted_end_state(
         [sys.executable, "-m", "tests.ingest_until_killed", stage, str(project.dataset_dir),
          resources["store"].path, batch_id], env=env, capture_output=True, text=True)
     assert worker.returncode == -signal.SIGKILL, worker.stderr[-3000:]
-    assert ingest_store.batch(Store(resources["store"].path), batch_id)["status"] == "received"
+    assert ingest_store.batch(Store(resources["store"].path), batch_id).status == "received"
 
     retry = delta_dataset_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
     assert [r.partition_key for r in retry.run_requests] == [batch_id], "the killed batch was not requested again"

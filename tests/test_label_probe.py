@@ -16,8 +16,10 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from csi_assets.assets import labels, serving
 from csi_assets.classify import PROBE_FILE
+from csi_assets.store.records import FeatureTableRecord
 from csi_model.label_probe import LinearProbe, classification_scores, fit_linear, grouped_folds, probe_label
 from tests.graph_fixtures import make_project
+from tests.record_fixtures import table_record
 from tests.serving_fixtures import ORIGINALS_ONLY, materialize_data, random_model, register_model, serving_hparams
 
 PROBED = ("register", "batch_tag")
@@ -129,7 +131,7 @@ def test_label_split_keeps_each_work_on_one_side(probed) -> None:
 
     table = feature_store.feature_table(project.store, "dataset", project.resources["dataset"].cqt_settings()
                                         .settings_hash())
-    work_of = {r["variant"]: r["work_id"] for r in table}
+    work_of = {r.variant: r.work_id for r in table}
     for seed in range(5):
         split = label_split(table, catalog_store.performance_labels(project.store, "dataset", "register"), seed,
                             mean_size=1)
@@ -259,17 +261,16 @@ def test_label_split_leaves_out_clips_too_short_for_the_model_and_stored_variant
 
     shortest = CoverHunter.min_raw_frames(3)
 
-    def row(perf: str, work: int, n_frames: int, speed: float = 1.0) -> dict:
+    def row(perf: str, work: int, n_frames: int, speed: float = 1.0) -> FeatureTableRecord:
         variant = perf if speed == 1.0 else f"sp_{speed}-{perf}"
-        return {"variant": variant, "perf": perf, "speed": speed, "work_id": work, "feat": f"/f/{variant}.npy",
-                "n_frames": n_frames}
+        return table_record(variant, perf, speed, work, f"/f/{variant}.npy", n_frames)
 
     table = [row(f"w{w}_p{p}", w, 500) for w in range(8) for p in range(3)]
     table += [row("w0_p0", 0, 550, 0.9), row("blip", 1, shortest - 1)]
-    values = {r["perf"]: "high" if r["work_id"] % 2 else "low" for r in table}
+    values = {r.perf: "high" if r.work_id % 2 else "low" for r in table}
     for stored_variants in (True, False):
         split = label_split(table, values, seed=0, mean_size=3, stored_variants=stored_variants)
         used = [it.perf for it in (*split.train, *split.val, *split.test)]
-        assert [r["perf"] for r in split.too_short] == ["blip"] and "blip" not in used
+        assert [r.perf for r in split.too_short] == ["blip"] and "blip" not in used
         trained_on_w0 = "w0_p0" in [it.perf for it in split.train]  # a copy goes where its original goes
         assert ("sp_0.9-w0_p0" in used) == (stored_variants and trained_on_w0)

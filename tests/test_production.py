@@ -159,11 +159,11 @@ def test_production_model_asset_registers_the_final_model_unpromoted(tmp_path):
     assert set(metadata["folds"].value) == {"fold 1", "fold 2"}
     assert all(fold["epochs"] == 2 for fold in metadata["folds"].value.values())
     row = model_store.get_model(project.store, metadata["model_id"].value)
-    assert row is not None and not row["promoted"] and row["metrics"]["final"]["epochs"] == 2
+    assert row is not None and not row.promoted and row.metrics["final"]["epochs"] == 2
 
     table = feature_store.feature_table(project.store, project.dataset_dir.name,
                                         project.resources["dataset"].cqt_settings().settings_hash())
-    pool_perfs = {r["perf"] for r in table if r["split"] in ("train", "val")}
+    pool_perfs = {r.perf for r in table if r.split in ("train", "val")}
     fold_of = json.loads((project.training_dir / "production" / FOLD_INDICES_FILE).read_text())["folds"]
     assert set(fold_of) == pool_perfs  # folds over performances; each variant follows its performance
-    assert any(r["speed"] != 1.0 for r in table if r["perf"] in pool_perfs)  # the pool really has tempo variants
+    assert any(r.speed != 1.0 for r in table if r.perf in pool_perfs)  # the pool really has tempo variants

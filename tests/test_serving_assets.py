@@ -12,7 +12,6 @@ import soundfile as sf
 from csi_assets.assets import serving
 from csi_assets.model_loading import load_model
 from csi_assets.store import embeddings as embedding_store
-from csi_model.calibration import Calibration
 from csi_model.metrics import min_segment_distance
 from tests.serving_fixtures import materialize_data, materialized_metadata, project_with_model
 
@@ -35,12 +34,12 @@ def test_every_original_performance_is_embedded_segment_by_segment(served) -> No
     assert first["computed_now"] == 15 and first["reused"] == 0 and first["model_id"] == model_id
     model = load_model(project.store, "dataset")
     references = serving.reference_rows(project.store, project.resources["dataset"])
-    assert len(references) == 15 and all(r["speed"] == 1.0 for r in references)
+    assert len(references) == 15 and all(r.speed == 1.0 for r in references)
     stored = embedding_store.load_embeddings(project.store, "dataset", model_id)
-    assert sorted(stored.perfs) == sorted(r["perf"] for r in references)
+    assert sorted(stored.perfs) == sorted(r.perf for r in references)
     for row in references:
-        rows = np.flatnonzero(stored.perfs[stored.segment_perf] == row["perf"])
-        expected = model.embedder.segment_starts(row["n_frames"])
+        rows = np.flatnonzero(stored.perfs[stored.segment_perf] == row.perf)
+        expected = model.embedder.segment_starts(row.n_frames)
         assert len(expected) > 1  # the tiny window cuts each 6 s track into several segments
         assert np.array_equal(stored.start_frames[rows], expected)
     assert np.allclose(np.linalg.norm(stored.vectors, axis=1), 1.0, atol=1e-5)
@@ -49,7 +48,7 @@ def test_every_original_performance_is_embedded_segment_by_segment(served) -> No
 
 def test_calibration_and_centroids_are_stored(served) -> None:
     project, model_id, first = served
-    calibration = Calibration.from_dict(embedding_store.calibration(project.store, "dataset", model_id))
+    calibration = embedding_store.calibration(project.store, "dataset", model_id).calibration
     assert calibration.mu == pytest.approx(first["calibration_mu"], abs=1e-6)
     assert calibration.n_pairs == 90  # 15 perfs of 5 works: all 15·14/2 − 5·3 cross-work pairs
     stored = embedding_store.load_embeddings(project.store, "dataset", model_id)
@@ -58,8 +57,8 @@ def test_calibration_and_centroids_are_stored(served) -> None:
     cross_work = np.triu(stored.work_ids[:, None] != stored.work_ids[None, :], k=1)
     assert calibration.mu == pytest.approx(distances[cross_work].mean(), abs=1e-5)
     centroids = embedding_store.centroids(project.store, "dataset", model_id)
-    assert [c["work_id"] for c in centroids] == list(range(5))
-    assert all(c["n_members"] == 3 and len(c["centroid"]) == 32 for c in centroids)
+    assert [c.work_id for c in centroids] == list(range(5))
+    assert all(c.n_members == 3 and len(c.centroid) == 32 for c in centroids)
 
 
 def test_rerun_computes_nothing_new_perf_only_it_removed_perf_loses_rows(served) -> None:

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from csi_assets.store.records import FeatureTableRecord
 from csi_assets.testsets import TempoModeMismatch, training_data
 from csi_model.augment import TempoRange, masked_mean_pool, tempo_resample
 from csi_model.dataset import PAD_VALUE, ChunkDataset, collate_chunks, pool_and_pad
 from csi_model.hparams import DataPrepHParams
 from csi_model.training import train
+from tests.record_fixtures import table_record
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
 
@@ -93,9 +95,8 @@ def test_batched_pooling_matches_per_item_pooling(seed: int) -> None:
         assert int(pooled_lengths[b]) == expected_length
 
 
-def _row(variant: str, speed: float, split: str = "train") -> dict:
-    return {"variant": variant, "perf": variant.split("-")[-1], "speed": speed, "split": split, "work_id": 0,
-            "feat": f"/f/{variant}.npy", "n_frames": 100}
+def _row(variant: str, speed: float, split: str = "train") -> FeatureTableRecord:
+    return table_record(variant, variant.split("-")[-1], speed, 0, f"/f/{variant}.npy", 100, split)
 
 
 TABLE = [_row("a", 1.0), _row("sp_0.9-a", 0.9), _row("sp_1.1-a", 1.1), _row("b", 1.0, "val"),
@@ -118,7 +119,7 @@ def test_audio_mode_uses_stored_variants_without_feature_tempo() -> None:
 def test_audio_mode_without_stored_variants_is_an_error() -> None:
     hp = DataPrepHParams(aug_speed_mode=(0.9, 1.0, 1.1), tempo_augmentation="audio", source="data/hparams.yaml")
     with pytest.raises(TempoModeMismatch, match=r"data/hparams.yaml.*no rendered tempo variants"):
-        training_data(hp, [r for r in TABLE if r["speed"] == 1.0], mean_size=1)
+        training_data(hp, [r for r in TABLE if r.speed == 1.0], mean_size=1)
 
 
 def test_training_with_feature_tempo_runs_and_visits_each_recording_per_copy(tmp_path) -> None:

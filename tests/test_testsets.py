@@ -8,21 +8,23 @@ from pathlib import Path
 
 import pytest
 
+from csi_assets.store.records import FeatureTableRecord
 from csi_assets.testsets import InvalidTestSet, resolve_path, retrieval_test_sets, split_items
 from csi_model.hparams import training_hparams_from_dict
+from tests.record_fixtures import table_record
 
 PERFS = {"a": (0, "train"), "b": (1, "train"), "c": (0, "test"), "d": (2, "val"), "e": (1, "test")}
 SPEEDS = (0.9, 1.0, 1.1)
 
 
-def _table(root: Path) -> list[dict]:
+def _table(root: Path) -> list[FeatureTableRecord]:
     """Feature-table rows (the store's shape) for every performance × speed, as feature_table returns them."""
     rows = []
     for perf, (work_id, split) in PERFS.items():
         for speed in SPEEDS:
             variant = perf if speed == 1.0 else f"sp_{speed}-{perf}"
-            rows.append({"variant": variant, "perf": perf, "speed": speed, "feat": str(root / f"{variant}.npy"),
-                         "n_frames": 100 + len(rows), "work_id": work_id, "split": split, "batch_id": None})
+            rows.append(table_record(variant, perf, speed, work_id, str(root / f"{variant}.npy"), 100 + len(rows),
+                                     split))
     return rows
 
 
@@ -116,8 +118,7 @@ def test_relative_paths_try_the_working_directory_then_the_training_folder(tmp_p
 
 
 def test_split_items_train_on_every_variant_evaluate_on_originals(tmp_path: Path) -> None:
-    table = _table(tmp_path) + [{"variant": "z", "perf": "z", "speed": 1.0, "feat": "z.npy", "n_frames": 5,
-                                 "work_id": 3, "split": None, "batch_id": "delta-1"}]
+    table = _table(tmp_path) + [table_record("z", "z", 1.0, 3, "z.npy", 5, None, batch_id="delta-1")]
     items = split_items(table, mean_size=1)
     assert sorted(it.perf for it in items.train) == sorted(
         [*"ab", "sp_0.9-a", "sp_1.1-a", "sp_0.9-b", "sp_1.1-b"])

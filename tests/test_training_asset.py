@@ -83,8 +83,8 @@ def test_trains_registers_promotes_and_resumes(small) -> None:
     assert "tensorboard --logdir" in meta["tensorboard"]
     assert any((project.training_dir / "logs").rglob("events.out.tfevents.*"))
     registered = model_store.get_model(project.store, meta["model_id"])
-    assert registered["checkpoint"] == meta["checkpoint"]
-    assert registered["metrics"]["mAP"]["covers"] == meta["mAP/covers"]
+    assert registered.checkpoint == meta["checkpoint"]
+    assert registered.metrics["mAP"]["covers"] == meta["mAP/covers"]
     assert model_store.promoted_model(project.store, "dataset") is None
     assert not _check(first)  # nothing promoted yet
 
@@ -96,7 +96,7 @@ def test_trains_registers_promotes_and_resumes(small) -> None:
     assert first_epoch_file.stat().st_mtime_ns == written
     assert [p.epoch for p in list_checkpoints(project.training_dir / "checkpoints")] == [0, 1, 2]
     promoted = model_store.promoted_model(project.store, "dataset")
-    assert promoted["model_id"] == meta["model_id"] and promoted["epoch"] == meta["best_epoch"]
+    assert promoted.model_id == meta["model_id"] and promoted.epoch == meta["best_epoch"]
     assert _check(more)
 
     again = _train(project, instance, max_epochs=3)
@@ -119,7 +119,7 @@ def test_two_processes_train_through_torchrun(small, tmp_path: Path) -> None:
     assert meta["epochs"] == 1 and meta["epochs_trained_now"] == 1 and meta["promoted"] is False
     assert 0.0 <= meta["mAP/covers"] <= 1.0
     assert [p.epoch for p in list_checkpoints(two.training_dir / "checkpoints")] == [0]
-    assert model_store.get_model(two.store, meta["model_id"])["checkpoint"] == meta["checkpoint"]
+    assert model_store.get_model(two.store, meta["model_id"]).checkpoint == meta["checkpoint"]
     logged = [e.message or "" for e in instance.all_logs(result.run_id)]
     assert any("training on cpu in 2 processes" in m for m in logged)
     assert any("torch.distributed.run" in m and "--nproc_per_node 2" in m for m in logged)
@@ -133,14 +133,14 @@ def test_promoted_checkpoint_that_vanished_fails_the_check(small, tmp_path: Path
         _train(project, instance)
         promoted = model_store.promoted_model(project.store, "dataset")
     moved = tmp_path / "moved"
-    Path(promoted["checkpoint"]).rename(moved)
+    Path(promoted.checkpoint).rename(moved)
     try:
         result = dg.materialize([training.promoted_checkpoint_loads, training.trained_model],
                                 resources=project.resources, instance=instance,
                                 selection=dg.AssetSelection.checks_for_assets(training.trained_model))
         assert not _check(result)
     finally:
-        moved.rename(promoted["checkpoint"])
+        moved.rename(promoted.checkpoint)
 
 
 def test_a_test_set_without_answerable_queries_fails_before_training(small) -> None:
@@ -222,7 +222,7 @@ def test_training_beats_the_untrained_model_by_0_2_map(tmp_path: Path) -> None:
     model = CoverHunter(ModelConfig.from_hparams(hp, meta["num_classes"]))
     untrained = evaluate(Embedder.for_hparams(model, hp, device), test_set).metrics.mean_ap
     promoted = model_store.promoted_model(project.store, "dataset")
-    model.load_state_dict(torch.load(promoted["checkpoint"], weights_only=True)["generator"])
+    model.load_state_dict(torch.load(promoted.checkpoint, weights_only=True)["generator"])
     trained = evaluate(Embedder.for_hparams(model, hp, device), test_set).metrics.mean_ap
     print(f"test mAP untrained {untrained:.3f}, trained {trained:.3f} (best epoch {meta['best_epoch']})")
     assert trained == pytest.approx(meta["mAP/covers"])  # the asset reports the promoted checkpoint's score

@@ -6,7 +6,6 @@ it completes, so a killed run continues where it stopped).
 """
 
 
-import json
 import multiprocessing
 from collections.abc import Iterator, Mapping, Sequence, Set
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -27,6 +26,7 @@ from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import shards as shard_store
 from csi_assets.store import splits as split_store
+from csi_assets.store.records import FeatureRecord, FeatureTableRecord, PerformanceRecord, VariantRecord
 from csi_model.audio import AudioError
 from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, verify_row
 from csi_model.cqt import content_hash
@@ -42,17 +42,17 @@ GROUP = "data"
 # dataset_catalog
 
 
-def _audio_identity(row: CatalogRow, known: dict[str, Any] | None) -> tuple[str, int, int, bool]:
+def _audio_identity(row: CatalogRow, known: PerformanceRecord | None) -> tuple[str, int, int, bool]:
     """(hash, size, mtime_ns, needs_decode): the stored hash is trusted while the file's size and mtime match."""
     stat = row.wav.stat()
-    if known and known["wav"] == str(row.wav) and known["audio_size"] == stat.st_size \
-            and known["audio_mtime_ns"] == stat.st_mtime_ns:
-        return known["audio_hash"], stat.st_size, stat.st_mtime_ns, False
+    if known and known.wav == str(row.wav) and known.audio_size == stat.st_size \
+            and known.audio_mtime_ns == stat.st_mtime_ns:
+        return known.audio_hash, stat.st_size, stat.st_mtime_ns, False
     return content_hash(row.wav), stat.st_size, stat.st_mtime_ns, True
 
 
 def verify_catalog_rows(
-    rows: Sequence[CatalogRow], known: dict[str, dict[str, Any]], log: Any, label: str
+    rows: Sequence[CatalogRow], known: Mapping[str, PerformanceRecord], log: Any, label: str
 ) -> tuple[list[dict[str, Any]], list[RejectedLine], list[dict[str, Any]]]:
     """Decode each new or changed audio file (in parallel), keep unchanged ones as stored."""
     progress = Progress(log, label, len(rows), "files")
@@ -64,7 +64,7 @@ def verify_catalog_rows(
             if needs_decode:
                 row, warning = verify_row(row)
             else:
-                row = replace(row, dur_s=known[row.perf]["dur_s"])
+                row = replace(row, dur_s=known[row.perf].dur_s)
         except AudioError as err:
             return None, RejectedLine(row.line_no, row.perf, f"{err.path} (line {row.line_no}): {err.reason}"), None
         finally:
@@ -93,26 +93,25 @@ def rejection_rows(lines: Sequence[RejectedLine]) -> list[dict[str, Any]]:
 
 
 def split_collisions(
-    rows: Sequence[dict[str, Any]], stored: dict[str, dict[str, Any]], source: str, batch_id: str | None = None
+    rows: Sequence[dict[str, Any]], stored: Mapping[str, PerformanceRecord], source: str, batch_id: str | None = None
 ) -> tuple[list[dict[str, Any]], list[RejectedLine], int]:
     """Sort the verified rows of catalog file ``source`` by who holds their perf id: (own rows, rejections, already).
 
     The main catalog (``batch_id`` None) owns the performances no batch brought; a delta batch owns those stored
     with its id. A row is its own when its perf id is new or already its own; a perf id the main catalog or another
     batch holds is never taken over: with the same audio and work it is counted as already present, otherwise the
-    line is rejected naming file, line and holder. ``stored``: perf -> stored row (work, audio_hash, source,
-    batch_id)."""
+    line is rejected naming file, line and holder. ``stored``: perf -> stored performance."""
     own, clashes, already = [], [], 0
     for row in rows:
         held = stored.get(row["perf"])
-        if held is None or held["batch_id"] == batch_id:
+        if held is None or held.batch_id == batch_id:
             own.append(row)
-        elif held["audio_hash"] == row["audio_hash"] and held["work"] == row["work"]:
+        elif held.audio_hash == row["audio_hash"] and held.work == row["work"]:
             already += 1
         else:
             clashes.append(RejectedLine(row["line_no"], row["perf"], (
                 f"{source} (line {row['line_no']}): perf {row['perf']!r} already exists with different content "
-                f"in {catalog_store.holder(held)} (work {held['work']!r}); give this recording its own perf id")))
+                f"in {held.holder} (work {held.work!r}); give this recording its own perf id")))
     return own, clashes, already
 
 
@@ -143,7 +142,7 @@ def dataset_catalog(
                                      "set CSI_DATASET_DIR or run `csi synth` for the demo")
     db = store.store()
     parsed = parse_catalog(dataset.catalog_path, labels=dataset.hparams().labels)
-    known = {r["perf"]: r for r in catalog_store.performances(db, dataset.name)}
+    known = {r.perf: r for r in catalog_store.performances(db, dataset.name)}
     verified, bad_audio, warned = verify_catalog_rows(parsed.rows, known, context.log, "checking audio")
     good, clashes, already = split_collisions(verified, known, str(dataset.catalog_path))
     rejected = rejection_rows([*parsed.rejected, *bad_audio, *clashes])
@@ -200,17 +199,17 @@ def catalog_checks(rejected: Sequence[dict[str, Any]], warned: Sequence[dict[str
 
 
 def plan_dataset_variants(
-    performances: Sequence[dict[str, Any]], factors: Sequence[float], out_dir: Path
+    performances: Sequence[PerformanceRecord], factors: Sequence[float], out_dir: Path
 ) -> list[tuple[TempoVariant, str]]:
     """Every (performance, factor) variant with the hash of the audio it comes from."""
-    rows = [CatalogRow(p["perf"], Path(p["wav"]), p["dur_s"], p["work"], p["version"], p["line_no"] or 0)
+    rows = [CatalogRow(p.perf, Path(p.wav), p.dur_s, p.work, p.version, p.line_no or 0)
             for p in performances]
-    hashes = {p["perf"]: p["audio_hash"] for p in performances}
+    hashes = {p.perf: p.audio_hash for p in performances}
     return [(v, hashes[v.original_perf]) for v in plan_variants(rows, factors, out_dir)]
 
 
 def render_variants(
-    planned: Sequence[tuple[TempoVariant, str]], stored: dict[str, dict[str, Any]], log: Any
+    planned: Sequence[tuple[TempoVariant, str]], stored: Mapping[str, VariantRecord], log: Any
 ) -> tuple[int, list[str]]:
     """Render missing variants; a variant whose source audio changed is rendered again. Returns (count, errors)."""
     todo = []
@@ -218,7 +217,7 @@ def render_variants(
         if variant.is_original:
             continue
         known = stored.get(variant.perf)
-        if known and known["source_hash"] != source_hash:
+        if known and known.source_hash != source_hash:
             variant.wav.unlink(missing_ok=True)  # stale: made from audio that has since changed
         if not variant.wav.exists():
             todo.append(variant)
@@ -253,18 +252,18 @@ def speed_variants(
     itself, and existing, up-to-date files are not redone."""
     db = store.store()
     hp = dataset.hparams()
-    originals = [p for p in catalog_store.performances(db, dataset.name) if p["batch_id"] is None]
+    originals = [p for p in catalog_store.performances(db, dataset.name) if p.batch_id is None]
     require_upstream(originals, "dataset_catalog", dataset.name, "catalogued performances")
     planned = plan_dataset_variants(originals, rendered_factors(hp), dataset.variants_dir)
-    stored = {v["variant"]: v for v in feature_store.variants(db, dataset.name)}
-    dropped = sum(1 for v in stored.values() if v["perf"] != v["variant"]) if hp.tempo_augmentation == "features" else 0
+    stored = {v.variant: v for v in feature_store.variants(db, dataset.name)}
+    dropped = sum(1 for v in stored.values() if v.perf != v.variant) if hp.tempo_augmentation == "features" else 0
     if dropped:
         context.log.warning(f"tempo_augmentation is 'features': {dropped} tempo variants recorded by an earlier "
                             f"'audio' run are no longer used (their audio stays in {dataset.variants_dir})")
     rendered, errors = render_variants(planned, stored, context.log)
     if errors:
         raise dg.Failure(description="tempo variants failed:\n" + "\n".join(errors[:20]))
-    feature_store.replace_variants(db, dataset.name, [p["perf"] for p in originals],
+    feature_store.replace_variants(db, dataset.name, [p.perf for p in originals],
                                   [variant_row(v, h) for v, h in planned])
     return dg.MaterializeResult(
         metadata={
@@ -284,27 +283,27 @@ def rendered_factors(hp: DataPrepHParams) -> tuple[float, ...]:
     return hp.aug_speed_mode if hp.tempo_augmentation == "audio" else (1.0,)
 
 
-def variant_row(variant: TempoVariant, source_hash: str) -> dict[str, Any]:
-    return {"variant": variant.perf, "perf": variant.original_perf, "speed": variant.factor,
-            "wav": str(variant.wav), "dur_s": variant.dur_s, "source_hash": source_hash}
+def variant_row(variant: TempoVariant, source_hash: str) -> VariantRecord:
+    return VariantRecord(variant=variant.perf, perf=variant.original_perf, speed=variant.factor,
+                         wav=str(variant.wav), dur_s=variant.dur_s, source_hash=source_hash)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # cqt_features: decode in parallel processes, CQT in batches, check in the same step
 
 
-def _discard_bad_features(stored: Mapping[str, Mapping[str, Any]], problems: Mapping[str, str], folder: Path,
+def _discard_bad_features(stored: Mapping[str, FeatureRecord], problems: Mapping[str, str], folder: Path,
                           log: Any) -> None:
     """Name every bad feature file and delete those this project wrote (inside ``folder``), so they are computed
     again; bad files imported from the reference tool cannot be recomputed here without mixing two feature
     extractors, so they stop the run."""
-    imported = [v for v in problems if "origin" in json.loads(stored[v]["settings"] or "{}")]
+    imported = [v for v in problems if "origin" in stored[v].settings]
     if imported:
         raise dg.Failure(description=f"{len(imported)} imported feature file(s) are unusable; import the reference "
                                      "folder again:\n" + "\n".join(problems[v] for v in imported[:20]))
     for variant, reason in problems.items():
         log.warning(f"{reason}; computing it again")
-        path = Path(stored[variant]["path"])
+        path = Path(stored[variant].path)
         if path.resolve().parent == folder.resolve():
             path.unlink(missing_ok=True)
 
@@ -342,8 +341,8 @@ def plan_cqt_shards(context: dg.OpExecutionContext, config: ShardConfig, dataset
                                           config.items_per_shard)
     shard_store.forget(db, stage, [s.shard_id for s in shards])
     context.log.info(f"{len(pending)} of {len(variants)} recordings to compute, in {len(shards)} shard(s)")
-    yield dg.Output(features.FeaturePlan(stage, len(variants), tuple(v["variant"] for v in pending), problems,
-                                         {v: r["path"] for v, r in stored.items()}), "plan")
+    yield dg.Output(features.FeaturePlan(stage, len(variants), tuple(v.variant for v in pending), problems,
+                                         {v: r.path for v, r in stored.items()}), "plan")
     for shard in shards:
         yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
 
@@ -364,12 +363,12 @@ def commit_cqt_features(context: dg.OpExecutionContext, dataset: DatasetResource
     stored = feature_store.features(db, dataset.name, settings.settings_hash())
     rewritten = set(plan.pending) | set(plan.problems)
     verified = {v for v, r in stored.items()  # read whole by the plan and not rewritten since: not read again
-                if v not in rewritten and plan.verified_paths.get(v) == r["path"]}
+                if v not in rewritten and plan.verified_paths.get(v) == r.path}
     missing = pending_features(feature_store.variants(db, dataset.name), stored)
     if errors or missing:
         raise dg.Failure(description=f"{len(missing)} of {plan.variants} variants have no feature:\n"
                                      + "\n".join(errors[:20]))
-    frames = np.array([r["n_frames"] for r in stored.values()] or [0])
+    frames = np.array([r.n_frames for r in stored.values()] or [0])
     yield dg.Output(None, "result", metadata={
         "features": len(stored),
         "computed_now": computed,
@@ -399,13 +398,13 @@ def cqt_features(speed_variants: None) -> dict[str, Any]:
     return {"result": result, FEATURES_CHECK_OUTPUT: check}
 
 
-def features_check(stored: Mapping[str, Mapping[str, Any]], n_bins: int, verified: Set[str] = frozenset(),
+def features_check(stored: Mapping[str, FeatureRecord], n_bins: int, verified: Set[str] = frozenset(),
                    record_verified: features.Verified | None = None) -> dg.AssetCheckResult:
     """Every feature file is readable, has the recorded frames, ``n_bins`` bins and only finite values (float16 or
     float32); bad and missing ones are named. ``verified``: variants whose files this step already read whole;
     ``record_verified``: see :func:`csi_assets.features.feature_problems`."""
     problems = feature_problems(stored, n_bins, verified, record_verified)
-    problems |= {v: f"{r['path']}: file missing" for v, r in stored.items() if not Path(r["path"]).exists()}
+    problems |= {v: f"{r.path}: file missing" for v, r in stored.items() if not Path(r.path).exists()}
     listing = "\n".join(f"- `{v}`: {reason}" for v, reason in sorted(problems.items())[:20])
     return dg.AssetCheckResult(
         check_name=FEATURES_CHECK, passed=not problems,
@@ -423,20 +422,20 @@ def work_ids(dataset: DatasetResource, store: StoreResource) -> dg.MaterializeRe
     """A stable ``work → work_id`` map: existing works keep their ids; new works are numbered in sorted order."""
     db = store.store()
     existing = split_store.work_ids(db, dataset.name)
-    works = {p["work"] for p in catalog_store.performances(db, dataset.name)}
+    works = {p.work for p in catalog_store.performances(db, dataset.name)}
     require_upstream(works, "dataset_catalog", dataset.name, "catalogued performances")
     assigned = assign_work_ids(works, existing)
     added = split_store.add_work_ids(db, dataset.name, assigned)
     return dg.MaterializeResult(metadata={"works": len(assigned), "new_works": added})
 
 
-def build_feature_lines(table: Sequence[dict[str, Any]]) -> list[FeatureLine]:
+def build_feature_lines(table: Sequence[FeatureTableRecord]) -> list[FeatureLine]:
     lines = []
     for r in table:
-        row = CatalogRow(r["perf"], Path(r["wav"]), r["dur_s"], r["work"], r["version"], r["line_no"] or 0)
-        variant = TempoVariant(r["variant"], r["perf"], r["speed"], Path(r["variant_wav"]), Path(r["wav"]),
-                               r["variant_dur_s"])
-        lines.append(FeatureLine(row, variant, Path(r["feat"]), r["n_frames"], r["work_id"]))
+        row = CatalogRow(r.perf, Path(r.wav), r.dur_s, r.work, r.version, r.line_no or 0)
+        variant = TempoVariant(r.variant, r.perf, r.speed, Path(r.variant_wav), Path(r.wav),
+                               r.variant_dur_s)
+        lines.append(FeatureLine(row, variant, Path(r.feat), r.n_frames, r.work_id))
     return lines
 
 
@@ -445,8 +444,8 @@ def export_reference_files(dataset: DatasetResource, store: StoreResource) -> di
     db = store.store()
     settings = dataset.cqt_settings()
     table = [r for r in feature_store.feature_table(db, dataset.name, settings.settings_hash())
-             if r["batch_id"] is None]
-    split_of = {r["variant"]: Split(r["split"]) for r in table if r["split"]}
+             if r.batch_id is None]
+    split_of = {r.variant: Split(r.split) for r in table if r.split}
     test_only = [w for w, s in split_store.unseen_works(db, dataset.name).items() if s == Split.TEST]
     return write_reference_exports(dataset.root, build_feature_lines(table), split_of,
                                    split_store.work_ids(db, dataset.name), test_only)
@@ -466,14 +465,14 @@ def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
     db = store.store()
     hp = dataset.hparams()
     ids = split_store.work_ids(db, dataset.name)
-    originals = [p for p in catalog_store.performances(db, dataset.name) if p["batch_id"] is None]
+    originals = [p for p in catalog_store.performances(db, dataset.name) if p.batch_id is None]
     require_upstream(originals, "dataset_catalog", dataset.name, "catalogued performances")
-    require_upstream(all(p["work"] in ids for p in originals), "work_ids", dataset.name,
+    require_upstream(all(p.work in ids for p in originals), "work_ids", dataset.name,
                      "work id for every catalogued work")
     require_upstream(feature_store.features(db, dataset.name, dataset.cqt_settings().settings_hash()),
                      "cqt_features", dataset.name, "CQT features at its hparams' settings")
     assignment = split_performances(
-        {p["perf"]: ids[p["work"]] for p in originals},
+        {p.perf: ids[p.work] for p in originals},
         val_data_split=hp.val_data_split, val_unseen=hp.val_unseen, test_data_split=hp.test_data_split,
         test_data_unseen=hp.test_data_unseen, seed=hp.seed,
     )
@@ -498,7 +497,7 @@ def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
 def splits_leak_check(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
     """Reads the exported files back and the store's unseen works; runs inside the splits' step."""
     db = store.store()
-    original_of = {v["variant"]: v["perf"] for v in feature_store.variants(db, dataset.name)}
+    original_of = {v.variant: v.perf for v in feature_store.variants(db, dataset.name)}
     seen_in: dict[str, set[str]] = {}
     for split in Split:
         path = dataset.root / f"{split.value}.txt"

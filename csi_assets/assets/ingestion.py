@@ -11,7 +11,7 @@ import hashlib
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from csi_assets.store import ingest as ingest_store
 from csi_assets.store import models as model_store
 from csi_assets.store import shards as shard_store
 from csi_assets.store import splits as split_store
+from csi_assets.store.records import FeatureRecord, FeatureTableRecord, VariantRecord
 from csi_model.catalog import parse_catalog
 from csi_model.devices import pick_device
 from csi_model.identifiers import is_original_speed
@@ -160,8 +161,8 @@ def catalog_and_featurise(db: Any, dataset: DatasetResource, batch_id: str, cata
     verified, bad_audio, warned = verify_catalog_rows(parsed.rows, {}, log, f"batch {batch_id}: checking audio")
     own, clashes, already = split_collisions(verified, known, str(catalog), batch_id)
     rejected = rejection_rows([*parsed.rejected, *bad_audio, *clashes])
-    variants = [{"variant": r["perf"], "perf": r["perf"], "speed": 1.0, "wav": r["wav"], "dur_s": r["dur_s"],
-                 "source_hash": r["audio_hash"]} for r in own]
+    variants = [VariantRecord(variant=r["perf"], perf=r["perf"], speed=1.0, wav=r["wav"], dur_s=r["dur_s"],
+                              source_hash=r["audio_hash"]) for r in own]
     with db.session():  # a burst of small writes: one connection instead of one per write
         change = catalog_store.add_batch_rows(db, dataset.name, str(catalog), batch_id, own, rejected, warned)
         new_works = split_store.add_work_ids(
@@ -170,8 +171,8 @@ def catalog_and_featurise(db: Any, dataset: DatasetResource, batch_id: str, cata
     hp = dataset.hparams()
     settings = settings_for(hp)
 
-    def record(rows: list[dict[str, Any]]) -> None:
-        feature_store.record_features(db, dataset.name, settings.settings_hash(), asdict(settings), rows)
+    def record(rows: list[FeatureRecord]) -> None:
+        feature_store.record_features(db, dataset.name, settings.settings_hash(), rows)
 
     todo = pending_features(variants, feature_store.features(db, dataset.name, settings.settings_hash()))
     computed, errors = extract_features(todo, settings, dataset.features_dir, pick_device(hp.device), record,
@@ -196,11 +197,11 @@ def _batch_model(db: Any, dataset: DatasetResource, log: Any) -> LoadedModel | N
     return model
 
 
-def _batch_references(db: Any, dataset: DatasetResource, perfs: list[str]) -> list[dict[str, Any]]:
+def _batch_references(db: Any, dataset: DatasetResource, perfs: list[str]) -> list[FeatureTableRecord]:
     """The batch's original recordings with their features (feature_table rows)."""
     settings_hash = dataset.cqt_settings().settings_hash()
     return [r for r in feature_store.feature_table(db, dataset.name, settings_hash, perfs=perfs)
-            if is_original_speed(r["speed"])]
+            if is_original_speed(r.speed)]
 
 
 def _sync_batch_index(db: Any, dataset: DatasetResource, model_id: str, log: Any) -> None:
@@ -242,7 +243,7 @@ def featurise_batch(context: dg.OpExecutionContext, config: ShardConfig, dataset
     state = ingest_store.batch(db, batch_id)
     if state is None:
         raise dg.Failure(description=f"batch {batch_id} was never received by the sensor (no row in the store)")
-    catalog = Path(state["source"])
+    catalog = Path(state.source)
     with _failure_recorded(db, dataset, batch_id, catalog):
         counts = catalog_and_featurise(db, dataset, batch_id, catalog, context.log)
         model = _batch_model(db, dataset, context.log)

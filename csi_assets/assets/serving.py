@@ -20,7 +20,7 @@ from csi_assets.assets.data import ShardConfig
 from csi_assets.assets.upstream import require_upstream
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
-from csi_assets.references import (ReferencePlan, commit_reference_shards, embed_rows, embed_shard,
+from csi_assets.references import (ReferencePlan, commit_reference_shards, embed_files, embed_shard,
                                    pending_references, reference_shards, reference_stage)
 from csi_assets.reference_index import IndexUnavailable, ReferenceIndex, model_dir, sync_index
 from csi_assets.resources import DatasetResource, StoreResource
@@ -30,6 +30,7 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.store import shards as shard_store
 from csi_assets.shards import Shard, ShardResult, staging_dir
+from csi_assets.store.records import FeatureTableRecord
 from csi_model.calibration import Calibration, compute_track_calibration
 from csi_model.centroids import WorkCentroids, compute_centroids
 from csi_model.embedding import TRACKS_PER_BATCH, mean_unit_vectors
@@ -48,14 +49,13 @@ class EmbedStats:
     seconds: float
 
 
-def reference_rows(store: Store, dataset: DatasetResource) -> list[dict[str, Any]]:
+def reference_rows(store: Store, dataset: DatasetResource) -> list[FeatureTableRecord]:
     """The original recording (speed 1.0) of every performance that has a feature, with its work id."""
     settings_hash = dataset.cqt_settings().settings_hash()
-    return [r for r in feature_store.feature_table(store, dataset.name, settings_hash)
-            if is_original_speed(r["speed"])]
+    return [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if is_original_speed(r.speed)]
 
 
-def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Sequence[dict[str, Any]],
+def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Sequence[FeatureTableRecord],
                   log: Any, tracks_per_batch: int = TRACKS_PER_BATCH) -> EmbedStats:
     """Embed the ``references`` (feature_table rows) that have no embedding for ``model`` yet and store them.
 
@@ -68,9 +68,9 @@ def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Se
     segments = 0
     for first in range(0, len(todo), tracks_per_batch):
         batch = todo[first:first + tracks_per_batch]
-        starts, vectors = embed_rows(model, batch)
-        segments += embedding_store.write_embeddings(store, dataset, model.model_id, [r["perf"] for r in batch],
-                                                     starts, vectors, [r["audio_hash"] for r in batch])
+        starts, vectors = embed_files(model, [r.perf for r in batch], [r.feat for r in batch])
+        segments += embedding_store.write_embeddings(store, dataset, model.model_id, [r.perf for r in batch],
+                                                     starts, vectors, [r.audio_hash for r in batch])
         progress.advance(len(batch))
     return EmbedStats(len(todo), len(references) - len(todo) - len(too_short), segments, too_short,
                       time.monotonic() - start)
@@ -102,7 +102,7 @@ def refresh_statistics(store: Store, dataset: str, model_id: str) -> tuple[Calib
         raise ValueError(f"no reference embeddings of model {model_id} in dataset {dataset!r}")
     calibration = compute_track_calibration(perf_tracks(stored), stored.work_ids)
     centroids = compute_centroids(perf_vectors(stored), stored.work_ids)
-    embedding_store.save_calibration(store, dataset, model_id, calibration.to_dict())
+    embedding_store.save_calibration(store, dataset, model_id, calibration)
     embedding_store.replace_centroids(store, dataset, model_id, centroids.work_ids, centroids.centroids,
                                       centroids.radii, centroids.coherence, centroids.n_members)
     return calibration, centroids, len(stored.perfs), len(stored)
@@ -201,10 +201,10 @@ def reference_embeddings_cover_catalog(dataset: DatasetResource, store: StoreRes
     if model is None:
         return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {dataset.name}"})
     references = reference_rows(db, dataset)
-    embedded = embedding_store.embedded_segments(db, dataset.name, model["model_id"])
-    missing = sorted(r["perf"] for r in references if r["perf"] not in embedded)
+    embedded = embedding_store.embedded_segments(db, dataset.name, model.model_id)
+    missing = sorted(r.perf for r in references if r.perf not in embedded)
     return dg.AssetCheckResult(passed=not missing, metadata={
-        "model_id": model["model_id"], "references": len(references), "embedded": len(references) - len(missing),
+        "model_id": model.model_id, "references": len(references), "embedded": len(references) - len(missing),
         "missing": dg.MetadataValue.json(missing[:20])})
 
 
@@ -241,7 +241,7 @@ def reference_index(context: dg.AssetExecutionContext, config: ReferenceIndexCon
     if promoted is None:
         raise dg.Failure(description=f"no promoted model for dataset {dataset.name!r}: materialize trained_model")
     try:
-        report = sync_index(db, store.path, dataset.name, promoted["model_id"], config.index_config(),
+        report = sync_index(db, store.path, dataset.name, promoted.model_id, config.index_config(),
                             context.log.info)
     except IndexUnavailable as err:
         raise dg.Failure(description=str(err)) from err
@@ -262,12 +262,12 @@ def reference_index_matches_store(dataset: DatasetResource, store: StoreResource
     promoted = model_store.promoted_model(db, dataset.name)
     if promoted is None:
         return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {dataset.name}"})
-    stored = embedding_store.catalogued_segments(db, dataset.name, promoted["model_id"])
-    index = ReferenceIndex.read(store.path, dataset.name, promoted["model_id"])
+    stored = embedding_store.catalogued_segments(db, dataset.name, promoted.model_id)
+    index = ReferenceIndex.read(store.path, dataset.name, promoted.model_id)
     if index is None:
         return dg.AssetCheckResult(passed=False, metadata={"reason": "no index for the promoted model"})
     drop, add = index.differences(stored)
     stored_rows = sum(n for n, _ in stored.values())
     return dg.AssetCheckResult(passed=len(index) == stored_rows and not drop and not add, metadata={
-        "model_id": promoted["model_id"], "index_rows": len(index), "stored_rows": stored_rows,
+        "model_id": promoted.model_id, "index_rows": len(index), "stored_rows": stored_rows,
         "to_add": dg.MetadataValue.json(add[:20]), "to_drop": dg.MetadataValue.json(drop[:20])})

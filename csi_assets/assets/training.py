@@ -48,7 +48,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
         "test_sets": dg.MetadataValue.json(run.test_counts),
         "tempo_augmentation": dg.MetadataValue.json(run.data.tempo_record),
         "items": dg.MetadataValue.json({"train": len(items.train), "val": len(items.val), "test": len(items.test)}),
-        "too_short_left_out": dg.MetadataValue.json([r["variant"] for r in items.too_short]),
+        "too_short_left_out": dg.MetadataValue.json([r.variant for r in items.too_short]),
         "num_classes": result.num_classes,
         "parameters_total": counts["total"],
         "parameters_embedding_network": counts["embedding_network"],

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csi_assets.cli import CliError, add_store_options, locations
+
+if TYPE_CHECKING:
+    from csi_assets.store.records import EvaluationRecord
 
 _COLUMNS = (("mean_ap", "mAP"), ("mr1", "MR1"), ("hit_rate", "HR@1"), ("precision_at_10", "P@10"))
 
@@ -33,23 +37,24 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as err:
         raise CliError(str(err)) from err
     if args.json:
-        print(json.dumps([dict(r, model=model_id, created_at=str(r["created_at"])) for r in records], indent=2))
+        print(json.dumps([asdict(r) | {"model": model_id, "created_at": str(r.created_at)} for r in records],
+                         indent=2))
     else:
         from tabulate import tabulate
 
         print(f"model {model_id}, dataset {dataset}\n" + tabulate(
-            [[r["test_set"], r["metrics"].get("n_queries"), r["metrics"].get("n_unanswerable", "?")]
-             + [_cell(r["metrics"], key) for key, _ in _COLUMNS] + [r["report_path"]] for r in records],
+            [[r.test_set, r.metrics.get("n_queries"), r.metrics.get("n_unanswerable", "?")]
+             + [_cell(r.metrics, key) for key, _ in _COLUMNS] + [r.report_path] for r in records],
             headers=["test set", "queries", "unanswerable"] + [name for _, name in _COLUMNS] + ["report"]))
         print("Unanswerable queries (no other performance of their work among the references) are left out of "
               "every metric.")
-        if any("n_unanswerable" not in r["metrics"] for r in records):
+        if any("n_unanswerable" not in r.metrics for r in records):
             print("'?': evaluated before unanswerable queries were counted (they were then scored as AP 0, rank 0); "
                   "materialize eval_report again for comparable numbers.")
     return 0
 
 
-def _stored_evaluations(store_path: Path, dataset: str, args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
+def _stored_evaluations(store_path: Path, dataset: str, args: argparse.Namespace) -> tuple[str, list[EvaluationRecord]]:
     """(model id, its evaluation records) from the store opened read-only; CliError when there is nothing."""
     from csi_assets.store import Store
     from csi_assets.store import evaluations as evaluation_store
@@ -58,7 +63,8 @@ def _stored_evaluations(store_path: Path, dataset: str, args: argparse.Namespace
     if not store_path.is_file():
         raise CliError(f"no store at {store_path}: materialize eval_report first")
     store = Store(store_path, args.lock_wait, read_only=True)
-    model_id = args.model or (model_store.promoted_model(store, dataset) or {}).get("model_id")
+    promoted = None if args.model else model_store.promoted_model(store, dataset)
+    model_id = args.model or (promoted.model_id if promoted else None)
     if model_id is None:
         raise CliError(f"no promoted model for dataset {dataset!r}: materialize trained_model first")
     records = evaluation_store.evaluations(store, dataset, model_id)

@@ -117,13 +117,13 @@ def _retry_stuck(context: dg.SensorEvaluationContext, db: Any, dataset: str, fre
     """Request again each batch left ``received`` or ``failed`` whose last run is no longer alive."""
     requests = []
     for state in ingest_store.batches(db, dataset):
-        batch_id = state["batch_id"]
-        if state["status"] not in (ingest_store.RECEIVED, ingest_store.FAILED) or batch_id in fresh:
+        batch_id = state.batch_id
+        if state.status not in (ingest_store.RECEIVED, ingest_store.FAILED) or batch_id in fresh:
             continue
         runs = context.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": batch_id}))
         if not runs or len(runs) >= MAX_RUNS_PER_BATCH or run_alive(context.instance, runs[0]):
             continue
-        context.log.warning(f"batch {batch_id} is {state['status']} and its last run {runs[0].run_id} "
+        context.log.warning(f"batch {batch_id} is {state.status} and its last run {runs[0].run_id} "
                             f"({runs[0].status.value}) is no longer alive: requesting run {len(runs) + 1} of at "
                             f"most {MAX_RUNS_PER_BATCH}")
         requests.append(dg.RunRequest(run_key=f"{batch_id}-run{len(runs) + 1}", partition_key=batch_id,

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from csi_assets.store.connection import Store
-from csi_assets.store.rows import append, fetch_dicts, upsert
+from csi_assets.store.records import CatalogWarningRecord, PerformanceRecord, RejectedLineRecord
+from csi_assets.store.rows import append, fetch_records, select_fields, upsert
 
 PERFORMANCE_KEY = ("dataset", "perf")
 
@@ -20,10 +21,11 @@ class CatalogChange:
     removed: int
 
 
-def performances(store: Store, dataset: str) -> list[dict[str, Any]]:
+def performances(store: Store, dataset: str) -> list[PerformanceRecord]:
     """Every performance of ``dataset`` (main catalog and ingested batches), in perf order."""
     with store.transaction() as con:
-        return fetch_dicts(con, "SELECT * FROM performances WHERE dataset = ? ORDER BY perf", [dataset])
+        return fetch_records(con, f"SELECT {select_fields(PerformanceRecord)} FROM performances WHERE dataset = ? "
+                                  "ORDER BY perf", [dataset], PerformanceRecord)
 
 
 def replace_catalog(
@@ -35,7 +37,9 @@ def replace_catalog(
     warnings: Sequence[Mapping[str, Any]],
 ) -> CatalogChange:
     """Make the store hold exactly ``rows`` as the dataset's main catalog (read from file ``source``), in one
-    transaction.
+    transaction. ``rows`` are verified catalog lines (the columns of :class:`PerformanceRecord` that a line sets:
+    perf, wav, dur_s, work, version, line_no, audio_hash, audio_size, audio_mtime_ns, plus ``labels``);
+    ``rejected`` (line_no, raw, reason) and ``warnings`` (line_no, perf, message) are about lines of ``source``.
 
     The main catalog owns every performance no delta batch brought, and nothing else (whatever file recorded it:
     a moved dataset folder or an imported ``full.txt`` is still the same catalog): rows that did not change are not
@@ -79,33 +83,29 @@ class CatalogConflict(ValueError):
     """A catalog tried to write a perf id that another catalog or batch holds."""
 
 
-def _owned(con: Any, dataset: str, owner: str, params: list[Any]) -> dict[str, dict[str, Any]]:
-    rows = fetch_dicts(con, f"SELECT * FROM performances WHERE dataset = ? AND {owner}", [dataset, *params])
-    return {r["perf"]: r for r in rows}
+def _owned(con: Any, dataset: str, owner: str, params: list[Any]) -> dict[str, PerformanceRecord]:
+    rows = fetch_records(con, f"SELECT {select_fields(PerformanceRecord)} FROM performances "
+                              f"WHERE dataset = ? AND {owner}", [dataset, *params], PerformanceRecord)
+    return {r.perf: r for r in rows}
 
 
 def _write_rows(con: Any, dataset: str, source: str, batch_id: str | None, rows: Sequence[Mapping[str, Any]],
-                before: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
+                before: Mapping[str, PerformanceRecord]) -> tuple[int, int]:
     """Insert new and rewrite changed rows of one owner, and replace their labels; returns (added, changed)."""
     compared = ("wav", "dur_s", "work", "version", "audio_hash", "line_no")
     labels = {r["perf"]: r.get("labels") or {} for r in rows}
     fresh = [{k: v for k, v in r.items() if k != "labels"} | {"dataset": dataset, "source": source,
                                                               "batch_id": batch_id} for r in rows]
     added = [r for r in fresh if r["perf"] not in before]
-    held = fetch_dicts(con, "SELECT perf, source, batch_id FROM performances WHERE dataset = ? "
-                            "AND list_contains(?, perf)", [dataset, [r["perf"] for r in added]])
+    held = fetch_records(con, f"SELECT {select_fields(PerformanceRecord)} FROM performances WHERE dataset = ? "
+                              "AND list_contains(?, perf)", [dataset, [r["perf"] for r in added]], PerformanceRecord)
     if held:
-        owners = ", ".join(f"{h['perf']!r} (held by {holder(h)})" for h in held[:5])
+        owners = ", ".join(f"{h.perf!r} (held by {h.holder})" for h in held[:5])
         raise CatalogConflict(f"{source}: perf ids already held by another catalog or batch: {owners}")
-    changed = [r for r in fresh if r["perf"] in before and any(r[k] != before[r["perf"]][k] for k in compared)]
+    changed = [r for r in fresh if r["perf"] in before and any(r[k] != getattr(before[r["perf"]], k) for k in compared)]
     upsert(con, "performances", PERFORMANCE_KEY, added + changed)
     _replace_labels(con, dataset, labels)
     return len(added), len(changed)
-
-
-def holder(row: Mapping[str, Any]) -> str:
-    """Who stored a performance row, for messages: its batch, or its catalog file."""
-    return f"batch {row['batch_id']} ({row['source']})" if row["batch_id"] else f"catalog {row['source']}"
 
 
 def _replace_notes(con: Any, dataset: str, source: str, batch_id: str | None,
@@ -157,17 +157,15 @@ def _forget_performances(con: Any, dataset: str, perfs: Sequence[str]) -> None:
     con.execute("DELETE FROM variants WHERE dataset = ? AND list_contains(?, perf)", [dataset, list(perfs)])
 
 
-def rejected(store: Store, dataset: str) -> list[dict[str, Any]]:
+def rejected(store: Store, dataset: str) -> list[RejectedLineRecord]:
+    """The rejected lines of every catalog of ``dataset``, by file and line."""
     with store.transaction() as con:
-        return fetch_dicts(
-            con, "SELECT source, line_no, perf, reason FROM rejected WHERE dataset = ? ORDER BY source, line_no",
-            [dataset],
-        )
+        return fetch_records(con, f"SELECT {select_fields(RejectedLineRecord)} FROM rejected WHERE dataset = ? "
+                                  "ORDER BY source, line_no", [dataset], RejectedLineRecord)
 
 
-def warnings(store: Store, dataset: str) -> list[dict[str, Any]]:
+def warnings(store: Store, dataset: str) -> list[CatalogWarningRecord]:
+    """The warnings about stored lines of every catalog of ``dataset``, by file and line."""
     with store.transaction() as con:
-        return fetch_dicts(
-            con, "SELECT source, line_no, perf, message FROM catalog_warnings WHERE dataset = ? "
-            "ORDER BY source, line_no", [dataset],
-        )
+        return fetch_records(con, f"SELECT {select_fields(CatalogWarningRecord)} FROM catalog_warnings "
+                                  "WHERE dataset = ? ORDER BY source, line_no", [dataset], CatalogWarningRecord)

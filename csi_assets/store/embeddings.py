@@ -8,16 +8,18 @@ as a single ``[segments, dim]`` float32 matrix, so loading a million segments fo
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 
+from csi_model.calibration import Calibration
+
 from csi_assets.store.connection import Store
-from csi_assets.store.rows import fetch_dicts, upsert
+from csi_assets.store.records import CalibrationRecord, CentroidRecord
+from csi_assets.store.rows import fetch_records, select_fields, upsert
 
 
 @dataclass(frozen=True)
@@ -133,18 +135,21 @@ def catalogued_segments(store: Store, dataset: str, model_id: str) -> dict[str, 
     return {perf: (int(n), audio_hash) for perf, n, audio_hash in rows}
 
 
-def save_calibration(store: Store, dataset: str, model_id: str, record: Mapping[str, Any]) -> None:
+def save_calibration(store: Store, dataset: str, model_id: str, calibration: Calibration) -> None:
+    """Store (replacing) the calibration of a model, stamped with the current time."""
     with store.transaction() as con:
         upsert(con, "calibrations", ("dataset", "model_id"),
-               [{"dataset": dataset, "model_id": model_id, "record": json.dumps(dict(record))}])
+               [{"dataset": dataset, "model_id": model_id, "record": json.dumps(calibration.to_dict())}])
+        con.execute("UPDATE calibrations SET created_at = current_timestamp WHERE dataset = ? AND model_id = ?",
+                    [dataset, model_id])
 
 
-def calibration(store: Store, dataset: str, model_id: str) -> dict[str, Any] | None:
-    """The stored calibration record of a model (``csi_model.calibration.Calibration.to_dict``), or None."""
+def calibration(store: Store, dataset: str, model_id: str) -> CalibrationRecord | None:
+    """The stored calibration of a model, or None when it has none."""
     with store.transaction() as con:
-        row = con.execute("SELECT record FROM calibrations WHERE dataset = ? AND model_id = ?",
-                          [dataset, model_id]).fetchone()
-    return json.loads(row[0]) if row else None
+        rows = fetch_records(con, "SELECT model_id, record AS calibration, created_at FROM calibrations "
+                                  "WHERE dataset = ? AND model_id = ?", [dataset, model_id], CalibrationRecord)
+    return rows[0] if rows else None
 
 
 def replace_centroids(store: Store, dataset: str, model_id: str, work_ids: np.ndarray, centroids: np.ndarray,
@@ -163,7 +168,9 @@ def replace_centroids(store: Store, dataset: str, model_id: str, work_ids: np.nd
     return len(frame)
 
 
-def centroids(store: Store, dataset: str, model_id: str) -> list[dict[str, Any]]:
+def centroids(store: Store, dataset: str, model_id: str) -> list[CentroidRecord]:
+    """The work centroids of a model, by work id."""
     with store.transaction() as con:
-        return fetch_dicts(con, "SELECT work_id, centroid, radius, coherence, n_members FROM centroids "
-                                "WHERE dataset = ? AND model_id = ? ORDER BY work_id", [dataset, model_id])
+        return fetch_records(con, f"SELECT {select_fields(CentroidRecord)} FROM centroids "
+                                  "WHERE dataset = ? AND model_id = ? ORDER BY work_id", [dataset, model_id],
+                             CentroidRecord)

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from csi_assets.store.connection import Store
-from csi_assets.store.rows import fetch_dicts, upsert
+from csi_assets.store.records import EvaluationRecord
+from csi_assets.store.rows import fetch_records, select_fields, upsert
 
 
 def record_evaluation(store: Store, dataset: str, model_id: str, test_set: str, metrics: Mapping[str, Any],
@@ -21,9 +22,9 @@ def record_evaluation(store: Store, dataset: str, model_id: str, test_set: str, 
                     "WHERE dataset = ? AND model_id = ? AND test_set = ?", [dataset, model_id, test_set])
 
 
-def evaluations(store: Store, dataset: str, model_id: str) -> list[dict[str, Any]]:
-    """The latest evaluation of each test set of ``model_id`` (metrics decoded), by test-set name."""
+def evaluations(store: Store, dataset: str, model_id: str) -> list[EvaluationRecord]:
+    """The latest evaluation of each test set of ``model_id``, by test-set name."""
     with store.transaction() as con:
-        rows = fetch_dicts(con, "SELECT test_set, metrics, report_path, created_at FROM evaluations "
-                                "WHERE dataset = ? AND model_id = ? ORDER BY test_set", [dataset, model_id])
-    return [dict(r, metrics=json.loads(r["metrics"])) for r in rows]
+        return fetch_records(con, f"SELECT {select_fields(EvaluationRecord)} FROM evaluations "
+                                  "WHERE dataset = ? AND model_id = ? ORDER BY test_set", [dataset, model_id],
+                             EvaluationRecord)

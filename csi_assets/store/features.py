@@ -10,13 +10,14 @@ import duckdb
 import pandas as pd
 
 from csi_assets.store.connection import Store
-from csi_assets.store.rows import fetch_dicts, upsert
+from csi_assets.store.records import FeatureRecord, FeatureTableRecord, VariantRecord, as_columns
+from csi_assets.store.rows import fetch_records, select_fields, upsert
 
 
-def replace_variants(store: Store, dataset: str, perfs: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> int:
+def replace_variants(store: Store, dataset: str, perfs: Sequence[str], rows: Sequence[VariantRecord]) -> int:
     """Make the variants of ``perfs`` exactly ``rows``: a variant that disappears (its factor was dropped) loses its
     features too. Variants of other performances (ingested batches) are left alone."""
-    keep = [r["variant"] for r in rows]
+    keep = [r.variant for r in rows]
     scope = "dataset = ? AND list_contains(?, perf) AND NOT list_contains(?, variant)"
     with store.transaction() as con:
         con.execute(
@@ -24,48 +25,45 @@ def replace_variants(store: Store, dataset: str, perfs: Sequence[str], rows: Seq
             [dataset, dataset, list(perfs), keep],
         )
         con.execute(f"DELETE FROM variants WHERE {scope}", [dataset, list(perfs), keep])
-        return upsert(con, "variants", ("dataset", "variant"), [dict(r, dataset=dataset) for r in rows])
+        return upsert(con, "variants", ("dataset", "variant"), [as_columns(r, dataset=dataset) for r in rows])
 
 
-def variants(store: Store, dataset: str, perfs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def variants(store: Store, dataset: str, perfs: Sequence[str] | None = None) -> list[VariantRecord]:
     """Variants in (perf, speed) order, optionally only those of ``perfs``."""
-    sql = "SELECT * FROM variants WHERE dataset = ?"
+    sql = f"SELECT {select_fields(VariantRecord)} FROM variants WHERE dataset = ?"
     params: list[Any] = [dataset]
     if perfs is not None:
         sql += " AND list_contains(?, perf)"
         params.append(list(perfs))
     with store.transaction() as con:
-        return fetch_dicts(con, sql + " ORDER BY perf, speed", params)
+        return fetch_records(con, sql + " ORDER BY perf, speed", params, VariantRecord)
 
 
-def features(store: Store, dataset: str, settings_hash: str) -> dict[str, dict[str, Any]]:
+def features(store: Store, dataset: str, settings_hash: str) -> dict[str, FeatureRecord]:
     """Stored features of one CQT setting, by variant."""
     with store.transaction() as con:
-        rows = fetch_dicts(
-            con, "SELECT * FROM features WHERE dataset = ? AND settings_hash = ?", [dataset, settings_hash]
-        )
-    return {r["variant"]: r for r in rows}
+        rows = fetch_records(con, f"SELECT {select_fields(FeatureRecord)} FROM features "
+                                  "WHERE dataset = ? AND settings_hash = ?", [dataset, settings_hash], FeatureRecord)
+    return {r.variant: r for r in rows}
 
 
-def record_features(
-    store: Store, dataset: str, settings_hash: str, settings: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
-) -> int:
-    """Record computed features (variant, path, n_frames, n_bins, audio_hash); called per batch so a killed run
-    keeps every batch it finished. A (re)written file loses its verified marker: it has not been read whole yet."""
+def record_features(store: Store, dataset: str, settings_hash: str, rows: Sequence[FeatureRecord]) -> int:
+    """Record computed features (each with the settings that ``settings_hash`` is the hash of); called per batch
+    so a killed run keeps every batch it finished. A (re)written file loses its verified marker: it has not been
+    read whole yet."""
     with store.transaction() as con:
-        return upsert_features(con, dataset, settings_hash, settings, rows)
+        return upsert_features(con, dataset, settings_hash, rows)
 
 
-def upsert_features(con: duckdb.DuckDBPyConnection, dataset: str, settings_hash: str, settings: Mapping[str, Any],
-                    rows: Sequence[Mapping[str, Any]]) -> int:
+def upsert_features(con: duckdb.DuckDBPyConnection, dataset: str, settings_hash: str,
+                    rows: Sequence[FeatureRecord]) -> int:
     """:func:`record_features` inside a caller's transaction (a sharded stage's commit)."""
-    settings_json = json.dumps(dict(settings), sort_keys=True)
     return upsert(
         con,
         "features",
         ("dataset", "variant", "settings_hash"),
-        [dict(r, dataset=dataset, settings_hash=settings_hash, settings=settings_json, verified_size=None,
-              verified_mtime_ns=None) for r in rows],
+        [as_columns(r, dataset=dataset, settings_hash=settings_hash, settings=json.dumps(r.settings, sort_keys=True),
+                    verified_size=None, verified_mtime_ns=None) for r in rows],
     )
 
 
@@ -91,14 +89,14 @@ def record_verified(store: Store, dataset: str, settings_hash: str,
 
 
 def feature_table(store: Store, dataset: str, settings_hash: str,
-                  perfs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                  perfs: Sequence[str] | None = None) -> list[FeatureTableRecord]:
     """Every variant (of ``perfs`` only, when given) with its feature, original performance, work, work id and
     split: what training, embedding and the reference-format exports read. Variants without a feature or a work
     id are left out."""
     scope = "" if perfs is None else "AND list_contains(?, v.perf)"
     params: list[Any] = [settings_hash, dataset] + ([] if perfs is None else [list(perfs)])
     with store.transaction() as con:
-        return fetch_dicts(
+        return fetch_records(
             con,
             f"""SELECT v.variant, v.perf, v.speed, v.wav AS variant_wav, v.dur_s AS variant_dur_s,
                       p.wav, p.dur_s, p.work, p.version, p.line_no, p.batch_id,
@@ -111,4 +109,5 @@ def feature_table(store: Store, dataset: str, settings_hash: str,
                WHERE v.dataset = ? {scope}
                ORDER BY v.perf, v.speed""",
             params,
+            FeatureTableRecord,
         )

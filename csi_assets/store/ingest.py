@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from csi_assets.store.connection import Store
-from csi_assets.store.rows import fetch_dicts
+from csi_assets.store.records import IngestBatchRecord, PerformanceRecord
+from csi_assets.store.rows import fetch_records, select_fields
 
 RECEIVED, INGESTED, FAILED, REJECTED = "received", "ingested", "failed", "rejected"
 
@@ -24,21 +23,24 @@ def record_batch(store: Store, batch_id: str, dataset: str, source: str, status:
         )
 
 
-def batch(store: Store, batch_id: str) -> dict[str, Any] | None:
+def batch(store: Store, batch_id: str) -> IngestBatchRecord | None:
+    """The state of one batch, or None when it was never recorded."""
     with store.transaction() as con:
-        rows = fetch_dicts(con, "SELECT * FROM ingest_batches WHERE batch_id = ?", [batch_id])
+        rows = fetch_records(con, f"SELECT {select_fields(IngestBatchRecord)} FROM ingest_batches "
+                                  "WHERE batch_id = ?", [batch_id], IngestBatchRecord)
     return rows[0] if rows else None
 
 
-def batches(store: Store, dataset: str) -> list[dict[str, Any]]:
+def batches(store: Store, dataset: str) -> list[IngestBatchRecord]:
+    """Every batch of ``dataset``, oldest first."""
     with store.transaction() as con:
-        return fetch_dicts(con, "SELECT * FROM ingest_batches WHERE dataset = ? ORDER BY received_at, batch_id",
-                           [dataset])
+        return fetch_records(con, f"SELECT {select_fields(IngestBatchRecord)} FROM ingest_batches "
+                                  "WHERE dataset = ? ORDER BY received_at, batch_id", [dataset], IngestBatchRecord)
 
 
-def known_perfs(store: Store, dataset: str, perfs: list[str]) -> dict[str, dict[str, Any]]:
+def known_perfs(store: Store, dataset: str, perfs: list[str]) -> dict[str, PerformanceRecord]:
     """The stored rows of just these perf ids: a batch's collision check must not read the whole catalog."""
     with store.transaction() as con:
-        rows = fetch_dicts(con, "SELECT perf, work, audio_hash, source, batch_id FROM performances "
-                                "WHERE dataset = ? AND list_contains(?, perf)", [dataset, perfs])
-    return {r["perf"]: r for r in rows}
+        rows = fetch_records(con, f"SELECT {select_fields(PerformanceRecord)} FROM performances "
+                                  "WHERE dataset = ? AND list_contains(?, perf)", [dataset, perfs], PerformanceRecord)
+    return {r.perf: r for r in rows}

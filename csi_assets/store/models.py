@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from csi_assets.store.connection import Store
-from csi_assets.store.rows import fetch_dicts, upsert
+from csi_assets.store.records import ModelRecord
+from csi_assets.store.rows import fetch_records, select_fields, upsert
 
 
 def model_id_for(training_name: str, fingerprint: str) -> str:
@@ -55,26 +56,24 @@ def promote(store: Store, dataset: str, model_id: str) -> None:
         con.execute("UPDATE models SET promoted = (model_id = ?) WHERE dataset = ?", [model_id, dataset])
 
 
-def promoted_model(store: Store, dataset: str) -> dict[str, Any] | None:
-    """The promoted model of ``dataset`` (hparams and metrics decoded), or None when none is promoted."""
+def promoted_model(store: Store, dataset: str) -> ModelRecord | None:
+    """The promoted model of ``dataset``, or None when none is promoted."""
+    rows = _models(store, "dataset = ? AND promoted", [dataset])
+    return rows[0] if rows else None
+
+
+def get_model(store: Store, model_id: str) -> ModelRecord | None:
+    """The model ``model_id``, or None when no such model is registered."""
+    rows = _models(store, "model_id = ?", [model_id])
+    return rows[0] if rows else None
+
+
+def models(store: Store, dataset: str) -> list[ModelRecord]:
+    """Every model of ``dataset``, oldest first."""
+    return _models(store, "dataset = ?", [dataset])
+
+
+def _models(store: Store, where: str, params: list[Any]) -> list[ModelRecord]:
     with store.transaction() as con:
-        rows = fetch_dicts(con, "SELECT * FROM models WHERE dataset = ? AND promoted", [dataset])
-    return _decoded(rows[0]) if rows else None
-
-
-def get_model(store: Store, model_id: str) -> dict[str, Any] | None:
-    with store.transaction() as con:
-        rows = fetch_dicts(con, "SELECT * FROM models WHERE model_id = ?", [model_id])
-    return _decoded(rows[0]) if rows else None
-
-
-def models(store: Store, dataset: str) -> list[dict[str, Any]]:
-    with store.transaction() as con:
-        return [_decoded(r) for r in fetch_dicts(
-            con, "SELECT * FROM models WHERE dataset = ? ORDER BY created_at", [dataset])]
-
-
-def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    contract = row.get("input_contract")
-    return dict(row, hparams=json.loads(row["hparams"] or "{}"), metrics=json.loads(row["metrics"] or "{}"),
-                input_contract=json.loads(contract) if contract else None)
+        return fetch_records(con, f"SELECT {select_fields(ModelRecord)} FROM models WHERE {where} "
+                                  "ORDER BY created_at, model_id", params, ModelRecord)

@@ -1,4 +1,5 @@
-"""Bulk writes: a list of dicts becomes one DataFrame insert instead of thousands of single-row statements."""
+"""Bulk writes (a list of column mappings becomes one DataFrame insert instead of thousands of single-row
+statements) and typed reads (each row becomes one record)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+
+from csi_assets.store.records import Record, build_records, record_fields
 
 
 def upsert(
@@ -30,10 +33,17 @@ def upsert(
     return len(frame)
 
 
-def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+def fetch_records(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any],
+                  record_type: type[Record]) -> list[Record]:
+    """Run a read and return one ``record_type`` per row; the query must select exactly the record's fields, in
+    order (:class:`~csi_assets.store.records.RecordMismatch` names both lists otherwise)."""
     cursor = con.execute(sql, list(params))
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return build_records(record_type, [d[0] for d in cursor.description], cursor.fetchall())
+
+
+def select_fields(record_type: type) -> str:
+    """The SELECT list of a record type's fields, for reads of one table."""
+    return ", ".join(record_fields(record_type))
 
 
 def append(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Mapping[str, Any]]) -> int:

@@ -15,7 +15,8 @@ import duckdb
 from csi_assets.store.connection import Store
 from csi_assets.store.rows import upsert
 
-Writer = Callable[[duckdb.DuckDBPyConnection, list[dict[str, Any]]], int]
+Writer = Callable[[duckdb.DuckDBPyConnection, list[Any]], int]
+"""Writes one shard's rows (records or column mappings, as the stage made them) in the commit's transaction."""
 
 
 def forget(store: Store, stage: str, shard_ids: Sequence[str]) -> None:
@@ -32,7 +33,7 @@ def committed(store: Store, stage: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-def commit(store: Store, stage: str, shards: Sequence[tuple[str, list[dict[str, Any]]]], write: Writer,
+def commit(store: Store, stage: str, shards: Sequence[tuple[str, list[Any]]], write: Writer,
            finish: Callable[[duckdb.DuckDBPyConnection], Any] | None = None) -> int:
     """Load ``(shard_id, rows)`` of every shard not yet in the ledger with ``write(con, rows)`` and record them,
     then ``finish(con)`` (the stage's own bookkeeping), all in one transaction. Returns the rows written."""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from csi_assets.store.connection import Store
-from csi_assets.store.rows import fetch_dicts, upsert
+from csi_assets.store.records import SplitLeakRecord
+from csi_assets.store.rows import fetch_records, upsert
 
 
 def work_ids(store: Store, dataset: str) -> dict[str, int]:
@@ -47,10 +47,10 @@ def unseen_works(store: Store, dataset: str) -> dict[int, str]:
         return dict(con.execute("SELECT work_id, split FROM unseen_works WHERE dataset = ?", [dataset]).fetchall())
 
 
-def split_leaks(store: Store, dataset: str) -> list[dict[str, Any]]:
+def split_leaks(store: Store, dataset: str) -> list[SplitLeakRecord]:
     """Works held out as unseen that nevertheless have a performance in another split (should be empty)."""
     with store.transaction() as con:
-        return fetch_dicts(
+        return fetch_records(
             con,
             """SELECT u.work_id, u.split AS unseen_in, s.perf, s.split
                FROM unseen_works u
@@ -59,6 +59,7 @@ def split_leaks(store: Store, dataset: str) -> list[dict[str, Any]]:
                JOIN splits s ON s.dataset = u.dataset AND s.perf = p.perf
                WHERE u.dataset = ? AND s.split <> u.split""",
             [dataset],
+            SplitLeakRecord,
         )
 
 
