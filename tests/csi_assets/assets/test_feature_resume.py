@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.paths import REPO
 from csi_assets.assets import data
 from csi_assets.store import features as feature_store
 from tests.graph_fixtures import make_project, materialize
@@ -35,7 +36,7 @@ def test_killed_extraction_resumes_cleanly(tmp_path: Path) -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-c", _RUN, str(project.dataset_dir), str(project.store_path), str(project.training_dir)],
-        cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
     while not list(folder.glob("*.cqt.npy")) and time.monotonic() < deadline and proc.poll() is None:

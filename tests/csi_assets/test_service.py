@@ -20,6 +20,7 @@ import pytest
 import requests
 import soundfile as sf
 
+from tests.paths import REPO
 from csi_assets.assets import ingestion, serving
 from csi_assets.cli import main as csi
 from csi_assets.store import ingest as ingest_store
@@ -55,7 +56,7 @@ def server(tmp_path_factory):
     assert dg.materialize([serving.reference_embeddings, serving.reference_index], resources=project.resources,
                           instance=dg.DagsterInstance.ephemeral()).success
     port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     process = subprocess.Popen(
         [sys.executable, "-c", CSI, "serve", "--port", str(port), "--token", TOKEN,
          "--dataset-dir", str(project.dataset_dir), "--store", str(project.store_path),
@@ -224,6 +225,6 @@ def test_registering_the_serve_command_imports_no_heavy_library() -> None:
             "serve.register(argparse.ArgumentParser().add_subparsers()); "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch', 'faiss', 'dagster', 'duckdb') "
             "if m in sys.modules))")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"

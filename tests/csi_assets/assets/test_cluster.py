@@ -19,6 +19,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from tests.paths import REPO
 from csi_assets.assets import data, serving
 from csi_assets.dask_execution import cluster_from_environment, make_cluster
 from csi_assets.shards import Shard, finished, rows_path, split_shards, staging_dir, write_rows
@@ -306,7 +307,7 @@ def test_a_materialisation_on_a_postgres_instance(postgres, tmp_path, monkeypatc
         monkeypatch.setenv(name, value)
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(Path(__file__).parents[1] / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
     project = make_project(tmp_path / "project", works=2, perfs=2, seconds=3.0, data_hparams=ORIGINALS_ONLY)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -352,7 +353,7 @@ def test_cluster_config_comes_from_run_config_or_environment(tmp_path) -> None:
 def test_the_example_batch_cluster_files_make_job_scripts(name) -> None:
     """Build the Slurm/PBS cluster of deploy/dask/<name>.yaml without submitting a job (no workers asked for)."""
     pytest.importorskip("dask_jobqueue")
-    path = Path(__file__).parents[1] / "deploy" / "dask" / f"{name}.yaml"
+    path = REPO / "deploy" / "dask" / f"{name}.yaml"
     [(kind, settings)] = cluster_from_environment({"CSI_DASK_CLUSTER_FILE": str(path)}).items()
     cluster = make_cluster(kind, {**settings, "n_workers": 0, "scheduler_options": {"host": "127.0.0.1"}}, "csi")
     try:
