@@ -169,6 +169,28 @@ def test_concurrent_identifications_overlap_and_give_the_sequential_answers(serv
     assert max(seen_by_health) >= 1
 
 
+def test_an_identification_in_a_worker_thread_uses_the_faiss_threads_it_was_given(server) -> None:
+    """OpenMP's thread count is per thread: the count shared out at start-up must also hold in the worker threads
+    that identify, or every concurrent search spreads over all cores."""
+    import faiss
+
+    from csi_assets.service import Engine, ServiceConfig
+
+    project, _, _, _ = server
+    engine = Engine(ServiceConfig(project.store_path, project.dataset_dir), threads=1)
+    seen: list[int] = []
+
+    def identify() -> None:
+        faiss.omp_set_num_threads(2)  # what a fresh worker thread of a 2-core machine starts with
+        engine.identify([str(project.dataset_dir / "wav" / "w000_p0.wav")], 3, False, False)
+        seen.append(faiss.omp_get_max_threads())
+
+    worker = threading.Thread(target=identify)
+    worker.start()
+    worker.join()
+    assert seen == [1]
+
+
 def _answer(response: requests.Response) -> list[dict]:
     assert response.status_code == 200, response.text
     return response.json()
