@@ -47,11 +47,17 @@ def test_killed_extraction_resumes_cleanly(tmp_path: Path) -> None:
     done_at_kill = len(list(folder.glob("*.cqt.npy")))
     assert 0 < done_at_kill < total
 
+    left = list(folder.glob(".*tmp*"))  # the write the kill interrupted, if it was mid-file
+    hour_ago = time.time() - 2 * 3600
+    for temporary in left:
+        os.utime(temporary, (hour_ago, hour_ago))  # abandoned long ago: the re-run removes it
+    live = folder / ".w999_p9.cqt.abcd.tmp.npy"  # a write in progress elsewhere (ingestion): left alone
+    live.write_bytes(b"partial")
     result = materialize(project, [data.cqt_features])
     assert result.success
     stored = feature_store.features(project.store, "dataset", settings.settings_hash())
     assert len(stored) == total
-    assert not list(folder.glob(".*tmp*"))
+    assert list(folder.glob(".*tmp*")) == [live]
     assert sorted(p.name for p in folder.glob("*.cqt.npy")) == sorted(Path(r["path"]).name for r in stored.values())
     for row in stored.values():
         feature = np.load(row["path"])
