@@ -119,26 +119,30 @@ class DaskExecutor(Executor):
 
         run = plan_context.dagster_run
         with distributed.Client(cluster) as client, ActiveExecution(execution_plan, self.retries) as active:
-            running: dict[str, distributed.Future] = {}
-            finished = distributed.as_completed()
+            running: dict[str, distributed.Future] = {}  # step key → its task
             while True:
+                if active.check_for_interrupts():  # the run was asked to stop: cancel what runs, start nothing
+                    yield DagsterEvent.engine_event(
+                        plan_context, f"Dask executor: stop requested, cancelling {len(running)} running step(s)",
+                        EngineEventData.interrupted(list(running)))
+                    active.mark_interrupted()
+                    client.cancel(list(running.values()))
+                    break
                 for step in active.get_steps_to_execute():  # also resolves newly known dynamic outputs
-                    future = client.submit(
+                    running[step.key] = client.submit(
                         run_step, plan_context.reconstructable_job, run, plan_context.run_config, step.key,
                         plan_context.instance.get_ref(), active.get_known_state(), pure=False,
                         key=f"{run.run_id}.{step.key}", resources=get_dask_resource_requirements(step.tags))
-                    running[future.key] = step.key
-                    finished.add(future)
                 yield from active.plan_events_iterator(plan_context)  # skipped and abandoned steps
                 if active.is_complete and not running:
                     break
-                if not running:
-                    time.sleep(0.05)
+                finished = [key for key, future in running.items() if future.done()]
+                if not finished:  # poll, so a stop request is seen while long steps run
+                    time.sleep(0.1)
                     continue
-                future = next(finished)
-                step_key = running.pop(future.key)
-                yield from self._events_of(plan_context, active, future, step_key)
-                active.verify_complete(plan_context, step_key)
+                for step_key in finished:
+                    yield from self._events_of(plan_context, active, running.pop(step_key), step_key)
+                    active.verify_complete(plan_context, step_key)
 
     def _events_of(self, plan_context: PlanOrchestrationContext, active: ActiveExecution, future: Any,
                    step_key: str) -> Iterator[DagsterEvent]:

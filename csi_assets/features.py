@@ -8,6 +8,7 @@ the store records its path, frame count and the hash of the audio it was compute
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -109,6 +110,26 @@ def marker_recorder(db: Store, dataset: str, settings: CqtSettings) -> Verified:
     def record(markers: dict[str, tuple[str, int, int]]) -> None:
         feature_store.record_verified(db, dataset, settings.settings_hash(), markers)
     return record
+
+
+ABANDONED_AFTER_S = 3600.0
+"""A temporary file older than this was left by a killed writer; a younger one may be a live write (ingestion
+writes into the same folder while a data run plans)."""
+
+
+def remove_abandoned_temporaries(folder: Path, older_than_s: float = ABANDONED_AFTER_S) -> int:
+    """Delete the temporary files of atomic writes (``.<name>.<random>.tmp*``) in ``folder`` that no writer has
+    touched for ``older_than_s`` seconds; returns how many."""
+    removed = 0
+    now = time.time()
+    for temporary in folder.glob(".*.tmp*"):
+        try:
+            if now - temporary.stat().st_mtime > older_than_s:
+                temporary.unlink()
+                removed += 1
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            continue
+    return removed
 
 
 def extract_features(

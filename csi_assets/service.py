@@ -86,8 +86,9 @@ class Loaded:
 class Engine:
     """The live :class:`Loaded`, reloaded when the published index or promoted model changes."""
 
-    def __init__(self, config: ServiceConfig) -> None:
+    def __init__(self, config: ServiceConfig, threads: int) -> None:
         self.config = config
+        self.threads = threads  # FAISS (OpenMP) threads per identification
         self.reloads = 0
         self.identifying = 0  # identifications in progress now
         self.most_identifying = 0  # the most ever in progress at once since start
@@ -115,7 +116,10 @@ class Engine:
 
     def identify(self, paths: list[str], top: int, works: bool, calibrated: bool) -> tuple[list[Any], Loaded]:
         """Answer with the state current when the request starts, even if a reload swaps it meanwhile."""
+        import faiss
+
         loaded = self.current()
+        faiss.omp_set_num_threads(self.threads)  # OpenMP's setting is per thread: set it in the worker thread
         with self._counted():
             return loaded.identifier.identify(paths, top, works, calibrated), loaded
 
@@ -179,7 +183,8 @@ def available_cores() -> int:
 
 def share_cores(workers: int) -> int:
     """Give torch and FAISS ``cores // workers`` threads each (at least 1), so ``workers`` identifications at
-    once use the cores without oversubscribing them; returns the thread count."""
+    once use the cores without oversubscribing them; returns the thread count. torch's setting holds for every
+    thread; FAISS's (OpenMP's) only for the calling one, so :meth:`Engine.identify` sets it again in its own."""
     import faiss
     import torch
 
@@ -195,7 +200,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     workers = config.worker_count()
     threads = share_cores(workers)
-    engine = Engine(config)
+    engine = Engine(config, threads)
     limiter = anyio.CapacityLimiter(workers)  # identifications at once; /health etc. use the default pool
     app = FastAPI(title="Cover-song identification", version="1",
                   description="Identify recordings against the reference performances of one dataset "

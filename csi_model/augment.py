@@ -182,7 +182,7 @@ class TempoRange:
             raise ValueError(f"tempo copies {self.copies} is not >= 1")
 
     @classmethod
-    def from_factors(cls, factors: Sequence[float]) -> "TempoRange | None":
+    def from_factors(cls, factors: Sequence[float]) -> TempoRange | None:
         """The range of ``aug_speed_mode``; None when it holds only the identity (no tempo augmentation)."""
         distinct = sorted({1.0 if abs(k - 1.0) < 0.01 else round(float(k), 6) for k in factors})
         if distinct == [1.0]:

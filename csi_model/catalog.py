@@ -14,7 +14,7 @@ import json
 import math
 import os
 import unicodedata
-from collections.abc import Iterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -137,7 +137,8 @@ def _check_utf8(data: bytes) -> None:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise CatalogLineError(f"not valid UTF-8 (byte 0x{data[error.start]:02x} at column {error.start + 1})") from None
+        byte = data[error.start]
+        raise CatalogLineError(f"not valid UTF-8 (byte 0x{byte:02x} at column {error.start + 1})") from None
 
 
 def _parse_line(text: str, line_no: int, search_dirs: Sequence[Path], tempo_copies: bool,

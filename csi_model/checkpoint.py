@@ -73,7 +73,8 @@ def capture_rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {**numpy_state, "state": {**numpy_state["state"], "key": torch.from_numpy(numpy_state["state"]["key"])}},
+        "numpy": {**numpy_state,
+                  "state": {**numpy_state["state"], "key": torch.from_numpy(numpy_state["state"]["key"])}},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from csi_model.atomic import atomic_path
-from csi_model.hparams import DataPrepHParams, cqt_range_problem
 from csi_model.audio import SAMPLE_RATE
+from csi_model.hparams import DataPrepHParams, cqt_range_problem
 
 FORMULA = "peak0.999|cqt-magnitude-librosa-norm|db-rel-max-eps1e-9|nofloor"
 """The post-processing recipe, hashed with the settings so a change of recipe invalidates cached features."""

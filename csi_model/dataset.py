@@ -13,9 +13,9 @@ workers persist across epochs (they never see ``set_epoch``). Plain indices (eva
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import dataclasses
 import json
 import os
@@ -30,7 +31,7 @@ from csi_model.training import EpochRecord, RetrievalTestSet, TrainingEvent, Tra
 
 JOB_FORMAT = 1
 PROGRESS_MARK = "csi-progress "
-"""Prefix of rank 0's progress lines: the rest of the line is ``{"step", "epoch", "metrics"}`` as JSON."""
+"""Prefix of rank 0's progress lines: the rest of the line is the pickled training event, base64-encoded."""
 
 
 class JobFileError(ValueError):
@@ -168,10 +169,14 @@ def print_progress(event: TrainingEvent) -> None:
 
 
 def parse_progress(line: str) -> TrainingEvent | None:
-    """The :data:`~csi_model.training.TrainingEvent` of a progress line; None for any other line."""
+    """The :data:`~csi_model.training.TrainingEvent` of a progress line; None for any other line, and for a marked
+    line that does not decode (cut short when its process died mid-write): the caller logs it as plain output."""
     if not line.startswith(PROGRESS_MARK):
         return None
-    return pickle.loads(base64.b64decode(line[len(PROGRESS_MARK):]))
+    try:
+        return pickle.loads(base64.b64decode(line[len(PROGRESS_MARK):], validate=True))
+    except (binascii.Error, pickle.UnpicklingError, EOFError, ValueError):
+        return None
 
 
 def run_job(job: TrainingJob) -> TrainingResult | None:

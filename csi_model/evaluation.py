@@ -17,9 +17,17 @@ import numpy as np
 from csi_model.cqt import load_feature
 from csi_model.dataset import FeatureItem
 from csi_model.embedding import Embedder
-from csi_model.metrics import (MetricInterval, PerQueryMetrics, RetrievalMetrics, answerable_queries,
-                               bootstrap_metrics, min_segment_distance, pair_mask, per_query_metrics,
-                               self_match_mask)
+from csi_model.metrics import (
+    MetricInterval,
+    PerQueryMetrics,
+    RetrievalMetrics,
+    answerable_queries,
+    bootstrap_metrics,
+    min_segment_distance,
+    pair_mask,
+    per_query_metrics,
+    self_match_mask,
+)
 
 EmbeddingCache = dict[Path, np.ndarray]
 """Feature path -> segment embeddings of one model's current weights: test sets sharing tracks embed them once."""

@@ -8,7 +8,7 @@ padding with index 0, and all randomness comes from the passed generator, whose 
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler

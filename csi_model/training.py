@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ class EpochEnded:
     record: EpochRecord
 
 
-TrainingEvent = Union[StepEnded, TestSetEvaluated, CheckpointSaved, EpochEnded]
+TrainingEvent = StepEnded | TestSetEvaluated | CheckpointSaved | EpochEnded
 Progress = Callable[[TrainingEvent], None]
 """Called with every :data:`TrainingEvent` of a run, in order: steps, then per epoch its test sets, its
 checkpoint (when one is saved) and its end."""

@@ -126,3 +126,10 @@ BENCH_WAITING = {
     if p.name in BENCH_WAITING else p.name for p in sorted((REPO / "bench").glob("*.py"))])
 def test_bench_uses_only_the_application_layer(script: str) -> None:
     assert _forbidden_imports(REPO / "bench" / script) == []
+
+
+def test_the_tree_is_clean_under_the_projects_ruff_configuration() -> None:
+    """``ruff check`` with the settings in pyproject.toml finds nothing (pinned in the dev extra)."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise",
+                             str(REPO)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -327,8 +327,7 @@ def plan_cqt_shards(context: dg.OpExecutionContext, config: ShardConfig, dataset
     settings = dataset.cqt_settings()
     db = store.store()
     folder = dataset.features_dir / settings.settings_hash()
-    for stale in folder.glob(".*.tmp*"):
-        stale.unlink(missing_ok=True)  # left by a killed worker: this stage is the only writer of the folder
+    features.remove_abandoned_temporaries(folder)  # left by killed writers; live writes are left alone
     variants = feature_store.variants(db, dataset.name)
     require_upstream(variants, "speed_variants", dataset.name, "recordings to compute features of")
     stored = feature_store.features(db, dataset.name, settings.settings_hash())

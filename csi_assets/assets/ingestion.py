@@ -254,8 +254,8 @@ def featurise_batch(context: dg.OpExecutionContext, config: ShardConfig, dataset
             for perf in too_short:
                 context.log.warning(f"{perf}: too short to embed (fewer than {model.embedder.min_frames} CQT frames)")
             stage = reference_stage(dataset.name, model.model_id)
-            shards = reference_shards(stage, todo, model_store.get_model(db, model.model_id), str(model.device),
-                                      config.items_per_shard)
+            shards = reference_shards(stage, todo, model_store.get_model(db, model.model_id),
+                                      None, config.items_per_shard)  # device: the model's rule, on the worker
             shard_store.forget(db, stage, [s.shard_id for s in shards])
     yield dg.Output(BatchIntake(batch_id, str(catalog), counts, model and model.model_id, stage,
                                 sum(len(s.items) for s in shards)), "intake")

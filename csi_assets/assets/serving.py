@@ -132,8 +132,8 @@ def plan_reference_shards(context: dg.OpExecutionContext, config: ShardConfig, d
     for perf in too_short:
         context.log.warning(f"{perf}: too short to embed (fewer than {model.embedder.min_frames} CQT frames)")
     stage = reference_stage(dataset.name, model.model_id)
-    shards = reference_shards(stage, todo, model_store.get_model(db, model.model_id), str(model.device),
-                                     config.items_per_shard)
+    shards = reference_shards(stage, todo, model_store.get_model(db, model.model_id),
+                              None, config.items_per_shard)  # device: the model's own rule, on the worker
     shard_store.forget(db, stage, [s.shard_id for s in shards])
     context.log.info(f"{len(todo)} of {len(references)} references to embed, in {len(shards)} shard(s)")
     yield dg.Output(ReferencePlan(stage, model.model_id, len(references), len(todo), tuple(too_short)), "plan")

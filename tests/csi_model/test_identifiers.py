@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio_fixtures import write_tone
+from tests.audio_fixtures import write_tone
 from csi_assets.assets import data
 from csi_assets.store import features as feature_store
 from csi_model.catalog import parse_catalog

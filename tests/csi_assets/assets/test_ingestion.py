@@ -16,6 +16,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from tests.paths import REPO
 from csi_assets.assets import ingestion
 from csi_assets.identify import Identifier
 from csi_assets.resources import StoreResource
@@ -373,7 +374,7 @@ def test_ingestion_killed_at_any_stage_resumes_to_the_uninterrupted_end_state(
     shutil.copytree(batch, incoming / batch.name)
     instance, batch_id, cursor = _receive(tmp_path, resources)
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PYTHONPATH": str(REPO)}
     worker = subprocess.run(
         [sys.executable, "-m", "tests.ingest_until_killed", stage, str(project.dataset_dir),
          resources["store"].path, batch_id], env=env, capture_output=True, text=True)

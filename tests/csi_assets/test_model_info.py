@@ -12,7 +12,7 @@ import yaml
 from csi_assets.cli import main
 from csi_model.checkpoint import model_fingerprint
 from csi_model.model import CoverHunter, ModelConfig
-from tests.test_checkpoint import reference_state_dict
+from tests.csi_model.test_checkpoint import reference_state_dict
 
 TINY_HPARAMS = {"input_dim": 24, "embed_dim": 32, "encoder": {"output_dims": 32, "num_blocks": 1, "attention_dim": 64},
                 "foc": {"output_dims": 7}}

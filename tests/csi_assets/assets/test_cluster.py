@@ -19,6 +19,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from tests.paths import REPO
 from csi_assets.assets import data, serving
 from csi_assets.dask_execution import cluster_from_environment, make_cluster
 from csi_assets.shards import Shard, finished, rows_path, split_shards, staging_dir, write_rows
@@ -179,6 +180,37 @@ def test_a_worker_killed_mid_stage_costs_nothing_but_time(in_process, cluster, t
     _assert_same_store(project, in_process, same_shards=first.success)
 
 
+def _stop_when_a_shard_runs(address: str, prefix: str, sent: list[bool]) -> None:
+    """Poll the scheduler until a ``prefix`` shard runs, then send this process the SIGINT a run's stop request is
+    (the run executes in this process's main thread, where Dagster captures it)."""
+    with distributed.Client(address, timeout=60) as client:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not sent:
+            if any(prefix in str(key) for tasks in client.processing().values() for key in tasks):
+                os.kill(os.getpid(), signal.SIGINT)
+                sent.append(True)
+                return
+            time.sleep(0.02)
+
+
+def test_a_stop_request_cancels_the_running_shards_and_starts_no_other_step(cluster, tmp_path) -> None:
+    project = _project(tmp_path / "dask")
+    sent: list[bool] = []
+    stopper = threading.Thread(target=_stop_when_a_shard_runs,
+                               args=(cluster.scheduler_address, ".compute_cqt_shard[", sent))
+    with _instance(tmp_path) as instance:
+        stopper.start()
+        job = dg.build_reconstructable_job("tests.cluster_job", "data_and_references")
+        result = dg.execute_job(job, instance=instance, raise_on_error=False,
+                                run_config=_run_config(project, cluster.scheduler_address, SHARD_ITEMS))
+        stopper.join()
+        assert sent, "no shard step was ever seen running"
+        assert not result.success
+        started = {e.step_key.split(".")[-1] for e in result.all_events if e.event_type_value == "STEP_START"}
+        assert not {"commit_cqt_features", "data_splits"} & started  # nothing after the stop was started
+        assert any("stop requested" in (e.message or "") for e in result.all_events)
+
+
 def test_shards_are_sized_by_item_count_and_addressed_by_their_inputs() -> None:
     items = [{"variant": f"v{i}"} for i in range(10)]
     shards = split_shards("stage", items, {"p": 1}, items_per_shard=4)
@@ -306,7 +338,7 @@ def test_a_materialisation_on_a_postgres_instance(postgres, tmp_path, monkeypatc
         monkeypatch.setenv(name, value)
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(Path(__file__).parents[1] / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
     project = make_project(tmp_path / "project", works=2, perfs=2, seconds=3.0, data_hparams=ORIGINALS_ONLY)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -352,7 +384,7 @@ def test_cluster_config_comes_from_run_config_or_environment(tmp_path) -> None:
 def test_the_example_batch_cluster_files_make_job_scripts(name) -> None:
     """Build the Slurm/PBS cluster of deploy/dask/<name>.yaml without submitting a job (no workers asked for)."""
     pytest.importorskip("dask_jobqueue")
-    path = Path(__file__).parents[1] / "deploy" / "dask" / f"{name}.yaml"
+    path = REPO / "deploy" / "dask" / f"{name}.yaml"
     [(kind, settings)] = cluster_from_environment({"CSI_DASK_CLUSTER_FILE": str(path)}).items()
     cluster = make_cluster(kind, {**settings, "n_workers": 0, "scheduler_options": {"host": "127.0.0.1"}}, "csi")
     try:

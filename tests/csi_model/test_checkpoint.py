@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.paths import FIXTURES
 from csi_model.checkpoint import (
     PARALLEL_PREFIX,
     CheckpointError,
@@ -30,7 +31,7 @@ from csi_model.loading import classes_in, model_from_checkpoint
 from csi_model.model import CoverHunter, ModelConfig
 from tests.train_fixtures import tiny_hparams
 
-LAYOUT = Path(__file__).parent / "fixtures" / "reference" / "checkpoint_layout.tsv"
+LAYOUT = FIXTURES / "reference" / "checkpoint_layout.tsv"
 TINY = ModelConfig(input_dim=24, embed_dim=32, d_model=32, num_blocks=1, ff_dim=64, num_classes=4)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from audio_fixtures import harmonic_tone, write_tone
+from tests.audio_fixtures import harmonic_tone, write_tone
 from csi_model.audio import SAMPLE_RATE, load_audio
 from csi_model.cqt import (
     CqtSettings,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.paths import REPO
 from csi_assets.assets import data
 from csi_assets.store import features as feature_store
 from tests.graph_fixtures import make_project, materialize
@@ -35,7 +36,7 @@ def test_killed_extraction_resumes_cleanly(tmp_path: Path) -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-c", _RUN, str(project.dataset_dir), str(project.store_path), str(project.training_dir)],
-        cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
     while not list(folder.glob("*.cqt.npy")) and time.monotonic() < deadline and proc.poll() is None:
@@ -46,11 +47,17 @@ def test_killed_extraction_resumes_cleanly(tmp_path: Path) -> None:
     done_at_kill = len(list(folder.glob("*.cqt.npy")))
     assert 0 < done_at_kill < total
 
+    left = list(folder.glob(".*tmp*"))  # the write the kill interrupted, if it was mid-file
+    hour_ago = time.time() - 2 * 3600
+    for temporary in left:
+        os.utime(temporary, (hour_ago, hour_ago))  # abandoned long ago: the re-run removes it
+    live = folder / ".w999_p9.cqt.abcd.tmp.npy"  # a write in progress elsewhere (ingestion): left alone
+    live.write_bytes(b"partial")
     result = materialize(project, [data.cqt_features])
     assert result.success
     stored = feature_store.features(project.store, "dataset", settings.settings_hash())
     assert len(stored) == total
-    assert not list(folder.glob(".*tmp*"))
+    assert list(folder.glob(".*tmp*")) == [live]
     assert sorted(p.name for p in folder.glob("*.cqt.npy")) == sorted(Path(r.path).name for r in stored.values())
     for row in stored.values():
         feature = np.load(row.path)

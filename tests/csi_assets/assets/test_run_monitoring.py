@@ -14,8 +14,8 @@ from typing import Any
 
 import dagster as dg
 import yaml
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 WAIT_LIMIT_S = 600.0
 """Upper bound of every wait: generous for a loaded 2-core machine; the waits end as soon as the state is reached."""
 
@@ -31,7 +31,7 @@ def _wait_for(what: str, probe: Callable[[], Any]) -> Any:
 def _home(tmp_path: Path) -> Path:
     """A Dagster home with the shipped dagster.yaml, monitoring polled every second instead of every 15 s and
     pool slots freed one second after the run ends instead of 60 s."""
-    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     config["run_monitoring"].update(poll_interval_seconds=1, free_slots_after_run_end_seconds=1)
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -41,8 +41,8 @@ def _home(tmp_path: Path) -> Path:
 
 def test_run_whose_worker_was_killed_is_marked_failed_and_frees_its_pool_slot(tmp_path: Path) -> None:
     home = _home(tmp_path)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    worker = subprocess.Popen([sys.executable, str(ROOT / "tests" / "monitored_run.py")], env=env)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO)}
+    worker = subprocess.Popen([sys.executable, str(REPO / "tests" / "monitored_run.py")], env=env)
     instance = dg.DagsterInstance.from_config(str(home))
     try:
         run = _wait_for("the run to start", lambda: next(iter(instance.get_runs(
@@ -55,7 +55,7 @@ def test_run_whose_worker_was_killed_is_marked_failed_and_frees_its_pool_slot(tm
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED  # nobody noticed by itself
 
     daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-f",
-                               str(ROOT / "tests" / "monitored_run.py")], env=env, cwd=tmp_path)
+                               str(REPO / "tests" / "monitored_run.py")], env=env, cwd=tmp_path)
     try:
         _wait_for("run monitoring to mark the killed run failed",
                   lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from audio_fixtures import write_tone
+from tests.audio_fixtures import write_tone
 from csi_assets.assets import data, training
 from csi_assets.errors import RunFailed
 from csi_assets.store import features as feature_store

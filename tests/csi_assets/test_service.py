@@ -20,6 +20,7 @@ import pytest
 import requests
 import soundfile as sf
 
+from tests.paths import REPO
 from csi_assets.assets import ingestion, serving
 from csi_assets.cli import main as csi
 from csi_assets.store import ingest as ingest_store
@@ -55,7 +56,7 @@ def server(tmp_path_factory):
     assert dg.materialize([serving.reference_embeddings, serving.reference_index], resources=project.resources,
                           instance=dg.DagsterInstance.ephemeral()).success
     port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     process = subprocess.Popen(
         [sys.executable, "-c", CSI, "serve", "--port", str(port), "--token", TOKEN,
          "--dataset-dir", str(project.dataset_dir), "--store", str(project.store_path),
@@ -168,6 +169,28 @@ def test_concurrent_identifications_overlap_and_give_the_sequential_answers(serv
     assert max(seen_by_health) >= 1
 
 
+def test_an_identification_in_a_worker_thread_uses_the_faiss_threads_it_was_given(server) -> None:
+    """OpenMP's thread count is per thread: the count shared out at start-up must also hold in the worker threads
+    that identify, or every concurrent search spreads over all cores."""
+    import faiss
+
+    from csi_assets.service import Engine, ServiceConfig
+
+    project, _, _, _ = server
+    engine = Engine(ServiceConfig(project.store_path, project.dataset_dir), threads=1)
+    seen: list[int] = []
+
+    def identify() -> None:
+        faiss.omp_set_num_threads(2)  # what a fresh worker thread of a 2-core machine starts with
+        engine.identify([str(project.dataset_dir / "wav" / "w000_p0.wav")], 3, False, False)
+        seen.append(faiss.omp_get_max_threads())
+
+    worker = threading.Thread(target=identify)
+    worker.start()
+    worker.join()
+    assert seen == [1]
+
+
 def _answer(response: requests.Response) -> list[dict]:
     assert response.status_code == 200, response.text
     return response.json()
@@ -224,6 +247,6 @@ def test_registering_the_serve_command_imports_no_heavy_library() -> None:
             "serve.register(argparse.ArgumentParser().add_subparsers()); "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch', 'faiss', 'dagster', 'duckdb') "
             "if m in sys.modules))")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"

@@ -7,9 +7,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from tests.paths import REPO
 
 HEAVY = ("torch", "dagster", "duckdb", "scipy", "sklearn", "matplotlib", "nnAudio", "faiss")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _heavy_modules_after(code: str) -> list[str]:

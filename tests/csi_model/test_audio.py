@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_fixtures import dominant_frequency, harmonic_tone, write_tone
+from tests.audio_fixtures import dominant_frequency, harmonic_tone, write_tone
 from csi_model.audio import SAMPLE_RATE, AudioError, check_audio_file, load_audio, write_wav
 
 

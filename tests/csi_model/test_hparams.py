@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.paths import FIXTURES, REPO
 from csi_model.devices import pick_device
 from csi_model.hparams import (
     HParamsError,
@@ -21,8 +22,7 @@ from csi_model.hparams import (
     with_overrides,
 )
 
-REFERENCE = Path(__file__).parent / "fixtures" / "reference"
-ROOT = Path(__file__).parents[1]
+REFERENCE = FIXTURES / "reference"
 
 
 def _no_unknown_keys(load, path):
@@ -61,8 +61,8 @@ def test_reference_data_files_load_every_key(name: str) -> None:
 
 
 def test_project_configs_load_cleanly() -> None:
-    _no_unknown_keys(load_training_hparams, ROOT / "training" / "demo" / "config" / "hparams.yaml")
-    _no_unknown_keys(load_data_hparams, ROOT / "data" / "demo" / "hparams.yaml")
+    _no_unknown_keys(load_training_hparams, REPO / "training" / "demo" / "config" / "hparams.yaml")
+    _no_unknown_keys(load_data_hparams, REPO / "data" / "demo" / "hparams.yaml")
 
 
 def test_wrong_type_names_key_and_file(tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_the_cqt_range_rule_is_the_one_nnaudio_applies() -> None:
 def test_the_reference_and_demo_cqt_settings_stay_accepted() -> None:
     from csi_model.cqt import settings_for
 
-    for path in [*REFERENCE.glob("*data_hparams.yaml"), ROOT / "data" / "demo" / "hparams.yaml"]:
+    for path in [*REFERENCE.glob("*data_hparams.yaml"), REPO / "data" / "demo" / "hparams.yaml"]:
         settings = settings_for(load_data_hparams(path))
         assert (settings.fmin, settings.n_bins, settings.bins_per_octave, settings.hop) == (32.0, 96, 12, 640)
 

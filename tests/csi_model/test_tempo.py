@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from audio_fixtures import dominant_frequency, write_tone
+from tests.audio_fixtures import dominant_frequency, write_tone
 from csi_model.audio import SAMPLE_RATE, load_audio
 from csi_model.catalog import CatalogRow
 from csi_model.identifiers import id_file_name

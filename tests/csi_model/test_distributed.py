@@ -254,3 +254,23 @@ def test_a_caller_that_gives_up_stops_the_processes(tmp_path):
     with pytest.raises(RuntimeError, match="cancelled"):
         run_torchrun(job, cancel, lambda line: None)
     assert ckpt.list_checkpoints(tmp_path / "model" / "checkpoints") == []
+
+
+def test_progress_lines_round_trip_and_a_cut_line_is_plain_output() -> None:
+    """A progress line carries its typed event whole; one cut short (its process died mid-write) or garbled is not
+    an event, so the launcher logs it instead of failing the run on it."""
+    import io
+    from contextlib import redirect_stdout
+
+    from csi_model.distributed_train import parse_progress, print_progress
+
+    event = StepEnded(step=3, epoch=1, lr=1e-3, losses={"total": 0.5})
+    out = io.StringIO()
+    with redirect_stdout(out):
+        print_progress(event)
+    line = out.getvalue().rstrip("\n")
+    assert parse_progress(line) == event
+    for cut in (len(line) - 1, len(line) // 2, len("csi-progress ") + 3):
+        assert parse_progress(line[:cut]) is None
+    assert parse_progress("csi-progress not base64 at all!") is None
+    assert parse_progress("an ordinary log line") is None

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from audio_fixtures import write_tone
+from tests.audio_fixtures import write_tone
 from csi_model.catalog import CatalogRow, parse_catalog
 from csi_model.export import FeatureLine, write_reference_exports
 from csi_model.splits import Split, assign_work_ids, split_performances
