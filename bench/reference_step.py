@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from reference_model import ReferenceNetwork
 from torch.utils.data import DataLoader, Dataset
 
 from csi_model.augment import SpecAugment
@@ -29,7 +30,6 @@ from csi_model.dataset import PAD_VALUE, FeatureItem
 from csi_model.hparams import TrainingHParams
 from csi_model.model import ModelConfig
 from csi_model.sampler import MPerClassBatchSampler
-from reference_model import ReferenceNetwork
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 

@@ -13,7 +13,7 @@ from csi_model.model import CoverHunter, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from reference_model import ReferenceNetwork  # noqa: E402
+from reference_model import ReferenceNetwork
 
 LAYOUT = REPO / "tests" / "fixtures" / "reference" / "checkpoint_layout.tsv"
 
