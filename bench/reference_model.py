@@ -14,8 +14,8 @@ What the reference does, and so what this does:
   0..L-1 (a fixed 5000-row table; longer inputs fail). Each block, pre-norm and residual: ½·macaron feed-forward
   (Linear, SiLU, dropout, Linear), relative-position self-attention, convolution module, ½·feed-forward, then a
   final LayerNorm; residual branches get dropout 0.1. After the blocks, ``after_norm``.
-- attention: scores ``((q + u)·kᵀ + (q + v)·(W_pos p)ᵀ) / √d_k`` per head, **no relative shift** (the position term
-  scores each key's absolute index), softmax, no attention dropout (rate 0), ``linear_out``. The reference builds
+- attention: scores ``((q + u)·kᵀ + (q + v)·(W_pos p)ᵀ) / √d_k`` per head, **no relative shift** (the position
+  term scores each key's absolute index), softmax, no attention dropout (rate 0), ``linear_out``. The reference builds
   full-length masks (it always passes every frame as valid), so every mask it applies is all-true and is left out.
 - convolution module: pointwise Conv1d to 2D channels, GLU, depthwise Conv1d (kernel 15, zero padding 7),
   BatchNorm1d, SiLU, pointwise Conv1d.
@@ -195,7 +195,8 @@ class Centres(nn.Module):
 class ReferenceNetwork(nn.Module):
     """The reference's network for ``cfg``'s sizes; ``forward`` is what its training loss sees.
 
-    ``cfg.with_centres`` is ignored: the reference always builds the centres."""
+    The reference fixes 4 heads, kernel 15 and dropout 0.1 (``ModelConfig``'s defaults); other values only serve
+    tiny test networks. ``cfg.with_centres`` is ignored: the reference always builds the centres."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
