@@ -5,9 +5,10 @@ Written from what the reference does (see docs/reference_tool.md), not from its 
 - data: per item, the whole feature file is loaded (no memory map), a random chunk is sliced and pooled frame
   group by frame group in a Python loop, padded with −100 to the chunk, then augmented on its own; the default
   collate stacks the items. No lengths travel with the chunk.
-- network: the same CoverHunter architecture (input BatchNorm over bins, conformer encoder, attentive statistics
-  pooling, BN-neck, classifier, centres); the product's module, whose layers and parameter names are the
-  reference's, run the reference's way: unmasked (padding frames count as content) and in float32.
+- network: the reference's own computation (``bench/reference_model.py``, with the checkpoint's parameter names;
+  tests/test_bench_reference_model.py shows it computes what the product's module does on unpadded input), so
+  padding frames count as content, in float32, and the centres are built whatever the centre weight (as the
+  reference does). Both sides size the classifier and centres alike (``ModelConfig.from_hparams``).
 - losses, as the reference computes them: focal over the full softmax + eps with ``−log`` of every class,
   batch-hard triplet from eye/label masks, and the centre term from a ``[B, classes]`` distance matrix when its
   weight is > 0 (the product gathers each label's centre instead).
@@ -21,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from reference_model import ReferenceNetwork
 from torch.utils.data import DataLoader, Dataset
 
 from csi_model.augment import SpecAugment
 from csi_model.dataset import PAD_VALUE, FeatureItem
 from csi_model.hparams import TrainingHParams
-from csi_model.model import CoverHunter, ModelConfig
+from csi_model.model import ModelConfig
 from csi_model.sampler import MPerClassBatchSampler
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
@@ -63,7 +65,7 @@ class ReferenceChunks(Dataset):
         return torch.from_numpy(np.ascontiguousarray(chunk)), item.work_id
 
 
-def reference_losses(model: CoverHunter, feats: torch.Tensor, labels: torch.Tensor, hp: TrainingHParams
+def reference_losses(model: ReferenceNetwork, feats: torch.Tensor, labels: torch.Tensor, hp: TrainingHParams
                      ) -> dict[str, torch.Tensor]:
     """Forward (unmasked) and the loss terms the reference computes; ``total`` is their weighted sum."""
     embedding, logits = model(feats)
@@ -86,7 +88,7 @@ def reference_losses(model: CoverHunter, feats: torch.Tensor, labels: torch.Tens
         negative = (dist + row_max * same.float()).min(dim=1, keepdim=True).values
         terms["tri_loss"] = torch.relu(positive - negative + hp.triplet.margin).mean()
         total = total + terms["tri_loss"] * hp.triplet.weight
-    if hp.center.weight > 0 and model.centres is not None:
+    if hp.center.weight > 0:
         centres = model.centres
         distmat = (embedding.pow(2).sum(1, keepdim=True) + centres.pow(2).sum(1)[None, :]
                    ).addmm(embedding, centres.T, beta=1, alpha=-2)  # [B, K]
@@ -103,7 +105,7 @@ class ReferenceTrainer:
     def __init__(self, hp: TrainingHParams, items: Sequence[FeatureItem], num_classes: int) -> None:
         torch.manual_seed(hp.seed)
         self.hp = hp
-        self.model = CoverHunter(ModelConfig.from_hparams(hp, num_classes))
+        self.model = ReferenceNetwork(ModelConfig.from_hparams(hp, num_classes))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), hp.learning_rate, betas=(hp.adam_b1, hp.adam_b2))
         augment = SpecAugment(hp.spec_augmentation) if hp.spec_augmentation is not None else None
         labels = [it.work_id for it in items]

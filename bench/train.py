@@ -6,12 +6,13 @@ features, one epoch each (the three chunk-length loaders zipped), timed per opti
 pays one-off allocation costs, is left out):
 - product: ``csi_model.training.train`` (batched chunk cutting and SpecAugment, masked model), fp32 and bf16, and
   with ``--compile`` also under ``torch.compile`` (timed on a second epoch: the first pays the compilation);
-- reference: ``bench/reference_step.py`` (per-item whole-file loads and pooling loops, unmasked model, the
-  reference's loss formulas), fp32;
+- reference: ``bench/reference_step.py`` (per-item whole-file loads and pooling loops, the reference's network as
+  ``bench/reference_model.py`` re-enacts it, the reference's loss formulas), fp32 only, as the reference trains;
 - loader only: the product's loaders without the model.
 The sides alternate for ``--rounds`` rounds in one process and the best round of each counts, so load changes
 on a shared machine hit both. Peak RSS comes from one extra process per (config, side), so each figure is that
-side's own. Both sides compute focal + triplet (+ centre when its weight is > 0) losses.
+side's own. Both sides compute the same loss terms, printed per config: focal always, batch-hard triplet when its
+weight is > 0.01, centre when its weight is > 0.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from csi_model.augment import SpecAugment
 from csi_model.dataset import ChunkDataset, EpochBatches, FeatureItem, collate_chunks
 from csi_model.hparams import TrainingHParams, load_training_hparams
+from csi_model.losses import LossWeights
 from csi_model.sampler import MPerClassBatchSampler
 from csi_model.training import StepEnded, train
 
@@ -60,6 +62,13 @@ def write_features(folder: Path, hp: TrainingHParams, n_works: int, perfs: int) 
             np.save(path, rng.uniform(-90, 0, size=(frames, hp.input_dim)).astype(np.float32))
             items.append(FeatureItem(f"{w}-{p}", w, path, frames))
     return items
+
+
+def loss_terms(hp: TrainingHParams) -> str:
+    """The loss terms both sides compute for ``hp`` (same rule on both: see ``LossWeights``)."""
+    weights = LossWeights.from_hparams(hp)
+    return " + ".join(["focal", *(["batch-hard triplet"] if weights.uses_triplet else []),
+                       *(["centre"] if weights.uses_center else [])])
 
 
 def loader_only(hp: TrainingHParams, items: list[FeatureItem]) -> tuple[int, float]:
@@ -160,10 +169,13 @@ def main() -> None:
         r = _child(["--one", name, "--sides", ",".join(sides), "--rounds", str(args.rounds), *threads])
         memory = {side: _child(["--one", name, "--sides", side, "--rounds", "1", *threads])["peak_rss_mb"]
                   for side in sides}
-        print(f"\n{name} config ({r['steps']} steps per epoch, best of {args.rounds} alternating rounds):")
+        print(f"\n{name} config ({r['steps']} steps per epoch, best of {args.rounds} alternating rounds); "
+              f"losses on both sides: {loss_terms(config(name))}")
         for side in sides:
             print(f"  {side:<15}: {r[side]:8.1f} samples/s ({r[side] / r['reference']:.2f}x reference), "
                   f"peak RSS {memory[side]:5.0f} MB")
+        print(f"  product/reference: fp32 {r['product'] / r['reference']:.2f}x, "
+              f"bf16 {r['product-bf16'] / r['reference']:.2f}x (the reference trains in fp32 only)")
         print(f"  loader only    : {r['loader_samples_per_s']:8.1f} samples/s")
         print(f"  one chunk read : {r['chunk_ms_ours']:.2f} ms ours vs {r['chunk_ms_reference_style']:.2f} ms "
               f"reference-style ({r['chunk_ms_reference_style'] / r['chunk_ms_ours']:.1f}x)")
