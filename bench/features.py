@@ -126,7 +126,7 @@ def compare_classes(signals: list[np.ndarray], chosen: CqtSettings, device: torc
     for cqt_class in ("CQT1992v2", "CQT2010v2"):
         settings = dataclasses.replace(chosen, cqt_class=cqt_class)
         cqt_layer(settings, device)  # kernel construction is once per process: not part of throughput
-        _, wall = timed(lambda: compute_cqt(signals, settings, device))
+        _, wall = timed(lambda settings=settings: compute_cqt(signals, settings, device))
         throughput[cqt_class] = seconds / wall
     for cqt_class, rate in throughput.items():
         ratio = rate / throughput[chosen.cqt_class]
@@ -154,7 +154,8 @@ def main() -> None:
         for step in DATA_STEPS:
             report(f"  step {step}", seconds, steps[step])
         outside = wall - sum(steps.values())
-        print(f"{'  outside steps (orchestration)':<34} {outside:8.2f} s wall  ({100 * outside / wall:.0f} % of the stage)")
+        share = 100 * outside / wall
+        print(f"{'  outside steps (orchestration)':<34} {outside:8.2f} s wall  ({share:.0f} % of the stage)")
         report("product data stage", seconds, wall)
         if args.skip_reference or shutil.which("sox") is None:
             print("reference path skipped" + ("" if args.skip_reference else ": no sox binary on PATH"))

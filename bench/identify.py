@@ -49,8 +49,19 @@ from csi_model.cqt import CqtSettings, compute_cqt
 from csi_model.embedding import Embedder
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.search import PerformanceIndex
-from csi_model.segment_index import FLAT, IVF, IVF_REFINE, TRAIN_ROWS_PER_LIST, Groups, IndexConfig, RefinedIndex, \
-    add_vectors, build_index, empty_index, search_groups
+from csi_model.segment_index import (
+    FLAT,
+    IVF,
+    IVF_REFINE,
+    TRAIN_ROWS_PER_LIST,
+    Groups,
+    IndexConfig,
+    RefinedIndex,
+    add_vectors,
+    build_index,
+    empty_index,
+    search_groups,
+)
 from csi_model.synth import generate_covers
 
 DIM = 128
@@ -261,13 +272,13 @@ def measure_index(n_segments: int, nprobes: list[int], kinds: list[str], config:
         for nprobe in (nprobes if kind != FLAT else [0]):
             if kind != FLAT:
                 index.nprobe = nprobe
-            latency = time_search(lambda: index.search(one, TOP_K), repeats)
+            latency = time_search(lambda index=index: index.search(one, TOP_K), repeats)
             start = time.perf_counter()
             recall = recall_at_k(index.search(queries, TOP_K)[1], truth)
-            batch_s = time_search(lambda: index.search(queries, TOP_K), batch_runs, warmup=0).mean_ms / 1e3 \
-                if batch_runs else time.perf_counter() - start
-            ranked = time_search(lambda: search_groups(index, groups, [one], TOP_K, works=True,
-                                                       candidates=config.candidates), repeats)
+            batch_s = (time_search(lambda index=index: index.search(queries, TOP_K), batch_runs, warmup=0).mean_ms
+                       / 1e3 if batch_runs else time.perf_counter() - start)
+            ranked = time_search(lambda index=index: search_groups(index, groups, [one], TOP_K, works=True,
+                                                                   candidates=config.candidates), repeats)
             label = f"nprobe {nprobe:>4}" if kind != FLAT else "exact     "
             print(f"  {label}: segment query p50 {latency.p50_ms:.2f} ms, p95 {latency.p95_ms:.2f} ms; batch "
                   f"{len(queries) / QUERY_SEGMENTS / batch_s:.0f} queries/s; recall@10 {recall:.4f}; work ranking with "

@@ -33,16 +33,17 @@ from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
 from csi_assets.store.records import FeatureRecord, VariantRecord
 from csi_assets.training_runs import trained_contract
+from csi_model.audio import load_audio
 from csi_model.checkpoint import model_fingerprint, save_checkpoint
 from csi_model.cqt import compute_cqt, save_feature
-from csi_model.audio import load_audio
 from csi_model.hparams import to_dict, training_hparams_from_dict
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.synth import generate_covers
 
 DATA_HPARAMS = {"fmin": 32, "n_bins": 96, "bins_per_octave": 12, "aug_speed_mode": [1.0], "device": "cpu"}
 MODEL_HPARAMS = {"chunk_frame": [60, 48, 36], "chunk_s": 7.2, "mean_size": 3, "batch_size": 8, "m_per_class": 4,
-                 "input_dim": 96, "embed_dim": 64, "encoder": {"output_dims": 64, "num_blocks": 2, "attention_dim": 128},
+                 "input_dim": 96, "embed_dim": 64,
+                 "encoder": {"output_dims": 64, "num_blocks": 2, "attention_dim": 128},
                  "device": "cpu"}
 SEGMENTS_PER_PERF = 3
 

@@ -78,6 +78,7 @@ def make_project(out: Path, audio: Path, mode: str, args: argparse.Namespace) ->
 
 def run_mode(out: Path, audio: Path, mode: str, args: argparse.Namespace) -> dict:
     import dagster as dg
+    import torch
 
     from csi_assets.assets import data
     from csi_assets.layouts import TrainingLayout
@@ -89,7 +90,6 @@ def run_mode(out: Path, audio: Path, mode: str, args: argparse.Namespace) -> dic
     from csi_assets.training_runs import run_training
     from csi_model.hparams import training_hparams_from_dict
     from csi_model.loading import model_from_checkpoint
-    import torch
 
     dataset, training_dir, store_path = make_project(out, audio, mode, args)
     resources = {"dataset": DatasetResource(dataset_dir=str(dataset)),

@@ -16,8 +16,8 @@ from csi_assets.assets import data, evaluation, ingestion, labels, research, ser
 from csi_assets.jobs import ALL_JOBS
 from csi_assets.resources import default_resources
 from csi_assets.schedules import reference_refresh_schedule
-from csi_assets.shards import staging_dir
 from csi_assets.sensors.delta_dataset import delta_dataset_sensor
+from csi_assets.shards import staging_dir
 
 _ASSET_MODULES = [data, training, serving, evaluation, ingestion, research, tools, labels]
 

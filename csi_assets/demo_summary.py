@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-
 from pathlib import Path
 
 from csi_assets import locations
@@ -34,8 +33,8 @@ def main() -> None:
 
 def _label_verdicts(store: Store, dataset: str) -> None:
     """Each label probe's reading (from its metrics.json), when the promoted model has been probed."""
-    from csi_assets.labels import configured_labels
     from csi_assets.classify import probe_file
+    from csi_assets.labels import configured_labels
 
     promoted = models.promoted_model(store, dataset)
     if promoted is None:

@@ -21,8 +21,15 @@ from typing import IO
 
 from csi_model.augment import TempoRange
 from csi_model.dataset import FeatureItem
-from csi_model.distributed_train import (TrainingJob, parse_progress, rank_errors, read_result, result_path,
-                                         run_folder, write_job)
+from csi_model.distributed_train import (
+    TrainingJob,
+    parse_progress,
+    rank_errors,
+    read_result,
+    result_path,
+    run_folder,
+    write_job,
+)
 from csi_model.hparams import TrainingHParams
 from csi_model.training import Progress, RetrievalTestSet, TrainingResult, train
 

@@ -38,8 +38,8 @@ from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, scan_reco
 from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, checkpoint_epoch, latest_generator
 from csi_model.contract import InputContract, InputContractError, check_input_contract
 from csi_model.cqt import content_hash, settings_for
-from csi_model.identifiers import UnsafePathError, contained, tempo_copy_of
 from csi_model.hparams import DataPrepHParams, HParamsError, load_data_hparams, load_training_hparams, to_dict
+from csi_model.identifiers import UnsafePathError, contained, tempo_copy_of
 from csi_model.loading import model_from_checkpoint
 
 IMPORT_ORIGIN = "reference-import"

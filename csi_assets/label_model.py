@@ -43,8 +43,14 @@ from csi_model.devices import pick_device
 from csi_model.embedding import Embedder, softmax_rows
 from csi_model.hparams import TrainingHParams, to_dict, training_hparams_from_dict
 from csi_model.identifiers import is_original_speed
-from csi_model.label_probe import (ProbeDataError, bootstrap_scores, confusion_png, grouped_folds,
-                                   single_work_values, verdict)
+from csi_model.label_probe import (
+    ProbeDataError,
+    bootstrap_scores,
+    confusion_png,
+    grouped_folds,
+    single_work_values,
+    verdict,
+)
 from csi_model.loading import model_from_checkpoint
 from csi_model.model import CoverHunter
 from csi_model.training import TrainingResult, WarmStart, train

@@ -31,8 +31,17 @@ from csi_assets.store import models as model_store
 from csi_model.atomic import write_text_atomic
 from csi_model.embedding import mean_unit_vectors
 from csi_model.hparams import HParamsError, load_data_hparams
-from csi_model.label_probe import (KNN_NEIGHBOURS, METRICS, PROBES, ProbeDataError, ProbeResult, confusion_png,
-                                   fit_linear, label_map_png, probe_label)
+from csi_model.label_probe import (
+    KNN_NEIGHBOURS,
+    METRICS,
+    PROBES,
+    ProbeDataError,
+    ProbeResult,
+    confusion_png,
+    fit_linear,
+    label_map_png,
+    probe_label,
+)
 
 
 def configured_labels(dataset_dir: str | os.PathLike[str] | None = None) -> tuple[str, ...]:

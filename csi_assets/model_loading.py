@@ -26,8 +26,13 @@ from csi_model.contract import InputContract, InputContractError, InputContractW
 from csi_model.cqt import CqtSettings, settings_for
 from csi_model.devices import pick_device
 from csi_model.embedding import Embedder
-from csi_model.hparams import (DataPrepHParams, HParamsError, TrainingHParams, load_data_hparams,
-                               training_hparams_from_dict)
+from csi_model.hparams import (
+    DataPrepHParams,
+    HParamsError,
+    TrainingHParams,
+    load_data_hparams,
+    training_hparams_from_dict,
+)
 from csi_model.loading import model_from_checkpoint
 from csi_model.model import CoverHunter
 

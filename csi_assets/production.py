@@ -20,8 +20,14 @@ from csi_assets.store import models as model_store
 from csi_assets.store.records import FeatureTableRecord
 from csi_assets.sweeps import dataset_items
 from csi_assets.testsets import feature_item, retrieval_test_sets, split_items
-from csi_assets.training_runs import (TrainingLog, best_model, steps_per_epoch, tempo_training_data, trained_contract,
-                                      write_curves)
+from csi_assets.training_runs import (
+    TrainingLog,
+    best_model,
+    steps_per_epoch,
+    tempo_training_data,
+    trained_contract,
+    write_curves,
+)
 from csi_model.devices import pick_device
 from csi_model.folds import PoolItem, ProductionResult, ProductionRun, StageResult
 from csi_model.hparams import HParamsError, TrainingHParams, load_training_hparams, to_dict

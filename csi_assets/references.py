@@ -24,6 +24,7 @@ from csi_assets.store import shards as shard_store
 from csi_assets.store.records import FeatureTableRecord, ModelRecord
 from csi_model.cqt import load_feature
 
+
 def pending_references(store: Store, dataset: str, model: LoadedModel, references: Sequence[FeatureTableRecord]
                        ) -> tuple[list[FeatureTableRecord], list[str]]:
     """(references to embed, perfs too short for the model) among ``references`` (feature_table rows): those with

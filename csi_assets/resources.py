@@ -11,8 +11,8 @@ from pathlib import Path
 import dagster as dg
 
 from csi_assets import locations
-from csi_assets.locations import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH, DEFAULT_TRAINING_DIR
 from csi_assets.layouts import DatasetLayout, TrainingLayout
+from csi_assets.locations import DEFAULT_DATASET_DIR, DEFAULT_STORE_PATH, DEFAULT_TRAINING_DIR
 from csi_assets.store import Store
 from csi_model.cqt import CqtSettings
 from csi_model.hparams import DataPrepHParams, TrainingHParams

@@ -22,8 +22,14 @@ from csi_assets.store import Store
 from csi_assets.store import features as feature_store
 from csi_assets.store.records import FeatureTableRecord
 from csi_assets.testsets import retrieval_test_sets
-from csi_assets.training_runs import (TrainingLog, best_model, check_compatible, steps_per_epoch,
-                                      tempo_training_data, write_curves)
+from csi_assets.training_runs import (
+    TrainingLog,
+    best_model,
+    check_compatible,
+    steps_per_epoch,
+    tempo_training_data,
+    write_curves,
+)
 from csi_model.atomic import write_text_atomic
 from csi_model.checkpoint import state_file_for
 from csi_model.cqt import settings_for
@@ -32,8 +38,16 @@ from csi_model.embedding import Embedder
 from csi_model.evaluation import RetrievalTestSet, evaluate
 from csi_model.hparams import HParamsError, TrainingHParams
 from csi_model.model import CoverHunter
-from csi_model.sweeps import (Experiment, RunOutcome, Tuning, experiment_hparams, load_tuning, markdown_table,
-                              plan_experiments, summarise)
+from csi_model.sweeps import (
+    Experiment,
+    RunOutcome,
+    Tuning,
+    experiment_hparams,
+    load_tuning,
+    markdown_table,
+    plan_experiments,
+    summarise,
+)
 from csi_model.training import TrainingDiverged, TrainingResult, WarmStart, train
 
 OUTCOME_FILE = "outcome.json"

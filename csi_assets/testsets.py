@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from csi_model.augment import TempoRange
 from csi_assets.store.records import FeatureTableRecord
+from csi_model.augment import TempoRange
 from csi_model.catalog import CatalogLineError, read_records
 from csi_model.dataset import FeatureItem
 from csi_model.evaluation import RetrievalTestSet

@@ -30,17 +30,24 @@ from csi_assets.store import Store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.store.records import FeatureTableRecord
-from csi_assets.testsets import (InvalidTestSet, TempoModeMismatch, TrainingData, require_answerable_test_sets,
-                                 retrieval_test_sets, too_short_message, training_data)
+from csi_assets.testsets import (
+    InvalidTestSet,
+    TempoModeMismatch,
+    TrainingData,
+    require_answerable_test_sets,
+    retrieval_test_sets,
+    too_short_message,
+    training_data,
+)
 from csi_model import checkpoint as ckpt
 from csi_model.atomic import atomic_path
 from csi_model.contract import InputContract, InputContractError, check_input_contract
 from csi_model.cqt import settings_for
 from csi_model.devices import pick_device
 from csi_model.distributed import steps_per_rank
-from csi_model.hparams import DataPrepHParams, TrainingHParams, to_dict, training_hparams_from_dict
 from csi_model.embedding import Embedder
 from csi_model.evaluation import RetrievalTestSet, evaluate
+from csi_model.hparams import DataPrepHParams, TrainingHParams, to_dict, training_hparams_from_dict
 from csi_model.loading import model_from_checkpoint
 from csi_model.model import CoverHunter, parameter_counts
 from csi_model.sampler import MPerClassBatchSampler

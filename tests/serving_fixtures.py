@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from csi_assets.assets import data
-from csi_assets.training_runs import trained_contract
 from csi_assets.store import models as model_store
+from csi_assets.training_runs import trained_contract
 from csi_model.checkpoint import model_fingerprint, save_checkpoint
 from csi_model.hparams import TrainingHParams, load_data_hparams, to_dict
 from csi_model.model import CoverHunter, ModelConfig

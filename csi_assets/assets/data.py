@@ -19,9 +19,9 @@ import numpy as np
 from csi_assets import features
 from csi_assets.assets.upstream import require_upstream
 from csi_assets.features import feature_problems, pending_features
-from csi_assets.shards import Shard, ShardResult, local_cores, staging_dir
 from csi_assets.progress import Progress
 from csi_assets.resources import DatasetResource, StoreResource
+from csi_assets.shards import Shard, ShardResult, local_cores, staging_dir
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import shards as shard_store

@@ -17,27 +17,26 @@ from typing import Any
 
 import dagster as dg
 
-from csi_assets.assets.data import rejection_rows, split_collisions, verify_catalog_rows
-from csi_assets.assets.data import ShardConfig
+from csi_assets.assets.data import ShardConfig, rejection_rows, split_collisions, verify_catalog_rows
 from csi_assets.assets.serving import embed_missing, embed_reference_shard
 from csi_assets.features import extract_features, pending_features
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
-from csi_assets.references import commit_reference_shards, pending_references, reference_shards, reference_stage
 from csi_assets.reference_index import ReferenceIndex, sync_index
+from csi_assets.references import commit_reference_shards, pending_references, reference_shards, reference_stage
 from csi_assets.resources import DatasetResource, StoreResource
+from csi_assets.shards import ShardResult
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
-from csi_assets.shards import ShardResult
 from csi_assets.store import ingest as ingest_store
 from csi_assets.store import models as model_store
 from csi_assets.store import shards as shard_store
 from csi_assets.store import splits as split_store
 from csi_assets.store.records import FeatureRecord, FeatureTableRecord, VariantRecord
 from csi_model.catalog import parse_catalog
+from csi_model.cqt import settings_for
 from csi_model.devices import pick_device
 from csi_model.identifiers import is_original_speed
 from csi_model.splits import assign_work_ids
-from csi_model.cqt import settings_for
 
 GROUP = "ingestion"
 delta_batches = dg.DynamicPartitionsDefinition(name="delta_batches")

@@ -11,7 +11,7 @@ no partitions; nothing else changes. :func:`label_assets` builds the pair for an
 import base64
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 
@@ -90,7 +90,7 @@ def label_assets(labels: Sequence[str]) -> tuple[dg.AssetsDefinition, ...]:
 class LabelModelConfig(dg.Config):
     """Run config of ``label_model``."""
 
-    max_epochs: Optional[int] = None
+    max_epochs: int | None = None
     """Override the training hparams' ``max_epochs``."""
     warm_start: bool = False
     """Start the embedding network from the promoted CSI model's weights (its class heads are not reused)."""

@@ -9,7 +9,6 @@ parallel; ``sweep_summary`` tabulates the outcomes.
 """
 
 import time
-from typing import Optional
 
 import dagster as dg
 
@@ -89,9 +88,9 @@ def sweep_summary(context: dg.AssetExecutionContext, training: TrainingResource)
 class ProductionConfig(dg.Config):
     """Run config of ``production_model``."""
 
-    k_folds: Optional[int] = None
+    k_folds: int | None = None
     """Override the hparams' ``k_folds`` (fixed for a training folder once its folds exist)."""
-    max_epochs: Optional[int] = None
+    max_epochs: int | None = None
     """Override ``max_epochs`` (per fold and for the final run)."""
     promote: bool = False
     """Make the final model the dataset's promoted model."""

@@ -20,16 +20,23 @@ from csi_assets.assets.data import ShardConfig
 from csi_assets.assets.upstream import require_upstream
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Progress
-from csi_assets.references import (ReferencePlan, commit_reference_shards, embed_files, embed_shard,
-                                   pending_references, reference_shards, reference_stage)
 from csi_assets.reference_index import IndexUnavailable, ReferenceIndex, model_dir, sync_index
+from csi_assets.references import (
+    ReferencePlan,
+    commit_reference_shards,
+    embed_files,
+    embed_shard,
+    pending_references,
+    reference_shards,
+    reference_stage,
+)
 from csi_assets.resources import DatasetResource, StoreResource
+from csi_assets.shards import Shard, ShardResult, staging_dir
 from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.store import shards as shard_store
-from csi_assets.shards import Shard, ShardResult, staging_dir
 from csi_assets.store.records import FeatureTableRecord
 from csi_model.calibration import Calibration, compute_track_calibration
 from csi_model.centroids import WorkCentroids, compute_centroids

@@ -3,7 +3,6 @@
 
 import base64
 import time
-from typing import Optional
 
 import dagster as dg
 
@@ -20,7 +19,7 @@ class TrainingConfig(dg.Config):
 
     promote: bool = True
     """Make the trained model the dataset's promoted model (the one serving and evaluation use)."""
-    max_epochs: Optional[int] = None
+    max_epochs: int | None = None
     """Override the hparams' ``max_epochs`` (e.g. to continue a finished run for more epochs)."""
 
 

@@ -35,6 +35,7 @@ from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.run_health import run_alive
 from csi_assets.store import ingest as ingest_store
 
+
 class EntryMoving(OSError):
     """An entry's files changed while the sensor read them: it is looked at again next tick."""
 

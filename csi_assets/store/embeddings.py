@@ -15,11 +15,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from csi_model.calibration import Calibration
-
 from csi_assets.store.connection import Store
 from csi_assets.store.records import CalibrationRecord, CentroidRecord
 from csi_assets.store.rows import fetch_records, select_fields, upsert
+from csi_model.calibration import Calibration
 
 
 @dataclass(frozen=True)

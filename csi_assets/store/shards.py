@@ -41,7 +41,7 @@ def commit(store: Store, stage: str, shards: Sequence[tuple[str, list[Any]]], wr
     with store.transaction() as con:
         done = {r[0] for r in con.execute("SELECT shard_id FROM shard_commits WHERE stage = ?", [stage]).fetchall()}
         new = [(shard_id, rows) for shard_id, rows in shards if shard_id not in done]
-        for shard_id, rows in new:
+        for _, rows in new:
             written += write(con, rows)
         upsert(con, "shard_commits", ("stage", "shard_id"),
                [{"stage": stage, "shard_id": shard_id, "n_rows": len(rows)} for shard_id, rows in new])

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from csi_model.model import CoverHunter, ModelConfig
-
 from tests.paths import REPO
 
 sys.path.insert(0, str(REPO / "bench"))

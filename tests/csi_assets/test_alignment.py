@@ -14,7 +14,6 @@ from csi_assets.alignment import ALIGNMENT_FILE, ALIGNMENT_META_FILE
 from csi_assets.assets import tools
 from csi_assets.cli import main as csi
 from csi_assets.store import catalog as catalog_store
-
 from csi_model.alignment import TrackWindows, align_works, coarse_shifts, embed_windows, window_starts
 from csi_model.audio import SAMPLE_RATE
 from csi_model.cqt import CqtSettings, compute_cqt

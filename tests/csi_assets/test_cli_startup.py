@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
 from tests.paths import REPO
 
 HEAVY = ("torch", "dagster", "duckdb", "scipy", "sklearn", "matplotlib", "nnAudio", "faiss")

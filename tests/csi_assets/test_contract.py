@@ -25,8 +25,13 @@ from csi_assets.resources import DatasetResource
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
 from csi_assets.store.schema import MIGRATIONS, migrate
-from csi_model.contract import (CONTRACT_FIELDS, InputContract, InputContractError, InputContractWarning,
-                                check_input_contract)
+from csi_model.contract import (
+    CONTRACT_FIELDS,
+    InputContract,
+    InputContractError,
+    InputContractWarning,
+    check_input_contract,
+)
 from csi_model.cqt import CqtSettings
 from csi_model.hparams import load_data_hparams
 from csi_model.synth import generate_covers

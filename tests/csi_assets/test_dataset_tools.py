@@ -1,11 +1,10 @@
 """Catalog tools: overlap report (malformed lines skipped and reported), performances-per-work histogram as a PNG,
 query_in_ref built by perf."""
 
-import json
-from pathlib import Path
-
 import base64
 import io
+import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -15,7 +14,6 @@ from PIL import Image
 from csi_assets.assets import data, tools
 from csi_assets.catalog_histogram import HISTOGRAM_FILE
 from csi_assets.cli import main as csi
-
 from csi_model.catalog import CatalogLineError
 from csi_model.dataset_tools import (
     compare_catalogs,

@@ -21,9 +21,9 @@ from csi_assets.store import models as model_store
 from csi_assets.testsets import feature_item
 from csi_model import hparams
 from csi_model.audio import load_audio
+from csi_model.augment import TempoRange
 from csi_model.checkpoint import load_generator
 from csi_model.synth import generate_covers
-from csi_model.augment import TempoRange
 from csi_model.training import train
 from tests.graph_fixtures import make_project
 from tests.serving_fixtures import ORIGINALS_ONLY, materialize_data, random_model, register_model, serving_hparams

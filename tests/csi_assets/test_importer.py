@@ -260,5 +260,5 @@ def test_a_model_trained_on_another_hop_than_the_data_folder_is_refused(tmp_path
 def test_an_imported_model_records_the_data_folders_settings_with_the_cqt_class_unknown(imported) -> None:
     _, data, _, store_path = imported
     contract = model_store.promoted_model(Store(store_path), "covers").input_contract
-    assert contract == {"source": f"{data / 'hparams.yaml'}, imported from CoverHunterMPS", "sample_rate": 16000, "hop": 640, "fmin": 32.0,
-                        "n_bins": 96, "bins_per_octave": 12, "cqt_class": None}
+    assert contract == {"source": f"{data / 'hparams.yaml'}, imported from CoverHunterMPS", "sample_rate": 16000,
+                        "hop": 640, "fmin": 32.0, "n_bins": 96, "bins_per_octave": 12, "cqt_class": None}

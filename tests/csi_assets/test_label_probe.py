@@ -10,8 +10,8 @@ import warnings
 
 import dagster as dg
 import numpy as np
-import soundfile as sf
 import pytest
+import soundfile as sf
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from csi_assets.assets import labels, serving
@@ -243,12 +243,14 @@ def test_trainer_warm_start_applies_to_a_fresh_run_only(tmp_path) -> None:
     trainer.run()
     loaded = trainer.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in source.state_dict().items() if k not in CLASS_HEAD_KEYS)
-    trained = Trainer(dataclasses.replace(hp, max_epochs=1), items, tmp_path / "run", warm_start=WarmStart(pair.generator, heads=False))
+    trained = Trainer(dataclasses.replace(hp, max_epochs=1), items, tmp_path / "run",
+                      warm_start=WarmStart(pair.generator, heads=False))
     trained.run()  # one epoch from the warm start, checkpointed
     other = random_model(hp, num_classes=8, seed=4)
     other_pair = save_checkpoint(tmp_path / "other", 0, other, torch.optim.AdamW(other.parameters()), steps=0,
                                  early_stopping={})
-    resumed = Trainer(dataclasses.replace(hp, max_epochs=1), items, tmp_path / "run", warm_start=WarmStart(other_pair.generator, heads=False))
+    resumed = Trainer(dataclasses.replace(hp, max_epochs=1), items, tmp_path / "run",
+                      warm_start=WarmStart(other_pair.generator, heads=False))
     resumed.run()  # a checkpoint exists: it resumes from it and ignores the warm start
     assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in trained.model.state_dict().items())
 

@@ -15,8 +15,13 @@ from csi_assets.identify import Identifier
 from csi_assets.reference_index import PROMOTED, ReferenceIndex, index_root, model_dir
 from csi_assets.store import embeddings as embedding_store
 from csi_model.search import PerformanceIndex
-from tests.serving_fixtures import (materialize_data, materialized_metadata, project_with_model, random_model,
-                                   register_model)
+from tests.serving_fixtures import (
+    materialize_data,
+    materialized_metadata,
+    project_with_model,
+    random_model,
+    register_model,
+)
 
 ASSETS = [serving.reference_embeddings, serving.reference_index, serving.reference_index_matches_store]
 

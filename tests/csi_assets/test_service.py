@@ -20,11 +20,11 @@ import pytest
 import requests
 import soundfile as sf
 
-from tests.paths import REPO
 from csi_assets.assets import ingestion, serving
 from csi_assets.cli import main as csi
 from csi_assets.store import ingest as ingest_store
 from csi_model.synth import generate_covers
+from tests.paths import REPO
 from tests.serving_fixtures import project_with_model, random_model, register_model
 
 CSI = "import sys; from csi_assets.cli import main; sys.exit(main(sys.argv[1:]))"  # `csi` of this checkout
@@ -150,7 +150,7 @@ def test_concurrent_identifications_overlap_and_give_the_sequential_answers(serv
     for _ in range(5):  # until the server has had two in progress at once and /health saw one running
         done = threading.Event()
 
-        def watch() -> None:
+        def watch(done: threading.Event = done) -> None:
             while not done.is_set():
                 seen_by_health.append(requests.get(f"{url}/health", timeout=60).json()["identifying"])
 

@@ -13,8 +13,7 @@ import pytest
 import soundfile as sf
 
 from csi_assets.cli import main as csi
-from csi_assets.store import Store, StoreError, StoreLockedError
-from csi_assets.store import schema
+from csi_assets.store import Store, StoreError, StoreLockedError, schema
 from csi_assets.store.summary import table_counts
 
 

@@ -18,9 +18,19 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import ingest as ingest_store
 from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
-from csi_assets.store.records import (CatalogWarningRecord, CentroidRecord, EvaluationRecord, FeatureRecord,
-                                      FeatureTableRecord, IngestBatchRecord, ModelRecord, PerformanceRecord,
-                                      RecordMismatch, RejectedLineRecord, VariantRecord)
+from csi_assets.store.records import (
+    CatalogWarningRecord,
+    CentroidRecord,
+    EvaluationRecord,
+    FeatureRecord,
+    FeatureTableRecord,
+    IngestBatchRecord,
+    ModelRecord,
+    PerformanceRecord,
+    RecordMismatch,
+    RejectedLineRecord,
+    VariantRecord,
+)
 from csi_assets.store.rows import fetch_records
 from csi_model.calibration import Calibration
 

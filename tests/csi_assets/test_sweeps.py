@@ -17,8 +17,15 @@ from csi_assets.errors import RunFailed
 from csi_assets.resources import TrainingResource
 from csi_assets.sweeps import foundation_warm_start
 from csi_model.hparams import HParamsError, to_dict
-from csi_model.sweeps import (RunOutcome, experiment_hparams, markdown_table, parse_tuning, plan_experiments,
-                              summarise, tail_slope)
+from csi_model.sweeps import (
+    RunOutcome,
+    experiment_hparams,
+    markdown_table,
+    parse_tuning,
+    plan_experiments,
+    summarise,
+    tail_slope,
+)
 from csi_model.training import train
 from tests.graph_fixtures import make_project
 from tests.serving_fixtures import DATA_ASSETS

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.audio_fixtures import dominant_frequency, harmonic_tone, write_tone
 from csi_model.audio import SAMPLE_RATE, AudioError, check_audio_file, load_audio, write_wav
+from tests.audio_fixtures import dominant_frequency, harmonic_tone, write_tone
 
 
 def test_stereo_44k_becomes_16k_mono_with_the_right_length(tmp_path: Path) -> None:

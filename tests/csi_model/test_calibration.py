@@ -6,8 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from csi_model.calibration import (Calibration, compute_calibration, compute_track_calibration, cross_work_pairs,
-                                   ecdf_probabilities)
+from csi_model.calibration import (
+    Calibration,
+    compute_calibration,
+    compute_track_calibration,
+    cross_work_pairs,
+    ecdf_probabilities,
+)
 from csi_model.metrics import min_segment_distance
 
 

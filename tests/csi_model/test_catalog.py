@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.audio_fixtures import write_tone
 from csi_model.catalog import CatalogRow, catalog_record, parse_catalog, verify_audio, write_catalog
+from tests.audio_fixtures import write_tone
 
 
 @pytest.fixture

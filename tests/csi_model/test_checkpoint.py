@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.paths import FIXTURES
 from csi_model.checkpoint import (
     PARALLEL_PREFIX,
     CheckpointError,
@@ -29,6 +28,7 @@ from csi_model.checkpoint import (
 )
 from csi_model.loading import classes_in, model_from_checkpoint
 from csi_model.model import CoverHunter, ModelConfig
+from tests.paths import FIXTURES
 from tests.train_fixtures import tiny_hparams
 
 LAYOUT = FIXTURES / "reference" / "checkpoint_layout.tsv"

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.audio_fixtures import harmonic_tone, write_tone
 from csi_model.audio import SAMPLE_RATE, load_audio
 from csi_model.cqt import (
     CqtSettings,
@@ -15,6 +14,7 @@ from csi_model.cqt import (
     load_feature,
     save_feature,
 )
+from tests.audio_fixtures import harmonic_tone, write_tone
 
 CPU = torch.device("cpu")
 

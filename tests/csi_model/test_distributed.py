@@ -17,8 +17,15 @@ import torch.multiprocessing as mp
 
 from csi_assets.distributed_training import DistributedTrainingFailed, free_port, run_torchrun, train_model
 from csi_model import checkpoint as ckpt
-from csi_model.distributed import (DistributedSetupError, Ranks, ShardedBatchSampler, backend_for, process_group,
-                                   ranks_from_env, steps_per_rank)
+from csi_model.distributed import (
+    DistributedSetupError,
+    Ranks,
+    ShardedBatchSampler,
+    backend_for,
+    process_group,
+    ranks_from_env,
+    steps_per_rank,
+)
 from csi_model.distributed_train import TrainingJob, read_job, write_job
 from csi_model.hparams import DistributedHParams, HParamsError, training_hparams_from_dict
 from csi_model.model import CoverHunter, ModelConfig
@@ -137,7 +144,8 @@ def _rank_main(rank: int, port: int, hp, items, folder: Path) -> None:
     torch.set_num_threads(1)
     with process_group("gloo", "cpu") as (ranks, device):
         trainer = Trainer(hp, items, folder / "straight", val_items=items[:8], device=device, ranks=ranks)
-        planned = [copy.deepcopy(loader.batch_sampler.batches) for loader in trainer.train_loaders]  # under EpochBatches
+        # the sharded samplers, under EpochBatches
+        planned = [copy.deepcopy(loader.batch_sampler.batches) for loader in trainer.train_loaders]
         batches = [[list(sampler) for sampler in planned] for _ in range(hp.max_epochs)]
         hashes: list[str] = []
         trainer.progress = lambda event: (
@@ -146,7 +154,8 @@ def _rank_main(rank: int, port: int, hp, items, folder: Path) -> None:
         Trainer(dataclasses.replace(hp, max_epochs=1), items, folder / "resumed", val_items=items[:8], device=device,
                 ranks=ranks).run()
         resumed = Trainer(hp, items, folder / "resumed", val_items=items[:8], device=device, ranks=ranks).run()
-        record = {"hashes": hashes, "batches": batches, "crop_seeds": [ds.seed for ds in trainer.train_sets], "losses": [r.train for r in straight.history],
+        record = {"hashes": hashes, "batches": batches, "crop_seeds": [ds.seed for ds in trainer.train_sets],
+                  "losses": [r.train for r in straight.history],
                   "val": [r.val for r in straight.history],
                   "resumed_losses": [r.train for r in resumed.history], "epochs_run": resumed.epochs_run}
         (folder / f"rank{rank}.json").write_text(json.dumps(record))
@@ -164,7 +173,8 @@ def test_two_processes_keep_identical_parameters_on_disjoint_shards_and_resume_e
 
     labels = [it.work_id for it in items]
     for loader in range(3):  # the trainer's sampler generators, seeded as it seeds them
-        reference = MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size, np.random.default_rng([hp.seed, 1, loader]))
+        reference = MPerClassBatchSampler(labels, hp.m_per_class, hp.batch_size,
+                                          np.random.default_rng([hp.seed, 1, loader]))
         for epoch in range(hp.max_epochs):
             expected = list(reference.draw(2 * WORLD))
             shards = [r["batches"][epoch][loader] for r in ranks]

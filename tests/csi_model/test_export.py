@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.audio_fixtures import write_tone
 from csi_model.catalog import CatalogRow, parse_catalog
 from csi_model.export import FeatureLine, write_reference_exports
 from csi_model.splits import Split, assign_work_ids, split_performances
 from csi_model.tempo import plan_variants, render_variant
+from tests.audio_fixtures import write_tone
 
 KEYS = ["perf", "wav", "dur_s", "work", "version", "feat", "feat_len", "work_id"]
 
@@ -54,7 +54,8 @@ def test_exports_have_the_reference_keys_and_parse_back(tmp_path: Path) -> None:
     assert full[0]["perf"] == "sp_0.8-perf_0_0" and full[0]["dur_s"] == 0.25 and full[1]["perf"] == "perf_0_0"
     assert full[0]["feat_len"] == 5 and full[0]["work_id"] == 0
 
-    by_split = {name: parse_catalog(tmp_path / f"{name}.txt", tempo_copies=True) for name in ("full", "train", "val", "test")}
+    by_split = {name: parse_catalog(tmp_path / f"{name}.txt", tempo_copies=True)
+                for name in ("full", "train", "val", "test")}
     assert all(parsed.rejected == [] for parsed in by_split.values())
     assert len(by_split["full"].rows) == 24
     assert sum(len(by_split[name].rows) for name in ("train", "val", "test")) == 24

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.paths import FIXTURES, REPO
 from csi_model.devices import pick_device
 from csi_model.hparams import (
     HParamsError,
@@ -21,6 +20,7 @@ from csi_model.hparams import (
     training_hparams_from_dict,
     with_overrides,
 )
+from tests.paths import FIXTURES, REPO
 
 REFERENCE = FIXTURES / "reference"
 

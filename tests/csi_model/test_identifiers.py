@@ -13,12 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.audio_fixtures import write_tone
 from csi_assets.assets import data
 from csi_assets.store import features as feature_store
 from csi_model.catalog import parse_catalog
-from csi_model.identifiers import (HASH_CHARS, SLUG_CHARS, UnsafePathError, contained, id_file_name, id_path,
-                                   id_problem, is_original_speed)
+from csi_model.identifiers import (
+    HASH_CHARS,
+    SLUG_CHARS,
+    UnsafePathError,
+    contained,
+    id_file_name,
+    id_path,
+    id_problem,
+    is_original_speed,
+)
+from tests.audio_fixtures import write_tone
 from tests.graph_fixtures import make_project, materialize
 
 NASTY = [
@@ -149,7 +157,7 @@ def test_hostile_ids_get_their_own_files_inside_the_dataset_folder(tmp_path: Pat
     assert len(stored) == len(variants) == 4 * 3
     assert len({r.path for r in stored.values()}) == 12
     assert len({v.wav for v in variants.values()}) == 12  # the 0.9x and 1.1x copies never share a file
-    for variant, row in stored.items():
+    for row in stored.values():
         path = Path(row.path)
         assert path.parent == project.dataset_dir / "cqt_feat" / settings.settings_hash()
         assert np.load(path).shape == (row.n_frames, 96)  # round trip: the store finds each id's file

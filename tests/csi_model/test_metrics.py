@@ -4,8 +4,16 @@ matrices drawn with a seeded numpy generator), and agreement with a plain per-qu
 import numpy as np
 import pytest
 
-from csi_model.metrics import (NoAnswerableQueries, answerable_queries, bootstrap_metrics, min_segment_distance,
-                               pair_mask, per_query_metrics, retrieval_metrics, self_match_mask)
+from csi_model.metrics import (
+    NoAnswerableQueries,
+    answerable_queries,
+    bootstrap_metrics,
+    min_segment_distance,
+    pair_mask,
+    per_query_metrics,
+    retrieval_metrics,
+    self_match_mask,
+)
 
 # 3 queries × 4 refs. Query 1 has a 3-way tie that only the stable order (by ref index) resolves to AP 5/6;
 # query 2's work has no reference at all.

@@ -8,8 +8,20 @@ import numpy as np
 import pytest
 
 from csi_model.search import PerformanceIndex
-from csi_model.segment_index import FLAT, IVF, IVF_REFINE, Groups, IndexConfig, add_vectors, build_index, \
-    index_kind, read_index, remove_ids, search_groups, write_index
+from csi_model.segment_index import (
+    FLAT,
+    IVF,
+    IVF_REFINE,
+    Groups,
+    IndexConfig,
+    add_vectors,
+    build_index,
+    index_kind,
+    read_index,
+    remove_ids,
+    search_groups,
+    write_index,
+)
 
 DIM = 16
 

@@ -2,11 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.audio_fixtures import dominant_frequency, write_tone
 from csi_model.audio import SAMPLE_RATE, load_audio
 from csi_model.catalog import CatalogRow
 from csi_model.identifiers import id_file_name
 from csi_model.tempo import plan_variants, render_variant, variant_perf_id
+from tests.audio_fixtures import dominant_frequency, write_tone
 
 
 def _row(perf: str, wav: Path, dur_s: float) -> CatalogRow:

@@ -111,7 +111,8 @@ def test_stored_variants_are_ignored_in_feature_mode_never_stacked() -> None:
 
 
 def test_audio_mode_uses_stored_variants_without_feature_tempo() -> None:
-    data = training_data(DataPrepHParams(aug_speed_mode=(0.9, 1.0, 1.1), tempo_augmentation="audio"), TABLE, mean_size=1)
+    data = training_data(DataPrepHParams(aug_speed_mode=(0.9, 1.0, 1.1), tempo_augmentation="audio"), TABLE,
+                         mean_size=1)
     assert sorted(it.perf for it in data.items.train) == ["a", "sp_0.9-a", "sp_1.1-a"]
     assert data.tempo is None and data.tempo_record["stored_variants_used"] == 2
 

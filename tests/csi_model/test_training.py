@@ -10,13 +10,12 @@ import torch
 from csi_model import checkpoint as ckpt
 from csi_model.dataset import FeatureItem
 from csi_model.early_stopping import EarlyStopping
+from csi_model.embedding import Embedder
+from csi_model.evaluation import RetrievalTestSet, evaluate
 from csi_model.hparams import RandomEraseHParams, RollPitchHParams, SpecAugHParams
 from csi_model.metrics import NoAnswerableQueries
 from csi_model.model import CoverHunter, ModelConfig
-from csi_model.embedding import Embedder
-from csi_model.evaluation import RetrievalTestSet, evaluate
-from csi_model.training import (CheckpointSaved, EpochEnded, StepEnded, TestSetEvaluated, TrainingDiverged,
-                                train)
+from csi_model.training import CheckpointSaved, EpochEnded, StepEnded, TestSetEvaluated, TrainingDiverged, train
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
 AUGMENT = SpecAugHParams(RandomEraseHParams(prob=0.5, erase_num=2), RollPitchHParams(prob=0.5, shift_num=2))

@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader
 
 from csi_model.augment import SpecAugment
 from csi_model.dataset import ChunkDataset, EpochBatches, collate_chunks
-from csi_model.hparams import HParamsError, RandomEraseHParams, RollPitchHParams, SpecAugHParams
-from csi_model.model import CoverHunter, ModelConfig
 from csi_model.embedding import Embedder
 from csi_model.evaluation import RetrievalTestSet, evaluate
+from csi_model.hparams import HParamsError, RandomEraseHParams, RollPitchHParams, SpecAugHParams
+from csi_model.model import CoverHunter, ModelConfig
 from csi_model.training import StepEnded, Trainer, train
 from tests.train_fixtures import synthetic_features, tiny_hparams
 

@@ -19,7 +19,6 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from tests.paths import REPO
 from csi_assets.assets import data, serving
 from csi_assets.dask_execution import cluster_from_environment, make_cluster
 from csi_assets.shards import Shard, finished, rows_path, split_shards, staging_dir, write_rows
@@ -29,6 +28,7 @@ from csi_assets.store import features as feature_store
 from csi_assets.store import shards as shard_store
 from csi_assets.store.records import FeatureRecord
 from tests.graph_fixtures import Project, make_project
+from tests.paths import REPO
 from tests.serving_fixtures import ORIGINALS_ONLY, random_model, register_model, serving_hparams
 
 distributed = pytest.importorskip("distributed")

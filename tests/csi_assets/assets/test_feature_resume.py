@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.paths import REPO
 from csi_assets.assets import data
 from csi_assets.store import features as feature_store
 from tests.graph_fixtures import make_project, materialize
+from tests.paths import REPO
 
 _RUN = """
 import dagster as dg, sys

@@ -16,19 +16,19 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from tests.paths import REPO
 from csi_assets.assets import ingestion
 from csi_assets.identify import Identifier
 from csi_assets.resources import StoreResource
 from csi_assets.sensors.delta_dataset import delta_dataset_sensor
+from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import embeddings as embedding_store
+from csi_assets.store import features as feature_store
 from csi_assets.store import ingest as ingest_store
-from csi_assets.store import Store
 from csi_assets.store import splits as split_store
 from csi_model.synth import generate_covers
-from csi_assets.store import features as feature_store
 from tests.graph_fixtures import make_project
+from tests.paths import REPO
 from tests.serving_fixtures import ORIGINALS_ONLY, materialize_data, project_with_model
 
 

@@ -18,8 +18,17 @@ from csi_assets.assets import research
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_model import checkpoint as ckpt
-from csi_model.folds import (FOLD_INDICES_FILE, LR_ANCHOR_FILE, PoolItem, ProductionRun, final_lr, fold_lr,
-                             ladder_ratio, load_or_make_folds, stratified_folds)
+from csi_model.folds import (
+    FOLD_INDICES_FILE,
+    LR_ANCHOR_FILE,
+    PoolItem,
+    ProductionRun,
+    final_lr,
+    fold_lr,
+    ladder_ratio,
+    load_or_make_folds,
+    stratified_folds,
+)
 from csi_model.hparams import to_dict
 from csi_model.training import Trainer, WarmStart, train
 from tests.graph_fixtures import make_project

@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 import yaml
+
 from tests.paths import REPO
 
 WAIT_LIMIT_S = 600.0

@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-from tests.audio_fixtures import write_tone
 from csi_assets.assets import data, training
 from csi_assets.errors import RunFailed
 from csi_assets.store import features as feature_store
@@ -19,11 +18,12 @@ from csi_assets.store import models as model_store
 from csi_assets.testsets import retrieval_test_sets
 from csi_assets.training_runs import check_compatible
 from csi_model.checkpoint import list_checkpoints
-from csi_model.hparams import DataPrepHParams, training_hparams_from_dict
-from csi_model.model import CoverHunter, ModelConfig
+from csi_model.cqt import settings_for
 from csi_model.embedding import Embedder
 from csi_model.evaluation import evaluate
-from csi_model.cqt import settings_for
+from csi_model.hparams import DataPrepHParams, training_hparams_from_dict
+from csi_model.model import CoverHunter, ModelConfig
+from tests.audio_fixtures import write_tone
 from tests.graph_fixtures import DATA_HPARAMS, Project, make_project
 
 DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
