@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -144,25 +145,36 @@ def test_dask_run_stores_what_the_in_process_run_stores(in_process, cluster, tmp
     _assert_same_store(project, in_process)
 
 
-def _kill_a_shard_worker(address: str, prefix: str, killed: list[int]) -> None:
-    """Poll the scheduler until a worker runs a task of ``prefix`` shards, then SIGKILL that worker's process."""
+def _when_a_shard_runs(address: str, prefix: str, act: Callable[[distributed.Client, str], None],
+                       done: list) -> None:
+    """Poll the scheduler until a worker runs a task of ``prefix`` shards, then ``act(client, worker)`` once and
+    note it in ``done``."""
     with distributed.Client(address, timeout=60) as client:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
+        while time.monotonic() < deadline and not done:
             for worker, tasks in client.processing().items():
                 if any(prefix in str(key) for key in tasks):
-                    pid = client.run(os.getpid, workers=[worker])[worker]
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
+                    act(client, worker)
+                    done.append(worker)
                     return
             time.sleep(0.02)
+
+
+def _kill_worker(client: distributed.Client, worker: str) -> None:
+    os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+
+
+def _stop_this_run(client: distributed.Client, worker: str) -> None:
+    """The SIGINT a run's stop request is, to this process: the run executes in its main thread, where Dagster
+    captures it."""
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_a_worker_killed_mid_stage_costs_nothing_but_time(in_process, cluster, tmp_path) -> None:
     project = _project(tmp_path / "dask")
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_a_shard_worker,
-                              args=(cluster.scheduler_address, ".compute_cqt_shard[", killed))
+    killer = threading.Thread(target=_when_a_shard_runs,
+                              args=(cluster.scheduler_address, ".compute_cqt_shard[", _kill_worker, killed))
     with _instance(tmp_path) as instance:
         killer.start()
         first = _run_on_dask(project, instance, cluster.scheduler_address)
@@ -180,24 +192,11 @@ def test_a_worker_killed_mid_stage_costs_nothing_but_time(in_process, cluster, t
     _assert_same_store(project, in_process, same_shards=first.success)
 
 
-def _stop_when_a_shard_runs(address: str, prefix: str, sent: list[bool]) -> None:
-    """Poll the scheduler until a ``prefix`` shard runs, then send this process the SIGINT a run's stop request is
-    (the run executes in this process's main thread, where Dagster captures it)."""
-    with distributed.Client(address, timeout=60) as client:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not sent:
-            if any(prefix in str(key) for tasks in client.processing().values() for key in tasks):
-                os.kill(os.getpid(), signal.SIGINT)
-                sent.append(True)
-                return
-            time.sleep(0.02)
-
-
 def test_a_stop_request_cancels_the_running_shards_and_starts_no_other_step(cluster, tmp_path) -> None:
     project = _project(tmp_path / "dask")
-    sent: list[bool] = []
-    stopper = threading.Thread(target=_stop_when_a_shard_runs,
-                               args=(cluster.scheduler_address, ".compute_cqt_shard[", sent))
+    sent: list[str] = []
+    stopper = threading.Thread(target=_when_a_shard_runs,
+                               args=(cluster.scheduler_address, ".compute_cqt_shard[", _stop_this_run, sent))
     with _instance(tmp_path) as instance:
         stopper.start()
         job = dg.build_reconstructable_job("tests.cluster_job", "data_and_references")
