@@ -104,7 +104,7 @@ def demo_server(folder: Path, seconds: float, workers: int) -> tuple[subprocess.
     from tests.serving_fixtures import project_with_model
 
     project, _, _ = project_with_model(folder, works=6, perfs=3, seconds=seconds)
-    store, dataset, log = project.store(), DatasetLayout.at(project.dataset_dir), logging.getLogger("bench.serve")
+    store, dataset, log = project.store, DatasetLayout.at(project.dataset_dir), logging.getLogger("bench.serve")
     run = embed_references(store, dataset, staging_dir(store.path), log)
     sync_index(store, store.path, dataset.name, run.model_id, log=log.info)
     generate_covers(folder / "queries", works=6, perfs=4, seed=0, seconds=seconds)
