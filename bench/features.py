@@ -4,8 +4,8 @@ Tracks are 44.1 kHz stereo WAVs (a random harmonic melody with a little noise), 
 and mixes down. Both sides process the same files in this process, and every figure is x real time per second
 of *original* audio (what a user's collection is), so the ratio compares across machines:
 
-- product: ``dataset_catalog`` → ``speed_variants`` → ``cqt_features`` materialised for real (DuckDB store, feature
-  files), in process; each step's time comes from the run's event log, and the time outside steps is reported;
+- product: the application functions behind ``dataset_catalog`` → ``speed_variants`` → ``cqt_features`` run for real
+  (DuckDB store, feature files) in process, without the orchestrator, each step timed;
 - reference: per file, ``sox`` to 16 kHz mono, one ``sox tempo`` per factor (identity excluded), then per item a
   freshly built nnAudio CQT2010v2 kernel and its features saved as float32 ``.npy``.
 
@@ -73,30 +73,24 @@ def report(stage: str, audio_seconds: float, wall: float) -> None:
 
 
 def product_stage(folder: Path, factors: Sequence[float], mode: str, device: str) -> tuple[float, dict[str, float]]:
-    """Materialise the data assets; returns (wall seconds, seconds per step)."""
-    import dagster as dg
+    """Run the data stage's application functions; returns (wall seconds, seconds per step)."""
+    import logging
 
-    from csi_assets.assets import data
-    from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
+    from csi_assets.catalog import catalog_dataset
+    from csi_assets.features import compute_features
+    from csi_assets.layouts import DatasetLayout
+    from csi_assets.shards import staging_dir
+    from csi_assets.store import Store
+    from csi_assets.tempo_variants import record_variants
 
     (folder / "hparams.yaml").write_text(yaml.safe_dump({"aug_speed_mode": list(factors), "device": device,
                                                           "tempo_augmentation": mode}))
-    resources = {"dataset": DatasetResource(dataset_dir=str(folder)),
-                 "store": StoreResource(path=str(folder / "csi.duckdb")),
-                 "training": TrainingResource(training_dir=str(folder / "training"))}
-    instance = dg.DagsterInstance.ephemeral()
-    result, wall = timed(lambda: dg.materialize([data.dataset_catalog, data.speed_variants, data.cqt_features],
-                                                resources=resources, instance=instance))
-    starts, steps = {}, {}
-    for entry in instance.all_logs(result.run_id):
-        event = entry.dagster_event
-        if event is None or event.step_key is None:
-            continue
-        if event.event_type_value == "STEP_START":
-            starts[event.step_key] = entry.timestamp
-        elif event.event_type_value == "STEP_SUCCESS":
-            steps[event.step_key] = entry.timestamp - starts[event.step_key]
-    return wall, steps
+    dataset, store, log = DatasetLayout.at(folder), Store(folder / "csi.duckdb"), logging.getLogger("bench.features")
+    runs = {"dataset_catalog": lambda: catalog_dataset(store, dataset, log),
+            "speed_variants": lambda: record_variants(store, dataset, log),
+            "cqt_features": lambda: compute_features(store, dataset, staging_dir(store.path), log)}
+    steps = {step: timed(runs[step])[1] for step in DATA_STEPS}
+    return sum(steps.values()), steps
 
 
 def reference_stage(folder: Path, factors: Sequence[float], settings: CqtSettings, device: torch.device) -> float:
@@ -153,9 +147,6 @@ def main() -> None:
         wall, steps = product_stage(folder, args.factors, args.tempo_augmentation, args.device)
         for step in DATA_STEPS:
             report(f"  step {step}", seconds, steps[step])
-        outside = wall - sum(steps.values())
-        share = 100 * outside / wall
-        print(f"{'  outside steps (orchestration)':<34} {outside:8.2f} s wall  ({share:.0f} % of the stage)")
         report("product data stage", seconds, wall)
         if args.skip_reference or shutil.which("sox") is None:
             print("reference path skipped" + ("" if args.skip_reference else ": no sox binary on PATH"))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from csi_assets.assets import ingestion
+from csi_assets.ingestion import ingest_batch
 from csi_assets.layouts import DatasetLayout
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
@@ -119,7 +119,7 @@ def time_ingest(store: Store, dataset: DatasetLayout, batches: list[Path]) -> li
         batch_id = catalog.stem
         ingest_store.record_batch(store, batch_id, dataset.name, str(catalog), ingest_store.RECEIVED)
         start = time.perf_counter()
-        counts = ingestion.ingest_batch(store, dataset, batch_id, catalog, _Quiet())
+        counts = ingest_batch(store, dataset, batch_id, catalog, _Quiet())
         seconds.append(time.perf_counter() - start)
         assert counts["performances"] == counts["embedded"], counts
     return seconds

@@ -93,16 +93,20 @@ def in_process_ms(project, query: Path, repeats: int = 10) -> tuple[float, float
 
 def demo_server(folder: Path, seconds: float, workers: int) -> tuple[subprocess.Popen, str, list[Path], object]:
     """A tiny synthetic project served on a free port; returns the process, its URL, query files, project."""
-    import dagster as dg
+    import logging
 
     sys.path.insert(0, str(ROOT))
-    from csi_assets.assets import serving
+    from csi_assets.layouts import DatasetLayout
+    from csi_assets.reference_index import sync_index
+    from csi_assets.references import embed_references
+    from csi_assets.shards import staging_dir
     from csi_model.synth import generate_covers
     from tests.serving_fixtures import project_with_model
 
     project, _, _ = project_with_model(folder, works=6, perfs=3, seconds=seconds)
-    assert dg.materialize([serving.reference_embeddings, serving.reference_index], resources=project.resources,
-                          instance=dg.DagsterInstance.ephemeral()).success
+    store, dataset, log = project.store, DatasetLayout.at(project.dataset_dir), logging.getLogger("bench.serve")
+    run = embed_references(store, dataset, staging_dir(store.path), log)
+    sync_index(store, store.path, dataset.name, run.model_id, log=log.info)
     generate_covers(folder / "queries", works=6, perfs=4, seed=0, seconds=seconds)
     queries = sorted((folder / "queries" / "wav").glob("*_p3.wav"))
     with socket.socket() as s:

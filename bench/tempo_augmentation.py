@@ -77,39 +77,42 @@ def make_project(out: Path, audio: Path, mode: str, args: argparse.Namespace) ->
 
 
 def run_mode(out: Path, audio: Path, mode: str, args: argparse.Namespace) -> dict:
-    import dagster as dg
     import torch
 
-    from csi_assets.assets import data
-    from csi_assets.layouts import TrainingLayout
-    from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
+    from csi_assets.catalog import catalog_dataset
+    from csi_assets.dataset_splits import record_work_ids, split_dataset
+    from csi_assets.features import compute_features
+    from csi_assets.layouts import DatasetLayout, TrainingLayout
+    from csi_assets.shards import staging_dir
+    from csi_assets.store import Store
     from csi_assets.store import features as feature_store
     from csi_assets.store import models as model_store
     from csi_assets.sweeps import bootstrap_map
+    from csi_assets.tempo_variants import record_variants
     from csi_assets.testsets import retrieval_test_sets
     from csi_assets.training_runs import run_training
     from csi_model.hparams import training_hparams_from_dict
     from csi_model.loading import model_from_checkpoint
 
     dataset, training_dir, store_path = make_project(out, audio, mode, args)
-    resources = {"dataset": DatasetResource(dataset_dir=str(dataset)),
-                 "training": TrainingResource(training_dir=str(training_dir)),
-                 "store": StoreResource(path=str(store_path))}
-    instance = dg.DagsterInstance.ephemeral()
+    layout, store = DatasetLayout.at(dataset), Store(store_path)
+    log = logging.getLogger("bench.data")
     started = time.monotonic()
-    dg.materialize([data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids,
-                    data.data_splits], resources=resources, instance=instance)
+    catalog_dataset(store, layout, log)
+    record_variants(store, layout, log)
+    compute_features(store, layout, staging_dir(store.path), log)
+    record_work_ids(store, layout)
+    split_dataset(store, layout)
     data_seconds = time.monotonic() - started
     started = time.monotonic()
-    run_training(resources["store"].store(), resources["dataset"].layout(), TrainingLayout.at(training_dir),
+    run_training(store, layout, TrainingLayout.at(training_dir),
                  logging.getLogger("bench.train"))
     train_seconds = time.monotonic() - started
 
-    store = resources["store"].store()
     row = model_store.promoted_model(store, dataset.name)
     hp = training_hparams_from_dict(row.hparams)
     model, _ = model_from_checkpoint(row.checkpoint, hp, num_classes=int(row.metrics["num_classes"]))
-    table = feature_store.feature_table(store, dataset.name, resources["dataset"].cqt_settings().settings_hash())
+    table = feature_store.feature_table(store, dataset.name, layout.cqt_settings().settings_hash())
     test_sets, counts = retrieval_test_sets(hp, table, training_dir)
     test = next(ts for ts in test_sets if ts.name == "demo_test")
     interval = bootstrap_map(model, test, hp, torch.device("cpu"), args.bootstrap)

@@ -20,12 +20,11 @@ from csi_assets.errors import RunFailed
 from csi_assets.layouts import DatasetLayout
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
 from csi_assets.progress import Log, Progress
+from csi_assets.references import reference_rows
 from csi_assets.store import Store
-from csi_assets.store import features as feature_store
 from csi_model.alignment import Alignment, TrackWindows, align_works, embed_windows
 from csi_model.atomic import write_text_atomic
 from csi_model.cqt import load_feature
-from csi_model.identifiers import is_original_speed
 
 ALIGNMENT_FILE = "alignments.jsonl"
 ALIGNMENT_META_FILE = "alignments.meta.json"
@@ -57,9 +56,7 @@ def compute_alignments(store: Store, dataset: DatasetLayout, model: LoadedModel,
     """Shifts between every two original performances of each work (and each with itself), with ``model``."""
     start = time.monotonic()
     fps = dataset_input(model, dataset.hparams(), log).fps
-    settings_hash = dataset.cqt_settings().settings_hash()
-    # the original recording of every performance with a feature
-    rows = [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if is_original_speed(r.speed)]
+    rows = reference_rows(store, dataset)
     embedder = model.embedder
     usable, short = embedder.split_by_length(rows, lambda r: r.n_frames)
     too_short = sorted(r.perf for r in short)

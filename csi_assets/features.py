@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from csi_assets.progress import Progress
+from csi_assets.errors import RunFailed, require_upstream
+from csi_assets.layouts import DatasetLayout
+from csi_assets.progress import Log, Progress
 from csi_assets.shards import Shard, ShardResult, finished, local_cores, read_rows, rows_path, split_shards, write_rows
 from csi_assets.store import Store
 from csi_assets.store import features as feature_store
@@ -248,3 +250,73 @@ def commit_feature_shards(store: Store, dataset: str, settings: CqtSettings, sta
     for result in results:
         Path(result.path).unlink(missing_ok=True)
     return written, errors
+
+
+def discard_bad_features(stored: Mapping[str, FeatureRecord], problems: Mapping[str, str], folder: Path,
+                         log: Log) -> None:
+    """Name every bad feature file and delete those this project wrote (inside ``folder``), so they are computed
+    again; bad files imported from the reference tool cannot be recomputed here without mixing two feature
+    extractors, so they stop the run (:class:`RunFailed`)."""
+    imported = [v for v in problems if "origin" in stored[v].settings]
+    if imported:
+        raise RunFailed(f"{len(imported)} imported feature file(s) are unusable; import the reference "
+                        "folder again:\n" + "\n".join(problems[v] for v in imported[:20]))
+    for variant, reason in problems.items():
+        log.warning(f"{reason}; computing it again")
+        path = Path(stored[variant].path)
+        if path.resolve().parent == folder.resolve():
+            path.unlink(missing_ok=True)
+
+
+def plan_features(store: Store, dataset: DatasetLayout, items_per_shard: int, log: Log
+                  ) -> tuple[FeaturePlan, list[Shard]]:
+    """Read every stored feature file once, discard bad ones, and cut the recordings without a usable feature
+    into shards (forgetting earlier runs' ledger rows of those shards)."""
+    settings = dataset.cqt_settings()
+    folder = dataset.features_dir / settings.settings_hash()
+    remove_abandoned_temporaries(folder)  # left by killed writers; live writes are left alone
+    variants = feature_store.variants(store, dataset.name)
+    require_upstream(variants, "speed_variants", dataset.name, "recordings to compute features of")
+    stored = feature_store.features(store, dataset.name, settings.settings_hash())
+    problems = feature_problems(stored, settings.n_bins, record_verified=marker_recorder(store, dataset.name, settings))
+    discard_bad_features(stored, problems, folder, log)
+    pending = pending_features(variants, stored, problems)
+    stage = feature_stage(dataset.name, settings)
+    shards = plan_feature_shards(stage, pending, settings, dataset.features_dir, dataset.hparams().device,
+                                 items_per_shard)
+    shard_store.forget(store, stage, [s.shard_id for s in shards])
+    log.info(f"{len(pending)} of {len(variants)} recordings to compute, in {len(shards)} shard(s)")
+    return FeaturePlan(stage, len(variants), tuple(v.variant for v in pending), problems,
+                       {v: r.path for v, r in stored.items()}), shards
+
+
+@dataclass(frozen=True)
+class FeaturesRun:
+    """What :func:`commit_features` recorded: every stored feature, those this step read whole, how many were
+    computed now."""
+
+    stored: Mapping[str, FeatureRecord]
+    verified: Set[str]
+    computed: int
+
+
+def commit_features(store: Store, dataset: DatasetLayout, plan: FeaturePlan, results: Sequence[ShardResult]
+                    ) -> FeaturesRun:
+    """Record every shard's features in one store transaction; raises :class:`RunFailed` when any variant is left
+    without a feature (naming the shards' errors)."""
+    settings = dataset.cqt_settings()
+    computed, errors = commit_feature_shards(store, dataset.name, settings, plan.stage, results)
+    stored = feature_store.features(store, dataset.name, settings.settings_hash())
+    rewritten = set(plan.pending) | set(plan.problems)
+    verified = {v for v, r in stored.items()  # read whole by the plan and not rewritten since: not read again
+                if v not in rewritten and plan.verified_paths.get(v) == r.path}
+    missing = pending_features(feature_store.variants(store, dataset.name), stored)
+    if errors or missing:
+        raise RunFailed(f"{len(missing)} of {plan.variants} variants have no feature:\n" + "\n".join(errors[:20]))
+    return FeaturesRun(stored, verified, computed)
+
+
+def compute_features(store: Store, dataset: DatasetLayout, staging: Path, log: Log) -> FeaturesRun:
+    """The whole stage in this process: plan, compute every shard (rows files in ``staging``), commit."""
+    plan, shards = plan_features(store, dataset, 0, log)
+    return commit_features(store, dataset, plan, [compute_feature_shard(s, staging, log) for s in shards])

@@ -28,13 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from csi_assets.catalog import rejection_rows
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.store import splits as split_store
 from csi_assets.store.records import FeatureRecord, VariantRecord
-from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, scan_records
+from csi_model.catalog import CatalogRow, parse_catalog, scan_records
 from csi_model.checkpoint import GENERATOR_PREFIX, CheckpointError, checkpoint_epoch, latest_generator
 from csi_model.contract import InputContract, InputContractError, check_input_contract
 from csi_model.cqt import content_hash, settings_for
@@ -44,11 +45,6 @@ from csi_model.loading import model_from_checkpoint
 
 IMPORT_ORIGIN = "reference-import"
 UNKNOWN_CQT_CLASS = "unknown: CQT1992v2 (MPS) or CQT2010v2 (CUDA)"
-
-
-def rejection_rows(lines: Sequence[RejectedLine]) -> list[dict[str, Any]]:
-    """Rejected catalog lines as the store's ``rejected`` rows."""
-    return [{"line_no": r.line_no, "raw": r.text, "reason": r.reason} for r in lines]
 
 
 class ReferenceImportError(ValueError):

@@ -24,12 +24,12 @@ from csi_assets.classify import PROBE_FILE, probe_file
 from csi_assets.errors import RunFailed
 from csi_assets.layouts import DatasetLayout, TrainingLayout
 from csi_assets.progress import Log
+from csi_assets.references import perf_vectors
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import models as model_store
 from csi_model.atomic import write_text_atomic
-from csi_model.embedding import mean_unit_vectors
 from csi_model.hparams import HParamsError, load_data_hparams
 from csi_model.label_probe import (
     KNN_NEIGHBOURS,
@@ -73,7 +73,7 @@ def labelled_performances(db: Store, dataset: str, model_id: str, label: str) ->
         raise RunFailed(f"no values of label {label!r} in the store for dataset {dataset!r}: list it under "
                         "`labels:` in the data hparams and materialize dataset_catalog")
     stored = embedding_store.load_embeddings(db, dataset, model_id)
-    vectors = mean_unit_vectors(stored.vectors, stored.segment_perf) if len(stored) else np.empty((0, 0), np.float32)
+    vectors = perf_vectors(stored)
     keep = np.array([values.get(perf) is not None for perf in stored.perfs.tolist()], dtype=bool)
     with_value = sum(v is not None for v in values.values())
     counts = {"catalogued": len(values), "missing_value": len(values) - with_value,

@@ -113,17 +113,7 @@ def test_application_module_never_imports_the_dagster_layer(module: str) -> None
     assert _forbidden_imports(_file_of(module)) == []
 
 
-BENCH_WAITING = {
-    "features.py": "the data stage's application functions are still in csi_assets/assets/data.py",
-    "serve.py": "the serving stage's application functions are still in csi_assets/assets/serving.py",
-    "ingest.py": "ingest_batch is still in csi_assets/assets/ingestion.py",
-    "tempo_augmentation.py": "the data stage's application functions are still in csi_assets/assets/data.py",
-}
-
-
-@pytest.mark.parametrize("script", [
-    pytest.param(p.name, marks=pytest.mark.xfail(strict=True, reason=BENCH_WAITING[p.name]))
-    if p.name in BENCH_WAITING else p.name for p in sorted((REPO / "bench").glob("*.py"))])
+@pytest.mark.parametrize("script", [p.name for p in sorted((REPO / "bench").glob("*.py"))])
 def test_bench_uses_only_the_application_layer(script: str) -> None:
     assert _forbidden_imports(REPO / "bench" / script) == []
 

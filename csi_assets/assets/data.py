@@ -6,10 +6,8 @@ it completes, so a killed run continues where it stopped).
 """
 
 
-import multiprocessing
 from collections.abc import Iterator, Mapping, Sequence, Set
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,102 +15,21 @@ import dagster as dg
 import numpy as np
 
 from csi_assets import features
-from csi_assets.assets.upstream import require_upstream
-from csi_assets.features import feature_problems, pending_features
-from csi_assets.progress import Progress
+from csi_assets.assets.upstream import failures
+from csi_assets.catalog import catalog_dataset
+from csi_assets.dataset_splits import record_work_ids, split_dataset, split_leaks
+from csi_assets.features import feature_problems
 from csi_assets.resources import DatasetResource, StoreResource
-from csi_assets.shards import Shard, ShardResult, local_cores, staging_dir
+from csi_assets.shards import Shard, ShardResult, staging_dir
 from csi_assets.store import catalog as catalog_store
-from csi_assets.store import features as feature_store
-from csi_assets.store import shards as shard_store
-from csi_assets.store import splits as split_store
-from csi_assets.store.records import FeatureRecord, FeatureTableRecord, PerformanceRecord, VariantRecord
-from csi_model.audio import AudioError
-from csi_model.catalog import CatalogRow, RejectedLine, parse_catalog, verify_row
-from csi_model.cqt import content_hash
-from csi_model.export import FeatureLine, write_reference_exports
-from csi_model.hparams import DataPrepHParams
-from csi_model.splits import Split, assign_work_ids, split_performances
-from csi_model.tempo import TempoVariant, plan_variants, render_variant
+from csi_assets.store.records import FeatureRecord
+from csi_assets.tempo_variants import record_variants
 
 GROUP = "data"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # dataset_catalog
-
-
-def _audio_identity(row: CatalogRow, known: PerformanceRecord | None) -> tuple[str, int, int, bool]:
-    """(hash, size, mtime_ns, needs_decode): the stored hash is trusted while the file's size and mtime match."""
-    stat = row.wav.stat()
-    if known and known.wav == str(row.wav) and known.audio_size == stat.st_size \
-            and known.audio_mtime_ns == stat.st_mtime_ns:
-        return known.audio_hash, stat.st_size, stat.st_mtime_ns, False
-    return content_hash(row.wav), stat.st_size, stat.st_mtime_ns, True
-
-
-def verify_catalog_rows(
-    rows: Sequence[CatalogRow], known: Mapping[str, PerformanceRecord], log: Any, label: str
-) -> tuple[list[dict[str, Any]], list[RejectedLine], list[dict[str, Any]]]:
-    """Decode each new or changed audio file (in parallel), keep unchanged ones as stored."""
-    progress = Progress(log, label, len(rows), "files")
-
-    def check(row: CatalogRow) -> tuple[dict[str, Any] | None, RejectedLine | None, str | None]:
-        try:
-            audio_hash, size, mtime, needs_decode = _audio_identity(row, known.get(row.perf))
-            warning = None
-            if needs_decode:
-                row, warning = verify_row(row)
-            else:
-                row = replace(row, dur_s=known[row.perf].dur_s)
-        except AudioError as err:
-            return None, RejectedLine(row.line_no, row.perf, f"{err.path} (line {row.line_no}): {err.reason}"), None
-        finally:
-            progress.advance()
-        record = {
-            "perf": row.perf, "wav": str(row.wav), "dur_s": row.dur_s, "work": row.work, "version": row.version,
-            "line_no": row.line_no, "audio_hash": audio_hash, "audio_size": size, "audio_mtime_ns": mtime,
-            "labels": dict(row.labels),
-        }
-        return record, None, warning
-
-    good, bad, warned = [], [], []
-    with ThreadPoolExecutor(local_cores()) as pool:
-        for (record, rejection, warning), row in zip(pool.map(check, rows), rows):
-            if record:
-                good.append(record)
-            if rejection:
-                bad.append(rejection)
-            if warning:
-                warned.append({"line_no": row.line_no, "perf": row.perf, "message": warning})
-    return good, bad, warned
-
-
-def rejection_rows(lines: Sequence[RejectedLine]) -> list[dict[str, Any]]:
-    return [{"line_no": r.line_no, "raw": r.text, "reason": r.reason} for r in lines]
-
-
-def split_collisions(
-    rows: Sequence[dict[str, Any]], stored: Mapping[str, PerformanceRecord], source: str, batch_id: str | None = None
-) -> tuple[list[dict[str, Any]], list[RejectedLine], int]:
-    """Sort the verified rows of catalog file ``source`` by who holds their perf id: (own rows, rejections, already).
-
-    The main catalog (``batch_id`` None) owns the performances no batch brought; a delta batch owns those stored
-    with its id. A row is its own when its perf id is new or already its own; a perf id the main catalog or another
-    batch holds is never taken over: with the same audio and work it is counted as already present, otherwise the
-    line is rejected naming file, line and holder. ``stored``: perf -> stored performance."""
-    own, clashes, already = [], [], 0
-    for row in rows:
-        held = stored.get(row["perf"])
-        if held is None or held.batch_id == batch_id:
-            own.append(row)
-        elif held.audio_hash == row["audio_hash"] and held.work == row["work"]:
-            already += 1
-        else:
-            clashes.append(RejectedLine(row["line_no"], row["perf"], (
-                f"{source} (line {row['line_no']}): perf {row['perf']!r} already exists with different content "
-                f"in {held.holder} (work {held.work!r}); give this recording its own perf id")))
-    return own, clashes, already
 
 
 def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], limit: int = 20) -> str:
@@ -137,29 +54,14 @@ def dataset_catalog(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
 ) -> dg.MaterializeResult:
     """One row per performance of ``dataset.txt``, validated line by line; bad lines land in ``rejected``."""
-    if not dataset.catalog_path.exists():
-        raise dg.Failure(description=f"{dataset.catalog_path}: no catalog (dataset.txt) in the dataset folder; "
-                                     "set CSI_DATASET_DIR or run `csi synth` for the demo")
     db = store.store()
-    parsed = parse_catalog(dataset.catalog_path, labels=dataset.hparams().labels)
-    known = {r.perf: r for r in catalog_store.performances(db, dataset.name)}
-    verified, bad_audio, warned = verify_catalog_rows(parsed.rows, known, context.log, "checking audio")
-    good, clashes, already = split_collisions(verified, known, str(dataset.catalog_path))
-    rejected = rejection_rows([*parsed.rejected, *bad_audio, *clashes])
-    if not good:
-        reasons = "; ".join(r["reason"] for r in rejected[:3]) or "it has no lines"
-        raise dg.Failure(description=f"{dataset.catalog_path}: no usable line ({reasons}); the store is unchanged")
-    change = catalog_store.replace_catalog(
-        db, dataset.name, str(dataset.catalog_path), good, rejected, warned
-    )
-    for r in rejected:
-        context.log.warning(r["reason"])
-    for w in warned:
-        context.log.warning(w["message"])
+    with failures():
+        run = catalog_dataset(db, dataset.layout(), context.log)
+    good, rejected, warned, change = run.good, run.rejected, run.warned, run.change
     return dg.MaterializeResult(
         metadata={
             "performances": len(good),
-            "already_present": already,
+            "already_present": run.already,
             "works": len({r["work"] for r in good}),
             "rejected_lines": len(rejected),
             "duration_warnings": len(warned),
@@ -198,50 +100,6 @@ def catalog_checks(rejected: Sequence[dict[str, Any]], warned: Sequence[dict[str
 # speed_variants
 
 
-def plan_dataset_variants(
-    performances: Sequence[PerformanceRecord], factors: Sequence[float], out_dir: Path
-) -> list[tuple[TempoVariant, str]]:
-    """Every (performance, factor) variant with the hash of the audio it comes from."""
-    rows = [CatalogRow(p.perf, Path(p.wav), p.dur_s, p.work, p.version, p.line_no or 0)
-            for p in performances]
-    hashes = {p.perf: p.audio_hash for p in performances}
-    return [(v, hashes[v.original_perf]) for v in plan_variants(rows, factors, out_dir)]
-
-
-def render_variants(
-    planned: Sequence[tuple[TempoVariant, str]], stored: Mapping[str, VariantRecord], log: Any
-) -> tuple[int, list[str]]:
-    """Render missing variants; a variant whose source audio changed is rendered again. Returns (count, errors)."""
-    todo = []
-    for variant, source_hash in planned:
-        if variant.is_original:
-            continue
-        known = stored.get(variant.perf)
-        if known and known.source_hash != source_hash:
-            variant.wav.unlink(missing_ok=True)  # stale: made from audio that has since changed
-        if not variant.wav.exists():
-            todo.append(variant)
-    if not todo:
-        return 0, []
-    progress = Progress(log, "rendering tempo variants", len(todo), "files")
-    errors = []
-    # Rubber Band holds the GIL: processes, not threads, put both cores to work.
-    with ProcessPoolExecutor(local_cores(), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for error in pool.map(_render_or_error, todo, chunksize=4):
-            progress.advance()
-            if error:
-                errors.append(error)
-    return len(todo) - len(errors), errors
-
-
-def _render_or_error(variant: TempoVariant) -> str | None:
-    try:
-        render_variant(variant)
-        return None
-    except AudioError as err:
-        return f"{variant.perf}: {err}"
-
-
 @dg.asset(group_name=GROUP, deps=[dataset_catalog], kinds={"audio"})
 def speed_variants(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
@@ -250,62 +108,20 @@ def speed_variants(
     originals only: training draws tempo on the CQT's time axis. With ``audio``, tempo-changed copies (pitch kept)
     of every performance of the main catalog, one per ``aug_speed_mode`` factor; factor 1.0 is the original
     itself, and existing, up-to-date files are not redone."""
-    db = store.store()
     hp = dataset.hparams()
-    originals = [p for p in catalog_store.performances(db, dataset.name) if p.batch_id is None]
-    require_upstream(originals, "dataset_catalog", dataset.name, "catalogued performances")
-    planned = plan_dataset_variants(originals, rendered_factors(hp), dataset.variants_dir)
-    stored = {v.variant: v for v in feature_store.variants(db, dataset.name)}
-    dropped = sum(1 for v in stored.values() if v.perf != v.variant) if hp.tempo_augmentation == "features" else 0
-    if dropped:
-        context.log.warning(f"tempo_augmentation is 'features': {dropped} tempo variants recorded by an earlier "
-                            f"'audio' run are no longer used (their audio stays in {dataset.variants_dir})")
-    rendered, errors = render_variants(planned, stored, context.log)
-    if errors:
-        raise dg.Failure(description="tempo variants failed:\n" + "\n".join(errors[:20]))
-    feature_store.replace_variants(db, dataset.name, [p.perf for p in originals],
-                                  [variant_row(v, h) for v, h in planned])
+    with failures():
+        run = record_variants(store.store(), dataset.layout(), context.log)
     return dg.MaterializeResult(
         metadata={
-            "variants": len(planned),
-            "performances": len(originals),
+            "variants": run.variants,
+            "performances": run.performances,
             "tempo_augmentation": hp.tempo_augmentation,
             "factors": dg.MetadataValue.json(list(hp.aug_speed_mode)),
-            "rendered_now": rendered,
-            "cached": sum(1 for v, _ in planned if not v.is_original) - rendered,
+            "rendered_now": run.rendered,
+            "cached": run.cached,
             "folder": dg.MetadataValue.path(str(dataset.variants_dir)),
         }
     )
-
-
-def rendered_factors(hp: DataPrepHParams) -> tuple[float, ...]:
-    """The factors rendered as audio: all of ``aug_speed_mode`` in ``audio`` mode, only the identity otherwise."""
-    return hp.aug_speed_mode if hp.tempo_augmentation == "audio" else (1.0,)
-
-
-def variant_row(variant: TempoVariant, source_hash: str) -> VariantRecord:
-    return VariantRecord(variant=variant.perf, perf=variant.original_perf, speed=variant.factor,
-                         wav=str(variant.wav), dur_s=variant.dur_s, source_hash=source_hash)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# cqt_features: decode in parallel processes, CQT in batches, check in the same step
-
-
-def _discard_bad_features(stored: Mapping[str, FeatureRecord], problems: Mapping[str, str], folder: Path,
-                          log: Any) -> None:
-    """Name every bad feature file and delete those this project wrote (inside ``folder``), so they are computed
-    again; bad files imported from the reference tool cannot be recomputed here without mixing two feature
-    extractors, so they stop the run."""
-    imported = [v for v in problems if "origin" in stored[v].settings]
-    if imported:
-        raise dg.Failure(description=f"{len(imported)} imported feature file(s) are unusable; import the reference "
-                                     "folder again:\n" + "\n".join(problems[v] for v in imported[:20]))
-    for variant, reason in problems.items():
-        log.warning(f"{reason}; computing it again")
-        path = Path(stored[variant].path)
-        if path.resolve().parent == folder.resolve():
-            path.unlink(missing_ok=True)
 
 
 FEATURES_CHECK = "features_are_finite"
@@ -324,24 +140,9 @@ def plan_cqt_shards(context: dg.OpExecutionContext, config: ShardConfig, dataset
                     store: StoreResource) -> Iterator[dg.Output | dg.DynamicOutput]:
     """Read every stored feature file once, discard bad ones, and cut the recordings without a usable feature
     into shards."""
-    settings = dataset.cqt_settings()
-    db = store.store()
-    folder = dataset.features_dir / settings.settings_hash()
-    features.remove_abandoned_temporaries(folder)  # left by killed writers; live writes are left alone
-    variants = feature_store.variants(db, dataset.name)
-    require_upstream(variants, "speed_variants", dataset.name, "recordings to compute features of")
-    stored = feature_store.features(db, dataset.name, settings.settings_hash())
-    problems = feature_problems(stored, settings.n_bins,
-                                record_verified=features.marker_recorder(db, dataset.name, settings))
-    _discard_bad_features(stored, problems, folder, context.log)
-    pending = pending_features(variants, stored, problems)
-    stage = features.feature_stage(dataset.name, settings)
-    shards = features.plan_feature_shards(stage, pending, settings, dataset.features_dir, dataset.hparams().device,
-                                          config.items_per_shard)
-    shard_store.forget(db, stage, [s.shard_id for s in shards])
-    context.log.info(f"{len(pending)} of {len(variants)} recordings to compute, in {len(shards)} shard(s)")
-    yield dg.Output(features.FeaturePlan(stage, len(variants), tuple(v.variant for v in pending), problems,
-                                         {v: r.path for v, r in stored.items()}), "plan")
+    with failures():
+        plan, shards = features.plan_features(store.store(), dataset.layout(), config.items_per_shard, context.log)
+    yield dg.Output(plan, "plan")
     for shard in shards:
         yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
 
@@ -358,19 +159,13 @@ def commit_cqt_features(context: dg.OpExecutionContext, dataset: DatasetResource
     """Record every shard's features in one store transaction, then check every feature file."""
     settings = dataset.cqt_settings()
     db = store.store()
-    computed, errors = features.commit_feature_shards(db, dataset.name, settings, plan.stage, results)
-    stored = feature_store.features(db, dataset.name, settings.settings_hash())
-    rewritten = set(plan.pending) | set(plan.problems)
-    verified = {v for v, r in stored.items()  # read whole by the plan and not rewritten since: not read again
-                if v not in rewritten and plan.verified_paths.get(v) == r.path}
-    missing = pending_features(feature_store.variants(db, dataset.name), stored)
-    if errors or missing:
-        raise dg.Failure(description=f"{len(missing)} of {plan.variants} variants have no feature:\n"
-                                     + "\n".join(errors[:20]))
+    with failures():
+        run = features.commit_features(db, dataset.layout(), plan, results)
+    stored = run.stored
     frames = np.array([r.n_frames for r in stored.values()] or [0])
     yield dg.Output(None, "result", metadata={
         "features": len(stored),
-        "computed_now": computed,
+        "computed_now": run.computed,
         "shards": len(results),
         "bad_files_recomputed": len(plan.problems),
         "settings_hash": settings.settings_hash(),
@@ -380,7 +175,7 @@ def commit_cqt_features(context: dg.OpExecutionContext, dataset: DatasetResource
         "hours_of_features": round(float(frames.sum()) / settings.fps / 3600, 3),
         "folder": dg.MetadataValue.path(str(dataset.features_dir / settings.settings_hash())),
     })
-    yield features_check(stored, settings.n_bins, verified, features.marker_recorder(db, dataset.name, settings))
+    yield features_check(stored, settings.n_bins, run.verified, features.marker_recorder(db, dataset.name, settings))
 
 
 @dg.graph_asset(group_name=GROUP, ins={"speed_variants": dg.AssetIn(dagster_type=dg.Nothing)},
@@ -419,35 +214,9 @@ def features_check(stored: Mapping[str, FeatureRecord], n_bins: int, verified: S
 @dg.asset(group_name=GROUP, deps=[dataset_catalog], kinds={"duckdb"})
 def work_ids(dataset: DatasetResource, store: StoreResource) -> dg.MaterializeResult:
     """A stable ``work → work_id`` map: existing works keep their ids; new works are numbered in sorted order."""
-    db = store.store()
-    existing = split_store.work_ids(db, dataset.name)
-    works = {p.work for p in catalog_store.performances(db, dataset.name)}
-    require_upstream(works, "dataset_catalog", dataset.name, "catalogued performances")
-    assigned = assign_work_ids(works, existing)
-    added = split_store.add_work_ids(db, dataset.name, assigned)
-    return dg.MaterializeResult(metadata={"works": len(assigned), "new_works": added})
-
-
-def build_feature_lines(table: Sequence[FeatureTableRecord]) -> list[FeatureLine]:
-    lines = []
-    for r in table:
-        row = CatalogRow(r.perf, Path(r.wav), r.dur_s, r.work, r.version, r.line_no or 0)
-        variant = TempoVariant(r.variant, r.perf, r.speed, Path(r.variant_wav), Path(r.wav),
-                               r.variant_dur_s)
-        lines.append(FeatureLine(row, variant, Path(r.feat), r.n_frames, r.work_id))
-    return lines
-
-
-def export_reference_files(dataset: DatasetResource, store: StoreResource) -> dict[str, Path]:
-    """Write full/train/val/test.txt, work_id.map and test-only-work-ids.txt into the dataset folder."""
-    db = store.store()
-    settings = dataset.cqt_settings()
-    table = [r for r in feature_store.feature_table(db, dataset.name, settings.settings_hash())
-             if r.batch_id is None]
-    split_of = {r.variant: Split(r.split) for r in table if r.split}
-    test_only = [w for w, s in split_store.unseen_works(db, dataset.name).items() if s == Split.TEST]
-    return write_reference_exports(dataset.root, build_feature_lines(table), split_of,
-                                   split_store.work_ids(db, dataset.name), test_only)
+    with failures():
+        works, added = record_work_ids(store.store(), dataset.layout())
+    return dg.MaterializeResult(metadata={"works": works, "new_works": added})
 
 
 LEAK_CHECK = "splits_are_leak_free"
@@ -461,33 +230,18 @@ def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
                 store: StoreResource) -> dg.MaterializeResult:
     """Train / val / test membership of the original performances (every tempo variant follows its original),
     unseen-work holdouts, and the reference-format exports."""
-    db = store.store()
     hp = dataset.hparams()
-    ids = split_store.work_ids(db, dataset.name)
-    originals = [p for p in catalog_store.performances(db, dataset.name) if p.batch_id is None]
-    require_upstream(originals, "dataset_catalog", dataset.name, "catalogued performances")
-    require_upstream(all(p.work in ids for p in originals), "work_ids", dataset.name,
-                     "work id for every catalogued work")
-    require_upstream(feature_store.features(db, dataset.name, dataset.cqt_settings().settings_hash()),
-                     "cqt_features", dataset.name, "CQT features at its hparams' settings")
-    assignment = split_performances(
-        {p.perf: ids[p.work] for p in originals},
-        val_data_split=hp.val_data_split, val_unseen=hp.val_unseen, test_data_split=hp.test_data_split,
-        test_data_unseen=hp.test_data_unseen, seed=hp.seed,
-    )
-    unseen = {w: str(Split.TEST) for w in assignment.test_only_work_ids}
-    unseen |= {w: str(Split.VAL) for w in assignment.val_only_work_ids}
-    split_store.replace_splits(db, dataset.name, assignment.split_of, unseen, hp.seed)
-    written = export_reference_files(dataset, store)
-    counts = {s.value: sum(1 for v in assignment.split_of.values() if v == s) for s in Split}
-    context.log.info(f"split {len(originals)} performances: {counts}; exports in {dataset.root}")
+    with failures():
+        run = split_dataset(store.store(), dataset.layout())
+    assignment, counts = run.assignment, run.counts()
+    context.log.info(f"split {run.performances} performances: {counts}; exports in {dataset.root}")
     return dg.MaterializeResult(
         metadata={
             **{f"{name}_performances": n for name, n in counts.items()},
             "test_only_works": len(assignment.test_only_work_ids),
             "val_only_works": len(assignment.val_only_work_ids),
             "seed": hp.seed,
-            "exports": dg.MetadataValue.json(sorted(written)),
+            "exports": dg.MetadataValue.json(sorted(run.exports)),
         },
         check_results=[splits_leak_check(dataset, store)],
     )
@@ -495,16 +249,7 @@ def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
 
 def splits_leak_check(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
     """Reads the exported files back and the store's unseen works; runs inside the splits' step."""
-    db = store.store()
-    original_of = {v.variant: v.perf for v in feature_store.variants(db, dataset.name)}
-    seen_in: dict[str, set[str]] = {}
-    for split in Split:
-        path = dataset.root / f"{split.value}.txt"
-        if path.exists():
-            for row in parse_catalog(path, tempo_copies=True).rows:
-                seen_in.setdefault(original_of.get(row.perf, row.perf), set()).add(split.value)
-    in_two = sorted(p for p, s in seen_in.items() if len(s) > 1)
-    leaks = split_store.split_leaks(db, dataset.name)
+    in_two, leaks = split_leaks(store.store(), dataset.layout())
     return dg.AssetCheckResult(
         check_name=LEAK_CHECK,
         passed=not in_two and not leaks,

@@ -9,120 +9,23 @@ here and all segments elsewhere).
 
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 import numpy as np
 
 from csi_assets.assets.data import ShardConfig
-from csi_assets.assets.upstream import require_upstream
-from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_input, load_model
-from csi_assets.progress import Progress
+from csi_assets.assets.upstream import failures
 from csi_assets.reference_index import IndexUnavailable, ReferenceIndex, model_dir, sync_index
-from csi_assets.references import (
-    ReferencePlan,
-    commit_reference_shards,
-    embed_files,
-    embed_shard,
-    pending_references,
-    reference_shards,
-    reference_stage,
-)
+from csi_assets.references import ReferencePlan, commit_references, embed_shard, plan_references, reference_rows
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.shards import Shard, ShardResult, staging_dir
-from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
-from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
-from csi_assets.store import shards as shard_store
-from csi_assets.store.records import FeatureTableRecord
-from csi_model.calibration import Calibration, compute_track_calibration
-from csi_model.centroids import WorkCentroids, compute_centroids
-from csi_model.embedding import TRACKS_PER_BATCH, mean_unit_vectors
-from csi_model.identifiers import is_original_speed
 from csi_model.segment_index import IndexConfig
 
 GROUP = "serving"
-
-
-@dataclass(frozen=True)
-class EmbedStats:
-    computed: int  # performances embedded by this call
-    reused: int  # performances that already had embeddings for the model
-    segments: int  # segments written by this call
-    too_short: list[str]  # performances shorter than the model's minimum input
-    seconds: float
-
-
-def reference_rows(store: Store, dataset: DatasetResource) -> list[FeatureTableRecord]:
-    """The original recording (speed 1.0) of every performance that has a feature, with its work id."""
-    settings_hash = dataset.cqt_settings().settings_hash()
-    return [r for r in feature_store.feature_table(store, dataset.name, settings_hash) if is_original_speed(r.speed)]
-
-
-def embed_missing(store: Store, dataset: str, model: LoadedModel, references: Sequence[FeatureTableRecord],
-                  log: Any, tracks_per_batch: int = TRACKS_PER_BATCH) -> EmbedStats:
-    """Embed the ``references`` (feature_table rows) that have no embedding for ``model`` yet and store them.
-
-    Plain function so the delta-ingestion sensor can embed the performances of a new batch only."""
-    start = time.monotonic()
-    todo, too_short = pending_references(store, dataset, model, references)
-    for perf in too_short:
-        log.warning(f"{perf}: too short to embed (fewer than {model.embedder.min_frames} CQT frames)")
-    progress = Progress(log, f"embedding references with {model.model_id}", len(todo), "tracks")
-    segments = 0
-    for first in range(0, len(todo), tracks_per_batch):
-        batch = todo[first:first + tracks_per_batch]
-        starts, vectors = embed_files(model, [r.perf for r in batch], [r.feat for r in batch])
-        segments += embedding_store.write_embeddings(store, dataset, model.model_id, [r.perf for r in batch],
-                                                     starts, vectors, [r.audio_hash for r in batch])
-        progress.advance(len(batch))
-    return EmbedStats(len(todo), len(references) - len(todo) - len(too_short), segments, too_short,
-                      time.monotonic() - start)
-
-
-def perf_tracks(stored: embedding_store.StoredEmbeddings) -> list[np.ndarray]:
-    """The segment vectors of each performance, [S_i, D] views in ``stored.perfs`` order."""
-    return np.split(stored.vectors, np.flatnonzero(np.diff(stored.segment_perf)) + 1)
-
-
-def perf_vectors(stored: embedding_store.StoredEmbeddings) -> np.ndarray:
-    """One unit vector per performance: the normalised mean of its segment vectors, [P, D].
-
-    Centroids need one point per *recording*: with segments as points a 10-minute track would weigh five times
-    as much as a 2-minute one in its work's centroid."""
-    return mean_unit_vectors(stored.vectors, stored.segment_perf)
-
-
-def refresh_statistics(store: Store, dataset: str, model_id: str) -> tuple[Calibration, WorkCentroids, int, int]:
-    """Recompute and store the model's calibration and work centroids from its stored embeddings.
-
-    The calibration is the null of the very statistic identification reports -- the distance between two
-    *tracks*, their nearest segment pair -- sampled over performances of different works (each recording counts
-    once, whatever its length). A null of single vectors (e.g. one mean per performance) would be larger than
-    a minimum over many segment pairs, so multi-segment queries would get falsely small p-values.
-    Returns (calibration, centroids, performances, segments)."""
-    stored = embedding_store.load_embeddings(store, dataset, model_id)
-    if len(stored) == 0:
-        raise ValueError(f"no reference embeddings of model {model_id} in dataset {dataset!r}")
-    calibration = compute_track_calibration(perf_tracks(stored), stored.work_ids)
-    centroids = compute_centroids(perf_vectors(stored), stored.work_ids)
-    embedding_store.save_calibration(store, dataset, model_id, calibration)
-    embedding_store.replace_centroids(store, dataset, model_id, centroids.work_ids, centroids.centroids,
-                                      centroids.radii, centroids.coherence, centroids.n_members)
-    return calibration, centroids, len(stored.perfs), len(stored)
-
-
-def _promoted(store: Store, dataset: DatasetResource, log: Any) -> LoadedModel:
-    """The promoted model, refused unless the dataset's features are the ones it was trained on."""
-    try:
-        model = load_model(store, dataset.name)
-        dataset_input(model, dataset.hparams(), log)
-        return model
-    except ModelLoadError as err:
-        raise dg.Failure(description=str(err)) from err
 
 
 @dg.op(ins={"after_model": dg.In(dg.Nothing), "after_features": dg.In(dg.Nothing)},
@@ -130,20 +33,9 @@ def _promoted(store: Store, dataset: DatasetResource, log: Any) -> LoadedModel:
 def plan_reference_shards(context: dg.OpExecutionContext, config: ShardConfig, dataset: DatasetResource,
                           store: StoreResource) -> Iterator[dg.Output | dg.DynamicOutput]:
     """The references without an embedding of the promoted model, cut into shards."""
-    db = store.store()
-    model = _promoted(db, dataset, context.log)
-    references = reference_rows(db, dataset)
-    require_upstream(references, "cqt_features", dataset.name, "CQT features of its catalogued performances "
-                     "(nothing was deleted)")
-    todo, too_short = pending_references(db, dataset.name, model, references)
-    for perf in too_short:
-        context.log.warning(f"{perf}: too short to embed (fewer than {model.embedder.min_frames} CQT frames)")
-    stage = reference_stage(dataset.name, model.model_id)
-    shards = reference_shards(stage, todo, model_store.get_model(db, model.model_id),
-                              None, config.items_per_shard)  # device: the model's own rule, on the worker
-    shard_store.forget(db, stage, [s.shard_id for s in shards])
-    context.log.info(f"{len(todo)} of {len(references)} references to embed, in {len(shards)} shard(s)")
-    yield dg.Output(ReferencePlan(stage, model.model_id, len(references), len(todo), tuple(too_short)), "plan")
+    with failures():
+        plan, shards = plan_references(store.store(), dataset.layout(), config.items_per_shard, context.log)
+    yield dg.Output(plan, "plan")
     for shard in shards:
         yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
 
@@ -159,26 +51,22 @@ def commit_reference_embeddings(context: dg.OpExecutionContext, dataset: Dataset
                                 plan: ReferencePlan, results: list[ShardResult]) -> dg.Output:
     """Store every shard's segments in one transaction, forget performances gone from the catalog, and recompute
     the model's calibration and work centroids from all its embeddings."""
-    db = store.store()
     start = time.monotonic()
-    segments = commit_reference_shards(db, dataset.name, plan.model_id, plan.stage, results)
-    removed = embedding_store.forget_uncatalogued(db, dataset.name)
-    try:
-        calibration, centroids, n_perfs, n_segments = refresh_statistics(db, dataset.name, plan.model_id)
-    except ValueError as err:
-        raise dg.Failure(description=f"calibration/centroids of {plan.model_id} failed: {err}") from err
-    context.log.info(f"{plan.todo} performances ({segments} segments) from {len(results)} shard(s) committed in "
+    with failures():
+        run = commit_references(store.store(), dataset.layout(), plan, results)
+    calibration, centroids = run.calibration, run.centroids
+    context.log.info(f"{plan.todo} performances ({run.segments} segments) from {len(results)} shard(s) committed in "
                      f"{time.monotonic() - start:.1f} s; {plan.references - plan.todo - len(plan.too_short)} "
-                     f"reused; {removed} stale segment rows removed")
+                     f"reused; {run.removed} stale segment rows removed")
     return dg.Output(None, metadata={
         "model_id": plan.model_id,
-        "performances": n_perfs,
-        "segments": n_segments,
+        "performances": run.performances,
+        "segments": run.stored_segments,
         "computed_now": plan.todo,
         "reused": plan.references - plan.todo - len(plan.too_short),
-        "segments_computed_now": segments,
+        "segments_computed_now": run.segments,
         "shards": len(results),
-        "removed_segment_rows": removed,
+        "removed_segment_rows": run.removed,
         "too_short": dg.MetadataValue.json(list(plan.too_short)),
         "works": int(centroids.work_ids.size),
         "calibration_mu": round(calibration.mu, 6),
@@ -207,7 +95,7 @@ def reference_embeddings_cover_catalog(dataset: DatasetResource, store: StoreRes
     model = model_store.promoted_model(db, dataset.name)
     if model is None:
         return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {dataset.name}"})
-    references = reference_rows(db, dataset)
+    references = reference_rows(db, dataset.layout())
     embedded = embedding_store.embedded_segments(db, dataset.name, model.model_id)
     missing = sorted(r.perf for r in references if r.perf not in embedded)
     return dg.AssetCheckResult(passed=not missing, metadata={

@@ -20,11 +20,11 @@ from typing import Any
 
 import dagster as dg
 
-from csi_assets.assets.ingestion import (
+from csi_assets.assets.ingestion import delta_batches
+from csi_assets.ingestion import (
     BatchUnreadable,
     batch_id_of,
     check_readable,
-    delta_batches,
     entry_problem,
     entry_signature,
     pending_entries,

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from csi_assets.assets import evaluation, serving
-from csi_assets.assets.ingestion import ingest_batch
 from csi_assets.cli import main as csi
+from csi_assets.ingestion import ingest_batch
 from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
 from csi_assets.resources import DatasetResource
 from csi_assets.store import Store

@@ -15,6 +15,7 @@ import soxr
 from csi_assets.assets import serving
 from csi_assets.cli import main as csi
 from csi_assets.identify import Identifier
+from csi_assets.references import reference_rows
 from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import models as model_store
@@ -46,7 +47,7 @@ def served(tmp_path_factory):
     project = make_project(root, works=WORKS, perfs=PERFS, seconds=SECONDS, data_hparams=ORIGINALS_ONLY)
     materialize_data(project)
     hp = TRAINED_HPARAMS
-    references = serving.reference_rows(project.store, project.resources["dataset"])
+    references = reference_rows(project.store, project.resources["dataset"].layout())
     result = train(hp, [feature_item(r) for r in references], project.training_dir, device="cpu",
                    tempo=TempoRange(0.8, 1.2))
     model = random_model(hp, result.num_classes)

@@ -13,6 +13,7 @@ import pytest
 from csi_assets.assets import serving
 from csi_assets.identify import Identifier
 from csi_assets.reference_index import PROMOTED, ReferenceIndex, index_root, model_dir
+from csi_assets.references import perf_tracks
 from csi_assets.store import embeddings as embedding_store
 from csi_model.search import PerformanceIndex
 from tests.serving_fixtures import (
@@ -41,7 +42,7 @@ def _exact_top(project, model_id, top: int, works: bool) -> tuple[list[list[str]
     """Rankings of every stored performance as a query, by the exact search over all stored segments."""
     stored = embedding_store.load_embeddings(project.store, "dataset", model_id)
     exact = PerformanceIndex(stored.vectors, stored.segment_perf, stored.work_ids)
-    tracks = serving.perf_tracks(stored)
+    tracks = perf_tracks(stored)
     found = exact.search_works(tracks, top) if works else exact.search_perfs(tracks, top)
     names = dict(zip(stored.work_ids.tolist(), stored.works.tolist()))
     labels = [[names[w] for w in row] if works else list(stored.perfs[row]) for row in found.indices]
@@ -92,7 +93,7 @@ def test_catalog_changes_update_the_index_in_place_and_promotion_rebuilds(tmp_pa
     index = ReferenceIndex.read(project.store_path, "dataset", model_id)
     perfs = set(index.segments())
     assert "extra" in perfs and gone not in perfs
-    [hits] = index.search([serving.perf_tracks(embedding_store.load_embeddings(
+    [hits] = index.search([perf_tracks(embedding_store.load_embeddings(
         project.store, "dataset", model_id, ["extra"]))[0]], 1, False)
     assert hits[0].perf in ("extra", json.loads(lines[0])["perf"]) and hits[0].distance < 1e-5
 

@@ -22,6 +22,7 @@ import soundfile as sf
 
 from csi_assets.assets import ingestion, serving
 from csi_assets.cli import main as csi
+from csi_assets.ingestion import batch_id_of
 from csi_assets.store import ingest as ingest_store
 from csi_model.synth import generate_covers
 from tests.paths import REPO
@@ -210,7 +211,7 @@ def test_a_batch_ingested_while_serving_is_found_without_restart(server, tmp_pat
         lines.append(json.dumps(dict(record, perf=f"live_{record['perf']}", work="live_work",
                                      wav=f"wav/live_{Path(record['wav']).name}")))
     (batch / "dataset.txt").write_text("\n".join(lines) + "\n")
-    batch_id = ingestion.batch_id_of(batch)
+    batch_id = batch_id_of(batch)
     ingest_store.record_batch(project.store, batch_id, "dataset", str(batch / "dataset.txt"), ingest_store.RECEIVED)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(ingestion.delta_batches.name, [batch_id])

@@ -13,7 +13,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from csi_assets.assets import data, ingestion, serving
+from csi_assets.assets import data, serving
+from csi_assets.catalog import split_collisions
+from csi_assets.ingestion import ingest_batch
 from csi_assets.resources import StoreResource
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
@@ -55,7 +57,7 @@ def test_catalog_writes_never_touch_rows_they_do_not_own(tmp_path: Path) -> None
         before = _rows(store)
         wanted = [_row(p, rng.randrange(3)) for p in rng.sample(pool, rng.randrange(0, 8))]
         held = {r.perf: r for r in catalog_store.performances(store, "d")}
-        own, _, _ = data.split_collisions(wanted, held, source, batch_id)
+        own, _, _ = split_collisions(wanted, held, source, batch_id)
         if batch_id:
             catalog_store.add_batch_rows(store, "d", source, batch_id, own, [], [])
         else:
@@ -134,7 +136,7 @@ def test_main_catalog_never_takes_over_a_perf_id_an_ingested_batch_holds(served,
     wav = sorted((batch / "wav").glob("*.wav"))[0]
     line = {"perf": f"held_{recording}", "wav": f"wav/{wav.name}", "dur_s": 4.0, "work": "held_work"}
     (batch / "dataset.txt").write_text(json.dumps(line) + "\n")
-    ingestion.ingest_batch(project.store, dataset, "batch_held", batch / "dataset.txt", LOG)
+    ingest_batch(project.store, dataset, "batch_held", batch / "dataset.txt", LOG)
     stored = {r.perf: r for r in catalog_store.performances(project.store, "dataset")}[line["perf"]]
     assert stored.batch_id == "batch_held"
 

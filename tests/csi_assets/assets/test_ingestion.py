@@ -18,6 +18,7 @@ import pytest
 
 from csi_assets.assets import ingestion
 from csi_assets.identify import Identifier
+from csi_assets.ingestion import batch_id_of, ingest_batch
 from csi_assets.resources import StoreResource
 from csi_assets.sensors.delta_dataset import delta_dataset_sensor
 from csi_assets.store import Store
@@ -96,7 +97,7 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     result = _evaluate(instance, project, None)
     assert len(result.run_requests) == 2
     keys = [r.partition_key for r in result.run_requests]
-    assert keys == [ingestion.batch_id_of(good), ingestion.batch_id_of(partly)]
+    assert keys == [batch_id_of(good), batch_id_of(partly)]
     assert list(result.dynamic_partitions_requests[0].partition_keys) == keys
     assert unreadable.exists()  # it may still be being copied in: judged once it held still for a tick
     result = _evaluate(instance, project, result.cursor)
@@ -169,7 +170,7 @@ def test_hundred_batches_are_each_ingested_exactly_once(tmp_path) -> None:
     db = project.store
     for request in first.run_requests:
         state = ingest_store.batch(db, request.partition_key)
-        counts = ingestion.ingest_batch(db, project.resources["dataset"], request.partition_key,
+        counts = ingest_batch(db, project.resources["dataset"], request.partition_key,
                                         Path(state.source), _Quiet())
         ingest_store.record_batch(db, request.partition_key, "dataset", state.source, ingest_store.INGESTED,
                                   n_good=counts["performances"])
@@ -227,7 +228,7 @@ def test_grown_batch_is_a_new_batch_and_rerunning_a_batch_never_removes_what_it_
 
     grown = _evaluate(instance, project, first.cursor)
     [again] = grown.run_requests
-    assert again.partition_key == ingestion.batch_id_of(folder) != request.partition_key
+    assert again.partition_key == batch_id_of(folder) != request.partition_key
     result = _ingest(instance, project, again.partition_key)
     metadata = result.asset_materializations_for_node("ingested_batch")[0].metadata
     assert metadata["performances"].value == 1 and metadata["already_present"].value == 4
@@ -258,7 +259,7 @@ def test_entry_that_cannot_be_a_batch_is_skipped_with_one_warning_and_blocks_no_
     instance = dg.DagsterInstance.ephemeral()
     first = _evaluate(instance, project, None, caplog.handler)
     again = _evaluate(instance, project, first.cursor, caplog.handler)
-    assert [r.partition_key for r in first.run_requests] == [ingestion.batch_id_of(good)]
+    assert [r.partition_key for r in first.run_requests] == [batch_id_of(good)]
     assert not again.run_requests
     assert len([r for r in caplog.records if "a_bad.txt" in r.getMessage() and r.levelno == logging.WARNING]) == 1
     assert bad.is_symlink() or bad.exists()  # left where it is: it may be a mount or a transfer in progress
@@ -303,7 +304,7 @@ def test_sensor_scan_survives_batches_that_come_and_go_while_it_reads(project, i
         churn.kill()
         churn.wait()
     assert churn.returncode == 0, churn.stderr.read()
-    assert requested.count(ingestion.batch_id_of(stays)) == 1
+    assert requested.count(batch_id_of(stays)) == 1
 
 
 KILL_STAGES = ["rows", "variants", "features", "embeddings"]

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from csi_assets.assets import data, ingestion
+from csi_assets.assets import data
+from csi_assets.ingestion import ingest_batch
 from csi_assets.resources import DatasetResource
 from csi_assets.store import catalog as catalog_store
 from csi_model.catalog import parse_catalog
@@ -120,7 +121,7 @@ def test_an_ingested_batch_carries_its_labels(tmp_path: Path) -> None:
     del records[1]["register"]
     (batch / "dataset.txt").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     dataset = DatasetResource(dataset_dir=str(project.dataset_dir))
-    ingestion.ingest_batch(project.store, dataset, "b1", batch / "dataset.txt", logging.getLogger("test"))
+    ingest_batch(project.store, dataset, "b1", batch / "dataset.txt", logging.getLogger("test"))
     stored = _stored(project, "register")
     assert {p: stored[p] for p in ("new0", "new1")} == {"new0": records[0]["register"], "new1": None}
     assert len(stored) == 4  # the main catalog's two performances keep theirs

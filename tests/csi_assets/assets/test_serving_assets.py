@@ -11,6 +11,7 @@ import soundfile as sf
 
 from csi_assets.assets import serving
 from csi_assets.model_loading import load_model
+from csi_assets.references import perf_tracks, reference_rows
 from csi_assets.store import embeddings as embedding_store
 from csi_model.metrics import min_segment_distance
 from tests.serving_fixtures import materialize_data, materialized_metadata, project_with_model
@@ -33,7 +34,7 @@ def test_every_original_performance_is_embedded_segment_by_segment(served) -> No
     project, model_id, first = served
     assert first["computed_now"] == 15 and first["reused"] == 0 and first["model_id"] == model_id
     model = load_model(project.store, "dataset")
-    references = serving.reference_rows(project.store, project.resources["dataset"])
+    references = reference_rows(project.store, project.resources["dataset"].layout())
     assert len(references) == 15 and all(r.speed == 1.0 for r in references)
     stored = embedding_store.load_embeddings(project.store, "dataset", model_id)
     assert sorted(stored.perfs) == sorted(r.perf for r in references)
@@ -52,7 +53,7 @@ def test_calibration_and_centroids_are_stored(served) -> None:
     assert calibration.mu == pytest.approx(first["calibration_mu"], abs=1e-6)
     assert calibration.n_pairs == 90  # 15 perfs of 5 works: all 15·14/2 − 5·3 cross-work pairs
     stored = embedding_store.load_embeddings(project.store, "dataset", model_id)
-    tracks = serving.perf_tracks(stored)
+    tracks = perf_tracks(stored)
     distances = min_segment_distance(tracks, tracks)  # the statistic identification reports
     cross_work = np.triu(stored.work_ids[:, None] != stored.work_ids[None, :], k=1)
     assert calibration.mu == pytest.approx(distances[cross_work].mean(), abs=1e-5)
