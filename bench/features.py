@@ -5,7 +5,9 @@ and mixes down. Both sides process the same files in this process, and every fig
 of *original* audio (what a user's collection is), so the ratio compares across machines:
 
 - product: the application functions behind ``dataset_catalog`` → ``speed_variants`` → ``cqt_features`` run for real
-  (DuckDB store, feature files) in process, without the orchestrator, each step timed;
+  (DuckDB store, feature files) in process, each step timed; then the same stage on a copy of the files through
+  ``dagster asset materialize`` (a fresh process: loading the code location, the run, its steps in process), so
+  the time the orchestration adds outside the steps is reported;
 - reference: per file, ``sox`` to 16 kHz mono, one ``sox tempo`` per factor (identity excluded), then per item a
   freshly built nnAudio CQT2010v2 kernel and its features saved as float32 ``.npy``.
 
@@ -18,8 +20,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -93,6 +97,22 @@ def product_stage(folder: Path, factors: Sequence[float], mode: str, device: str
     return sum(steps.values()), steps
 
 
+def orchestrated_stage(folder: Path) -> float:
+    """Wall seconds of the same stage through the Dagster CLI, in a fresh process, on the dataset in ``folder``."""
+    home = folder / "dagster_home"
+    home.mkdir()
+    run_config = folder / "run.yaml"
+    run_config.write_text(yaml.safe_dump({"execution": {"config": {"in_process": {}}}}))
+    env = dict(os.environ, CSI_DATASET_DIR=str(folder), CSI_STORE_PATH=str(folder / "csi.duckdb"),
+               DAGSTER_HOME=str(home))
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "csi_assets.definitions",
+               "--select", ",".join(DATA_STEPS), "-c", str(run_config)]
+    done, wall = timed(lambda: subprocess.run(command, env=env, capture_output=True, text=True))
+    if done.returncode != 0:
+        raise RuntimeError(f"dagster asset materialize failed:\n{done.stderr[-3000:]}")
+    return wall
+
+
 def reference_stage(folder: Path, factors: Sequence[float], settings: CqtSettings, device: torch.device) -> float:
     """The reference's path per file: sox to 16 kHz mono, sox tempo per factor, a new CQT2010v2 kernel per item."""
     out = folder / "reference"
@@ -144,10 +164,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="csi-bench-features-") as tmp:
         folder = Path(tmp)
         make_tracks(folder, args.tracks, args.seconds)
+        copy = folder / "orchestrated"
+        copy.mkdir()
+        for path in [*folder.glob("track*.wav"), folder / "dataset.txt"]:
+            shutil.copy(path, copy / path.name)
         wall, steps = product_stage(folder, args.factors, args.tempo_augmentation, args.device)
         for step in DATA_STEPS:
             report(f"  step {step}", seconds, steps[step])
         report("product data stage", seconds, wall)
+        shutil.copy(folder / "hparams.yaml", copy / "hparams.yaml")
+        orchestrated = orchestrated_stage(copy)
+        report("  the same through dagster (CLI)", seconds, orchestrated)
+        outside = orchestrated - wall
+        print(f"{'  outside steps (orchestration)':<34} {outside:8.2f} s wall  "
+              f"({100 * outside / orchestrated:.0f} % of the orchestrated stage)")
         if args.skip_reference or shutil.which("sox") is None:
             print("reference path skipped" + ("" if args.skip_reference else ": no sox binary on PATH"))
             return
