@@ -61,7 +61,8 @@ def _run_config(project: Project, address: str, per_shard: int) -> dict:
 
 def _run_on_dask(project: Project, instance: dg.DagsterInstance, address: str) -> dg.ExecuteJobResult:
     job = dg.build_reconstructable_job("tests.cluster_job", "data_and_references")
-    return dg.execute_job(job, instance=instance, run_config=_run_config(project, address, SHARD_ITEMS))
+    return dg.execute_job(job, instance=instance, run_config=_run_config(project, address, SHARD_ITEMS),
+                          raise_on_error=False)
 
 
 def _instance(tmp_path: Path):
@@ -170,16 +171,22 @@ def _stop_this_run(client: distributed.Client, worker: str) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+def _run_acting_on_a_shard(project: Project, instance: dg.DagsterInstance, address: str,
+                           act: Callable[[distributed.Client, str], None]) -> dg.ExecuteJobResult:
+    """Run the job on Dask while a thread does ``act`` once a CQT shard is running."""
+    acted: list[str] = []
+    actor = threading.Thread(target=_when_a_shard_runs, args=(address, ".compute_cqt_shard[", act, acted))
+    actor.start()
+    result = _run_on_dask(project, instance, address)
+    actor.join()
+    assert acted, "no shard step was ever seen running"
+    return result
+
+
 def test_a_worker_killed_mid_stage_costs_nothing_but_time(in_process, cluster, tmp_path) -> None:
     project = _project(tmp_path / "dask")
-    killed: list[int] = []
-    killer = threading.Thread(target=_when_a_shard_runs,
-                              args=(cluster.scheduler_address, ".compute_cqt_shard[", _kill_worker, killed))
     with _instance(tmp_path) as instance:
-        killer.start()
-        first = _run_on_dask(project, instance, cluster.scheduler_address)
-        killer.join()
-        assert killed, "no shard step was ever seen running"
+        first = _run_acting_on_a_shard(project, instance, cluster.scheduler_address, _kill_worker)
         # Dask runs the dead worker's step again elsewhere; whatever the first run's outcome, a re-run finishes
         # the stage and commits nothing twice.
         again = _run_on_dask(project, instance, cluster.scheduler_address)
@@ -194,16 +201,8 @@ def test_a_worker_killed_mid_stage_costs_nothing_but_time(in_process, cluster, t
 
 def test_a_stop_request_cancels_the_running_shards_and_starts_no_other_step(cluster, tmp_path) -> None:
     project = _project(tmp_path / "dask")
-    sent: list[str] = []
-    stopper = threading.Thread(target=_when_a_shard_runs,
-                               args=(cluster.scheduler_address, ".compute_cqt_shard[", _stop_this_run, sent))
     with _instance(tmp_path) as instance:
-        stopper.start()
-        job = dg.build_reconstructable_job("tests.cluster_job", "data_and_references")
-        result = dg.execute_job(job, instance=instance, raise_on_error=False,
-                                run_config=_run_config(project, cluster.scheduler_address, SHARD_ITEMS))
-        stopper.join()
-        assert sent, "no shard step was ever seen running"
+        result = _run_acting_on_a_shard(project, instance, cluster.scheduler_address, _stop_this_run)
         assert not result.success
         started = {e.step_key.split(".")[-1] for e in result.all_events if e.event_type_value == "STEP_START"}
         assert not {"commit_cqt_features", "data_splits"} & started  # nothing after the stop was started
