@@ -11,6 +11,8 @@ import yaml
 
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import Store
+from csi_assets.store import features as feature_store
+from csi_assets.store.records import FeatureRecord
 from csi_model.synth import generate_covers
 
 DATA_HPARAMS = {
@@ -57,3 +59,9 @@ def materialize(project: Project, assets: list, instance: dg.DagsterInstance | N
         assets, resources=project.resources, instance=instance or dg.DagsterInstance.ephemeral(),
         selection=selection, raise_on_error=True,
     )
+
+
+def stored_features(project: Project) -> dict[str, FeatureRecord]:
+    """The store's feature rows of the project's dataset under its CQT settings, by variant."""
+    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
+    return feature_store.features(project.store, "dataset", settings_hash)

@@ -27,7 +27,7 @@ from csi_model.identifiers import (
     is_original_speed,
 )
 from tests.audio_fixtures import write_tone
-from tests.graph_fixtures import make_project, materialize
+from tests.graph_fixtures import make_project, materialize, stored_features
 
 NASTY = [
     "..", ".", "...", "../../../escape", "live/2020/x", "collection/book/X12#p0", "中" * 120, "🎵" * 80,
@@ -152,7 +152,7 @@ def test_hostile_ids_get_their_own_files_inside_the_dataset_folder(tmp_path: Pat
     variants_dir = project.dataset_dir / "sp_wav"
     assert all(p.is_file() for p in variants_dir.iterdir())  # no folder made from an id
     settings = project.resources["dataset"].cqt_settings()
-    stored = feature_store.features(project.store, "dataset", settings.settings_hash())
+    stored = stored_features(project)
     variants = {v.variant: v for v in feature_store.variants(project.store, "dataset")}
     assert len(stored) == len(variants) == 4 * 3
     assert len({r.path for r in stored.values()}) == 12

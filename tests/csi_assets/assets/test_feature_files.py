@@ -13,13 +13,13 @@ import numpy as np
 from csi_assets.assets import data
 from csi_assets.store import features as feature_store
 from csi_assets.store.records import FeatureRecord
-from tests.graph_fixtures import make_project, materialize
+from tests.graph_fixtures import make_project, materialize, stored_features
 
 
 def _check(project) -> dg.AssetCheckResult:
     """The feature check as cqt_features runs it, on the store's rows as they are now."""
     settings = project.resources["dataset"].cqt_settings()
-    return data.features_check(feature_store.features(project.store, "dataset", settings.settings_hash()),
+    return data.features_check(stored_features(project),
                                settings.n_bins)
 
 
@@ -28,7 +28,7 @@ def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: P
     instance = dg.DagsterInstance.ephemeral()
     materialize(project, [data.dataset_catalog, data.speed_variants, data.cqt_features], instance)
     settings = project.resources["dataset"].cqt_settings()
-    stored = feature_store.features(project.store, "dataset", settings.settings_hash())
+    stored = stored_features(project)
     truncated, empty, nan, shared_a, shared_b, legacy = sorted(stored)[:6]
     path = {v: Path(r.path) for v, r in stored.items()}
     path[truncated].write_bytes(path[truncated].read_bytes()[:300])
@@ -60,7 +60,7 @@ def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: P
     assert all(str(path[v]) in logged for v in (truncated, empty, nan))
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.passed and _check(project).passed
-    after = feature_store.features(project.store, "dataset", settings.settings_hash())
+    after = stored_features(project)
     assert len({r.path for r in after.values()}) == len(after)
     assert after[legacy].path == str(old_name)  # a sound file under the old name is kept, not recomputed
     for row in after.values():

@@ -14,7 +14,7 @@ import numpy as np
 
 from csi_assets.assets import data
 from csi_assets.store import features as feature_store
-from tests.graph_fixtures import make_project, materialize
+from tests.graph_fixtures import make_project, materialize, stored_features
 from tests.paths import REPO
 
 _RUN = """
@@ -55,7 +55,7 @@ def test_killed_extraction_resumes_cleanly(tmp_path: Path) -> None:
     live.write_bytes(b"partial")
     result = materialize(project, [data.cqt_features])
     assert result.success
-    stored = feature_store.features(project.store, "dataset", settings.settings_hash())
+    stored = stored_features(project)
     assert len(stored) == total
     assert list(folder.glob(".*tmp*")) == [live]
     assert sorted(p.name for p in folder.glob("*.cqt.npy")) == sorted(Path(r.path).name for r in stored.values())

@@ -17,7 +17,7 @@ from csi_assets.features import feature_problems
 from csi_assets.store import Store, schema
 from csi_assets.store import features as feature_store
 from csi_assets.store.records import FeatureRecord
-from tests.graph_fixtures import make_project, materialize
+from tests.graph_fixtures import make_project, materialize, stored_features
 
 
 def _corrupt_in_place(path: Path, keep_mtime: bool) -> None:
@@ -38,7 +38,7 @@ def test_only_files_changed_since_verification_are_read_again(tmp_path: Path) ->
     instance = dg.DagsterInstance.ephemeral()
     materialize(project, [data.dataset_catalog, data.speed_variants, data.cqt_features], instance)
     settings = project.resources["dataset"].cqt_settings()
-    stored = feature_store.features(project.store, "dataset", settings.settings_hash())
+    stored = stored_features(project)
     for row in stored.values():  # the in-step check read every new file whole and marked it
         info = Path(row.path).stat()
         assert (row.verified_size, row.verified_mtime_ns) == (info.st_size, info.st_mtime_ns)
@@ -61,7 +61,7 @@ def test_only_files_changed_since_verification_are_read_again(tmp_path: Path) ->
     assert str(path[untouched_bad]) not in logged
 
     # The untouched file really is corrupt: without its marker the scan reads it and names it.
-    after = feature_store.features(project.store, "dataset", settings.settings_hash())
+    after = stored_features(project)
     unmarked = {v: replace(r, verified_size=None, verified_mtime_ns=None) for v, r in after.items()}
     assert set(feature_problems(unmarked, settings.n_bins)) == {untouched_bad}
     assert feature_problems(after, settings.n_bins) == {}
