@@ -16,6 +16,7 @@ from csi_assets.assets import data, evaluation, ingestion, labels, research, ser
 from csi_assets.jobs import ALL_JOBS
 from csi_assets.resources import default_resources
 from csi_assets.schedules import reference_refresh_schedule
+from csi_assets.sensors.dataset_folders import dataset_folders_sensor
 from csi_assets.sensors.delta_dataset import delta_dataset_sensor
 from csi_assets.shards import staging_dir
 
@@ -54,7 +55,7 @@ defs = dg.Definitions(
     asset_checks=dg.load_asset_checks_from_modules(_ASSET_MODULES),
     resources=_resources(),
     jobs=ALL_JOBS,
-    sensors=[delta_dataset_sensor],
+    sensors=[dataset_folders_sensor, delta_dataset_sensor],
     schedules=[reference_refresh_schedule],
     executor=_executor(),
 )

@@ -196,6 +196,7 @@ def run_label_model(db: Store, dataset: DatasetLayout, training: TrainingLayout,
     resumable checkpoints of ``trained_model``) in ``<training_dir>/labels/<label>/``, score it on held-out works
     like the probe and write ``label_model.json``. ``warm_start``: start the embedding network from the promoted
     CSI model (its class heads are not reused); ``augmentation``: the hparams' spectrogram augmentation."""
+    dataset.require_label(label)
     data_hp = dataset.hparams()
     hp = label_hparams(training.hparams(), max_epochs, augmentation)
     check_compatible(hp, data_hp)

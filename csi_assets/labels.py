@@ -30,7 +30,6 @@ from csi_assets.store import catalog as catalog_store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import models as model_store
 from csi_model.atomic import write_text_atomic
-from csi_model.hparams import HParamsError, load_data_hparams
 from csi_model.label_probe import (
     KNN_NEIGHBOURS,
     METRICS,
@@ -47,11 +46,7 @@ from csi_model.label_probe import (
 def configured_labels(dataset_dir: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
     """The ``labels:`` of a dataset's hparams (default: ``$CSI_DATASET_DIR``); none when they cannot be read --
     the data assets report that error when they run, and the definitions still load."""
-    folder = Path(dataset_dir or locations.dataset_dir())
-    try:
-        return load_data_hparams(folder / "hparams.yaml").labels
-    except HParamsError:
-        return ()
+    return DatasetLayout.at(dataset_dir or locations.dataset_dir()).labels()
 
 
 @dataclass(frozen=True)
@@ -137,7 +132,9 @@ class ProbeRun:
 
 def run_label_probe(db: Store, dataset: DatasetLayout, training: TrainingLayout, label: str, log: Log) -> ProbeRun:
     """Probe ``label`` in the promoted model's stored embeddings and write the report folder. Raises
-    :class:`RunFailed` without a promoted model, without stored values, or when the values cannot be probed."""
+    :class:`RunFailed` for a label the dataset does not configure, without a promoted model, without stored values,
+    or when the values cannot be probed."""
+    dataset.require_label(label)
     model = model_store.promoted_model(db, dataset.name)
     if model is None:
         raise RunFailed(f"no promoted model for dataset {dataset.name!r}: materialize trained_model and "

@@ -9,6 +9,8 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from csi_assets.layouts import DatasetLayout
+from csi_assets.partitions import ensure_partition
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import Store
 from csi_assets.store import features as feature_store
@@ -33,9 +35,14 @@ class Project:
     def resources(self) -> dict[str, dg.ConfigurableResource]:
         return {
             "dataset": DatasetResource(dataset_dir=str(self.dataset_dir)),
-            "training": TrainingResource(training_dir=str(self.training_dir)),
+            "training": TrainingResource(training_dir=str(self.training_dir), dataset_name=self.dataset),
             "store": StoreResource(path=str(self.store_path)),
         }
+
+    @property
+    def dataset(self) -> str:
+        """The dataset's name: its partition key and the key of its rows in the store."""
+        return self.dataset_dir.name
 
     @property
     def store(self) -> Store:
@@ -53,15 +60,21 @@ def make_project(root: Path, works: int = 5, perfs: int = 3, seconds: float = 6.
 
 
 def materialize(project: Project, assets: list, instance: dg.DagsterInstance | None = None,
-                selection: str | None = None) -> dg.ExecuteInJobResult:
-
+                selection: str | list[str] | None = None, raise_on_error: bool = True,
+                resources: dict | None = None, run_config: dict | None = None,
+                **dimensions: str) -> dg.ExecuteInJobResult:
+    """Materialise ``assets`` for the project's dataset partition (with the other ``dimensions`` of a
+    multi-partitioned asset: ``label=``, ``batch=``, ``experiment=``), registering the partition first.
+    ``resources`` override the project's."""
+    instance = instance or dg.DagsterInstance.ephemeral()
     return dg.materialize(
-        assets, resources=project.resources, instance=instance or dg.DagsterInstance.ephemeral(),
-        selection=selection, raise_on_error=True,
+        assets, resources={**project.resources, **(resources or {})}, instance=instance, selection=selection,
+        partition_key=str(ensure_partition(instance, project.dataset, **dimensions)), run_config=run_config,
+        raise_on_error=raise_on_error,
     )
 
 
 def stored_features(project: Project) -> dict[str, FeatureRecord]:
     """The store's feature rows of the project's dataset under its CQT settings, by variant."""
-    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
-    return feature_store.features(project.store, "dataset", settings_hash)
+    settings_hash = DatasetLayout.at(project.dataset_dir).cqt_settings().settings_hash()
+    return feature_store.features(project.store, project.dataset, settings_hash)

@@ -19,6 +19,8 @@ from csi_assets.assets.upstream import failures
 from csi_assets.catalog import catalog_dataset
 from csi_assets.dataset_splits import record_work_ids, split_dataset, split_leaks
 from csi_assets.features import feature_problems
+from csi_assets.layouts import DatasetLayout
+from csi_assets.partitions import dataset_of, datasets
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.shards import Shard, ShardResult, staging_dir
 from csi_assets.store import catalog as catalog_store
@@ -45,7 +47,7 @@ def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], limi
 LINES_CHECK, DURATIONS_CHECK = "catalog_lines_all_usable", "catalog_durations_match_audio"
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb"}, check_specs=[
+@dg.asset(group_name=GROUP, partitions_def=datasets, kinds={"duckdb"}, check_specs=[
     dg.AssetCheckSpec(LINES_CHECK, asset="dataset_catalog",
                       description="Every catalog line was usable (bad lines are listed)."),
     dg.AssetCheckSpec(DURATIONS_CHECK, asset="dataset_catalog",
@@ -54,9 +56,9 @@ def dataset_catalog(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
 ) -> dg.MaterializeResult:
     """One row per performance of ``dataset.txt``, validated line by line; bad lines land in ``rejected``."""
-    db = store.store()
+    db, layout = store.store(), dataset_of(context, dataset)
     with failures():
-        run = catalog_dataset(db, dataset.layout(), context.log)
+        run = catalog_dataset(db, layout, context.log)
     good, rejected, warned, change = run.good, run.rejected, run.warned, run.change
     return dg.MaterializeResult(
         metadata={
@@ -71,7 +73,7 @@ def dataset_catalog(
             "removed": change.removed,
             "audio_hours": round(sum(r["dur_s"] for r in good) / 3600, 3),
             "rejected": dg.MetadataValue.md(_markdown_table(rejected, ["line_no", "reason"]) if rejected else "none"),
-            **label_metadata(catalog_store.label_counts(db, dataset.name)),
+            **label_metadata(catalog_store.label_counts(db, layout.name)),
         },
         check_results=catalog_checks(rejected, warned),
     )
@@ -100,7 +102,7 @@ def catalog_checks(rejected: Sequence[dict[str, Any]], warned: Sequence[dict[str
 # speed_variants
 
 
-@dg.asset(group_name=GROUP, deps=[dataset_catalog], kinds={"audio"})
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[dataset_catalog], kinds={"audio"})
 def speed_variants(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
 ) -> dg.MaterializeResult:
@@ -108,9 +110,10 @@ def speed_variants(
     originals only: training draws tempo on the CQT's time axis. With ``audio``, tempo-changed copies (pitch kept)
     of every performance of the main catalog, one per ``aug_speed_mode`` factor; factor 1.0 is the original
     itself, and existing, up-to-date files are not redone."""
-    hp = dataset.hparams()
+    layout = dataset_of(context, dataset)
     with failures():
-        run = record_variants(store.store(), dataset.layout(), context.log)
+        hp = layout.hparams()
+        run = record_variants(store.store(), layout, context.log)
     return dg.MaterializeResult(
         metadata={
             "variants": run.variants,
@@ -119,7 +122,7 @@ def speed_variants(
             "factors": dg.MetadataValue.json(list(hp.aug_speed_mode)),
             "rendered_now": run.rendered,
             "cached": run.cached,
-            "folder": dg.MetadataValue.path(str(dataset.variants_dir)),
+            "folder": dg.MetadataValue.path(str(layout.variants_dir)),
         }
     )
 
@@ -141,7 +144,8 @@ def plan_cqt_shards(context: dg.OpExecutionContext, config: ShardConfig, dataset
     """Read every stored feature file once, discard bad ones, and cut the recordings without a usable feature
     into shards."""
     with failures():
-        plan, shards = features.plan_features(store.store(), dataset.layout(), config.items_per_shard, context.log)
+        plan, shards = features.plan_features(store.store(), dataset_of(context, dataset), config.items_per_shard,
+                                              context.log)
     yield dg.Output(plan, "plan")
     for shard in shards:
         yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
@@ -157,10 +161,10 @@ def compute_cqt_shard(context: dg.OpExecutionContext, shard: Shard, store: Store
 def commit_cqt_features(context: dg.OpExecutionContext, dataset: DatasetResource, store: StoreResource,
                         plan: features.FeaturePlan, results: list[ShardResult]) -> Iterator[Any]:
     """Record every shard's features in one store transaction, then check every feature file."""
-    settings = dataset.cqt_settings()
-    db = store.store()
+    db, layout = store.store(), dataset_of(context, dataset)
     with failures():
-        run = features.commit_features(db, dataset.layout(), plan, results)
+        settings = layout.cqt_settings()
+        run = features.commit_features(db, layout, plan, results)
     stored = run.stored
     frames = np.array([r.n_frames for r in stored.values()] or [0])
     yield dg.Output(None, "result", metadata={
@@ -173,12 +177,12 @@ def commit_cqt_features(context: dg.OpExecutionContext, dataset: DatasetResource
         "fps": settings.fps,
         "frames_median": int(np.median(frames)),
         "hours_of_features": round(float(frames.sum()) / settings.fps / 3600, 3),
-        "folder": dg.MetadataValue.path(str(dataset.features_dir / settings.settings_hash())),
+        "folder": dg.MetadataValue.path(str(layout.features_dir / settings.settings_hash())),
     })
-    yield features_check(stored, settings.n_bins, run.verified, features.marker_recorder(db, dataset.name, settings))
+    yield features_check(stored, settings.n_bins, run.verified, features.marker_recorder(db, layout.name, settings))
 
 
-@dg.graph_asset(group_name=GROUP, ins={"speed_variants": dg.AssetIn(dagster_type=dg.Nothing)},
+@dg.graph_asset(group_name=GROUP, partitions_def=datasets, ins={"speed_variants": dg.AssetIn(dagster_type=dg.Nothing)},
                 kinds={"pytorch", "numpy"},
                 check_specs=[dg.AssetCheckSpec(FEATURES_CHECK, asset="cqt_features",
                                                description="Feature files have the configured bins and no NaN/inf.")])
@@ -211,18 +215,18 @@ def features_check(stored: Mapping[str, FeatureRecord], n_bins: int, verified: S
 # work_ids and data_splits
 
 
-@dg.asset(group_name=GROUP, deps=[dataset_catalog], kinds={"duckdb"})
-def work_ids(dataset: DatasetResource, store: StoreResource) -> dg.MaterializeResult:
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[dataset_catalog], kinds={"duckdb"})
+def work_ids(context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource) -> dg.MaterializeResult:
     """A stable ``work → work_id`` map: existing works keep their ids; new works are numbered in sorted order."""
     with failures():
-        works, added = record_work_ids(store.store(), dataset.layout())
+        works, added = record_work_ids(store.store(), dataset_of(context, dataset))
     return dg.MaterializeResult(metadata={"works": works, "new_works": added})
 
 
 LEAK_CHECK = "splits_are_leak_free"
 
 
-@dg.asset(group_name=GROUP, deps=[cqt_features, work_ids], kinds={"duckdb"}, check_specs=[
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[cqt_features, work_ids], kinds={"duckdb"}, check_specs=[
     dg.AssetCheckSpec(LEAK_CHECK, asset="data_splits",
                       description="No performance (or tempo variant of it) is in two splits of the exported files, "
                                   "and unseen works appear only in their split.")])
@@ -230,11 +234,12 @@ def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
                 store: StoreResource) -> dg.MaterializeResult:
     """Train / val / test membership of the original performances (every tempo variant follows its original),
     unseen-work holdouts, and the reference-format exports."""
-    hp = dataset.hparams()
+    layout = dataset_of(context, dataset)
     with failures():
-        run = split_dataset(store.store(), dataset.layout())
+        hp = layout.hparams()
+        run = split_dataset(store.store(), layout)
     assignment, counts = run.assignment, run.counts()
-    context.log.info(f"split {run.performances} performances: {counts}; exports in {dataset.root}")
+    context.log.info(f"split {run.performances} performances: {counts}; exports in {layout.root}")
     return dg.MaterializeResult(
         metadata={
             **{f"{name}_performances": n for name, n in counts.items()},
@@ -243,13 +248,13 @@ def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
             "seed": hp.seed,
             "exports": dg.MetadataValue.json(sorted(run.exports)),
         },
-        check_results=[splits_leak_check(dataset, store)],
+        check_results=[splits_leak_check(layout, store)],
     )
 
 
-def splits_leak_check(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
+def splits_leak_check(layout: DatasetLayout, store: StoreResource) -> dg.AssetCheckResult:
     """Reads the exported files back and the store's unseen works; runs inside the splits' step."""
-    in_two, leaks = split_leaks(store.store(), dataset.layout())
+    in_two, leaks = split_leaks(store.store(), layout)
     return dg.AssetCheckResult(
         check_name=LEAK_CHECK,
         passed=not in_two and not leaks,

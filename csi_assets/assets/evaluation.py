@@ -9,18 +9,20 @@ from csi_assets.assets.data import data_splits
 from csi_assets.assets.training import trained_model
 from csi_assets.assets.upstream import failures
 from csi_assets.eval_reports import METRIC_LABELS, evaluate_promoted, inline_png, metric_table, scope
+from csi_assets.partitions import dataset_of, datasets, training_of
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 
 GROUP = "evaluation"
 
 
-@dg.asset(group_name=GROUP, deps=[trained_model, data_splits], kinds={"pytorch", "duckdb"})
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[trained_model, data_splits], kinds={"pytorch", "duckdb"})
 def eval_report(context: dg.AssetExecutionContext, dataset: DatasetResource, training: TrainingResource,
                 store: StoreResource) -> dg.MaterializeResult:
     """mAP, MR1, HR@1 and P@10 with bootstrap CIs, the distance matrix and a t-SNE plot per test set of the
     promoted model, written under ``<training_dir>/reports/<model_id>/<test_set>/`` and into ``evaluations``."""
     with failures():
-        run = evaluate_promoted(store.store(), dataset.layout(), training.layout(), context.log)
+        run = evaluate_promoted(store.store(), dataset_of(context, dataset), training_of(context, training),
+                                context.log)
     metadata: dict[str, Any] = {"model_id": run.model_id, "test_sets": len(run.reports),
                                 "n_bootstrap": run.n_bootstrap}
     sections = []

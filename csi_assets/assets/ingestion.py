@@ -1,10 +1,10 @@
 """Group ``ingestion``: delta batches of new performances become references without retraining.
 
-A batch is a folder under the dataset's ``incoming/`` with its own ``dataset.txt`` and audio, or a single
-``*.txt`` catalog there. The sensor names each batch by a hash of its content (so dropping the same batch twice
-ingests it once) and registers it as a partition of ``ingested_batch``; one run per batch catalogs it with the
-main catalog's validation, gives new works new permanent ids, extracts features without tempo augmentation and
-embeds the new performances with the promoted model. Nothing already stored is recomputed or changed.
+A batch is a folder under the dataset's ``incoming/`` with its own ``dataset.txt`` and audio, or a single ``*.txt``
+catalog there. The sensor names each batch by a hash of its content (so dropping the same batch twice ingests it once)
+and registers it, paired with its dataset, as a partition of ``ingested_batch``; one run per batch catalogs it with the
+main catalog's validation, gives new works new permanent ids, extracts features without tempo augmentation and embeds
+the new performances with the promoted model. Nothing already stored is recomputed or changed.
 """
 
 from collections.abc import Iterator
@@ -16,11 +16,11 @@ from csi_assets.assets.data import ShardConfig
 from csi_assets.assets.serving import embed_reference_shard
 from csi_assets.assets.upstream import failures
 from csi_assets.ingestion import BatchIntake, commit_batch_embeddings, intake_batch
+from csi_assets.partitions import BATCH, dataset_batches, dataset_of, key_part
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.shards import ShardResult
 
 GROUP = "ingestion"
-delta_batches = dg.DynamicPartitionsDefinition(name="delta_batches")
 
 
 @dg.op(out={"intake": dg.Out(), "shards": dg.DynamicOut()})
@@ -29,7 +29,7 @@ def featurise_batch(context: dg.OpExecutionContext, config: ShardConfig, dataset
     """Catalog and featurise the batch, then cut its performances without an embedding of the promoted model into
     shards."""
     with failures():
-        intake, shards = intake_batch(store.store(), dataset.layout(), context.partition_key,
+        intake, shards = intake_batch(store.store(), dataset_of(context, dataset), key_part(context, BATCH),
                                       config.items_per_shard, context.log)
     yield dg.Output(intake, "intake")
     for shard in shards:
@@ -40,7 +40,7 @@ def featurise_batch(context: dg.OpExecutionContext, config: ShardConfig, dataset
 def commit_batch(context: dg.OpExecutionContext, dataset: DatasetResource, store: StoreResource,
                  intake: BatchIntake, results: list[ShardResult]) -> dg.Output:
     """Store the batch's embeddings in one transaction, add them to the model's index, mark the batch ingested."""
-    commit_batch_embeddings(store.store(), dataset.layout(), intake, results, context.log)
+    commit_batch_embeddings(store.store(), dataset_of(context, dataset), intake, results, context.log)
     counts = intake.counts
     return dg.Output(None, metadata={
         "performances": counts["performances"], "added_now": counts["added"],
@@ -52,7 +52,7 @@ def commit_batch(context: dg.OpExecutionContext, dataset: DatasetResource, store
     })
 
 
-@dg.graph_asset(group_name=GROUP, partitions_def=delta_batches, kinds={"duckdb"})
+@dg.graph_asset(group_name=GROUP, partitions_def=dataset_batches, kinds={"duckdb"})
 def ingested_batch() -> Any:
     """One delta batch catalogued, featurised (no tempo augmentation) and embedded with the promoted model: the
     embedding fans out in shards (one op each) and is committed in one transaction with the batch's status."""

@@ -2,14 +2,12 @@
 model's embedding already knows about a label of the catalog (:mod:`csi_assets.labels`); ``label_model`` (group
 ``training``) trains the CoverHunter network with the label as its class (:mod:`csi_assets.label_model`).
 
-Both are partitioned by label, one partition per name in the dataset hparams' ``labels:`` list, read when the
-definitions load (``StaticPartitionsDefinition``): a new label appears after a reload of the code location (the UI's
-"Reload" or a new ``dagster`` command). A dataset without labels, or whose hparams cannot be read, gets assets with
-no partitions; nothing else changes. :func:`label_assets` builds the pair for any list of labels.
+Both are partitioned by (dataset, label). The labels are registered with the datasets (the ``dataset_folders``
+sensor, or ``python -m csi_assets.partitions``) from each dataset's ``labels:`` list, so a label added to the hparams
+appears without a code reload; a pair whose dataset does not list the label fails with a message saying so.
 """
 
 import base64
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,8 @@ from csi_assets.assets.serving import reference_embeddings
 from csi_assets.assets.training import trained_model
 from csi_assets.assets.upstream import failures
 from csi_assets.label_model import run_label_model
-from csi_assets.labels import ProbeRun, configured_labels, run_label_probe, score_table
+from csi_assets.labels import ProbeRun, run_label_probe, score_table
+from csi_assets.partitions import LABEL, dataset_labels, dataset_of, key_part, training_of
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_model.label_probe import METRICS, PROBES
 
@@ -47,46 +46,6 @@ def _probe_metadata(run: ProbeRun) -> dict[str, Any]:
     return metadata
 
 
-def label_assets(labels: Sequence[str]) -> tuple[dg.AssetsDefinition, ...]:
-    """``label_probe`` and ``label_model`` with one partition per label."""
-    partitions = dg.StaticPartitionsDefinition(list(labels))
-
-    @dg.asset(group_name="evaluation", partitions_def=partitions, deps=[reference_embeddings, dataset_catalog],
-              kinds={"scikitlearn", "duckdb"})
-    def label_probe(context: dg.AssetExecutionContext, dataset: DatasetResource, training: TrainingResource,
-                    store: StoreResource) -> dg.MaterializeResult:
-        """Is this category reflected in the promoted model's embedding? Logistic and kNN probes against a
-        majority baseline, cross-validated with works never split, bootstrap CIs, confusion matrix, t-SNE."""
-        with failures():
-            run = run_label_probe(store.store(), dataset.layout(), training.layout(), context.partition_key,
-                                  context.log)
-        return dg.MaterializeResult(metadata=_probe_metadata(run))
-
-    @dg.asset(group_name="training", partitions_def=partitions, deps=[data_splits, cqt_features, trained_model],
-              pool="training", kinds={"pytorch"})
-    def label_model(context: dg.AssetExecutionContext, config: LabelModelConfig, dataset: DatasetResource,
-                    training: TrainingResource, store: StoreResource) -> dg.MaterializeResult:
-        """CoverHunter trained with this label as its class (the training loop, losses, sampler, augmentation
-        and resumable checkpoints of trained_model), scored on held-out works like the probe."""
-        with failures():
-            run = run_label_model(store.store(), dataset.layout(), training.layout(), context.partition_key,
-                                  context.log, config.max_epochs, config.warm_start, config.augmentation)
-        result, scores, gain = run.result, run.scores, run.gain
-        return dg.MaterializeResult(metadata={
-            "verdict": dg.MetadataValue.md(run.reading), "above_baseline": gain.ci_low > 0,
-            "classes": dg.MetadataValue.json(run.split.classes), "best_epoch": result.best_epoch,
-            "epochs_trained_now": result.epochs_run, "gain_balanced_accuracy": dg.MetadataValue.json(gain.to_dict()),
-            **{f"{p}/{m}": dg.MetadataValue.float(v[m].point) for p, v in scores.items() for m in METRICS},
-            "items": dg.MetadataValue.json(run.record["items"]),
-            "warm_start": str(run.warm_start) if run.warm_start else "none",
-            "confusion": dg.MetadataValue.md(_inline(run.folder / "confusion.png")),
-            "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
-            "folder": dg.MetadataValue.path(str(run.folder)),
-        })
-
-    return label_probe, label_model
-
-
 class LabelModelConfig(dg.Config):
     """Run config of ``label_model``."""
 
@@ -99,5 +58,40 @@ class LabelModelConfig(dg.Config):
     register, for instance)."""
 
 
-LABEL_ASSETS = label_assets(configured_labels())
-label_probe, label_model = LABEL_ASSETS
+@dg.asset(group_name="evaluation", partitions_def=dataset_labels, deps=[reference_embeddings, dataset_catalog],
+          kinds={"scikitlearn", "duckdb"})
+def label_probe(context: dg.AssetExecutionContext, dataset: DatasetResource, training: TrainingResource,
+                store: StoreResource) -> dg.MaterializeResult:
+    """Is this category reflected in the promoted model's embedding? Logistic and kNN probes against a
+    majority baseline, cross-validated with works never split, bootstrap CIs, confusion matrix, t-SNE."""
+    with failures():
+        run = run_label_probe(store.store(), dataset_of(context, dataset), training_of(context, training),
+                              key_part(context, LABEL), context.log)
+    return dg.MaterializeResult(metadata=_probe_metadata(run))
+
+
+@dg.asset(group_name="training", partitions_def=dataset_labels, deps=[data_splits, cqt_features, trained_model],
+          pool="training", kinds={"pytorch"})
+def label_model(context: dg.AssetExecutionContext, config: LabelModelConfig, dataset: DatasetResource,
+                training: TrainingResource, store: StoreResource) -> dg.MaterializeResult:
+    """CoverHunter trained with this label as its class (the training loop, losses, sampler, augmentation
+    and resumable checkpoints of trained_model), scored on held-out works like the probe."""
+    with failures():
+        run = run_label_model(store.store(), dataset_of(context, dataset), training_of(context, training),
+                              key_part(context, LABEL), context.log, config.max_epochs, config.warm_start,
+                              config.augmentation)
+    result, scores, gain = run.result, run.scores, run.gain
+    return dg.MaterializeResult(metadata={
+        "verdict": dg.MetadataValue.md(run.reading), "above_baseline": gain.ci_low > 0,
+        "classes": dg.MetadataValue.json(run.split.classes), "best_epoch": result.best_epoch,
+        "epochs_trained_now": result.epochs_run, "gain_balanced_accuracy": dg.MetadataValue.json(gain.to_dict()),
+        **{f"{p}/{m}": dg.MetadataValue.float(v[m].point) for p, v in scores.items() for m in METRICS},
+        "items": dg.MetadataValue.json(run.record["items"]),
+        "warm_start": str(run.warm_start) if run.warm_start else "none",
+        "confusion": dg.MetadataValue.md(_inline(run.folder / "confusion.png")),
+        "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
+        "folder": dg.MetadataValue.path(str(run.folder)),
+    })
+
+
+LABEL_ASSETS = (label_probe, label_model)

@@ -1,11 +1,11 @@
 """Group ``research``: hyper-parameter sweeps (:mod:`csi_assets.sweeps`) and production K-fold training
 (:mod:`csi_assets.production`).
 
-``sweep_plan`` reads ``<training_dir>/config/hp_tuning.yaml`` and registers one dynamic partition of ``sweep_runs``
-per (value, seed). The plan is an asset rather than code run at definition time so that editing the tuning file
-needs no code reload, a bad file fails one visible materialization (naming the file) instead of breaking the whole
-code location, and the partition list is a recorded, versioned event. A backfill over the partitions runs them in
-parallel; ``sweep_summary`` tabulates the outcomes.
+``sweep_plan`` reads the dataset's ``<training_dir>/config/hp_tuning.yaml`` and registers one experiment per
+(value, seed): ``sweep_runs`` is partitioned by (dataset, experiment). The plan is an asset rather than code run at
+definition time so that editing the tuning file needs no code reload, a bad file fails one visible materialization
+(naming the file) instead of breaking the whole code location, and the partition list is a recorded, versioned
+event. A backfill over the dataset's experiments runs them in parallel; ``sweep_summary`` tabulates the outcomes.
 """
 
 import time
@@ -14,25 +14,47 @@ import dagster as dg
 
 from csi_assets.assets.data import cqt_features, data_splits
 from csi_assets.assets.upstream import failures
+from csi_assets.errors import RunFailed
+from csi_assets.partitions import (
+    EXPERIMENT,
+    dataset_experiments,
+    dataset_of,
+    datasets,
+    key_part,
+    sweep_experiments,
+    training_of,
+)
 from csi_assets.production import run_production
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.sweeps import plan_markdown, read_plan, run_experiment, summarise_sweep
 
 GROUP = "research"
-SWEEP_PARTITIONS = dg.DynamicPartitionsDefinition(name="sweep_experiments")
 
 
-@dg.asset(group_name=GROUP, kinds={"yaml"})
+def _planned_elsewhere(instance: dg.DagsterInstance, training: TrainingResource, dataset: str) -> set[str]:
+    """The experiments the other registered datasets' tuning files name (an unreadable file names none)."""
+    keys: set[str] = set()
+    for other in instance.get_dynamic_partitions(datasets.name):
+        try:
+            if other != dataset:
+                keys |= {e.key for e in read_plan(training.layout(other))[1]}
+        except RunFailed:
+            continue
+    return keys
+
+
+@dg.asset(group_name=GROUP, partitions_def=datasets, kinds={"yaml"})
 def sweep_plan(context: dg.AssetExecutionContext, training: TrainingResource) -> dg.MaterializeResult:
-    """The experiments of ``config/hp_tuning.yaml``, registered as partitions of ``sweep_runs`` (stale ones are
-    removed, their folders kept)."""
+    """The experiments of the dataset's ``config/hp_tuning.yaml``, registered as the experiments of ``sweep_runs``
+    (those no dataset's plan names any more are removed, their folders kept)."""
     with failures():
-        tuning, experiments = read_plan(training.layout())
+        tuning, experiments = read_plan(training_of(context, training))
     keys = [e.key for e in experiments]
-    existing = set(context.instance.get_dynamic_partitions(SWEEP_PARTITIONS.name))
-    for stale in sorted(existing - set(keys)):
-        context.instance.delete_dynamic_partition(SWEEP_PARTITIONS.name, stale)
-    context.instance.add_dynamic_partitions(SWEEP_PARTITIONS.name, [k for k in keys if k not in existing])
+    instance = context.instance
+    existing = set(instance.get_dynamic_partitions(sweep_experiments.name))
+    for stale in sorted(existing - set(keys) - _planned_elsewhere(instance, training, key_part(context))):
+        instance.delete_dynamic_partition(sweep_experiments.name, stale)
+    instance.add_dynamic_partitions(sweep_experiments.name, [k for k in keys if k not in existing])
     context.log.info(f"{len(experiments)} experiment(s) from {tuning.source}")
     return dg.MaterializeResult(metadata={
         "experiments": len(experiments),
@@ -44,14 +66,15 @@ def sweep_plan(context: dg.AssetExecutionContext, training: TrainingResource) ->
     })
 
 
-@dg.asset(group_name=GROUP, partitions_def=SWEEP_PARTITIONS, deps=[sweep_plan, data_splits, cqt_features],
+@dg.asset(group_name=GROUP, partitions_def=dataset_experiments, deps=[sweep_plan, data_splits, cqt_features],
           pool="training", kinds={"pytorch"})
 def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, training: TrainingResource,
                store: StoreResource) -> dg.MaterializeResult:
     """One sweep experiment (a group value at one seed), trained from the base hparams in its own folder; it
     resumes from its checkpoints. A diverged run is recorded as such, not failed: the sweep goes on."""
     with failures():
-        run = run_experiment(store.store(), dataset.layout(), training.layout(), context.partition_key, context.log)
+        run = run_experiment(store.store(), dataset_of(context, dataset), training_of(context, training),
+                             key_part(context, EXPERIMENT), context.log)
     outcome, result = run.outcome, run.result
     if result is None:
         return dg.MaterializeResult(metadata={"diverged": True, "error": outcome.error or ""})
@@ -71,12 +94,12 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
     })
 
 
-@dg.asset(group_name=GROUP, deps=[sweep_runs], kinds={"markdown"})
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[sweep_runs], kinds={"markdown"})
 def sweep_summary(context: dg.AssetExecutionContext, training: TrainingResource) -> dg.MaterializeResult:
     """Per experiment, mean ± std over seeds of the final val loss and mAP, their slopes over the last
     ``early_stopping_patience`` epochs, the best value @ epoch, the bootstrap CI, and diverged seeds."""
     with failures():
-        summary = summarise_sweep(training.layout(), context.log)
+        summary = summarise_sweep(training_of(context, training), context.log)
     return dg.MaterializeResult(metadata={
         "runs": len(summary.outcomes), "experiments": summary.experiments, "not_run": len(summary.missing),
         "diverged_runs": sum(o.diverged for o in summary.outcomes),
@@ -96,15 +119,16 @@ class ProductionConfig(dg.Config):
     """Make the final model the dataset's promoted model."""
 
 
-@dg.asset(group_name=GROUP, deps=[data_splits, cqt_features], pool="training", kinds={"pytorch"})
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[data_splits, cqt_features], pool="training",
+          kinds={"pytorch"})
 def production_model(context: dg.AssetExecutionContext, config: ProductionConfig, dataset: DatasetResource,
                      training: TrainingResource, store: StoreResource) -> dg.MaterializeResult:
     """K folds stratified by work (all variants of a performance in one fold), each warm-started from the best
     checkpoint so far on a geometric lr ladder, then a final run on all the data validated on the test split."""
     started = time.monotonic()
     with failures():
-        run = run_production(store.store(), dataset.layout(), training.layout(), context.log, config.k_folds,
-                             config.max_epochs, config.promote)
+        run = run_production(store.store(), dataset_of(context, dataset), training_of(context, training), context.log,
+                             config.k_folds, config.max_epochs, config.promote)
     stages = {**run.metrics["folds"], "final": run.metrics["final"]}
     rows = "\n".join(f"| {name} | {m['lr']:.3g} | {m['best_epoch']} | {m['best_value']} | {m['epochs']} |"
                      for name, m in stages.items())

@@ -17,6 +17,7 @@ import numpy as np
 
 from csi_assets.assets.data import ShardConfig
 from csi_assets.assets.upstream import failures
+from csi_assets.partitions import dataset_of, datasets, key_part
 from csi_assets.reference_index import IndexUnavailable, ReferenceIndex, model_dir, sync_index
 from csi_assets.references import ReferencePlan, commit_references, embed_shard, plan_references, reference_rows
 from csi_assets.resources import DatasetResource, StoreResource
@@ -34,7 +35,8 @@ def plan_reference_shards(context: dg.OpExecutionContext, config: ShardConfig, d
                           store: StoreResource) -> Iterator[dg.Output | dg.DynamicOutput]:
     """The references without an embedding of the promoted model, cut into shards."""
     with failures():
-        plan, shards = plan_references(store.store(), dataset.layout(), config.items_per_shard, context.log)
+        plan, shards = plan_references(store.store(), dataset_of(context, dataset), config.items_per_shard,
+                                       context.log)
     yield dg.Output(plan, "plan")
     for shard in shards:
         yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
@@ -53,7 +55,7 @@ def commit_reference_embeddings(context: dg.OpExecutionContext, dataset: Dataset
     the model's calibration and work centroids from all its embeddings."""
     start = time.monotonic()
     with failures():
-        run = commit_references(store.store(), dataset.layout(), plan, results)
+        run = commit_references(store.store(), dataset_of(context, dataset), plan, results)
     calibration, centroids = run.calibration, run.centroids
     context.log.info(f"{plan.todo} performances ({run.segments} segments) from {len(results)} shard(s) committed in "
                      f"{time.monotonic() - start:.1f} s; {plan.references - plan.todo - len(plan.too_short)} "
@@ -76,7 +78,7 @@ def commit_reference_embeddings(context: dg.OpExecutionContext, dataset: Dataset
     })
 
 
-@dg.graph_asset(group_name=GROUP, kinds={"pytorch", "duckdb"},
+@dg.graph_asset(group_name=GROUP, partitions_def=datasets, kinds={"pytorch", "duckdb"},
                 ins={"trained_model": dg.AssetIn(dagster_type=dg.Nothing),
                      "cqt_features": dg.AssetIn(dagster_type=dg.Nothing)})
 def reference_embeddings(trained_model: None, cqt_features: None) -> Any:
@@ -88,15 +90,16 @@ def reference_embeddings(trained_model: None, cqt_features: None) -> Any:
     return commit_reference_embeddings(plan, shards.map(embed_reference_shard).collect())
 
 
-@dg.asset_check(asset=reference_embeddings,
+@dg.asset_check(asset=reference_embeddings, partitions_def=datasets,
                 description="Every reference performance has embeddings for the promoted model.")
-def reference_embeddings_cover_catalog(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
-    db = store.store()
-    model = model_store.promoted_model(db, dataset.name)
+def reference_embeddings_cover_catalog(context: dg.AssetCheckExecutionContext, dataset: DatasetResource,
+                                       store: StoreResource) -> dg.AssetCheckResult:
+    db, layout = store.store(), dataset_of(context, dataset)
+    model = model_store.promoted_model(db, layout.name)
     if model is None:
-        return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {dataset.name}"})
-    references = reference_rows(db, dataset.layout())
-    embedded = embedding_store.embedded_segments(db, dataset.name, model.model_id)
+        return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {layout.name}"})
+    references = reference_rows(db, layout)
+    embedded = embedding_store.embedded_segments(db, layout.name, model.model_id)
     missing = sorted(r.perf for r in references if r.perf not in embedded)
     return dg.AssetCheckResult(passed=not missing, metadata={
         "model_id": model.model_id, "references": len(references), "embedded": len(references) - len(missing),
@@ -125,18 +128,18 @@ class ReferenceIndexConfig(dg.Config):
                            refine_factor=self.refine_factor)
 
 
-@dg.asset(group_name=GROUP, deps=[reference_embeddings], kinds={"faiss"})
-def reference_index(context: dg.AssetExecutionContext, config: ReferenceIndexConfig, dataset: DatasetResource,
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[reference_embeddings], kinds={"faiss"})
+def reference_index(context: dg.AssetExecutionContext, config: ReferenceIndexConfig,
                     store: StoreResource) -> dg.MaterializeResult:
     """A FAISS index of the promoted model's reference segments beside the store (``<store>.index/``), what
     ``csi identify`` and ``csi serve`` search. Built for a newly promoted model, updated in place otherwise
     (ingested batches are added by their own runs)."""
-    db = store.store()
-    promoted = model_store.promoted_model(db, dataset.name)
+    db, name = store.store(), key_part(context)
+    promoted = model_store.promoted_model(db, name)
     if promoted is None:
-        raise dg.Failure(description=f"no promoted model for dataset {dataset.name!r}: materialize trained_model")
+        raise dg.Failure(description=f"no promoted model for dataset {name!r}: materialize trained_model")
     try:
-        report = sync_index(db, store.path, dataset.name, promoted.model_id, config.index_config(),
+        report = sync_index(db, store.path, name, promoted.model_id, config.index_config(),
                             context.log.info)
     except IndexUnavailable as err:
         raise dg.Failure(description=str(err)) from err
@@ -146,19 +149,20 @@ def reference_index(context: dg.AssetExecutionContext, config: ReferenceIndexCon
         "rows": manifest.rows, "performances": manifest.performances, "version": manifest.version,
         "action": report.action, "performances_added": report.added, "performances_removed": report.removed,
         "seconds": round(report.seconds, 3), "config": dg.MetadataValue.json(manifest.config),
-        "path": dg.MetadataValue.path(str(model_dir(store.path, dataset.name, manifest.model_id))),
+        "path": dg.MetadataValue.path(str(model_dir(store.path, name, manifest.model_id))),
     })
 
 
-@dg.asset_check(asset=reference_index, description="The index holds exactly the stored embeddings of the promoted "
-                                                  "model: same rows, same performances and segment counts.")
-def reference_index_matches_store(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
-    db = store.store()
-    promoted = model_store.promoted_model(db, dataset.name)
+@dg.asset_check(asset=reference_index, partitions_def=datasets,
+                description="The index holds exactly the stored embeddings of the promoted model: same rows, same "
+                            "performances and segment counts.")
+def reference_index_matches_store(context: dg.AssetCheckExecutionContext, store: StoreResource) -> dg.AssetCheckResult:
+    db, name = store.store(), key_part(context)
+    promoted = model_store.promoted_model(db, name)
     if promoted is None:
-        return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {dataset.name}"})
-    stored = embedding_store.catalogued_segments(db, dataset.name, promoted.model_id)
-    index = ReferenceIndex.read(store.path, dataset.name, promoted.model_id)
+        return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {name}"})
+    stored = embedding_store.catalogued_segments(db, name, promoted.model_id)
+    index = ReferenceIndex.read(store.path, name, promoted.model_id)
     if index is None:
         return dg.AssetCheckResult(passed=False, metadata={"reason": "no index for the promoted model"})
     drop, add = index.differences(stored)

@@ -13,6 +13,7 @@ from csi_assets.alignment import align_dataset
 from csi_assets.assets.data import cqt_features, dataset_catalog
 from csi_assets.assets.training import trained_model
 from csi_assets.assets.upstream import failures
+from csi_assets.partitions import dataset_of, datasets, training_of
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_model.alignment import DEFAULT_HOP_S, DEFAULT_WINDOW_S
 
@@ -24,23 +25,24 @@ class AlignmentConfig(dg.Config):
     hop_s: float = DEFAULT_HOP_S
 
 
-@dg.asset(group_name=GROUP, deps=[trained_model, cqt_features], kinds={"pytorch", "json"})
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[trained_model, cqt_features], kinds={"pytorch", "json"})
 def alignments(context: dg.AssetExecutionContext, config: AlignmentConfig, dataset: DatasetResource,
                training: TrainingResource, store: StoreResource) -> dg.MaterializeResult:
     """Coarse time offset (seconds) between every two performances of the same work, from the promoted model's
     embeddings of short overlapping windows; JSON lines in the training folder."""
     with failures():
-        run, path = align_dataset(store.store(), dataset.layout(), training.root, config.window_s, config.hop_s,
-                                  context.log)
+        run, path = align_dataset(store.store(), dataset_of(context, dataset), training_of(context, training).root,
+                                  config.window_s, config.hop_s, context.log)
     return dg.MaterializeResult(metadata={**{k: v for k, v in run.metadata().items() if k != "too_short"},
                                           "too_short": dg.MetadataValue.json(run.too_short),
                                           "path": dg.MetadataValue.path(str(path))})
 
 
-@dg.asset(group_name=GROUP, deps=[dataset_catalog], kinds={"matplotlib"})
-def catalog_histogram(dataset: DatasetResource, store: StoreResource) -> dg.MaterializeResult:
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[dataset_catalog], kinds={"matplotlib"})
+def catalog_histogram(context: dg.AssetExecutionContext, dataset: DatasetResource,
+                      store: StoreResource) -> dg.MaterializeResult:
     """Histogram of the number of performances per work in the store's catalog, saved next to the catalog."""
     with failures():
-        stats, path = histogram.catalog_histogram(store.store(), dataset.layout())
+        stats, path = histogram.catalog_histogram(store.store(), dataset_of(context, dataset))
     return dg.MaterializeResult(metadata={**stats, "path": dg.MetadataValue.path(str(path)),
                                           "histogram": dg.MetadataValue.md(histogram.histogram_markdown(path))})

@@ -8,6 +8,7 @@ import dagster as dg
 
 from csi_assets.assets.data import cqt_features, data_splits
 from csi_assets.assets.upstream import failures
+from csi_assets.partitions import dataset_of, datasets, key_part, training_of
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.training_runs import check_promoted_checkpoint, run_training
 
@@ -23,14 +24,16 @@ class TrainingConfig(dg.Config):
     """Override the hparams' ``max_epochs`` (e.g. to continue a finished run for more epochs)."""
 
 
-@dg.asset(group_name=GROUP, deps=[data_splits, cqt_features], pool="training", kinds={"pytorch"})
+@dg.asset(group_name=GROUP, partitions_def=datasets, deps=[data_splits, cqt_features], pool="training",
+          kinds={"pytorch"})
 def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dataset: DatasetResource,
                   training: TrainingResource, store: StoreResource) -> dg.MaterializeResult:
     """Checkpoints, the promoted best checkpoint, TensorBoard logs and the training history: the best epoch's
     checkpoint (lowest validation loss, or best mAP with ``early_stop_metric: mAP``) is registered."""
     started = time.monotonic()
+    folder = training_of(context, training)
     with failures():
-        run = run_training(store.store(), dataset.layout(), training.layout(), context.log, config.promote,
+        run = run_training(store.store(), dataset_of(context, dataset), folder, context.log, config.promote,
                            config.max_epochs)
     result, metrics, items = run.result, run.metrics, run.data.items
     counts = metrics["parameters"]
@@ -59,14 +62,15 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
         "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
         "curves": dg.MetadataValue.md(f"![curves](data:image/png;base64,{base64.b64encode(run.curves_png).decode()})"),
         "curves_file": dg.MetadataValue.path(str(run.curves_path)),
-        "tensorboard": dg.MetadataValue.md(f"`tensorboard --logdir {training.logs_dir}`"),
+        "tensorboard": dg.MetadataValue.md(f"`tensorboard --logdir {folder.logs_dir}`"),
     })
 
 
-@dg.asset_check(asset=trained_model, description="The promoted model's checkpoint exists and loads into the model "
-                                                 "its hparams describe, with the recorded fingerprint.")
-def promoted_checkpoint_loads(dataset: DatasetResource, store: StoreResource) -> dg.AssetCheckResult:
-    check = check_promoted_checkpoint(store.store(), dataset.name)
+@dg.asset_check(asset=trained_model, partitions_def=datasets,
+                description="The promoted model's checkpoint exists and loads into the model its hparams describe, "
+                            "with the recorded fingerprint.")
+def promoted_checkpoint_loads(context: dg.AssetCheckExecutionContext, store: StoreResource) -> dg.AssetCheckResult:
+    check = check_promoted_checkpoint(store.store(), key_part(context))
     metadata = dict(check.metadata)
     if "checkpoint" in metadata:
         metadata["checkpoint"] = dg.MetadataValue.path(metadata["checkpoint"])

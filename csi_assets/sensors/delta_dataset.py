@@ -1,12 +1,17 @@
-"""The delta-dataset sensor: new batches under ``incoming/`` become partitions of ``ingested_batch``.
+"""The delta-dataset sensor: new batches under each dataset's ``incoming/`` become partitions of ``ingested_batch``.
 
-Exactly once: a batch is named by its content hash; the cursor remembers every entry seen (name, a signature of
-its files' names, sizes and modification times -- so unchanged entries are not hashed again -- and batch id) and a
-batch whose id was seen or whose partition exists is never requested again, so re-dropping a batch, restarting the
-daemon or evaluating twice requests nothing new. A folder whose content changed after it was seen (a line and its
-audio added) is a new batch: its run stores what is new and skips what is already stored. A batch that cannot be
-read at all, and stays so unchanged for a whole tick (a folder still being copied in or deleted is left alone), is
-moved to ``rejected/`` with an error file and recorded as rejected; the good batches still go through.
+It watches the ``incoming/`` folder of every registered dataset (and of the default one, which it registers if
+needed); each batch becomes a (dataset, batch) partition.
+
+Exactly once: a batch is named by its content hash; the cursor remembers every entry seen (name, a signature of its
+files' names, sizes and modification times -- so unchanged entries are not hashed again -- and batch id) and a batch
+whose id was seen or whose partition exists is never requested again, so re-dropping a batch, restarting the daemon or
+evaluating twice requests nothing new. The same content dropped into a second dataset is skipped with a warning naming
+the dataset that holds it (a batch id names content, and its record belongs to one dataset). A folder whose content
+changed after it was seen (a line and its audio added) is a new batch: its run stores what is new and skips what is
+already stored. A batch that cannot be read at all, and stays so unchanged for a whole tick (a folder still being copied
+in or deleted is left alone), is moved to ``rejected/`` with an error file and recorded as rejected; the good batches
+still go through.
 
 Each entry is scanned on its own: one that vanishes or changes while being read is looked at again next tick, one
 that cannot be a batch (a dangling symlink, a pipe) is skipped with one warning, and neither blocks the others.
@@ -20,7 +25,6 @@ from typing import Any
 
 import dagster as dg
 
-from csi_assets.assets.ingestion import delta_batches
 from csi_assets.ingestion import (
     BatchUnreadable,
     batch_id_of,
@@ -31,6 +35,8 @@ from csi_assets.ingestion import (
     quarantine,
 )
 from csi_assets.jobs import ingest_job
+from csi_assets.layouts import DatasetLayout, DatasetNameError
+from csi_assets.partitions import dataset_key, datasets, delta_batches, registration_requests
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.run_health import run_alive
 from csi_assets.store import ingest as ingest_store
@@ -48,32 +54,61 @@ MAX_RUNS_PER_BATCH = 3
 def delta_dataset_sensor(
     context: dg.SensorEvaluationContext, dataset: DatasetResource, store: StoreResource
 ) -> dg.SensorResult:
-    previous: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
-    seen = {batch_id for _, batch_id in previous.values() if batch_id}
+    default = dataset.default()
+    previous = _read_cursor(context.cursor, default.name)
+    seen = {batch_id for entries in previous.values() for _, batch_id in entries.values() if batch_id}
     db = store.store()
-    entries: dict[str, list] = {}
+    remembered: dict[str, dict[str, list]] = {}
     requests: list[dg.RunRequest] = []
-    for entry in pending_entries(dataset.incoming_dir):
-        try:
-            remembered, request = _scan_entry(context, db, dataset, entry, previous.get(entry.name), seen)
-        except OSError as err:  # renamed, removed or rewritten while we read it: next tick sees it as it is then
-            context.log.info(f"{entry}: changed while being read ({err}); looking again next tick")
-            continue
-        if remembered:
-            entries[entry.name] = remembered
-        if request:
-            requests.append(request)
-    new_keys = [r.partition_key for r in requests]
-    requests += _retry_stuck(context, db, dataset.name, set(new_keys))
+    for layout in _watched(context, dataset, default):
+        entries = remembered.setdefault(layout.name, {})
+        for entry in pending_entries(layout.incoming_dir):
+            try:
+                kept, request = _scan_entry(context, db, layout, entry, previous.get(layout.name, {}).get(entry.name),
+                                            seen)
+            except OSError as err:  # renamed, removed or rewritten while we read it: next tick sees it as it is then
+                context.log.info(f"{entry}: changed while being read ({err}); looking again next tick")
+                continue
+            if kept:
+                entries[entry.name] = kept
+            if request:
+                requests.append(request)
+    new_batches = [r.partition_key.keys_by_dimension["batch"] for r in requests]
+    for layout in _watched(context, dataset, default):
+        requests += _retry_stuck(context, db, layout.name, set(new_batches))
+    registrations = registration_requests(context.instance, [default])
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[delta_batches.build_add_request(new_keys)] if new_keys else [],
-        cursor=json.dumps(entries, sort_keys=True),
+        dynamic_partitions_requests=registrations + ([delta_batches.build_add_request(new_batches)]
+                                                     if new_batches else []),
+        cursor=json.dumps(remembered, sort_keys=True),
         skip_reason=None if requests else "no new batch under incoming/",
     )
 
 
-def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetResource, entry: Path,
+def _read_cursor(cursor: str | None, default: str) -> dict[str, dict[str, list]]:
+    """{dataset: {entry name: [signature or skip marker, batch id]}}; a cursor of the single-dataset sensor
+    (entries at the top level) belonged to the default dataset."""
+    previous = json.loads(cursor) if cursor else {}
+    if any(isinstance(value, list) for value in previous.values()):
+        return {default: previous}
+    return previous
+
+
+def _watched(context: dg.SensorEvaluationContext, dataset: DatasetResource,
+             default: DatasetLayout) -> list[DatasetLayout]:
+    """The default dataset and every registered one, by name (a registered name that is not a folder name is
+    skipped with a warning)."""
+    layouts = {default.name: default}
+    for name in context.instance.get_dynamic_partitions(datasets.name):
+        try:
+            layouts.setdefault(name, dataset.layout(name))
+        except DatasetNameError as err:
+            context.log.warning(f"registered dataset skipped: {err}")
+    return [layouts[name] for name in sorted(layouts)]
+
+
+def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetLayout, entry: Path,
                 before: list | None, seen: set[str]) -> tuple[list | None, dg.RunRequest | None]:
     """(what the cursor remembers of the entry, or None once it was moved away; the run request of a new batch)."""
     problem = entry_problem(entry)
@@ -86,6 +121,13 @@ def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetRe
     if before and before[0] == signature and before[1]:
         return before, None  # unchanged since it was named
     batch_id = batch_id_of(entry)
+    owner = ingest_store.batch(db, batch_id)
+    if owner is not None and owner.dataset != dataset.name:
+        marker = f"skipped: same content as batch {batch_id} of dataset {owner.dataset}"
+        if not before or before[0] != marker:
+            context.log.warning(f"{entry}: the same files were already received as batch {batch_id} of dataset "
+                                f"{owner.dataset!r}; skipped (change or remove it)")
+        return [marker, None], None
     if batch_id in seen or context.instance.has_dynamic_partition(delta_batches.name, batch_id):
         return [signature, batch_id], None
     try:
@@ -110,7 +152,8 @@ def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetRe
                 "(performances already stored are kept and skipped)")
         context.log.warning(note)
     ingest_store.record_batch(db, batch_id, dataset.name, str(catalog), ingest_store.RECEIVED, reason=note)
-    return [signature, batch_id], dg.RunRequest(run_key=batch_id, partition_key=batch_id,
+    key = dataset_key(dataset.name, batch=batch_id)
+    return [signature, batch_id], dg.RunRequest(run_key=str(key), partition_key=key,
                                                 tags={"csi/batch": entry.name})
 
 
@@ -121,12 +164,13 @@ def _retry_stuck(context: dg.SensorEvaluationContext, db: Any, dataset: str, fre
         batch_id = state.batch_id
         if state.status not in (ingest_store.RECEIVED, ingest_store.FAILED) or batch_id in fresh:
             continue
-        runs = context.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": batch_id}))
+        key = dataset_key(dataset, batch=batch_id)
+        runs = context.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": str(key)}))
         if not runs or len(runs) >= MAX_RUNS_PER_BATCH or run_alive(context.instance, runs[0]):
             continue
         context.log.warning(f"batch {batch_id} is {state.status} and its last run {runs[0].run_id} "
                             f"({runs[0].status.value}) is no longer alive: requesting run {len(runs) + 1} of at "
                             f"most {MAX_RUNS_PER_BATCH}")
-        requests.append(dg.RunRequest(run_key=f"{batch_id}-run{len(runs) + 1}", partition_key=batch_id,
+        requests.append(dg.RunRequest(run_key=f"{key}-run{len(runs) + 1}", partition_key=key,
                                       tags={"csi/retry_of": runs[0].run_id}))
     return requests

@@ -38,7 +38,7 @@ def built(tmp_path_factory):
     ]
     catalog.write_text("\n".join(lines) + "\n")
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
+    result = materialize(project, DATA_ASSETS, instance)
     assert result.success
     return project, instance, result
 
@@ -105,7 +105,7 @@ def test_rerun_recomputes_nothing_and_keeps_ids(built) -> None:
                        ).values())}
     ids_before = split_store.work_ids(project.store, "dataset")
     splits_before = split_store.splits(project.store, "dataset")
-    result = dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
+    result = materialize(project, DATA_ASSETS, instance)
     meta = {m.asset_key.to_user_string(): m.metadata for m in result.get_asset_materialization_events() and
             [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]}
     assert meta["dataset_catalog"]["added"].value == 0 and meta["dataset_catalog"]["changed"].value == 0

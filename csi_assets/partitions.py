@@ -1,0 +1,113 @@
+"""Partitions: every asset that reads a dataset is partitioned by it, so the UI keeps each dataset's history and
+one dataset's run never marks another's assets stale.
+
+A dataset partition is keyed by the dataset's name -- its folder's name, the key of its rows in the store -- and
+resolved to folders by the ``dataset`` and ``training`` resources (:meth:`DatasetResource.layout`). The partitions
+are dynamic: the ``dataset_folders`` sensor registers every dataset folder it finds (and the labels its hparams
+name), ``python -m csi_assets.partitions`` registers the default dataset from a shell (``make demo`` does).
+
+Second dimensions: a delta batch of a dataset (``ingested_batch``), a label (``label_probe``, ``label_model``) and
+a sweep experiment (``sweep_runs``). Labels and experiments are one list across datasets; a pair whose dataset
+does not name the label or the experiment fails with a message saying so.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from csi_assets import locations
+from csi_assets.assets.upstream import failures
+from csi_assets.labels import configured_labels
+from csi_assets.layouts import DatasetLayout, TrainingLayout
+from csi_assets.resources import DatasetResource, TrainingResource
+
+DATASET, BATCH, LABEL, EXPERIMENT = "dataset", "batch", "label", "experiment"
+
+datasets = dg.DynamicPartitionsDefinition(name="datasets")
+delta_batches = dg.DynamicPartitionsDefinition(name="delta_batches")
+labels = dg.DynamicPartitionsDefinition(name="labels")
+sweep_experiments = dg.DynamicPartitionsDefinition(name="sweep_experiments")
+
+DIMENSIONS = {DATASET: datasets, BATCH: delta_batches, LABEL: labels, EXPERIMENT: sweep_experiments}
+
+dataset_batches = dg.MultiPartitionsDefinition({DATASET: datasets, BATCH: delta_batches})
+dataset_labels = dg.MultiPartitionsDefinition({DATASET: datasets, LABEL: labels})
+dataset_experiments = dg.MultiPartitionsDefinition({DATASET: datasets, EXPERIMENT: sweep_experiments})
+
+AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext | dg.AssetCheckExecutionContext
+
+
+def key_part(context: AnyContext, dimension: str = DATASET) -> str:
+    """One dimension of the run's partition key: the dataset name of a single-dimension key, or the named
+    dimension of a multi-dimension one. Raises ``dg.Failure`` for a run without a partition (a dataset asset
+    materialised without ``--partition``)."""
+    if not context.has_partition_key:
+        raise dg.Failure(description="this asset is partitioned by dataset: pick a partition (the dataset's folder "
+                                     "name), e.g. `dagster asset materialize --partition demo ...`")
+    key = context.partition_key
+    if isinstance(key, dg.MultiPartitionKey):
+        return key.keys_by_dimension[dimension]
+    if dimension != DATASET:
+        raise ValueError(f"partition key {key!r} has no {dimension!r} dimension")
+    return key
+
+
+def dataset_of(context: AnyContext, dataset: DatasetResource) -> DatasetLayout:
+    """The folder of the run's dataset partition; a name that is not a plain folder name fails the step."""
+    with failures():
+        return dataset.layout(key_part(context))
+
+
+def training_of(context: AnyContext, training: TrainingResource) -> TrainingLayout:
+    """The training folder of the run's dataset partition."""
+    with failures():
+        return training.layout(key_part(context))
+
+
+def dataset_key(dataset: str, **other: str) -> str | dg.MultiPartitionKey:
+    """The partition key of a dataset, or of a (dataset, label/batch/experiment) pair: ``dataset_key("demo")``,
+    ``dataset_key("demo", label="register")``."""
+    return dg.MultiPartitionKey({DATASET: dataset, **other}) if other else dataset
+
+
+def ensure_partition(instance: dg.DagsterInstance, dataset: str, **other: str) -> str | dg.MultiPartitionKey:
+    """Register each part of the key that the instance does not know yet; returns the key (see
+    :func:`dataset_key`). For a run on a partition whose parts may not exist yet (tests, scripts)."""
+    for dimension, key in {DATASET: dataset, **other}.items():
+        if not instance.has_dynamic_partition(DIMENSIONS[dimension].name, key):
+            instance.add_dynamic_partitions(DIMENSIONS[dimension].name, [key])
+    return dataset_key(dataset, **other)
+
+
+def registration_requests(instance: dg.DagsterInstance, layouts: list[DatasetLayout]
+                          ) -> list[dg.AddDynamicPartitionsRequest]:
+    """The requests that add the datasets not yet registered, and the labels their hparams name."""
+    known = set(instance.get_dynamic_partitions(datasets.name))
+    known_labels = set(instance.get_dynamic_partitions(labels.name))
+    new = sorted({layout.name for layout in layouts} - known)
+    new_labels = sorted({label for layout in layouts for label in configured_labels(layout.root)} - known_labels)
+    return ([datasets.build_add_request(new)] if new else []) + (
+        [labels.build_add_request(new_labels)] if new_labels else [])
+
+
+def register(instance: dg.DagsterInstance, layouts: list[DatasetLayout]) -> list[str]:
+    """Add the datasets (and their labels) to the instance now; returns the dataset names added."""
+    added = []
+    for request in registration_requests(instance, layouts):
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        if request.partitions_def_name == datasets.name:
+            added = list(request.partition_keys)
+    return added
+
+
+def main() -> None:
+    """Register the default dataset (``$CSI_DATASET_DIR``) and its labels with the instance of ``$DAGSTER_HOME``;
+    print the dataset's partition key."""
+    layout = DatasetLayout.at(locations.dataset_dir())
+    with dg.DagsterInstance.get() as instance:
+        register(instance, [layout])
+    print(layout.name)
+
+
+if __name__ == "__main__":
+    main()
