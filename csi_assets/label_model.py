@@ -32,7 +32,7 @@ from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.store.records import FeatureTableRecord
-from csi_assets.testsets import too_short_message
+from csi_assets.testsets import by_length, too_short_message
 from csi_assets.training_runs import TrainingLog, best_model, check_compatible, steps_per_epoch, trained_contract
 from csi_model.atomic import write_text_atomic
 from csi_model.augment import TempoRange
@@ -52,7 +52,6 @@ from csi_model.label_probe import (
     verdict,
 )
 from csi_model.loading import model_from_checkpoint
-from csi_model.model import CoverHunter
 from csi_model.training import TrainingResult, WarmStart, train
 
 LABEL_MODEL_FILE = "label_model.json"
@@ -79,10 +78,8 @@ def label_split(table: Sequence[FeatureTableRecord], values: Mapping[str, str | 
 
     Recordings too short for the model at ``mean_size`` are left out (``too_short``), as in every other split;
     ``stored_variants=False`` trains on the original recordings only (tempo is then drawn in the feature domain)."""
-    shortest = CoverHunter.min_raw_frames(mean_size)
-    labelled = [r for r in table if values.get(r.perf) is not None]
-    too_short = [r for r in labelled if r.n_frames < shortest]
-    usable = [r for r in labelled if r.n_frames >= shortest and (stored_variants or is_original_speed(r.speed))]
+    long_enough, too_short = by_length([r for r in table if values.get(r.perf) is not None], mean_size)
+    usable = [r for r in long_enough if stored_variants or is_original_speed(r.speed)]
     originals = [r for r in usable if is_original_speed(r.speed)]
     labels = np.array([values[r.perf] for r in originals], dtype=str)
     works = np.array([int(r.work_id) for r in originals])

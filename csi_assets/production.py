@@ -19,7 +19,7 @@ from csi_assets.store import Store
 from csi_assets.store import models as model_store
 from csi_assets.store.records import FeatureTableRecord
 from csi_assets.sweeps import dataset_items
-from csi_assets.testsets import feature_item, retrieval_test_sets, split_items
+from csi_assets.testsets import by_length, feature_item, retrieval_test_sets, split_items
 from csi_assets.training_runs import (
     TrainingLog,
     best_model,
@@ -32,7 +32,6 @@ from csi_model.devices import pick_device
 from csi_model.folds import PoolItem, ProductionResult, ProductionRun, StageResult
 from csi_model.hparams import HParamsError, TrainingHParams, load_training_hparams, to_dict
 from csi_model.identifiers import is_original_speed
-from csi_model.model import CoverHunter
 
 
 def production_dir(training: TrainingLayout) -> Path:
@@ -53,10 +52,9 @@ def production_pool(table: Sequence[FeatureTableRecord], mean_size: int,
     """Folds cover every train and val performance long enough for the model at ``mean_size`` (all their tempo
     variants, unless ``stored_variants`` is False: feature-domain tempo); the final run validates on the test
     split's original recordings, the held-out data the folds never saw."""
-    shortest = CoverHunter.min_raw_frames(mean_size)
-    pool = [PoolItem(feature_item(r), r.perf, is_original_speed(r.speed)) for r in table
-            if r.split in ("train", "val") and r.n_frames >= shortest
-            and (stored_variants or is_original_speed(r.speed))]
+    usable, _ = by_length([r for r in table if r.split in ("train", "val")], mean_size)
+    pool = [PoolItem(feature_item(r), r.perf, is_original_speed(r.speed)) for r in usable
+            if stored_variants or is_original_speed(r.speed)]
     return pool, split_items(table, mean_size).test
 
 

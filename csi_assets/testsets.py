@@ -62,18 +62,24 @@ def feature_item(row: FeatureTableRecord) -> FeatureItem:
     return FeatureItem(row.variant, int(row.work_id), Path(row.feat), int(row.n_frames))
 
 
+def by_length(rows: Sequence[FeatureTableRecord], mean_size: int
+              ) -> tuple[list[FeatureTableRecord], list[FeatureTableRecord]]:
+    """(rows long enough for the model at ``mean_size``, rows too short), in order: the one length filter of every
+    split (training, test sets, production folds, label splits); see ``CoverHunter.min_raw_frames``."""
+    shortest = CoverHunter.min_raw_frames(mean_size)
+    return [r for r in rows if r.n_frames >= shortest], [r for r in rows if r.n_frames < shortest]
+
+
 def split_items(table: Sequence[FeatureTableRecord], mean_size: int, stored_variants: bool = True) -> SplitItems:
     """Train / val / test items of a ``store.features.feature_table``; rows without a split are ignored, rows too
     short for the model at ``mean_size`` go to ``too_short``. ``stored_variants=False`` trains on the original
     recordings only (tempo is then drawn in the feature domain)."""
-    shortest = CoverHunter.min_raw_frames(mean_size)
-    usable = [r for r in table if r.split and r.n_frames >= shortest]
+    usable, too_short = by_length([r for r in table if r.split], mean_size)
 
     def members(split: str, originals_only: bool) -> list[FeatureItem]:
         return [feature_item(r) for r in usable
                 if r.split == split and (not originals_only or is_original_speed(r.speed))]
 
-    too_short = [r for r in table if r.split and r.n_frames < shortest]
     return SplitItems(members("train", not stored_variants), members("val", True), members("test", True), too_short)
 
 
