@@ -13,12 +13,15 @@ does not name the label or the experiment fails with a message saying so.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import dagster as dg
 
 from csi_assets import locations
 from csi_assets.assets.upstream import failures
 from csi_assets.labels import configured_labels
-from csi_assets.layouts import DatasetLayout, TrainingLayout
+from csi_assets.layouts import DatasetLayout, TrainingLayout, check_dataset_name
 from csi_assets.resources import DatasetResource, TrainingResource
 
 DATASET, BATCH, LABEL, EXPERIMENT = "dataset", "batch", "label", "experiment"
@@ -37,18 +40,34 @@ dataset_experiments = dg.MultiPartitionsDefinition({DATASET: datasets, EXPERIMEN
 AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext | dg.AssetCheckExecutionContext
 
 
+def dataset_check(asset: dg.AssetsDefinition, description: str) -> Callable[..., dg.AssetChecksDefinition]:
+    """``@dg.asset_check`` on the dataset partitions of ``asset``: the check runs for the partition it is asked
+    for (a run of that partition, or "Execute" on the partition in the UI). Dagster 1.13 marks partitioned checks
+    as a preview and warns at every import; the project relies on them knowingly (tests cover each check), so that
+    one warning is silenced here and nowhere else."""
+    def decorate(fn: Callable[..., dg.AssetCheckResult]) -> dg.AssetChecksDefinition:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec",
+                                    category=dg.PreviewWarning)
+            return dg.asset_check(asset=asset, partitions_def=datasets, description=description)(fn)
+    return decorate
+
+
 def key_part(context: AnyContext, dimension: str = DATASET) -> str:
     """One dimension of the run's partition key: the dataset name of a single-dimension key, or the named
     dimension of a multi-dimension one. Raises ``dg.Failure`` for a run without a partition (a dataset asset
-    materialised without ``--partition``)."""
+    materialised without ``--partition``) and for a dataset name that is not a plain folder name."""
     if not context.has_partition_key:
         raise dg.Failure(description="this asset is partitioned by dataset: pick a partition (the dataset's folder "
                                      "name), e.g. `dagster asset materialize --partition demo ...`")
     key = context.partition_key
     if isinstance(key, dg.MultiPartitionKey):
-        return key.keys_by_dimension[dimension]
-    if dimension != DATASET:
+        key = key.keys_by_dimension[dimension]
+    elif dimension != DATASET:
         raise ValueError(f"partition key {key!r} has no {dimension!r} dimension")
+    if dimension == DATASET:  # it names folders and index paths: a plain folder name or nothing
+        with failures():
+            check_dataset_name(key)
     return key
 
 

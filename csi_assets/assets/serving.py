@@ -17,7 +17,7 @@ import numpy as np
 
 from csi_assets.assets.data import ShardConfig
 from csi_assets.assets.upstream import failures
-from csi_assets.partitions import dataset_of, datasets, key_part
+from csi_assets.partitions import dataset_check, dataset_of, datasets, key_part
 from csi_assets.reference_index import IndexUnavailable, ReferenceIndex, model_dir, sync_index
 from csi_assets.references import ReferencePlan, commit_references, embed_shard, plan_references, reference_rows
 from csi_assets.resources import DatasetResource, StoreResource
@@ -90,8 +90,7 @@ def reference_embeddings(trained_model: None, cqt_features: None) -> Any:
     return commit_reference_embeddings(plan, shards.map(embed_reference_shard).collect())
 
 
-@dg.asset_check(asset=reference_embeddings, partitions_def=datasets,
-                description="Every reference performance has embeddings for the promoted model.")
+@dataset_check(reference_embeddings, "Every reference performance has embeddings for the promoted model.")
 def reference_embeddings_cover_catalog(context: dg.AssetCheckExecutionContext, dataset: DatasetResource,
                                        store: StoreResource) -> dg.AssetCheckResult:
     db, layout = store.store(), dataset_of(context, dataset)
@@ -153,9 +152,8 @@ def reference_index(context: dg.AssetExecutionContext, config: ReferenceIndexCon
     })
 
 
-@dg.asset_check(asset=reference_index, partitions_def=datasets,
-                description="The index holds exactly the stored embeddings of the promoted model: same rows, same "
-                            "performances and segment counts.")
+@dataset_check(reference_index, "The index holds exactly the stored embeddings of the promoted model: same rows, same "
+                                 "performances and segment counts.")
 def reference_index_matches_store(context: dg.AssetCheckExecutionContext, store: StoreResource) -> dg.AssetCheckResult:
     db, name = store.store(), key_part(context)
     promoted = model_store.promoted_model(db, name)

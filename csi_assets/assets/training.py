@@ -8,7 +8,7 @@ import dagster as dg
 
 from csi_assets.assets.data import cqt_features, data_splits
 from csi_assets.assets.upstream import failures
-from csi_assets.partitions import dataset_of, datasets, key_part, training_of
+from csi_assets.partitions import dataset_check, dataset_of, datasets, key_part, training_of
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.training_runs import check_promoted_checkpoint, run_training
 
@@ -66,9 +66,8 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
     })
 
 
-@dg.asset_check(asset=trained_model, partitions_def=datasets,
-                description="The promoted model's checkpoint exists and loads into the model its hparams describe, "
-                            "with the recorded fingerprint.")
+@dataset_check(trained_model, "The promoted model's checkpoint exists and loads into the model its hparams describe, "
+                              "with the recorded fingerprint.")
 def promoted_checkpoint_loads(context: dg.AssetCheckExecutionContext, store: StoreResource) -> dg.AssetCheckResult:
     check = check_promoted_checkpoint(store.store(), key_part(context))
     metadata = dict(check.metadata)
