@@ -26,6 +26,7 @@ from csi_assets.reference_index import ReferenceIndex, sync_index
 from csi_assets.references import (
     commit_reference_shards,
     embed_missing,
+    embed_shard,
     pending_references,
     reference_rows,
     reference_shards,
@@ -254,6 +255,18 @@ def intake_batch(db: Store, dataset: DatasetLayout, batch_id: str, items_per_sha
             shard_store.forget(db, stage, [s.shard_id for s in shards])
     return BatchIntake(batch_id, str(catalog), counts, model and model.model_id, stage,
                        sum(len(s.items) for s in shards)), shards
+
+
+def embed_batch_shard(db: Store, dataset: DatasetLayout, batch_id: str, shard: Shard, staging: Path,
+                      log: Log) -> ShardResult:
+    """Embed one shard of a batch (:func:`csi_assets.references.embed_shard`). A failure is recorded on the
+    batch's row, with its reason, before it propagates: the batch must not stay ``received`` with no word of why
+    (the sensor's retry and ``csi`` read that row)."""
+    state = ingest_store.batch(db, batch_id)
+    if state is None:
+        raise RunFailed(f"batch {batch_id} was never received by the sensor (no row in the store)")
+    with failure_recorded(db, dataset, batch_id, Path(state.source)):
+        return embed_shard(shard, staging, log)
 
 
 def commit_batch_embeddings(db: Store, dataset: DatasetLayout, intake: BatchIntake, results: list[ShardResult],

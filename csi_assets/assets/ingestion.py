@@ -12,13 +12,13 @@ from typing import Any
 
 import dagster as dg
 
+from csi_assets import ingestion
 from csi_assets.assets.data import ShardConfig
-from csi_assets.assets.serving import embed_reference_shard
 from csi_assets.assets.upstream import failures
 from csi_assets.ingestion import BatchIntake, commit_batch_embeddings, intake_batch
 from csi_assets.partitions import BATCH, dataset_batches, dataset_of, key_part
 from csi_assets.resources import DatasetResource, StoreResource
-from csi_assets.shards import ShardResult
+from csi_assets.shards import Shard, ShardResult, staging_dir
 
 GROUP = "ingestion"
 
@@ -34,6 +34,14 @@ def featurise_batch(context: dg.OpExecutionContext, config: ShardConfig, dataset
     yield dg.Output(intake, "intake")
     for shard in shards:
         yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
+
+
+@dg.op
+def embed_batch_shard(context: dg.OpExecutionContext, shard: Shard, dataset: DatasetResource,
+                      store: StoreResource) -> ShardResult:
+    """Embed one shard of the batch on whichever worker runs it; a failure is recorded on the batch's row."""
+    return ingestion.embed_batch_shard(store.store(), dataset_of(context, dataset), key_part(context, BATCH), shard,
+                                       staging_dir(store.path), context.log)
 
 
 @dg.op(out=dg.Out(dg.Nothing))
@@ -57,4 +65,4 @@ def ingested_batch() -> Any:
     """One delta batch catalogued, featurised (no tempo augmentation) and embedded with the promoted model: the
     embedding fans out in shards (one op each) and is committed in one transaction with the batch's status."""
     intake, shards = featurise_batch()
-    return commit_batch(intake, shards.map(embed_reference_shard).collect())
+    return commit_batch(intake, shards.map(embed_batch_shard).collect())
