@@ -20,7 +20,6 @@ import dagster as dg
 
 from csi_assets import locations
 from csi_assets.assets.upstream import failures
-from csi_assets.labels import configured_labels
 from csi_assets.layouts import DatasetLayout, TrainingLayout, check_dataset_name
 from csi_assets.resources import DatasetResource, TrainingResource
 
@@ -104,7 +103,7 @@ def registration_requests(instance: dg.DagsterInstance, layouts: list[DatasetLay
     known = set(instance.get_dynamic_partitions(datasets.name))
     known_labels = set(instance.get_dynamic_partitions(labels.name))
     new = sorted({layout.name for layout in layouts} - known)
-    new_labels = sorted({label for layout in layouts for label in configured_labels(layout.root)} - known_labels)
+    new_labels = sorted({label for layout in layouts for label in layout.labels()} - known_labels)
     return ([datasets.build_add_request(new)] if new else []) + (
         [labels.build_add_request(new_labels)] if new_labels else [])
 
