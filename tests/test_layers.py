@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER_LAYER = ("csi_assets.assets", "csi_assets.sensors", "csi_assets.schedules", "csi_assets.jobs",
-                 "csi_assets.definitions", "csi_assets.resources", "csi_assets.run_health", "csi_assets.dask_execution")
+                 "csi_assets.definitions", "csi_assets.resources", "csi_assets.run_health", "csi_assets.dask_execution",
+                 "csi_assets.partitions")
 """Modules (and packages) of ``csi_assets`` that define or run Dagster objects; everything else is application."""
 
 
