@@ -13,6 +13,7 @@ import yaml
 
 from csi_assets import features
 from csi_assets.assets import data
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
@@ -63,7 +64,7 @@ def test_variants_features_and_exports(built) -> None:
     assert len(variants) == 15 * 3
     assert {v.variant for v in variants if v.speed == 0.9} == {f"sp_0.9-{p}" for p in
                                                                     {v.perf for v in variants}}
-    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
+    settings_hash = DatasetLayout.at(project.dataset_dir).cqt_settings().settings_hash()
     table = feature_store.feature_table(project.store, "dataset", settings_hash)
     assert len(table) == 45
     slow = next(r for r in table if r.speed == 0.9)
@@ -101,7 +102,7 @@ def test_rerun_recomputes_nothing_and_keeps_ids(built) -> None:
     project, instance, _ = built
     features_before = {p: Path(p).stat().st_mtime_ns for p in
                        (r.path for r in feature_store.features(
-                           project.store, "dataset", project.resources["dataset"].cqt_settings().settings_hash()
+                           project.store, "dataset", DatasetLayout.at(project.dataset_dir).cqt_settings().settings_hash()
                        ).values())}
     ids_before = split_store.work_ids(project.store, "dataset")
     splits_before = split_store.splits(project.store, "dataset")
@@ -149,7 +150,7 @@ def test_feature_tempo_mode_renders_nothing_and_retires_stored_variants_without_
     meta = _materialised_metadata(materialize(project, DATA_ASSETS))
     assert meta["speed_variants"]["tempo_augmentation"].value == "features"
     assert meta["speed_variants"]["rendered_now"].value == 0
-    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
+    settings_hash = DatasetLayout.at(project.dataset_dir).cqt_settings().settings_hash()
     table = feature_store.feature_table(project.store, "dataset", settings_hash)
     assert len(table) == 12 and all(r.speed == 1.0 for r in table)
     assert not [r for r in parse_catalog(project.dataset_dir / "full.txt").rows if r.perf.startswith("sp_")]

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from csi_assets.assets import research
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_model import checkpoint as ckpt
@@ -171,7 +172,7 @@ def test_production_model_asset_registers_the_final_model_unpromoted(tmp_path):
     assert row is not None and not row.promoted and row.metrics["final"]["epochs"] == 2
 
     table = feature_store.feature_table(project.store, project.dataset_dir.name,
-                                        project.resources["dataset"].cqt_settings().settings_hash())
+                                        DatasetLayout.at(project.dataset_dir).cqt_settings().settings_hash())
     pool_perfs = {r.perf for r in table if r.split in ("train", "val")}
     fold_of = json.loads((project.training_dir / "production" / FOLD_INDICES_FILE).read_text())["folds"]
     assert set(fold_of) == pool_perfs  # folds over performances; each variant follows its performance
