@@ -20,7 +20,7 @@ from csi_assets.store import splits as split_store
 from csi_assets.store.records import FeatureRecord
 from csi_model.catalog import parse_catalog
 from csi_model.cqt import load_feature
-from tests.graph_fixtures import DATA_HPARAMS, make_project, materialize
+from tests.graph_fixtures import DATA_HPARAMS, make_project, materialize, stored_features
 
 DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
 
@@ -100,10 +100,7 @@ def test_splits_are_leak_free_and_unseen_works_held_out(built) -> None:
 
 def test_rerun_recomputes_nothing_and_keeps_ids(built) -> None:
     project, instance, _ = built
-    features_before = {p: Path(p).stat().st_mtime_ns for p in
-                       (r.path for r in feature_store.features(
-                           project.store, "dataset", DatasetLayout.at(project.dataset_dir).cqt_settings().settings_hash()
-                       ).values())}
+    features_before = {p: Path(p).stat().st_mtime_ns for p in (r.path for r in stored_features(project).values())}
     ids_before = split_store.work_ids(project.store, "dataset")
     splits_before = split_store.splits(project.store, "dataset")
     result = materialize(project, DATA_ASSETS, instance)

@@ -32,7 +32,7 @@ from csi_model.folds import (
 )
 from csi_model.hparams import to_dict
 from csi_model.training import Trainer, WarmStart, train
-from tests.graph_fixtures import make_project
+from tests.graph_fixtures import make_project, materialize
 from tests.serving_fixtures import DATA_ASSETS
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
@@ -158,12 +158,11 @@ def test_changing_k_folds_on_a_started_run_is_refused(tmp_path, pool):
 def test_production_model_asset_registers_the_final_model_unpromoted(tmp_path):
     project = make_project(tmp_path, works=5, perfs=4)
     instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance).success
+    assert materialize(project, DATA_ASSETS, instance).success
     hp = tiny_hparams(input_dim=96, k_folds=3, max_epochs=5, min_lr=1e-5, fold_lr_decay=0.98, final_lr_decay=0.98)
     (project.training_dir / "config" / "hparams_prod.yaml").write_text(yaml.safe_dump(to_dict(hp)))
     config = dg.RunConfig({"production_model": research.ProductionConfig(k_folds=2, max_epochs=2)})
-    result = dg.materialize([research.production_model], resources=project.resources, instance=instance,
-                            run_config=config)
+    result = materialize(project, [research.production_model], instance, run_config=config)
     metadata = result.asset_materializations_for_node("production_model")[0].metadata
     assert metadata["k_folds"].value == 2 and not metadata["promoted"].value
     assert set(metadata["folds"].value) == {"fold 1", "fold 2"}
