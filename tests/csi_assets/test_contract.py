@@ -20,8 +20,8 @@ import yaml
 from csi_assets.assets import evaluation, serving
 from csi_assets.cli import main as csi
 from csi_assets.ingestion import ingest_batch
-from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
 from csi_assets.layouts import DatasetLayout
+from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
 from csi_assets.resources import DatasetResource
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
