@@ -18,7 +18,7 @@ from csi_assets.assets import data, labels, research, training
 from csi_assets.layouts import DatasetLayout
 from csi_assets.partitions import datasets, ensure_partition
 from csi_assets.partitions import labels as label_partitions
-from csi_assets.resources import DatasetResource, StoreResource
+from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.schedules import reference_refresh_schedule
 from csi_assets.sensors.dataset_folders import dataset_folders_sensor
 from csi_assets.store import catalog as catalog_store
@@ -262,3 +262,17 @@ def test_reference_refresh_requests_one_run_per_registered_dataset_with_a_promot
 
         instance.add_dynamic_partitions(datasets.name, ["gamma"])
         assert sorted(r.partition_key for r in _tick(instance, alpha.store_path)) == ["alpha", "gamma"]  # not beta
+
+
+def test_a_dataset_named_like_the_default_training_folder_is_refused_not_given_that_folder(tmp_path: Path) -> None:
+    """``CSI_TRAINING_DIR=training/main`` paired with dataset ``alpha``: a dataset folder ``data/main`` must not
+    train in (and resume from) alpha's training folder."""
+    alpha = _dataset(tmp_path, "alpha", 2, 2)
+    main = _dataset(tmp_path, "main", 2, 2)
+    resources = {"training": TrainingResource(training_dir=str(tmp_path / "training" / "main"), dataset_name="alpha")}
+    (tmp_path / "training" / "main" / "config" / "hp_tuning.yaml").write_text("early_stopping_patience: 2\n")
+    run = materialize(main, [research.sweep_plan], resources=resources, raise_on_error=False)
+    [failure] = [e.step_failure_data for e in run.all_events if e.is_step_failure]
+    assert "dataset 'main' would train in" in failure.error.message
+    assert "the training folder of dataset 'alpha'" in failure.error.message
+    assert materialize(alpha, [data.dataset_catalog], resources=resources).success  # alpha itself is fine
