@@ -174,6 +174,17 @@ def test_a_partition_key_that_is_not_a_folder_name_fails_the_run_and_touches_not
     assert not (alpha.root.parent / "x").exists() and not Path("/abs").exists()
 
 
+def test_an_empty_partition_key_fails_asking_for_a_partition(two) -> None:
+    """Dagster registers an empty key too; a run on it is a run without a partition."""
+    alpha, _, instance, _, _ = two
+    before = _snapshot(alpha.root)
+    run = dg.materialize([data.dataset_catalog], instance=instance, resources=alpha.resources, raise_on_error=False,
+                         partition_key=str(ensure_partition(instance, "")))
+    [failure] = [e.step_failure_data for e in run.all_events if e.is_step_failure]
+    assert "this asset is partitioned by dataset: pick a partition" in failure.error.message
+    assert _snapshot(alpha.root) == before
+
+
 def test_a_label_partition_of_a_bad_dataset_name_fails_naming_it(two) -> None:
     alpha, _, instance, _, _ = two
     before = _snapshot(alpha.root)
