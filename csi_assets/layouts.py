@@ -132,10 +132,17 @@ class TrainingLayout:
     def named(cls, dataset: str, default: str | Path, default_dataset: str = "") -> TrainingLayout:
         """The training folder of dataset ``dataset``: ``default`` for ``default_dataset`` (empty: the dataset
         named like ``default``), else the folder named after the dataset beside ``default``. Raises
-        :class:`DatasetNameError` for a name that is not a plain folder name."""
+        :class:`DatasetNameError` for a name that is not a plain folder name, and for a dataset named like
+        ``default`` but not paired with it (it would share, and resume, the paired dataset's training)."""
         home = cls.at(default)
         paired = default_dataset or home.name
-        return home if check_dataset_name(dataset) == paired else cls(home.root.parent / dataset)
+        if check_dataset_name(dataset) == paired:
+            return home
+        if dataset == home.name:
+            raise DatasetNameError(f"dataset {dataset!r} would train in {home.root}, the training folder of dataset "
+                                   f"{paired!r}: rename one of the datasets, or point CSI_TRAINING_DIR at a folder "
+                                   "named after its dataset")
+        return cls(home.root.parent / dataset)
 
     @property
     def name(self) -> str:

@@ -15,7 +15,7 @@ from csi_assets.training_runs import trained_contract
 from csi_model.checkpoint import model_fingerprint, save_checkpoint
 from csi_model.hparams import TrainingHParams, load_data_hparams, to_dict
 from csi_model.model import CoverHunter, ModelConfig
-from tests.graph_fixtures import DATA_HPARAMS, Project, make_project
+from tests.graph_fixtures import DATA_HPARAMS, Project, make_project, materialize
 from tests.train_fixtures import tiny_hparams
 
 ORIGINALS_ONLY = {**DATA_HPARAMS, "aug_speed_mode": [1.0]}
@@ -30,8 +30,7 @@ def serving_hparams(**overrides: object) -> TrainingHParams:
 
 
 def materialize_data(project: Project, instance: dg.DagsterInstance | None = None) -> None:
-    result = dg.materialize(DATA_ASSETS, resources=project.resources,
-                            instance=instance or dg.DagsterInstance.ephemeral())
+    result = materialize(project, DATA_ASSETS, instance)
     assert result.success
 
 
@@ -65,8 +64,7 @@ def project_with_model(root: Path, works: int = 5, perfs: int = 3, seconds: floa
 
 def materialized_metadata(project: Project, assets: list, node: str, run_config: dict | None = None) -> dict:
     """Materialize ``assets`` (their checks must pass) and return ``node``'s materialization metadata as values."""
-    result = dg.materialize(assets, resources=project.resources, instance=dg.DagsterInstance.ephemeral(),
-                            run_config=run_config)
+    result = materialize(project, assets, run_config=run_config)
     assert result.success
     assert all(check.passed for check in result.get_asset_check_evaluations())
     metadata = result.asset_materializations_for_node(node)[0].metadata

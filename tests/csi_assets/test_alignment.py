@@ -5,7 +5,6 @@ identical embeddings whatever the weights)."""
 import json
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pytest
 import torch
@@ -19,6 +18,7 @@ from csi_model.audio import SAMPLE_RATE
 from csi_model.cqt import CqtSettings, compute_cqt
 from csi_model.embedding import Embedder
 from csi_model.model import CoverHunter, ModelConfig
+from tests.graph_fixtures import materialize
 from tests.serving_fixtures import project_with_model
 
 HOP_S, WINDOW_S = 5.0, 15.0
@@ -128,9 +128,8 @@ def _read_lines(path: Path) -> list[dict]:
 
 def test_alignments_asset_writes_every_same_work_pair(project) -> None:
     project, model_id = project
-    result = dg.materialize([tools.alignments], resources=project.resources,
-                            instance=dg.DagsterInstance.ephemeral(),
-                            run_config={"ops": {"alignments": {"config": {"window_s": 2.0, "hop_s": 1.0}}}})
+    result = materialize(project, [tools.alignments],
+                         run_config={"ops": {"alignments": {"config": {"window_s": 2.0, "hop_s": 1.0}}}})
     assert result.success
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("alignments")[0].metadata.items()}
     lines = _read_lines(project.training_dir / ALIGNMENT_FILE)

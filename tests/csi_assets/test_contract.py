@@ -20,6 +20,7 @@ import yaml
 from csi_assets.assets import evaluation, serving
 from csi_assets.cli import main as csi
 from csi_assets.ingestion import ingest_batch
+from csi_assets.layouts import DatasetLayout
 from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
 from csi_assets.resources import DatasetResource
 from csi_assets.store import Store
@@ -35,7 +36,7 @@ from csi_model.contract import (
 from csi_model.cqt import CqtSettings
 from csi_model.hparams import load_data_hparams
 from csi_model.synth import generate_covers
-from tests.graph_fixtures import Project
+from tests.graph_fixtures import Project, materialize
 from tests.serving_fixtures import project_with_model
 
 
@@ -43,8 +44,7 @@ from tests.serving_fixtures import project_with_model
 def served(tmp_path_factory) -> tuple[Project, str]:
     """A tiny promoted model with the reference embeddings of 3 works × 2 performances of 4 s (hop 0.04 s)."""
     project, model_id, _ = project_with_model(tmp_path_factory.mktemp("contract"), works=3, perfs=2, seconds=4.0)
-    assert dg.materialize([serving.reference_embeddings], resources=project.resources,
-                          instance=dg.DagsterInstance.ephemeral()).success
+    assert materialize(project, [serving.reference_embeddings]).success
     return project, model_id
 
 
@@ -133,9 +133,8 @@ def _failure_message(result: dg.ExecuteInJobResult) -> str:
 def test_assets_refuse_features_the_model_was_not_trained_on(served, tmp_path: Path, asset) -> None:
     project, _ = served
     copy = _copy_with_hop(project, tmp_path, 0.02)
-    resources = {**project.resources, "dataset": DatasetResource(dataset_dir=str(copy))}
-    result = dg.materialize([asset], resources=resources, instance=dg.DagsterInstance.ephemeral(),
-                            raise_on_error=False)
+    result = materialize(project, [asset], resources={"dataset": DatasetResource(dataset_dir=str(copy))},
+                         raise_on_error=False)
     _names_both_hops(_failure_message(result), project.dataset_dir / "hparams.yaml", copy / "hparams.yaml")
 
 
@@ -146,7 +145,7 @@ def test_ingestion_refuses_to_embed_a_batch_with_a_mismatched_model(served, tmp_
     shutil.copy(project.store_path, store_path)  # the shared store stays as it is
     catalog = generate_covers(tmp_path / "incoming" / "b1", works=1, perfs=1, seed=9, seconds=3.0)
     with pytest.raises(ModelLoadError) as raised:
-        ingest_batch(Store(store_path), DatasetResource(dataset_dir=str(copy)), "b1", catalog,
+        ingest_batch(Store(store_path), DatasetLayout.at(copy), "b1", catalog,
                      logging.getLogger("test"))
     _names_both_hops(str(raised.value), project.dataset_dir / "hparams.yaml", copy / "hparams.yaml")
 

@@ -6,7 +6,6 @@ import io
 import json
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,7 +23,7 @@ from csi_model.dataset_tools import (
     work_size_stats,
     write_query_in_ref,
 )
-from tests.graph_fixtures import make_project
+from tests.graph_fixtures import make_project, materialize
 
 
 def write_catalog(path: Path, records: list[dict], extra_lines: tuple[str, ...] = ()) -> Path:
@@ -95,8 +94,7 @@ def test_query_in_ref_refuses_a_line_that_would_shift_indices(tmp_path: Path) ->
 
 def test_catalog_histogram_asset_shows_the_png(tmp_path: Path) -> None:
     project = make_project(tmp_path, works=3, perfs=2, seconds=2.0)
-    result = dg.materialize([data.dataset_catalog, tools.catalog_histogram], resources=project.resources,
-                            instance=dg.DagsterInstance.ephemeral())
+    result = materialize(project, [data.dataset_catalog, tools.catalog_histogram])
     assert result.success
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("catalog_histogram")[0].metadata.items()}
     assert (metadata["works"], metadata["perfs"], metadata["min_perfs"], metadata["max_perfs"]) == (3, 6, 2, 2)

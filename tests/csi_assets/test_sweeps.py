@@ -14,7 +14,7 @@ import yaml
 
 from csi_assets.assets import research
 from csi_assets.errors import RunFailed
-from csi_assets.resources import TrainingResource
+from csi_assets.partitions import dataset_key, sweep_experiments
 from csi_assets.sweeps import foundation_warm_start
 from csi_model.hparams import HParamsError, to_dict
 from csi_model.sweeps import (
@@ -27,7 +27,7 @@ from csi_model.sweeps import (
     tail_slope,
 )
 from csi_model.training import train
-from tests.graph_fixtures import make_project
+from tests.graph_fixtures import Project, make_project, materialize
 from tests.serving_fixtures import DATA_ASSETS
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
@@ -152,7 +152,7 @@ def test_outcome_json_round_trip():
 def swept(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("sweep"))
     instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance).success
+    assert materialize(project, DATA_ASSETS, instance).success
     full = str(project.dataset_dir / "full.txt")
     hp = to_dict(tiny_hparams(input_dim=96, bootstrap=50))
     hp["demo"] = {"query_path": full, "ref_path": full}
@@ -160,14 +160,14 @@ def swept(tmp_path_factory):
     (project.training_dir / "config" / "hp_tuning.yaml").write_text(
         "test_name: demo\nearly_stopping_patience: 2\nmax_epochs: 3\nseeds: [1, 2]\n"
         "learning_rates: [0.001, 0.004]\nlr_decays: [0.5]\nlr_decays: []\n")
-    plan = dg.materialize([research.sweep_plan], resources=project.resources, instance=instance)
-    keys = instance.get_dynamic_partitions(research.SWEEP_PARTITIONS.name)
+    plan = materialize(project, [research.sweep_plan], instance)
+    keys = instance.get_dynamic_partitions(sweep_experiments.name)
     seconds = {}
     for key in keys:
         started = time.monotonic()
-        dg.materialize([research.sweep_runs], partition_key=key, resources=project.resources, instance=instance)
+        materialize(project, [research.sweep_runs], instance, experiment=key)
         seconds[key] = time.monotonic() - started
-    summary = dg.materialize([research.sweep_summary], resources=project.resources, instance=instance)
+    summary = materialize(project, [research.sweep_summary], instance)
     print("seconds per experiment:", {k: round(v, 1) for k, v in seconds.items()})
     return project, instance, plan, keys, summary
 
@@ -178,8 +178,8 @@ def test_sweep_partitions_are_the_plan(swept):
     for key in keys:
         folder = project.training_dir / "sweeps" / key
         assert (folder / "checkpoints").is_dir() and (folder / "outcome.json").is_file()
-    event = instance.get_latest_materialization_event(dg.AssetKey("sweep_runs"))
-    assert event is not None
+    done = instance.get_materialized_partitions(dg.AssetKey("sweep_runs"))
+    assert done == {str(dataset_key(project.dataset, experiment=key)) for key in keys}
 
 
 def test_sweep_summary_matches_the_runs(swept):
@@ -201,22 +201,40 @@ def test_sweep_summary_matches_the_runs(swept):
     assert metadata["runs"].value == 4 and "lrate0.004" in metadata["summary"].value
 
 
-def test_replanning_replaces_stale_partitions_and_a_bad_file_fails_the_plan(tmp_path):
-    training = TrainingResource(training_dir=str(tmp_path / "training"))
-    (training.root / "config").mkdir(parents=True)
-    (training.root / "config" / "hparams.yaml").write_text(yaml.safe_dump(to_dict(tiny_hparams())))
-    tuning = training.root / "config" / "hp_tuning.yaml"
+def test_replanning_removes_experiments_no_dataset_plans_and_a_bad_file_fails_the_plan(tmp_path):
+    """Experiments are one list across datasets: re-planning dataset ``a`` removes the experiments it dropped
+    unless another registered dataset's plan (``b``, beside it) still names them; ``b``'s experiment is not ``a``'s
+    to run."""
+    a = Project(tmp_path, tmp_path / "data" / "a", tmp_path / "training" / "a", tmp_path / "csi.duckdb")
+    b = Project(tmp_path, tmp_path / "data" / "b", tmp_path / "training" / "b", tmp_path / "csi.duckdb")
+    for project in (a, b):
+        (project.training_dir / "config").mkdir(parents=True)
+        (project.training_dir / "config" / "hparams.yaml").write_text(yaml.safe_dump(to_dict(tiny_hparams())))
     instance = dg.DagsterInstance.ephemeral()
 
-    def plan(text: str) -> bool:
-        tuning.write_text(text)
-        return dg.materialize([research.sweep_plan], resources={"training": training}, instance=instance,
-                              raise_on_error=False).success
+    def plan(project: Project, text: str) -> bool:
+        (project.training_dir / "config" / "hp_tuning.yaml").write_text(text)
+        return materialize(project, [research.sweep_plan], instance, resources=a.resources,
+                           raise_on_error=False).success
 
-    assert plan("early_stopping_patience: 2\nseeds: [1]\nlearning_rates: [0.001, 0.002]\n")
-    assert plan("early_stopping_patience: 2\nseeds: [1]\nlearning_rates: [0.002, 0.003]\n")
-    assert sorted(instance.get_dynamic_partitions("sweep_experiments")) == ["lrate0.002__seed1", "lrate0.003__seed1"]
-    assert not plan("seeds: [1]\nlearning_rates: [0.002]\n")  # early_stopping_patience missing
+    def planned() -> list[str]:
+        return sorted(instance.get_dynamic_partitions(sweep_experiments.name))
+
+    assert plan(a, "early_stopping_patience: 2\nseeds: [1]\nlearning_rates: [0.001, 0.002]\n")
+    assert plan(a, "early_stopping_patience: 2\nseeds: [1]\nlearning_rates: [0.002, 0.003]\n")
+    assert planned() == ["lrate0.002__seed1", "lrate0.003__seed1"]
+    assert plan(b, "early_stopping_patience: 2\nseeds: [1]\nlearning_rates: [0.001, 0.002]\n")
+    assert planned() == ["lrate0.001__seed1", "lrate0.002__seed1", "lrate0.003__seed1"]  # b removed none of a's
+    assert plan(a, "early_stopping_patience: 2\nseeds: [1]\nlearning_rates: [0.004]\n")
+    assert planned() == ["lrate0.001__seed1", "lrate0.002__seed1", "lrate0.004__seed1"]  # b still plans 0.001, 0.002
+    assert not plan(a, "seeds: [1]\nlearning_rates: [0.002]\n")  # early_stopping_patience missing
+    assert planned() == ["lrate0.001__seed1", "lrate0.002__seed1", "lrate0.004__seed1"]
+
+    assert plan(a, "early_stopping_patience: 2\nseeds: [1]\nlearning_rates: [0.004]\n")
+    run = materialize(a, [research.sweep_runs], instance, raise_on_error=False, experiment="lrate0.001__seed1")
+    failure = next(e for e in run.all_events if e.is_step_failure).step_failure_data.error.message
+    assert not run.success and "'lrate0.001__seed1' is not in" in failure and "hp_tuning.yaml" in failure
+    assert not (a.training_dir / "sweeps").exists()
 
 
 def test_foundation_checkpoint_warm_start(tmp_path):

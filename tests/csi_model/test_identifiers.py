@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from csi_assets.assets import data
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import features as feature_store
 from csi_model.catalog import parse_catalog
 from csi_model.identifiers import (
@@ -151,7 +152,7 @@ def test_hostile_ids_get_their_own_files_inside_the_dataset_folder(tmp_path: Pat
     assert outside() == outside_before
     variants_dir = project.dataset_dir / "sp_wav"
     assert all(p.is_file() for p in variants_dir.iterdir())  # no folder made from an id
-    settings = project.resources["dataset"].cqt_settings()
+    settings = DatasetLayout.at(project.dataset_dir).cqt_settings()
     stored = stored_features(project)
     variants = {v.variant: v for v in feature_store.variants(project.store, "dataset")}
     assert len(stored) == len(variants) == 4 * 3

@@ -16,11 +16,13 @@ import pytest
 from csi_assets.assets import data, serving
 from csi_assets.catalog import split_collisions
 from csi_assets.ingestion import ingest_batch
+from csi_assets.layouts import DatasetLayout
 from csi_assets.resources import StoreResource
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import ingest as ingest_store
 from csi_assets.store.summary import table_counts
+from tests.graph_fixtures import materialize
 from tests.serving_fixtures import project_with_model
 
 LOG = logging.getLogger(__name__)
@@ -84,8 +86,7 @@ def test_catalog_writes_never_touch_rows_they_do_not_own(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     project, model_id, _ = project_with_model(tmp_path_factory.mktemp("ownership"), works=3, perfs=2, seconds=4.0)
-    run = dg.materialize([serving.reference_embeddings], resources=project.resources,
-                         instance=dg.DagsterInstance.ephemeral())
+    run = materialize(project, [serving.reference_embeddings])
     assert run.success
     return project, model_id
 
@@ -104,8 +105,7 @@ def test_catalog_with_no_usable_line_fails_and_changes_nothing(served, content: 
     catalog.write_text(content)
     try:
         with pytest.raises(dg.Failure, match="no usable line"):
-            dg.materialize([data.dataset_catalog], resources=project.resources,
-                           instance=dg.DagsterInstance.ephemeral())
+            materialize(project, [data.dataset_catalog])
     finally:
         catalog.write_text(original)
     assert _counts(project) == before
@@ -121,8 +121,7 @@ def test_reference_embeddings_without_references_fails_before_deleting(served, t
     embedded = table_counts(store, "dataset")["embeddings"]
     assert embedded > 0
     with pytest.raises(dg.Failure, match="cqt_features first"):
-        dg.materialize([serving.reference_embeddings], instance=dg.DagsterInstance.ephemeral(),
-                       resources={**project.resources, "store": StoreResource(path=str(copy))})
+        materialize(project, [serving.reference_embeddings], resources={"store": StoreResource(path=str(copy))})
     assert table_counts(store, "dataset")["embeddings"] == embedded
 
 
@@ -130,7 +129,7 @@ def test_reference_embeddings_without_references_fails_before_deleting(served, t
 def test_main_catalog_never_takes_over_a_perf_id_an_ingested_batch_holds(served, tmp_path: Path,
                                                                          recording: str) -> None:
     project, _ = served
-    dataset = project.resources["dataset"]
+    dataset = DatasetLayout.at(project.dataset_dir)
     batch = tmp_path / "batch"
     shutil.copytree(project.dataset_dir / "wav", batch / "wav")
     wav = sorted((batch / "wav").glob("*.wav"))[0]
@@ -147,8 +146,7 @@ def test_main_catalog_never_takes_over_a_perf_id_an_ingested_batch_holds(served,
     catalog.write_text(original + json.dumps(main_line) + "\n")
     line_no = len(original.splitlines()) + 1
     try:
-        run = dg.materialize([data.dataset_catalog], resources=project.resources,
-                             instance=dg.DagsterInstance.ephemeral())
+        run = materialize(project, [data.dataset_catalog])
         metadata = run.asset_materializations_for_node("dataset_catalog")[0].metadata
         rejected = [r for r in catalog_store.rejected(project.store, "dataset") if r.source == str(catalog)]
     finally:
@@ -161,4 +159,4 @@ def test_main_catalog_never_takes_over_a_perf_id_an_ingested_batch_holds(served,
         [reason] = [r.reason for r in rejected if r.line_no == line_no]
         assert str(catalog) in reason and f"line {line_no}" in reason and "batch_held" in reason
     assert ingest_store.known_perfs(project.store, "dataset", [line["perf"]])[line["perf"]].batch_id == "batch_held"
-    dg.materialize([data.dataset_catalog], resources=project.resources, instance=dg.DagsterInstance.ephemeral())
+    materialize(project, [data.dataset_catalog])

@@ -13,13 +13,14 @@ import yaml
 
 from csi_assets import features
 from csi_assets.assets import data
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import splits as split_store
 from csi_assets.store.records import FeatureRecord
 from csi_model.catalog import parse_catalog
 from csi_model.cqt import load_feature
-from tests.graph_fixtures import DATA_HPARAMS, make_project, materialize
+from tests.graph_fixtures import DATA_HPARAMS, make_project, materialize, stored_features
 
 DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
 
@@ -63,7 +64,7 @@ def test_variants_features_and_exports(built) -> None:
     assert len(variants) == 15 * 3
     assert {v.variant for v in variants if v.speed == 0.9} == {f"sp_0.9-{p}" for p in
                                                                     {v.perf for v in variants}}
-    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
+    settings_hash = DatasetLayout.at(project.dataset_dir).cqt_settings().settings_hash()
     table = feature_store.feature_table(project.store, "dataset", settings_hash)
     assert len(table) == 45
     slow = next(r for r in table if r.speed == 0.9)
@@ -99,10 +100,7 @@ def test_splits_are_leak_free_and_unseen_works_held_out(built) -> None:
 
 def test_rerun_recomputes_nothing_and_keeps_ids(built) -> None:
     project, instance, _ = built
-    features_before = {p: Path(p).stat().st_mtime_ns for p in
-                       (r.path for r in feature_store.features(
-                           project.store, "dataset", project.resources["dataset"].cqt_settings().settings_hash()
-                       ).values())}
+    features_before = {p: Path(p).stat().st_mtime_ns for p in (r.path for r in stored_features(project).values())}
     ids_before = split_store.work_ids(project.store, "dataset")
     splits_before = split_store.splits(project.store, "dataset")
     result = materialize(project, DATA_ASSETS, instance)
@@ -149,7 +147,7 @@ def test_feature_tempo_mode_renders_nothing_and_retires_stored_variants_without_
     meta = _materialised_metadata(materialize(project, DATA_ASSETS))
     assert meta["speed_variants"]["tempo_augmentation"].value == "features"
     assert meta["speed_variants"]["rendered_now"].value == 0
-    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
+    settings_hash = DatasetLayout.at(project.dataset_dir).cqt_settings().settings_hash()
     table = feature_store.feature_table(project.store, "dataset", settings_hash)
     assert len(table) == 12 and all(r.speed == 1.0 for r in table)
     assert not [r for r in parse_catalog(project.dataset_dir / "full.txt").rows if r.perf.startswith("sp_")]

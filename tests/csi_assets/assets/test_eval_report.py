@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import dagster as dg
 import numpy as np
 import pytest
 from matplotlib import image
@@ -17,6 +16,7 @@ from csi_assets.cli import main as csi
 from csi_assets.store import evaluations as evaluation_store
 from csi_model import hparams
 from csi_model.metrics import answerable_queries, retrieval_metrics
+from tests.graph_fixtures import materialize
 from tests.serving_fixtures import project_with_model, random_model, register_model
 
 
@@ -34,8 +34,7 @@ def evaluated(tmp_path_factory):
     singles = _perf_list(project.root / "singles.txt", ["w000_p0", "w001_p0"])
     register_model(project, random_model(hp, seed=2), dataclasses.replace(hp, test_sets={
         "singles": hparams.TestSetHParams(query_path=singles, ref_path=singles)}))
-    failed = dg.materialize([evaluation.eval_report], resources=project.resources, raise_on_error=False,
-                            instance=dg.DagsterInstance.ephemeral())
+    failed = materialize(project, [evaluation.eval_report], raise_on_error=False)
     failure = next(e for e in failed.all_events if e.is_step_failure).step_failure_data.error.message
     with_single = _perf_list(project.root / "with_single.txt", ["w000_p0", "w000_p1", "w000_p2", "w001_p0"])
     hp = dataclasses.replace(hp, bootstrap=50, test_sets={
@@ -44,8 +43,7 @@ def evaluated(tmp_path_factory):
         "with_single": hparams.TestSetHParams(query_path=with_single, ref_path=with_single),
     })
     model_id = register_model(project, random_model(hp, seed=1), hp)
-    result = dg.materialize([evaluation.eval_report], resources=project.resources,
-                            instance=dg.DagsterInstance.ephemeral())
+    result = materialize(project, [evaluation.eval_report])
     assert result.success
     metadata = result.asset_materializations_for_node("eval_report")[0].metadata
     return project, model_id, metadata, failure

@@ -11,6 +11,7 @@ import dagster as dg
 import numpy as np
 
 from csi_assets.assets import data
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import features as feature_store
 from csi_assets.store.records import FeatureRecord
 from tests.graph_fixtures import make_project, materialize, stored_features
@@ -18,7 +19,7 @@ from tests.graph_fixtures import make_project, materialize, stored_features
 
 def _check(project) -> dg.AssetCheckResult:
     """The feature check as cqt_features runs it, on the store's rows as they are now."""
-    settings = project.resources["dataset"].cqt_settings()
+    settings = DatasetLayout.at(project.dataset_dir).cqt_settings()
     return data.features_check(stored_features(project),
                                settings.n_bins)
 
@@ -27,7 +28,7 @@ def test_bad_feature_files_are_named_by_the_check_and_computed_again(tmp_path: P
     project = make_project(tmp_path, works=2, perfs=2, seconds=3.0)
     instance = dg.DagsterInstance.ephemeral()
     materialize(project, [data.dataset_catalog, data.speed_variants, data.cqt_features], instance)
-    settings = project.resources["dataset"].cqt_settings()
+    settings = DatasetLayout.at(project.dataset_dir).cqt_settings()
     stored = stored_features(project)
     truncated, empty, nan, shared_a, shared_b, legacy = sorted(stored)[:6]
     path = {v: Path(r.path) for v, r in stored.items()}

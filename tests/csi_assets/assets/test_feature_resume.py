@@ -13,29 +13,30 @@ from pathlib import Path
 import numpy as np
 
 from csi_assets.assets import data
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import features as feature_store
 from tests.graph_fixtures import make_project, materialize, stored_features
 from tests.paths import REPO
 
 _RUN = """
-import dagster as dg, sys
+import sys
+from pathlib import Path
 from csi_assets.assets import data
-from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
-dg.materialize([data.cqt_features], instance=dg.DagsterInstance.ephemeral(), resources={
-    "dataset": DatasetResource(dataset_dir=sys.argv[1]), "store": StoreResource(path=sys.argv[2]),
-    "training": TrainingResource(training_dir=sys.argv[3])})
+from tests.graph_fixtures import Project, materialize
+materialize(Project(*(Path(arg) for arg in sys.argv[1:])), [data.cqt_features])
 """
 
 
 def test_killed_extraction_resumes_cleanly(tmp_path: Path) -> None:
     project = make_project(tmp_path, works=5, perfs=3, seconds=6.0)
     materialize(project, [data.dataset_catalog, data.speed_variants])
-    settings = project.resources["dataset"].cqt_settings()
+    settings = DatasetLayout.at(project.dataset_dir).cqt_settings()
     folder = project.dataset_dir / "cqt_feat" / settings.settings_hash()
     total = len(feature_store.variants(project.store, "dataset"))
 
+    paths = (project.root, project.dataset_dir, project.training_dir, project.store_path)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _RUN, str(project.dataset_dir), str(project.store_path), str(project.training_dir)],
+        [sys.executable, "-c", _RUN, *map(str, paths)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240

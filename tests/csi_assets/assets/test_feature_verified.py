@@ -14,6 +14,7 @@ import numpy as np
 
 from csi_assets.assets import data
 from csi_assets.features import feature_problems
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import Store, schema
 from csi_assets.store import features as feature_store
 from csi_assets.store.records import FeatureRecord
@@ -37,7 +38,7 @@ def test_only_files_changed_since_verification_are_read_again(tmp_path: Path) ->
     project = make_project(tmp_path, works=2, perfs=2, seconds=3.0)
     instance = dg.DagsterInstance.ephemeral()
     materialize(project, [data.dataset_catalog, data.speed_variants, data.cqt_features], instance)
-    settings = project.resources["dataset"].cqt_settings()
+    settings = DatasetLayout.at(project.dataset_dir).cqt_settings()
     stored = stored_features(project)
     for row in stored.values():  # the in-step check read every new file whole and marked it
         info = Path(row.path).stat()

@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from csi_assets.assets import data
-from tests.graph_fixtures import make_project
+from tests.graph_fixtures import make_project, materialize
 
 DATA_ASSETS = dg.load_assets_from_modules([data])
 ROOTS = {"dataset_catalog"}
@@ -15,8 +15,7 @@ ROOTS = {"dataset_catalog"}
 
 def _run(tmp_path, selection: dg.AssetSelection) -> dg.ExecuteInJobResult:
     project = make_project(tmp_path, works=2, perfs=2, seconds=3.0)
-    return dg.materialize(DATA_ASSETS, selection=selection, resources=project.resources,
-                          instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    return materialize(project, DATA_ASSETS, selection=selection, raise_on_error=False)
 
 
 def _failures(result: dg.ExecuteInJobResult) -> dict[str, str]:

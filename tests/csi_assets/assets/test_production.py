@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from csi_assets.assets import research
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_model import checkpoint as ckpt
@@ -31,7 +32,7 @@ from csi_model.folds import (
 )
 from csi_model.hparams import to_dict
 from csi_model.training import Trainer, WarmStart, train
-from tests.graph_fixtures import make_project
+from tests.graph_fixtures import make_project, materialize
 from tests.serving_fixtures import DATA_ASSETS
 from tests.train_fixtures import synthetic_features, tiny_hparams
 
@@ -157,12 +158,11 @@ def test_changing_k_folds_on_a_started_run_is_refused(tmp_path, pool):
 def test_production_model_asset_registers_the_final_model_unpromoted(tmp_path):
     project = make_project(tmp_path, works=5, perfs=4)
     instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance).success
+    assert materialize(project, DATA_ASSETS, instance).success
     hp = tiny_hparams(input_dim=96, k_folds=3, max_epochs=5, min_lr=1e-5, fold_lr_decay=0.98, final_lr_decay=0.98)
     (project.training_dir / "config" / "hparams_prod.yaml").write_text(yaml.safe_dump(to_dict(hp)))
     config = dg.RunConfig({"production_model": research.ProductionConfig(k_folds=2, max_epochs=2)})
-    result = dg.materialize([research.production_model], resources=project.resources, instance=instance,
-                            run_config=config)
+    result = materialize(project, [research.production_model], instance, run_config=config)
     metadata = result.asset_materializations_for_node("production_model")[0].metadata
     assert metadata["k_folds"].value == 2 and not metadata["promoted"].value
     assert set(metadata["folds"].value) == {"fold 1", "fold 2"}
@@ -171,7 +171,7 @@ def test_production_model_asset_registers_the_final_model_unpromoted(tmp_path):
     assert row is not None and not row.promoted and row.metrics["final"]["epochs"] == 2
 
     table = feature_store.feature_table(project.store, project.dataset_dir.name,
-                                        project.resources["dataset"].cqt_settings().settings_hash())
+                                        DatasetLayout.at(project.dataset_dir).cqt_settings().settings_hash())
     pool_perfs = {r.perf for r in table if r.split in ("train", "val")}
     fold_of = json.loads((project.training_dir / "production" / FOLD_INDICES_FILE).read_text())["folds"]
     assert set(fold_of) == pool_perfs  # folds over performances; each variant follows its performance

@@ -13,6 +13,8 @@ import yaml
 
 from csi_assets.assets import data, training
 from csi_assets.errors import RunFailed
+from csi_assets.layouts import DatasetLayout, TrainingLayout
+from csi_assets.partitions import ensure_partition
 from csi_assets.store import features as feature_store
 from csi_assets.store import models as model_store
 from csi_assets.testsets import retrieval_test_sets
@@ -24,7 +26,7 @@ from csi_model.evaluation import evaluate
 from csi_model.hparams import DataPrepHParams, training_hparams_from_dict
 from csi_model.model import CoverHunter, ModelConfig
 from tests.audio_fixtures import write_tone
-from tests.graph_fixtures import DATA_HPARAMS, Project, make_project
+from tests.graph_fixtures import DATA_HPARAMS, Project, make_project, materialize
 
 DATA_ASSETS = [data.dataset_catalog, data.speed_variants, data.cqt_features, data.work_ids, data.data_splits]
 TRAINING = [training.trained_model, training.promoted_checkpoint_loads]
@@ -46,8 +48,7 @@ def _write_config(project: Project, config: dict) -> None:
 
 
 def _train(project: Project, instance: dg.DagsterInstance, **run_config: object) -> dg.ExecuteInJobResult:
-    return dg.materialize(TRAINING, resources=project.resources, instance=instance,
-                          run_config={"ops": {"trained_model": {"config": run_config}}})
+    return materialize(project, TRAINING, instance, run_config={"ops": {"trained_model": {"config": run_config}}})
 
 
 def _metadata(result: dg.ExecuteInJobResult) -> dict:
@@ -64,7 +65,7 @@ def _check(result: dg.ExecuteInJobResult) -> bool:
 def small(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("training"))
     instance = dg.DagsterInstance.ephemeral()
-    dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
+    materialize(project, DATA_ASSETS, instance)
     _write_config(project, tiny_training(project.dataset_dir))
     return project, instance
 
@@ -113,8 +114,7 @@ def test_two_processes_train_through_torchrun(small, tmp_path: Path) -> None:
     two = Project(project.root, project.dataset_dir, tmp_path / "training", project.store_path)
     (two.training_dir / "config").mkdir(parents=True)
     _write_config(two, tiny_training(project.dataset_dir, distributed={"nproc": 2, "backend": "gloo"}))
-    result = dg.materialize(TRAINING, resources=two.resources, instance=instance,
-                            run_config={"ops": {"trained_model": {"config": {"promote": False}}}})
+    result = _train(two, instance, promote=False)
     meta = _metadata(result)
     assert meta["epochs"] == 1 and meta["epochs_trained_now"] == 1 and meta["promoted"] is False
     assert 0.0 <= meta["mAP/covers"] <= 1.0
@@ -126,6 +126,16 @@ def test_two_processes_train_through_torchrun(small, tmp_path: Path) -> None:
     assert any(m.startswith("epoch 0 [0..0] done in") for m in logged)  # rank 0's progress, followed
 
 
+def _run_check(project: Project, instance: dg.DagsterInstance) -> dg.ExecuteInJobResult:
+    """Only trained_model's check, on the project's partition. Dagster drops the partitions of a job of checks
+    alone (no asset in it has partitions), so `materialize` cannot take the partition key; the run's partition tag
+    is what the check's context reads."""
+    key = str(ensure_partition(instance, project.dataset))
+    return dg.materialize([training.promoted_checkpoint_loads, training.trained_model], instance=instance,
+                          resources=project.resources, tags={"dagster/partition": key},
+                          selection=dg.AssetSelection.checks_for_assets(training.trained_model))
+
+
 def test_promoted_checkpoint_that_vanished_fails_the_check(small, tmp_path: Path) -> None:
     project, instance = small
     promoted = model_store.promoted_model(project.store, "dataset")
@@ -135,12 +145,11 @@ def test_promoted_checkpoint_that_vanished_fails_the_check(small, tmp_path: Path
     moved = tmp_path / "moved"
     Path(promoted.checkpoint).rename(moved)
     try:
-        result = dg.materialize([training.promoted_checkpoint_loads, training.trained_model],
-                                resources=project.resources, instance=instance,
-                                selection=dg.AssetSelection.checks_for_assets(training.trained_model))
+        result = _run_check(project, instance)
         assert not _check(result)
     finally:
         moved.rename(promoted.checkpoint)
+    assert _check(_run_check(project, instance))  # the partition's promoted model, back in place
 
 
 def test_a_test_set_without_answerable_queries_fails_before_training(small) -> None:
@@ -151,7 +160,7 @@ def test_a_test_set_without_answerable_queries_fails_before_training(small) -> N
     _write_config(project, tiny_training(project.dataset_dir, singles={"query_path": str(singles),
                                                                        "ref_path": str(singles)}))
     try:
-        result = dg.materialize(TRAINING, resources=project.resources, instance=instance, raise_on_error=False)
+        result = materialize(project, TRAINING, instance, raise_on_error=False)
     finally:
         _write_config(project, tiny_training(project.dataset_dir))
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
@@ -169,7 +178,7 @@ def test_a_clip_too_short_for_the_model_is_left_out_by_name_and_training_runs(tm
     with catalog.open("a") as stream:
         stream.write(json.dumps({"perf": "blip", "wav": "wav/blip.wav", "dur_s": 0.3, "work": work}) + "\n")
     instance = dg.DagsterInstance.ephemeral()
-    dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
+    materialize(project, DATA_ASSETS, instance)
     _write_config(project, tiny_training(project.dataset_dir))
     result = _train(project, instance, promote=True)
     assert result.success
@@ -209,12 +218,12 @@ def acceptance_training(dataset_dir: Path) -> dict:
 def test_training_beats_the_untrained_model_by_0_2_map(tmp_path: Path) -> None:
     project = make_project(tmp_path, works=12, perfs=8, seconds=8.0, data_hparams=ACCEPTANCE_DATA)
     instance = dg.DagsterInstance.ephemeral()
-    dg.materialize(DATA_ASSETS, resources=project.resources, instance=instance)
+    materialize(project, DATA_ASSETS, instance)
     _write_config(project, acceptance_training(project.dataset_dir))
     meta = _metadata(_train(project, instance))
 
-    hp = project.resources["training"].hparams()
-    data_hp = project.resources["dataset"].hparams()
+    hp = TrainingLayout.at(project.training_dir).hparams()
+    data_hp = DatasetLayout.at(project.dataset_dir).hparams()
     table = feature_store.feature_table(project.store, "dataset", settings_for(data_hp).settings_hash())
     [test_set] = [ts for ts in retrieval_test_sets(hp, table, project.training_dir)[0] if ts.name == "covers"]
     device = torch.device("cpu")
