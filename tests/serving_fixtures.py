@@ -15,7 +15,7 @@ from csi_assets.training_runs import trained_contract
 from csi_model.checkpoint import model_fingerprint, save_checkpoint
 from csi_model.hparams import TrainingHParams, load_data_hparams, to_dict
 from csi_model.model import CoverHunter, ModelConfig
-from tests.graph_fixtures import DATA_HPARAMS, Project, make_project
+from tests.graph_fixtures import DATA_HPARAMS, Project, make_project, materialize
 from tests.train_fixtures import tiny_hparams
 
 ORIGINALS_ONLY = {**DATA_HPARAMS, "aug_speed_mode": [1.0]}
@@ -30,9 +30,7 @@ def serving_hparams(**overrides: object) -> TrainingHParams:
 
 
 def materialize_data(project: Project, instance: dg.DagsterInstance | None = None) -> None:
-    result = dg.materialize(DATA_ASSETS, resources=project.resources,
-                            instance=instance or dg.DagsterInstance.ephemeral())
-    assert result.success
+    assert materialize(project, DATA_ASSETS, instance=instance).success
 
 
 def register_model(project: Project, model: CoverHunter, hp: TrainingHParams, epoch: int = 0) -> str:
@@ -44,7 +42,7 @@ def register_model(project: Project, model: CoverHunter, hp: TrainingHParams, ep
     model_id = model_store.model_id_for("test", fingerprint)
     (project.training_dir / "config" / "hparams.yaml").write_text(yaml.safe_dump(to_dict(hp)))
     model_store.register_model(
-        project.store, model_id=model_id, dataset=project.dataset_dir.name, training_dir=str(project.training_dir),
+        project.store, model_id=model_id, dataset=project.dataset, training_dir=str(project.training_dir),
         checkpoint=str(pair.generator), epoch=epoch, fingerprint=fingerprint, hparams=to_dict(hp), metrics={},
         promote=True, input_contract=trained_contract(load_data_hparams(project.dataset_dir / "hparams.yaml")))
     return model_id
@@ -65,8 +63,7 @@ def project_with_model(root: Path, works: int = 5, perfs: int = 3, seconds: floa
 
 def materialized_metadata(project: Project, assets: list, node: str, run_config: dict | None = None) -> dict:
     """Materialize ``assets`` (their checks must pass) and return ``node``'s materialization metadata as values."""
-    result = dg.materialize(assets, resources=project.resources, instance=dg.DagsterInstance.ephemeral(),
-                            run_config=run_config)
+    result = materialize(project, assets, run_config=run_config)
     assert result.success
     assert all(check.passed for check in result.get_asset_check_evaluations())
     metadata = result.asset_materializations_for_node(node)[0].metadata
