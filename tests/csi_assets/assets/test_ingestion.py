@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -77,19 +78,32 @@ def incoming(project) -> Path:
 
 def _evaluate(instance: dg.DagsterInstance, project: Project, cursor: str | None = None,
               log_handler: logging.Handler | None = None, resources: dict | None = None) -> SensorExecutionData:
-    """One tick of the delta sensor as the daemon runs it: its run requests resolved against ``ingest_job`` (a
-    partition key whose parts are neither registered nor requested fails here), then its partition requests applied
-    to the instance."""
+    """One tick of the delta sensor as the daemon runs it, on a persistent instance: its run requests resolved
+    against ``ingest_job`` (a partition key whose parts are neither registered nor requested fails here), then its
+    partition requests applied to the instance."""
     resources = resources or project.resources
     defs = dg.Definitions(assets=[ingestion.ingested_batch], jobs=[ingest_job], sensors=[delta_dataset_sensor],
                           resources=resources)
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs)
+    context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
+                                      resources=resources, definitions=defs)
     if log_handler:
         context.log.addHandler(log_handler)
     tick = delta_dataset_sensor.evaluate_tick(context)
     for request in tick.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return tick
+
+
+def _persistent(home: Path) -> dg.DagsterInstance:
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.from_config(str(home))
+
+
+@pytest.fixture
+def instance(tmp_path) -> Iterator[dg.DagsterInstance]:
+    """A persistent instance of the test's own (the daemon's sensor ticks need one to resolve partition keys)."""
+    with _persistent(tmp_path / "dagster_home") as persistent:
+        yield persistent
 
 
 def _parts(request: dg.RunRequest) -> dict[str, str]:
@@ -115,7 +129,8 @@ def _ingest(instance: dg.DagsterInstance, project: Project, request: dg.RunReque
     return run
 
 
-def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(project, incoming) -> None:
+def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(project, incoming, instance,
+                                                                               tmp_path) -> None:
     project, model_id = project
     good = _batch_folder(incoming, "a_good", works=2, perfs=2, seed=11, prefix="new")
     partly = _batch_folder(incoming, "b_partly_bad", works=1, perfs=2, seed=12, prefix="mixed")
@@ -131,7 +146,6 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     (unreadable / "notes.md").write_text("no catalog here")
     before = {r.perf: r for r in catalog_store.performances(project.store, "dataset")}
 
-    instance = dg.DagsterInstance.ephemeral()
     result = _evaluate(instance, project, None)
     first_requests = result.run_requests
     assert len(result.run_requests) == 2
@@ -156,7 +170,8 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     # the single-dataset sensor's cursor (entries at the top level) is read as the default dataset's: a fresh
     # instance knows no partition, so only the cursor keeps the batches from being requested again
     flat = json.dumps(json.loads(again.cursor)["dataset"])
-    migrated = _evaluate(dg.DagsterInstance.ephemeral(), project, flat)
+    with _persistent(tmp_path / "fresh_home") as fresh:
+        migrated = _evaluate(fresh, project, flat)
     assert not migrated.run_requests and json.loads(migrated.cursor) == json.loads(again.cursor)
 
     for request in first_requests:
@@ -190,7 +205,7 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     assert top.matches[0].work == "new_work_001"
 
 
-def test_hundred_batches_are_each_ingested_exactly_once(tmp_path) -> None:
+def test_hundred_batches_are_each_ingested_exactly_once(tmp_path, instance) -> None:
     """No model is promoted here: the batches are catalogued and featurised (embedding is the other test's)."""
     project = make_project(tmp_path, works=2, perfs=2, seconds=3.0, data_hparams=ORIGINALS_ONLY)
     materialize_data(project)
@@ -205,7 +220,6 @@ def test_hundred_batches_are_each_ingested_exactly_once(tmp_path) -> None:
         shutil.copyfile(wav, copy)
         (incoming / f"batch_{i:03d}.txt").write_text(json.dumps(
             {"perf": f"drop_{i:03d}", "wav": str(copy), "dur_s": 3.0, "work": f"drop_work_{i % 7}"}) + "\n")
-    instance = dg.DagsterInstance.ephemeral()
     first = _evaluate(instance, project, None)
     assert len(first.run_requests) == 100
     assert len({r.run_key for r in first.run_requests}) == len(set(_batches(first))) == 100
@@ -236,13 +250,13 @@ def _stored(project, prefix: str) -> dict[str, dict]:
     return {r.perf: r for r in catalog_store.performances(project.store, "dataset") if r.perf.startswith(prefix)}
 
 
-def test_grown_batch_is_a_new_batch_and_rerunning_a_batch_never_removes_what_it_stored(project, incoming) -> None:
+def test_grown_batch_is_a_new_batch_and_rerunning_a_batch_never_removes_what_it_stored(project, incoming,
+                                                                                        instance) -> None:
     """A folder's own mtime does not change when a line is appended to its dataset.txt and the audio goes into its
     wav/ sub-folder: the sensor must see the content. Re-running an ingested partition (a retry, a re-execution
     from the UI) or ingesting the grown folder must keep every performance already stored."""
     project, model_id = project
     folder = _batch_folder(incoming, "grows", works=2, perfs=2, seed=21, prefix="grow")
-    instance = dg.DagsterInstance.ephemeral()
     first = _evaluate(instance, project, None)
     [request] = first.run_requests
     _ingest(instance, project, request)
@@ -283,7 +297,8 @@ def _failure(result: dg.ExecuteInJobResult) -> str:
     return str(event.step_failure_data.user_failure_data.description)
 
 
-def test_two_datasets_get_their_own_batches_and_content_one_holds_is_skipped_in_the_other(tmp_path, caplog) -> None:
+def test_two_datasets_get_their_own_batches_and_content_one_holds_is_skipped_in_the_other(
+        tmp_path, instance, caplog) -> None:
     """Two sibling dataset folders, registered by the dataset-folders sensor: a batch dropped into each one's
     incoming/ is requested and stored under that (dataset, batch) key; the same content dropped into the second
     dataset once the first holds it is skipped with one warning naming the holder (and a cursor marker), is not
@@ -295,7 +310,7 @@ def test_two_datasets_get_their_own_batches_and_content_one_holds_is_skipped_in_
     materialize_data(project)
     materialize_data(second)
 
-    instance = dg.DagsterInstance.ephemeral()  # knows no partition yet: the dataset-folders sensor registers both
+    assert not instance.get_dynamic_partitions(datasets.name)  # the dataset-folders sensor registers both:
     folders = dataset_folders_sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
                                                                            resources=project.resources))
     for request in folders.dynamic_partitions_requests:
@@ -343,7 +358,7 @@ def test_two_datasets_get_their_own_batches_and_content_one_holds_is_skipped_in_
 
 @pytest.mark.parametrize("kind", ["dangling_symlink", "symlink_loop", "named_pipe"])
 def test_entry_that_cannot_be_a_batch_is_skipped_with_one_warning_and_blocks_no_other(
-        project, incoming, kind, caplog) -> None:
+        project, incoming, kind, caplog, instance) -> None:
     project, _ = project
     bad = incoming / "a_bad.txt"
     if kind == "dangling_symlink":
@@ -353,7 +368,6 @@ def test_entry_that_cannot_be_a_batch_is_skipped_with_one_warning_and_blocks_no_
     else:
         os.mkfifo(bad)  # reading it would wait for a writer for ever
     good = _batch_folder(incoming, "b_good", works=1, perfs=1, seed=31, prefix="after_bad")
-    instance = dg.DagsterInstance.ephemeral()
     first = _evaluate(instance, project, None, caplog.handler)
     again = _evaluate(instance, project, first.cursor, caplog.handler)
     assert _batches(first) == [batch_id_of(good)]
@@ -378,7 +392,7 @@ for i in range(cycles):
 """
 
 
-def test_sensor_scan_survives_batches_that_come_and_go_while_it_reads(project, incoming, tmp_path) -> None:
+def test_sensor_scan_survives_batches_that_come_and_go_while_it_reads(project, incoming, tmp_path, instance) -> None:
     """A batch folder appears, is read by back-to-back sensor ticks, and is deleted or renamed away (as users and
     sync tools do) in another process: no tick fails, and the batch that stays is requested exactly once."""
     project, _ = project
@@ -388,7 +402,6 @@ def test_sensor_scan_survives_batches_that_come_and_go_while_it_reads(project, i
         (template / f"note_{i:03d}.md").write_text(f"note {i}\n")
     churn = subprocess.Popen([sys.executable, "-c", CHURN, str(template), str(incoming), "8"],
                              stderr=subprocess.PIPE, text=True)
-    instance = dg.DagsterInstance.ephemeral()
     requested, cursor = [], None
     try:
         while churn.poll() is None:
@@ -434,7 +447,7 @@ def _receive(project: Project, tmp_path: Path, resources: dict) -> tuple[dg.Dags
     sensor: (instance, run request, cursor)."""
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
-    instance = dg.DagsterInstance.from_config(str(home))
+    instance = _persistent(home)
     first = _evaluate(instance, project, resources=resources)
     [request] = first.run_requests
     return instance, request, first.cursor
