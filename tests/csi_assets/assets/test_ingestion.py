@@ -24,10 +24,10 @@ from csi_assets.identify import Identifier
 from csi_assets.ingestion import batch_id_of, ingest_batch
 from csi_assets.jobs import ingest_job
 from csi_assets.layouts import DatasetLayout
-from csi_assets.partitions import BATCH, DATASET, dataset_batches, datasets, delta_batches
+from csi_assets.partitions import BATCH, DATASET, dataset_batches, dataset_key, datasets, delta_batches
 from csi_assets.resources import StoreResource
 from csi_assets.sensors.dataset_folders import dataset_folders_sensor
-from csi_assets.sensors.delta_dataset import delta_dataset_sensor
+from csi_assets.sensors.delta_dataset import MAX_RUNS_PER_BATCH, delta_dataset_sensor
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import embeddings as embedding_store
@@ -146,16 +146,15 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
     (unreadable / "notes.md").write_text("no catalog here")
     before = {r.perf: r for r in catalog_store.performances(project.store, "dataset")}
 
-    result = _evaluate(instance, project, None)
-    first_requests = result.run_requests
-    assert len(result.run_requests) == 2
-    keys = _batches(result)
+    first = _evaluate(instance, project, None)
+    assert len(first.run_requests) == 2
+    keys = _batches(first)
     assert keys == [batch_id_of(good), batch_id_of(partly)]
-    assert all(_parts(r)[DATASET] == "dataset" for r in result.run_requests)
-    assert {r.partitions_def_name: list(r.partition_keys) for r in result.dynamic_partitions_requests} == \
+    assert all(_parts(r)[DATASET] == "dataset" for r in first.run_requests)
+    assert {r.partitions_def_name: list(r.partition_keys) for r in first.dynamic_partitions_requests} == \
         {datasets.name: ["dataset"], delta_batches.name: keys}  # the default dataset registered with its batches
     assert unreadable.exists()  # it may still be being copied in: judged once it held still for a tick
-    result = _evaluate(instance, project, result.cursor)
+    result = _evaluate(instance, project, first.cursor)
     assert not result.run_requests
     assert result.cursor and json.loads(result.cursor).keys() == {"dataset"}
     assert set(json.loads(result.cursor)["dataset"]) == {"a_good", "b_partly_bad"}  # quarantined: gone
@@ -174,7 +173,7 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
         migrated = _evaluate(fresh, project, flat)
     assert not migrated.run_requests and json.loads(migrated.cursor) == json.loads(again.cursor)
 
-    for request in first_requests:
+    for request in first.run_requests:
         _ingest(instance, project, request)
     # A daemon restart that lost the cursor still requests nothing: the partitions exist.
     assert not _evaluate(instance, project, None).run_requests
@@ -354,6 +353,34 @@ def test_two_datasets_get_their_own_batches_and_content_one_holds_is_skipped_in_
     assert catalog_store.performances(project.store, "dataset") == firsts
     assert catalog_store.performances(project.store, "second") == seconds
     assert ingest_store.batch(project.store, held.batch_id) == held
+
+
+def test_a_batch_whose_runs_fail_is_requested_again_up_to_the_cap(tmp_path, instance) -> None:
+    """A batch left ``failed`` is requested again -- its runs found by their (dataset, batch) partition tag, a
+    failed run of another partition not counted -- until ``MAX_RUNS_PER_BATCH`` runs of it failed."""
+    project = make_project(tmp_path, works=1, perfs=1, seconds=2.0, data_hparams=ORIGINALS_ONLY)
+    folder = _batch_folder(project.dataset_dir / "incoming", "fails", works=1, perfs=1, seed=71, prefix="fails")
+    tick = _evaluate(instance, project)
+    [request] = tick.run_requests
+    batch_id = _parts(request)[BATCH]
+    shutil.rmtree(folder)  # its catalog is gone: every run of the batch fails
+    other = materialize(project, [ingestion.ingested_batch], instance=instance, batch="0" * 16,
+                        raise_on_error=False)
+    assert not other.success  # never received: a failed run of another partition
+    runs = []
+    for attempt in range(1, MAX_RUNS_PER_BATCH + 1):
+        if attempt > 1:
+            [request] = tick.run_requests
+            assert str(request.partition_key) == str(dataset_key("dataset", batch=batch_id))
+            assert request.run_key == f"{request.partition_key}-run{attempt}"
+            assert request.tags["csi/retry_of"] == runs[-1].run_id
+        run = materialize(project, [ingestion.ingested_batch], instance=instance, batch=batch_id,
+                          raise_on_error=False)
+        assert not run.success and ingest_store.batch(project.store, batch_id).status == "failed"
+        runs.append(run)
+        tick = _evaluate(instance, project, tick.cursor)
+    assert not tick.run_requests  # MAX_RUNS_PER_BATCH runs failed: left to the user, its reason stored
+    assert ingest_store.batch(project.store, batch_id).reason
 
 
 @pytest.mark.parametrize("kind", ["dangling_symlink", "symlink_loop", "named_pipe"])
