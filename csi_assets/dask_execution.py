@@ -33,7 +33,6 @@ from dagster._core.execution.plan.state import KnownExecutionState
 from dagster._core.execution.retries import RetryMode
 from dagster._core.executor.base import Executor
 from dagster._core.instance import InstanceRef
-from dagster._core.storage.dagster_run import DagsterRun
 from dagster._utils.error import serializable_error_info_from_exc_info
 from dagster_dask.executor import dask_executor, get_dask_resource_requirements
 
@@ -79,10 +78,15 @@ def make_cluster(kind: str, settings: Mapping[str, Any], name: str) -> Any:
     raise ValueError(f"unknown Dask cluster kind {kind!r}: existing, local, kube or one of {sorted(JOBQUEUE_KINDS)}")
 
 
-def run_step(recon_job: ReconstructableJob, dagster_run: DagsterRun, run_config: Mapping[str, Any], step_key: str,
+def run_step(recon_job: ReconstructableJob, run_id: str, run_config: Mapping[str, Any], step_key: str,
              instance_ref: InstanceRef, known_state: KnownExecutionState) -> Sequence[DagsterEvent]:
-    """On a Dask worker: execute one step of the run against the run's instance; returns its events."""
+    """On a Dask worker: execute one step of the run against the run's instance; returns its events. The run is
+    read from the instance by id: a partitioned run carries a partitions subset that Dask's argument parsing cannot
+    walk (it iterates tuples, and Dagster's records forbid iteration)."""
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        dagster_run = instance.get_run_by_id(run_id)
+        if dagster_run is None:
+            raise dg.DagsterInvariantViolationError(f"run {run_id} is not on the instance the Dask worker reads")
         plan = create_execution_plan(recon_job, run_config=run_config, step_keys_to_execute=[step_key],
                                      known_state=known_state)
         return execute_plan(plan, recon_job, instance, dagster_run, run_config=run_config)
@@ -130,7 +134,7 @@ class DaskExecutor(Executor):
                     break
                 for step in active.get_steps_to_execute():  # also resolves newly known dynamic outputs
                     running[step.key] = client.submit(
-                        run_step, plan_context.reconstructable_job, run, plan_context.run_config, step.key,
+                        run_step, plan_context.reconstructable_job, run.run_id, plan_context.run_config, step.key,
                         plan_context.instance.get_ref(), active.get_known_state(), pure=False,
                         key=f"{run.run_id}.{step.key}", resources=get_dask_resource_requirements(step.tags))
                 yield from active.plan_events_iterator(plan_context)  # skipped and abandoned steps

@@ -234,11 +234,16 @@ def failure_recorded(db: Store, dataset: DatasetLayout, batch_id: str, catalog: 
 def intake_batch(db: Store, dataset: DatasetLayout, batch_id: str, items_per_shard: int, log: Log
                  ) -> tuple[BatchIntake, list[Shard]]:
     """Catalog and featurise a batch the sensor received, then cut its performances without an embedding of the
-    promoted model into shards. Raises :class:`~csi_assets.errors.RunFailed` for a batch never received; any
-    other failure is recorded on the batch's row before it propagates."""
+    promoted model into shards. Raises :class:`~csi_assets.errors.RunFailed` for a batch never received, or
+    received by another dataset (Dagster's batch partitions are one list across datasets, so a (dataset, batch)
+    pair may name another dataset's batch); any other failure is recorded on the batch's row before it
+    propagates."""
     state = ingest_store.batch(db, batch_id)
     if state is None:
         raise RunFailed(f"batch {batch_id} was never received by the sensor (no row in the store)")
+    if state.dataset != dataset.name:
+        raise RunFailed(f"batch {batch_id} was received by dataset {state.dataset!r}, not {dataset.name!r}: "
+                        f"it is ingested as the partition (dataset {state.dataset}, batch {batch_id})")
     catalog = Path(state.source)
     with failure_recorded(db, dataset, batch_id, catalog):
         counts = catalog_and_featurise(db, dataset, batch_id, catalog, log)

@@ -1,6 +1,7 @@
 """The data assets and reference_embeddings as one job on the cluster deployment's Dask executor, rebuilt by name
 in every Dask worker (``dg.build_reconstructable_job("tests.cluster_job", "data_and_references")``). Resources
-come from run config (``resources: {dataset: ..., store: ..., training: ...}``)."""
+come from run config (``resources: {dataset: ..., store: ..., training: ...}``); the job is partitioned by dataset
+like its assets, and the run's partition comes from its ``dagster/partition`` tag (workers read the run by id)."""
 
 from __future__ import annotations
 

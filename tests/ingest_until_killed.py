@@ -3,6 +3,8 @@ store write has committed: what a `kill -9` (or the OOM killer) does to a run wo
 
     python -m tests.ingest_until_killed STAGE DATASET_DIR STORE_PATH BATCH_ID
 
+The run is on the partition (the dataset named like DATASET_DIR, BATCH_ID), as the sensor requested it.
+
 STAGE names the store write after which the process kills itself (see ``STAGES``). Features are computed two
 files at a time so that a kill after the first feature write leaves the batch half featurised.
 """
@@ -12,14 +14,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from csi_assets import features as feature_stage
 from csi_assets.assets import ingestion
-from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import catalog, features, shards
+from tests.graph_fixtures import Project, materialize
 
 STAGES = {
     "rows": (catalog, "add_batch_rows"),  # performances stored, no work ids, variants, features or embeddings
@@ -43,9 +46,9 @@ def die_after(module: Any, name: str) -> None:
 def main(stage: str, dataset_dir: str, store_path: str, batch_id: str) -> None:
     feature_stage.CQT_FILES_PER_BATCH = 2
     die_after(*STAGES[stage])
-    dg.materialize([ingestion.ingested_batch], partition_key=batch_id, instance=dg.DagsterInstance.get(),
-                   resources={"dataset": DatasetResource(dataset_dir=dataset_dir),
-                              "store": StoreResource(path=store_path)})
+    folder = Path(dataset_dir)
+    project = Project(folder.parent, folder, folder.parent / "training", Path(store_path))
+    materialize(project, [ingestion.ingested_batch], instance=dg.DagsterInstance.get(), batch=batch_id)
     sys.exit(f"stage {stage!r} was never reached: the ingestion finished")
 
 

@@ -30,8 +30,7 @@ def serving_hparams(**overrides: object) -> TrainingHParams:
 
 
 def materialize_data(project: Project, instance: dg.DagsterInstance | None = None) -> None:
-    result = materialize(project, DATA_ASSETS, instance)
-    assert result.success
+    assert materialize(project, DATA_ASSETS, instance=instance).success
 
 
 def register_model(project: Project, model: CoverHunter, hp: TrainingHParams, epoch: int = 0) -> str:
@@ -43,7 +42,7 @@ def register_model(project: Project, model: CoverHunter, hp: TrainingHParams, ep
     model_id = model_store.model_id_for("test", fingerprint)
     (project.training_dir / "config" / "hparams.yaml").write_text(yaml.safe_dump(to_dict(hp)))
     model_store.register_model(
-        project.store, model_id=model_id, dataset=project.dataset_dir.name, training_dir=str(project.training_dir),
+        project.store, model_id=model_id, dataset=project.dataset, training_dir=str(project.training_dir),
         checkpoint=str(pair.generator), epoch=epoch, fingerprint=fingerprint, hparams=to_dict(hp), metrics={},
         promote=True, input_contract=trained_contract(load_data_hparams(project.dataset_dir / "hparams.yaml")))
     return model_id

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import dagster as dg
 import numpy as np
 import pytest
 import soundfile as sf
@@ -26,7 +25,7 @@ from csi_model.augment import TempoRange
 from csi_model.checkpoint import load_generator
 from csi_model.synth import generate_covers
 from csi_model.training import train
-from tests.graph_fixtures import make_project
+from tests.graph_fixtures import make_project, materialize
 from tests.serving_fixtures import ORIGINALS_ONLY, materialize_data, random_model, register_model, serving_hparams
 
 WORKS, PERFS, SECONDS = 5, 5, 6.0
@@ -47,14 +46,13 @@ def served(tmp_path_factory):
     project = make_project(root, works=WORKS, perfs=PERFS, seconds=SECONDS, data_hparams=ORIGINALS_ONLY)
     materialize_data(project)
     hp = TRAINED_HPARAMS
-    references = reference_rows(project.store, project.resources["dataset"].layout())
+    references = reference_rows(project.store, project.resources["dataset"].layout(project.dataset))
     result = train(hp, [feature_item(r) for r in references], project.training_dir, device="cpu",
                    tempo=TempoRange(0.8, 1.2))
     model = random_model(hp, result.num_classes)
     load_generator(result.latest_checkpoint, model)
     model_id = register_model(project, model, hp, epoch=result.last_epoch)
-    assert dg.materialize([serving.reference_embeddings], resources=project.resources,
-                          instance=dg.DagsterInstance.ephemeral()).success
+    assert materialize(project, [serving.reference_embeddings]).success
     held = root / "held_back"
     generate_covers(held, WORKS, PERFS + 1, seed=0, seconds=SECONDS)  # same works; rendition PERFS is new
     queries = [held / "wav" / f"w{w:03d}_p{PERFS}.wav" for w in range(WORKS)]

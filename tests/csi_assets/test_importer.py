@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,6 @@ import yaml
 from csi_assets.assets import serving
 from csi_assets.cli import main as csi
 from csi_assets.importer import IMPORT_ORIGIN, ReferenceImportError, best_generator, import_reference
-from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
@@ -31,6 +29,7 @@ from csi_model.cqt import CqtSettings, compute_cqt
 from csi_model.model import CoverHunter, ModelConfig
 from csi_model.synth import generate_covers
 from csi_model.tempo import plan_variants, render_variant
+from tests.graph_fixtures import Project, materialize
 
 WORK_IDS = {"work_000": 12, "work_001": 10, "work_002": 11}  # not sorted order: ids must be kept as they are
 DATA_HPARAMS = {"fmin": 32, "n_bins": 96, "bins_per_octave": 12, "aug_speed_mode": [0.9, 1.0], "device": "mps",
@@ -134,11 +133,7 @@ def test_the_highest_epoch_generator_is_registered_and_promoted(imported) -> Non
 
 def test_identify_finds_imported_recordings_after_reference_embeddings(imported, capsys) -> None:
     repo, data, training, store_path = imported
-    resources = {"dataset": DatasetResource(dataset_dir=str(data)),
-                 "training": TrainingResource(training_dir=str(training)),
-                 "store": StoreResource(path=str(store_path))}
-    result = dg.materialize([serving.reference_embeddings], resources=resources,
-                            instance=dg.DagsterInstance.ephemeral())
+    result = materialize(Project(repo, data, training, store_path), [serving.reference_embeddings])
     assert result.success
     metadata = result.asset_materializations_for_node("reference_embeddings")[0].metadata
     assert metadata["performances"].value == 6

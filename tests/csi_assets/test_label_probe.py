@@ -18,7 +18,7 @@ from csi_assets.assets import labels, serving
 from csi_assets.classify import PROBE_FILE
 from csi_assets.store.records import FeatureTableRecord
 from csi_model.label_probe import LinearProbe, classification_scores, fit_linear, grouped_folds, probe_label
-from tests.graph_fixtures import make_project
+from tests.graph_fixtures import make_project, materialize
 from tests.record_fixtures import table_record
 from tests.serving_fixtures import ORIGINALS_ONLY, materialize_data, random_model, register_model, serving_hparams
 
@@ -89,12 +89,11 @@ def probed(tmp_path_factory):
     hp = serving_hparams()
     model_id = register_model(project, random_model(hp), hp)
     instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize([serving.reference_embeddings], resources=project.resources, instance=instance).success
-    probe_assets = labels.label_assets(["mode", *PROBED])
+    assert materialize(project, [serving.reference_embeddings], instance=instance).success
     metadata = {}
     for label in PROBED:
-        result = dg.materialize([*probe_assets, serving.reference_embeddings], selection=["label_probe"],
-                                partition_key=label, resources=project.resources, instance=instance)
+        result = materialize(project, [labels.label_probe, serving.reference_embeddings], instance=instance,
+                             selection=["label_probe"], label=label)
         assert result.success
         metadata[label] = result.asset_materializations_for_node("label_probe")[0].metadata
     return project, model_id, metadata
@@ -123,14 +122,29 @@ def test_probe_report_files_and_counts(probed) -> None:
     assert len((folder / "predictions.csv").read_text().splitlines()) == 49
 
 
+@pytest.mark.parametrize("asset", [labels.label_probe, labels.label_model], ids=lambda a: a.key.path[-1])
+def test_a_label_the_dataset_does_not_configure_fails_naming_it_and_the_hparams(probed, asset) -> None:
+    """Label partitions are one list across datasets: a (dataset, label) pair whose dataset's hparams do not list
+    the label fails with a message saying where to add it, and writes no report folder for it."""
+    project, model_id, _ = probed
+    result = materialize(project, [asset], label="tempo", raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = str(failure.step_failure_data.user_failure_data.description)
+    assert "label 'tempo' is not among the labels of dataset 'dataset'" in message
+    assert "mode, register, batch_tag" in message and str(project.dataset_dir / "hparams.yaml") in message
+    assert not (project.training_dir / "reports" / model_id / "labels" / "tempo").exists()
+    assert not (project.training_dir / "labels" / "tempo").exists()
+
+
 def test_label_split_keeps_each_work_on_one_side(probed) -> None:
     project, _, _ = probed
     from csi_assets.label_model import label_split
     from csi_assets.store import catalog as catalog_store
     from csi_assets.store import features as feature_store
 
-    table = feature_store.feature_table(project.store, "dataset", project.resources["dataset"].cqt_settings()
-                                        .settings_hash())
+    settings_hash = project.resources["dataset"].layout(project.dataset).cqt_settings().settings_hash()
+    table = feature_store.feature_table(project.store, "dataset", settings_hash)
     work_of = {r.variant: r.work_id for r in table}
     for seed in range(5):
         split = label_split(table, catalog_store.performance_labels(project.store, "dataset", "register"), seed,
@@ -207,11 +221,8 @@ def test_classify_checks_every_file_before_any_model_loads(probed, capsys, tmp_p
 
 def test_label_model_trains_scores_held_out_works_and_serves_classify(probed, capsys) -> None:
     project, _, _ = probed
-    assets = labels.label_assets(["mode", *PROBED])
     config = {"ops": {"label_model": {"config": {"max_epochs": 2, "warm_start": True, "augmentation": False}}}}
-    result = dg.materialize([*assets, serving.reference_embeddings], selection=["label_model"],
-                            partition_key="register", resources=project.resources,
-                            instance=dg.DagsterInstance.ephemeral(), run_config=config)
+    result = materialize(project, [labels.label_model], run_config=config, label="register")
     assert result.success
     metadata = result.asset_materializations_for_node("label_model")[0].metadata
     assert {"label_model/balanced_accuracy", "majority/macro_f1", "verdict", "above_baseline"} <= set(metadata)

@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pytest
 import requests
@@ -25,6 +24,7 @@ from csi_assets.cli import main as csi
 from csi_assets.ingestion import batch_id_of
 from csi_assets.store import ingest as ingest_store
 from csi_model.synth import generate_covers
+from tests.graph_fixtures import materialize
 from tests.paths import REPO
 from tests.serving_fixtures import project_with_model, random_model, register_model
 
@@ -54,8 +54,7 @@ def _wait_until_up(process: subprocess.Popen, url: str) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     project, model_id, hp = project_with_model(tmp_path_factory.mktemp("service"), works=4, perfs=2, seconds=4.0)
-    assert dg.materialize([serving.reference_embeddings, serving.reference_index], resources=project.resources,
-                          instance=dg.DagsterInstance.ephemeral()).success
+    assert materialize(project, [serving.reference_embeddings, serving.reference_index]).success
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     process = subprocess.Popen(
@@ -212,11 +211,9 @@ def test_a_batch_ingested_while_serving_is_found_without_restart(server, tmp_pat
                                      wav=f"wav/live_{Path(record['wav']).name}")))
     (batch / "dataset.txt").write_text("\n".join(lines) + "\n")
     batch_id = batch_id_of(batch)
-    ingest_store.record_batch(project.store, batch_id, "dataset", str(batch / "dataset.txt"), ingest_store.RECEIVED)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(ingestion.delta_batches.name, [batch_id])
-    assert dg.materialize([ingestion.ingested_batch], partition_key=batch_id, instance=instance,
-                          resources=project.resources).success
+    ingest_store.record_batch(project.store, batch_id, project.dataset, str(batch / "dataset.txt"),
+                              ingest_store.RECEIVED)
+    assert materialize(project, [ingestion.ingested_batch], batch=batch_id).success
 
     query = batch / "wav" / "live_w000_p1.wav"
     response = _post(url, [query], top=2)
@@ -234,8 +231,7 @@ def test_a_newly_promoted_model_is_served_once_its_index_is_built(server) -> Non
     new_id = register_model(project, random_model(hp, seed=5), hp, epoch=3)
     wav = project.dataset_dir / "wav" / "w001_p0.wav"
     assert _post(url, [wav]).json()[0]["model"] == old_id  # promoted, but its index is not built yet
-    assert dg.materialize([serving.reference_embeddings, serving.reference_index], resources=project.resources,
-                          instance=dg.DagsterInstance.ephemeral()).success
+    assert materialize(project, [serving.reference_embeddings, serving.reference_index]).success
     response = _post(url, [wav], top=1)
     assert response.status_code == 200 and response.json()[0]["model"] == new_id
     assert response.json()[0]["matches"][0]["perf"] == "w001_p0"

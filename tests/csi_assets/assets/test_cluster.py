@@ -19,16 +19,19 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
+from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from csi_assets.assets import data, serving
 from csi_assets.dask_execution import cluster_from_environment, make_cluster
+from csi_assets.partitions import datasets, ensure_partition
 from csi_assets.shards import Shard, finished, rows_path, split_shards, staging_dir, write_rows
 from csi_assets.store import Store
 from csi_assets.store import embeddings as embedding_store
 from csi_assets.store import features as feature_store
 from csi_assets.store import shards as shard_store
 from csi_assets.store.records import FeatureRecord
-from tests.graph_fixtures import Project, make_project
+from tests import cluster_job
+from tests.graph_fixtures import Project, make_project, materialize
 from tests.paths import REPO
 from tests.serving_fixtures import ORIGINALS_ONLY, random_model, register_model, serving_hparams
 
@@ -52,7 +55,8 @@ def _run_config(project: Project, address: str, per_shard: int) -> dict:
     return {
         "execution": {"config": {"cluster": {"existing": {"address": address}}}},
         "resources": {"dataset": {"config": {"dataset_dir": str(project.dataset_dir)}},
-                      "training": {"config": {"training_dir": str(project.training_dir)}},
+                      "training": {"config": {"training_dir": str(project.training_dir),
+                                              "dataset_name": project.dataset}},
                       "store": {"config": {"path": str(project.store_path)}}},
         "ops": {"cqt_features": {"ops": {"plan_cqt_shards": shards}},
                 "reference_embeddings": {"ops": {"plan_reference_shards": shards}}},
@@ -60,9 +64,14 @@ def _run_config(project: Project, address: str, per_shard: int) -> dict:
 
 
 def _run_on_dask(project: Project, instance: dg.DagsterInstance, address: str) -> dg.ExecuteJobResult:
+    """The job on the project's dataset partition (registered first), every step on a Dask worker."""
     job = dg.build_reconstructable_job("tests.cluster_job", "data_and_references")
-    return dg.execute_job(job, instance=instance, run_config=_run_config(project, address, SHARD_ITEMS),
-                          raise_on_error=False)
+    key = ensure_partition(instance, project.dataset)
+    result = dg.execute_job(job, instance=instance, run_config=_run_config(project, address, SHARD_ITEMS),
+                            tags={PARTITION_NAME_TAG: key}, raise_on_error=False)
+    materialized = {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()}
+    assert materialized <= {key}, materialized  # every step ran on the run's partition, in every worker
+    return result
 
 
 def _instance(tmp_path: Path):
@@ -74,7 +83,7 @@ def _instance(tmp_path: Path):
 
 def _stored(project: Project) -> tuple[dict, dict, dict]:
     """(feature rows, feature arrays, segment vectors) by variant/perf, paths relative to the project."""
-    settings_hash = project.resources["dataset"].cqt_settings().settings_hash()
+    settings_hash = project.resources["dataset"].layout(project.dataset).cqt_settings().settings_hash()
     rows = feature_store.features(project.store, "dataset", settings_hash)
     table = {v: (str(Path(r.path).relative_to(project.root)), r.n_frames, r.n_bins, r.audio_hash, r.settings)
              for v, r in rows.items()}
@@ -117,9 +126,9 @@ def _assert_same_store(actual: Project, expected: Project, same_shards: bool = T
 def in_process(tmp_path_factory) -> Project:
     project = _project(tmp_path_factory.mktemp("in_process"))
     shards = {"config": {"items_per_shard": SHARD_ITEMS}}
-    result = dg.materialize(LOCAL_ASSETS, resources=project.resources, instance=dg.DagsterInstance.ephemeral(),
-                            run_config={"ops": {"cqt_features": {"ops": {"plan_cqt_shards": shards}},
-                                                "reference_embeddings": {"ops": {"plan_reference_shards": shards}}}})
+    result = materialize(project, LOCAL_ASSETS,
+                         run_config={"ops": {"cqt_features": {"ops": {"plan_cqt_shards": shards}},
+                                             "reference_embeddings": {"ops": {"plan_reference_shards": shards}}}})
     assert result.success
     return project
 
@@ -141,6 +150,9 @@ def test_dask_run_stores_what_the_in_process_run_stores(in_process, cluster, tmp
         names = [key.split(".")[-1] for key in shard_steps]
         assert sum(n.startswith("compute_cqt_shard[") for n in names) == 12 // SHARD_ITEMS
         assert sum(n.startswith("embed_reference_shard[") for n in names) == 12 // SHARD_ITEMS
+        materialized = {(e.asset_key.to_user_string(), e.event_specific_data.materialization.partition)
+                        for e in result.get_asset_materialization_events()}
+        assert materialized == {(asset, project.dataset) for asset in cluster_job.ASSETS}
         checks = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         assert checks and all(e.event_specific_data.passed for e in checks)
     _assert_same_store(project, in_process)
@@ -340,11 +352,12 @@ def test_a_materialisation_on_a_postgres_instance(postgres, tmp_path, monkeypatc
     project = make_project(tmp_path / "project", works=2, perfs=2, seconds=3.0, data_hparams=ORIGINALS_ONLY)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        result = dg.materialize([data.dataset_catalog, data.work_ids], resources=project.resources,
-                                instance=instance)
+        result = materialize(project, [data.dataset_catalog, data.work_ids], instance=instance)
         assert result.success
+        assert instance.get_dynamic_partitions(datasets.name) == [project.dataset]  # kept in PostgreSQL
         record = instance.get_latest_materialization_event(dg.AssetKey("work_ids"))
         assert record is not None and record.run_id == result.run_id
+        assert record.asset_materialization.partition == project.dataset
         assert record.asset_materialization.metadata["works"].value == 2
 
 

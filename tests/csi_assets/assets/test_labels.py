@@ -13,7 +13,7 @@ import pytest
 
 from csi_assets.assets import data
 from csi_assets.ingestion import ingest_batch
-from csi_assets.resources import DatasetResource
+from csi_assets.layouts import DatasetLayout
 from csi_assets.store import catalog as catalog_store
 from csi_model.catalog import parse_catalog
 from csi_model.hparams import HParamsError, data_hparams_from_dict
@@ -81,7 +81,7 @@ def test_bad_label_lists_in_data_hparams_are_errors_naming_the_file(labels, prob
 
 
 def _stored(project, label: str) -> dict[str, str | None]:
-    return catalog_store.performance_labels(project.store, project.dataset_dir.name, label)
+    return catalog_store.performance_labels(project.store, project.dataset, label)
 
 
 def test_labels_reach_the_store_from_both_formats_and_follow_catalog_edits(tmp_path: Path) -> None:
@@ -120,8 +120,8 @@ def test_an_ingested_batch_carries_its_labels(tmp_path: Path) -> None:
                for i, line in enumerate((batch / "dataset.txt").read_text().splitlines())]
     del records[1]["register"]
     (batch / "dataset.txt").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    dataset = DatasetResource(dataset_dir=str(project.dataset_dir))
-    ingest_batch(project.store, dataset, "b1", batch / "dataset.txt", logging.getLogger("test"))
+    ingest_batch(project.store, DatasetLayout.at(project.dataset_dir), "b1", batch / "dataset.txt",
+                 logging.getLogger("test"))
     stored = _stored(project, "register")
     assert {p: stored[p] for p in ("new0", "new1")} == {"new0": records[0]["register"], "new1": None}
     assert len(stored) == 4  # the main catalog's two performances keep theirs

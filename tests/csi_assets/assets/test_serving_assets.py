@@ -34,7 +34,7 @@ def test_every_original_performance_is_embedded_segment_by_segment(served) -> No
     project, model_id, first = served
     assert first["computed_now"] == 15 and first["reused"] == 0 and first["model_id"] == model_id
     model = load_model(project.store, "dataset")
-    references = reference_rows(project.store, project.resources["dataset"].layout())
+    references = reference_rows(project.store, project.resources["dataset"].layout(project.dataset))
     assert len(references) == 15 and all(r.speed == 1.0 for r in references)
     stored = embedding_store.load_embeddings(project.store, "dataset", model_id)
     assert sorted(stored.perfs) == sorted(r.perf for r in references)
