@@ -30,11 +30,15 @@ $(CSI_DATASET_DIR)/dataset.txt: | $(STAMP)
 
 # One torch thread: tiny models gain nothing from a second one (measured: 2 threads on a busy 2-core machine ran
 # an epoch 10x slower). In-process execution: see dagster_demo_run.yaml.
+# The dataset is a partition of every asset: `python -m csi_assets.partitions` registers it (and its labels) with
+# the instance and prints its key (the folder's name); a label probe's partition is "<dataset>|<label>".
 demo: setup $(CSI_DATASET_DIR)/dataset.txt
-	OMP_NUM_THREADS=1 $(BIN)/dagster job execute -m csi_assets.definitions -j main -c dagster_demo_run.yaml
+	dataset=$$($(BIN)/python -m csi_assets.partitions) && \
+	OMP_NUM_THREADS=1 $(BIN)/dagster job execute -m csi_assets.definitions -j main -c dagster_demo_run.yaml \
+		--tags "{\"dagster/partition\": \"$$dataset\"}" && \
 	for label in $$($(BIN)/python -m csi_assets.labels); do \
 		OMP_NUM_THREADS=1 $(BIN)/dagster asset materialize -m csi_assets.definitions --select label_probe \
-			--partition $$label || exit 1; \
+			--partition "$$dataset|$$label" || exit 1; \
 	done
 	@$(BIN)/python -m csi_assets.demo_summary
 

@@ -1,6 +1,6 @@
 """The repository keeps its three layers apart: ``csi_model`` (the PyTorch library: no Dagster, no DuckDB), the
 application layer in ``csi_assets`` (no Dagster: the CLI, ``bench/`` and tests use it without loading the
-orchestrator) and the Dagster layer (assets, checks, sensors, schedules, jobs, definitions, resources).
+orchestrator) and the Dagster layer (assets, checks, sensors, schedules, jobs, definitions, resources, partitions).
 
 Modules are found by walking the packages, so a new module is covered the day it is added: everything in
 ``csi_assets`` is application code unless it is listed in ``DAGSTER_LAYER``.

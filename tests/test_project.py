@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,66 @@ def test_dagster_definitions_validate() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+DATASET_NAMES_IN_DOCS = {"demo", "my_dataset", "covers80"}
+"""The dataset names the documented commands use (the demo, a user's dataset, an imported reference dataset)."""
+
+
+def _documented_dagster_commands() -> list[tuple[str, list[str]]]:
+    """(file, argv) of every `dagster asset materialize` / `dagster job execute` in a fenced block of the README and
+    docs/, continuation lines joined and comments dropped."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                argv = shlex.split(line.strip().removeprefix("$ "), comments=True)
+                text = " ".join(argv)
+                if "dagster asset materialize" in text or "dagster job execute" in text:
+                    found.append((path.name, argv))
+    return found
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_documented_dagster_commands_name_a_valid_dataset_partition() -> None:
+    """Every asset is partitioned by dataset: a documented command without a partition, or with the parts of a
+    two-dimensional key in the wrong order (Dagster sorts them by dimension name), fails for the user."""
+    from csi_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    commands = _documented_dagster_commands()
+    assert len(commands) >= 10, commands
+    for source, argv in commands:
+        text = " ".join(argv)
+        if "job execute" in text:
+            tags = json.loads(_option(argv, "--tags") or "{}")
+            assert tags.get("dagster/partition") in DATASET_NAMES_IN_DOCS, f"{source}: {text}"
+            continue
+        key, select = _option(argv, "--partition"), _option(argv, "--select")
+        assert key and select, f"{source}: no --partition in {text}"
+        partitions_defs = {graph.get(dg.AssetKey(name)).partitions_def for name in select.split(",")}
+        assert len(partitions_defs) == 1, f"{source}: assets of different partitions in {text}"
+        [partitions_def] = partitions_defs
+        if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+            dimensions = [dimension.name for dimension in partitions_def.partitions_defs]
+            parts = dict(zip(sorted(dimensions), key.split("|"), strict=True))
+            assert str(dg.MultiPartitionKey(parts)) == key, f"{source}: {key} is not in Dagster's order"
+            assert parts["dataset"] in DATASET_NAMES_IN_DOCS, f"{source}: {key} names no dataset in its place"
+        else:
+            assert key in DATASET_NAMES_IN_DOCS, f"{source}: {key} is not a dataset in {text}"
+
+
+def test_make_demo_runs_the_registered_dataset_partition() -> None:
+    """`make demo` registers the dataset, runs the main job on its partition and each label probe on the
+    (dataset, label) key in Dagster's string form."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = re.search(r"^demo:.*?\n((?:\t.*\n)+)", makefile, re.M)
+    assert recipe, "no demo recipe"
+    text = recipe.group(1)
+    assert "dataset=$$($(BIN)/python -m csi_assets.partitions)" in text
+    assert '--tags "{\\"dagster/partition\\": \\"$$dataset\\"}"' in text
+    label_key = str(dg.MultiPartitionKey({"dataset": "$$dataset", "label": "$$label"}))
+    assert f'--select label_probe \\\n\t\t\t--partition "{label_key}"' in text

@@ -1,4 +1,5 @@
-"""The Dagster web UI, driven in a real browser: the graph is visible and a materialization launched from it runs.
+"""The Dagster web UI, driven in a real browser: the graph is visible and a materialization of one dataset
+partition, launched from it, runs.
 
 Debian's Chromium (installed by ``scripts/install_browser.sh``) is driven with Playwright; the test skips only
 when that browser is missing. The webserver and daemon run against a throw-away Dagster home and dataset.
@@ -61,11 +62,17 @@ SPEC_8_1_HPARAMS = {
 pytestmark = pytest.mark.ui
 
 
+SENSOR_WAIT_S = 180.0
+"""How long the daemon's ``dataset_folders`` sensor (a tick every 30 s, the first at once) may take to register
+the dataset folders on a loaded machine."""
+
+
 @dataclass(frozen=True)
 class ProjectState:
     root: Path
     dagster_home: Path
     dataset_dir: Path
+    other_dataset_dir: Path
     env: dict[str, str]
 
 
@@ -98,6 +105,8 @@ def project_state(tmp_path: Path) -> ProjectState:
     _install_instance_config(home)
     dataset_dir = tmp_path / "dataset"
     _write_dataset(dataset_dir)
+    other_dataset_dir = tmp_path / "other"  # a second dataset beside the default one: a partition of its own
+    _write_dataset(other_dataset_dir)
     env = dict(
         os.environ,
         DAGSTER_HOME=str(home),
@@ -105,7 +114,7 @@ def project_state(tmp_path: Path) -> ProjectState:
         CSI_TRAINING_DIR=str(tmp_path / "training"),
         CSI_STORE_PATH=str(tmp_path / "csi.duckdb"),
     )
-    return ProjectState(tmp_path, home, dataset_dir, env)
+    return ProjectState(tmp_path, home, dataset_dir, other_dataset_dir, env)
 
 
 @pytest.fixture
@@ -128,8 +137,11 @@ def browser_page(project_state: ProjectState) -> Iterator[Page]:
         )
         context.set_default_timeout(UI_TIMEOUT_MS)
         expect.set_options(timeout=UI_TIMEOUT_MS)
+        # A fresh browser gets a "Join the Dagster community" dialog over the page a second after the first load;
+        # mark it seen (the UI's own local-storage flag), so it cannot close the partition dialog's open list.
+        context.add_init_script("window.localStorage.setItem('communityNux', '\"1\"');")
         page = context.new_page()
-        # A fresh browser gets a "Join the Dagster community" dialog over the page; dismiss it whenever it shows.
+        # Should it still show, dismiss it whenever it does.
         page.add_locator_handler(
             page.get_by_text("Join the Dagster community"), lambda: page.get_by_role("button", name="Skip").click()
         )
@@ -139,14 +151,29 @@ def browser_page(project_state: ProjectState) -> Iterator[Page]:
             context.close()
 
 
+def _wait_for_dataset_partitions(dagster_home: Path, names: set[str], ui: DagsterUi) -> None:
+    """Poll the instance until the daemon's sensors have registered every dataset in ``names`` as a partition."""
+    deadline = time.monotonic() + SENSOR_WAIT_S
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        while not names <= set(instance.get_dynamic_partitions("datasets")):
+            ui.daemon.check_alive()
+            if time.monotonic() > deadline:
+                registered = instance.get_dynamic_partitions("datasets")
+                raise AssertionError(f"datasets {sorted(names)} not registered within {SENSOR_WAIT_S:.0f} s "
+                                     f"(registered: {registered})\n{ui.log_tails()}")
+            time.sleep(1.0)
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """The newest run that targeted an asset, as the instance's storage records it (not as the page shows it)."""
 
     run_id: str
     status: str
+    partition: str | None
     step_failures: list[str]
     latest_materialization_run_id: str | None
+    materialized_partitions: set[str]
 
 
 def _latest_run(dagster_home: Path, asset: str) -> RunOutcome | None:
@@ -160,8 +187,10 @@ def _latest_run(dagster_home: Path, asset: str) -> RunOutcome | None:
         return RunOutcome(
             run_id=runs[0].run_id,
             status=runs[0].status.name,
+            partition=runs[0].tags.get("dagster/partition"),
             step_failures=[str(event.dagster_event.event_specific_data) for event in failures],
             latest_materialization_run_id=materialization.run_id if materialization else None,
+            materialized_partitions=set(instance.get_materialized_partitions(key)),
         )
 
 
@@ -179,14 +208,30 @@ def test_materialize_dataset_catalog_from_the_ui(
             expect(page.locator(f'a[href="/assets/{asset}"]')).to_contain_text(asset)
         page.screenshot(path=str(shots / "1-assets.png"))
 
-        # 2. Materialize dataset_catalog from its page; the toast links to the launched run.
+        # 2. Materialize dataset_catalog from its page, for one dataset: every dataset folder is a partition, which
+        #    the daemon's dataset_folders sensor registers (the default dataset and the one beside it). The
+        #    Materialize button opens the partition dialog; pick the default dataset and launch its one run. The
+        #    toast links to the launched run.
+        dataset, other = project_state.dataset_dir.name, project_state.other_dataset_dir.name
+        _wait_for_dataset_partitions(project_state.dagster_home, {dataset, other}, web_ui)
         page.goto(f"{web_ui.url}/assets/dataset_catalog")
-        # Button names carry their icon's name ("materialization Materialize"), hence the anchored pattern.
-        page.get_by_role("button", name=re.compile(r"(^|\s)Materialize$")).click()
+        # Button names carry their icon's name ("materialization Materialize…"), hence the anchored pattern.
+        page.get_by_role("button", name=re.compile(r"(^|\s)Materialize…?$")).click()
+        # (the partition list is a popover, also a "dialog": pick the launch dialog by its title)
+        dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize dataset_catalog")
+        title = dialog.get_by_text("Launch runs to materialize dataset_catalog")
+        expect(title).to_be_visible()
+        dialog.get_by_text("Select a partition or create one").click()
+        expect(page.get_by_role("menuitem", name=re.compile(rf"^{other}\b"))).to_be_visible()
+        page.get_by_role("menuitem", name=re.compile(rf"^{dataset}\b")).click()
+        title.click()  # closes the partition list
+        expect(dialog).to_contain_text("1 partition")
+        page.screenshot(path=str(shots / "2-partition.png"))
+        dialog.get_by_role("button", name="Launch 1 run").click()
         toasts = page.get_by_role("region", name=re.compile("Notifications")).get_by_role("listitem")
         toast = toasts.filter(has_text="Launched run")
         expect(toast).to_be_visible()
-        page.screenshot(path=str(shots / "2-launched.png"))
+        page.screenshot(path=str(shots / "3-launched.png"))
         toast.get_by_role("link", name="View", exact=True).click()
         page.wait_for_url("**/runs/**")
         run_id_in_url = page.url.rstrip("/").split("/")[-1]
@@ -197,7 +242,7 @@ def test_materialize_dataset_catalog_from_the_ui(
         terminal = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$"))
         terminal.first.wait_for()
         ui_status = terminal.first.inner_text()
-        page.screenshot(path=str(shots / "3-run.png"))
+        page.screenshot(path=str(shots / "4-run.png"))
     except Exception:
         page.screenshot(path=str(shots / "failure.png"))
         print(f"screenshots in {shots}\n{web_ui.log_tails()}")
@@ -211,3 +256,7 @@ def test_materialize_dataset_catalog_from_the_ui(
         f"run {run.run_id} ended {run.status} (page: {ui_status}); step failures: {run.step_failures}"
     )
     assert run.latest_materialization_run_id == run.run_id, "the run recorded no materialization of dataset_catalog"
+    assert run.partition == dataset, f"the run targeted partition {run.partition!r}, not the picked {dataset!r}"
+    assert run.materialized_partitions == {dataset}, (
+        f"materialized partitions {run.materialized_partitions}: only the picked dataset {dataset!r} should be"
+    )
