@@ -41,7 +41,7 @@ from csi_assets.store import ingest as ingest_store
 from csi_assets.store import models as model_store
 from csi_assets.store import shards as shard_store
 from csi_assets.store import splits as split_store
-from csi_assets.store.records import FeatureRecord, VariantRecord
+from csi_assets.store.records import FeatureRecord, IngestBatchRecord, VariantRecord
 from csi_model.catalog import parse_catalog
 from csi_model.cqt import settings_for
 from csi_model.devices import pick_device
@@ -231,6 +231,15 @@ def failure_recorded(db: Store, dataset: DatasetLayout, batch_id: str, catalog: 
         raise
 
 
+def received_batch(db: Store, batch_id: str) -> IngestBatchRecord:
+    """The stored state of a batch the sensor received. Raises :class:`~csi_assets.errors.RunFailed` for a batch
+    never received (a partition picked by hand)."""
+    state = ingest_store.batch(db, batch_id)
+    if state is None:
+        raise RunFailed(f"batch {batch_id} was never received by the sensor (no row in the store)")
+    return state
+
+
 def intake_batch(db: Store, dataset: DatasetLayout, batch_id: str, items_per_shard: int, log: Log
                  ) -> tuple[BatchIntake, list[Shard]]:
     """Catalog and featurise a batch the sensor received, then cut its performances without an embedding of the
@@ -238,9 +247,7 @@ def intake_batch(db: Store, dataset: DatasetLayout, batch_id: str, items_per_sha
     received by another dataset (Dagster's batch partitions are one list across datasets, so a (dataset, batch)
     pair may name another dataset's batch); any other failure is recorded on the batch's row before it
     propagates."""
-    state = ingest_store.batch(db, batch_id)
-    if state is None:
-        raise RunFailed(f"batch {batch_id} was never received by the sensor (no row in the store)")
+    state = received_batch(db, batch_id)
     if state.dataset != dataset.name:
         raise RunFailed(f"batch {batch_id} was received by dataset {state.dataset!r}, not {dataset.name!r}: "
                         f"it is ingested as the partition (dataset {state.dataset}, batch {batch_id})")
@@ -267,10 +274,7 @@ def embed_batch_shard(db: Store, dataset: DatasetLayout, batch_id: str, shard: S
     """Embed one shard of a batch (:func:`csi_assets.references.embed_shard`). A failure is recorded on the
     batch's row, with its reason, before it propagates: the batch must not stay ``received`` with no word of why
     (the sensor's retry and ``csi`` read that row)."""
-    state = ingest_store.batch(db, batch_id)
-    if state is None:
-        raise RunFailed(f"batch {batch_id} was never received by the sensor (no row in the store)")
-    with failure_recorded(db, dataset, batch_id, Path(state.source)):
+    with failure_recorded(db, dataset, batch_id, Path(received_batch(db, batch_id).source)):
         return embed_shard(shard, staging, log)
 
 
