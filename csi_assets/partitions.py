@@ -77,9 +77,16 @@ def dataset_of(context: AnyContext, dataset: DatasetResource) -> DatasetLayout:
 
 
 def training_of(context: AnyContext, training: TrainingResource) -> TrainingLayout:
-    """The training folder of the run's dataset partition."""
+    """The training folder of the run's dataset partition. A training folder that holds a ``dataset.txt`` is a
+    dataset's folder (training folders were put beside the dataset folders): the step fails rather than write
+    checkpoints into it."""
     with failures():
-        return training.layout(key_part(context))
+        folder = training.layout(key_part(context))
+    if (folder.root / "dataset.txt").is_file():
+        raise dg.Failure(description=f"the training folder of dataset {key_part(context)!r}, {folder.root}, is a "
+                                     "dataset folder: keep training folders apart from dataset folders (point "
+                                     "CSI_TRAINING_DIR at a folder whose parent holds no datasets)")
+    return folder
 
 
 def dataset_key(dataset: str, **other: str) -> str | dg.MultiPartitionKey:

@@ -287,3 +287,18 @@ def test_a_dataset_named_like_the_default_training_folder_is_refused_not_given_t
     assert "dataset 'main' would train in" in failure.error.message
     assert "the training folder of dataset 'alpha'" in failure.error.message
     assert materialize(alpha, [data.dataset_catalog], resources=resources).success  # alpha itself is fine
+
+
+def test_a_training_folder_that_is_a_dataset_folder_fails_the_step_and_writes_nothing_there(tmp_path: Path) -> None:
+    """Training folders put beside the dataset folders (``CSI_TRAINING_DIR=data/alpha_training``): dataset
+    ``beta`` would train in ``data/beta``, its own dataset folder."""
+    alpha = _dataset(tmp_path, "alpha", 2, 2)
+    beta = _dataset(tmp_path, "beta", 2, 2)
+    resources = {"training": TrainingResource(training_dir=str(tmp_path / "data" / "alpha_training"),
+                                              dataset_name="alpha")}
+    before = _snapshot(beta.dataset_dir)
+    run = materialize(beta, [research.sweep_plan], resources=resources, raise_on_error=False)
+    [failure] = [e.step_failure_data for e in run.all_events if e.is_step_failure]
+    assert f"{beta.dataset_dir}, is a dataset folder" in failure.error.message
+    assert _snapshot(beta.dataset_dir) == before
+    assert alpha.dataset_dir.is_dir()
