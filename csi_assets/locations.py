@@ -24,6 +24,15 @@ def training_dir() -> str:
     return os.environ.get("CSI_TRAINING_DIR", DEFAULT_TRAINING_DIR)
 
 
+def training_pair() -> str:
+    """The dataset whose training folder ``$CSI_TRAINING_DIR`` is: ``$CSI_DATASET_DIR``'s name when both are set;
+    otherwise empty (a default training folder belongs to the dataset named like it, so pointing
+    ``CSI_DATASET_DIR`` at another dataset never trains it in the demo's folder)."""
+    if "CSI_TRAINING_DIR" in os.environ and "CSI_DATASET_DIR" in os.environ:
+        return os.path.basename(os.path.normpath(os.path.abspath(os.environ["CSI_DATASET_DIR"])))
+    return ""
+
+
 def store_path() -> str:
     """``$CSI_STORE_PATH``, else ``data/csi.duckdb``."""
     return os.environ.get("CSI_STORE_PATH", DEFAULT_STORE_PATH)

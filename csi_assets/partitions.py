@@ -20,8 +20,9 @@ import dagster as dg
 
 from csi_assets import locations
 from csi_assets.assets.upstream import failures
+from csi_assets.dataset_folders import dataset_folder, training_folder
 from csi_assets.layouts import DatasetLayout, TrainingLayout, check_dataset_name
-from csi_assets.resources import DatasetResource, TrainingResource
+from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 
 DATASET, BATCH, LABEL, EXPERIMENT = "dataset", "batch", "label", "experiment"
 
@@ -70,18 +71,20 @@ def key_part(context: AnyContext, dimension: str = DATASET) -> str:
     return key
 
 
-def dataset_of(context: AnyContext, dataset: DatasetResource) -> DatasetLayout:
-    """The folder of the run's dataset partition; a name that is not a plain folder name fails the step."""
+def dataset_of(context: AnyContext, dataset: DatasetResource, store: StoreResource) -> DatasetLayout:
+    """The folder of the run's dataset partition (the one recorded for its name, see
+    :mod:`csi_assets.dataset_folders`); a name that is not a plain folder name, or a folder other than the
+    recorded one, fails the step."""
     with failures():
-        return dataset.layout(key_part(context))
+        return dataset_folder(store.store(), key_part(context), dataset.dataset_dir)
 
 
-def training_of(context: AnyContext, training: TrainingResource) -> TrainingLayout:
-    """The training folder of the run's dataset partition. A training folder that holds a ``dataset.txt`` is a
-    dataset's folder (training folders were put beside the dataset folders): the step fails rather than write
-    checkpoints into it."""
+def training_of(context: AnyContext, training: TrainingResource, store: StoreResource) -> TrainingLayout:
+    """The training folder of the run's dataset partition (recorded like its dataset folder). A training folder
+    that holds a ``dataset.txt`` is a dataset's folder (training folders were put beside the dataset folders):
+    the step fails rather than write checkpoints into it."""
     with failures():
-        folder = training.layout(key_part(context))
+        folder = training_folder(store.store(), key_part(context), training.training_dir, training.dataset_name)
     if (folder.root / "dataset.txt").is_file():
         raise dg.Failure(description=f"the training folder of dataset {key_part(context)!r}, {folder.root}, is a "
                                      "dataset folder: keep training folders apart from dataset folders (point "

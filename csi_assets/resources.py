@@ -59,7 +59,6 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources for a local deployment, read from the environment so any command can point elsewhere."""
     return {
         "dataset": DatasetResource(dataset_dir=locations.dataset_dir()),
-        "training": TrainingResource(training_dir=locations.training_dir(),
-                                     dataset_name=DatasetLayout.at(locations.dataset_dir()).name),
+        "training": TrainingResource(training_dir=locations.training_dir(), dataset_name=locations.training_pair()),
         "store": StoreResource(path=locations.store_path()),
     }

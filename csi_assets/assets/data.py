@@ -56,7 +56,7 @@ def dataset_catalog(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource
 ) -> dg.MaterializeResult:
     """One row per performance of ``dataset.txt``, validated line by line; bad lines land in ``rejected``."""
-    db, layout = store.store(), dataset_of(context, dataset)
+    db, layout = store.store(), dataset_of(context, dataset, store)
     with failures():
         run = catalog_dataset(db, layout, context.log)
     good, rejected, warned, change = run.good, run.rejected, run.warned, run.change
@@ -110,7 +110,7 @@ def speed_variants(
     originals only: training draws tempo on the CQT's time axis. With ``audio``, tempo-changed copies (pitch kept)
     of every performance of the main catalog, one per ``aug_speed_mode`` factor; factor 1.0 is the original
     itself, and existing, up-to-date files are not redone."""
-    layout = dataset_of(context, dataset)
+    layout = dataset_of(context, dataset, store)
     with failures():
         hp = layout.hparams()
         run = record_variants(store.store(), layout, context.log)
@@ -144,8 +144,8 @@ def plan_cqt_shards(context: dg.OpExecutionContext, config: ShardConfig, dataset
     """Read every stored feature file once, discard bad ones, and cut the recordings without a usable feature
     into shards."""
     with failures():
-        plan, shards = features.plan_features(store.store(), dataset_of(context, dataset), config.items_per_shard,
-                                              context.log)
+        plan, shards = features.plan_features(store.store(), dataset_of(context, dataset, store),
+                                              config.items_per_shard, context.log)
     yield dg.Output(plan, "plan")
     for shard in shards:
         yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.shard_id)
@@ -161,7 +161,7 @@ def compute_cqt_shard(context: dg.OpExecutionContext, shard: Shard, store: Store
 def commit_cqt_features(context: dg.OpExecutionContext, dataset: DatasetResource, store: StoreResource,
                         plan: features.FeaturePlan, results: list[ShardResult]) -> Iterator[Any]:
     """Record every shard's features in one store transaction, then check every feature file."""
-    db, layout = store.store(), dataset_of(context, dataset)
+    db, layout = store.store(), dataset_of(context, dataset, store)
     with failures():
         settings = layout.cqt_settings()
         run = features.commit_features(db, layout, plan, results)
@@ -219,7 +219,7 @@ def features_check(stored: Mapping[str, FeatureRecord], n_bins: int, verified: S
 def work_ids(context: dg.AssetExecutionContext, dataset: DatasetResource, store: StoreResource) -> dg.MaterializeResult:
     """A stable ``work → work_id`` map: existing works keep their ids; new works are numbered in sorted order."""
     with failures():
-        works, added = record_work_ids(store.store(), dataset_of(context, dataset))
+        works, added = record_work_ids(store.store(), dataset_of(context, dataset, store))
     return dg.MaterializeResult(metadata={"works": works, "new_works": added})
 
 
@@ -234,7 +234,7 @@ def data_splits(context: dg.AssetExecutionContext, dataset: DatasetResource,
                 store: StoreResource) -> dg.MaterializeResult:
     """Train / val / test membership of the original performances (every tempo variant follows its original),
     unseen-work holdouts, and the reference-format exports."""
-    layout = dataset_of(context, dataset)
+    layout = dataset_of(context, dataset, store)
     with failures():
         hp = layout.hparams()
         run = split_dataset(store.store(), layout)

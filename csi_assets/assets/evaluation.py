@@ -21,8 +21,8 @@ def eval_report(context: dg.AssetExecutionContext, dataset: DatasetResource, tra
     """mAP, MR1, HR@1 and P@10 with bootstrap CIs, the distance matrix and a t-SNE plot per test set of the
     promoted model, written under ``<training_dir>/reports/<model_id>/<test_set>/`` and into ``evaluations``."""
     with failures():
-        run = evaluate_promoted(store.store(), dataset_of(context, dataset), training_of(context, training),
-                                context.log)
+        run = evaluate_promoted(store.store(), dataset_of(context, dataset, store),
+                                training_of(context, training, store), context.log)
     metadata: dict[str, Any] = {"model_id": run.model_id, "test_sets": len(run.reports),
                                 "n_bootstrap": run.n_bootstrap}
     sections = []

@@ -29,7 +29,7 @@ def featurise_batch(context: dg.OpExecutionContext, config: ShardConfig, dataset
     """Catalog and featurise the batch, then cut its performances without an embedding of the promoted model into
     shards."""
     with failures():
-        intake, shards = intake_batch(store.store(), dataset_of(context, dataset), key_part(context, BATCH),
+        intake, shards = intake_batch(store.store(), dataset_of(context, dataset, store), key_part(context, BATCH),
                                       config.items_per_shard, context.log)
     yield dg.Output(intake, "intake")
     for shard in shards:
@@ -40,15 +40,15 @@ def featurise_batch(context: dg.OpExecutionContext, config: ShardConfig, dataset
 def embed_batch_shard(context: dg.OpExecutionContext, shard: Shard, dataset: DatasetResource,
                       store: StoreResource) -> ShardResult:
     """Embed one shard of the batch on whichever worker runs it; a failure is recorded on the batch's row."""
-    return ingestion.embed_batch_shard(store.store(), dataset_of(context, dataset), key_part(context, BATCH), shard,
-                                       staging_dir(store.path), context.log)
+    return ingestion.embed_batch_shard(store.store(), dataset_of(context, dataset, store), key_part(context, BATCH),
+                                       shard, staging_dir(store.path), context.log)
 
 
 @dg.op(out=dg.Out(dg.Nothing))
 def commit_batch(context: dg.OpExecutionContext, dataset: DatasetResource, store: StoreResource,
                  intake: BatchIntake, results: list[ShardResult]) -> dg.Output:
     """Store the batch's embeddings in one transaction, add them to the model's index, mark the batch ingested."""
-    commit_batch_embeddings(store.store(), dataset_of(context, dataset), intake, results, context.log)
+    commit_batch_embeddings(store.store(), dataset_of(context, dataset, store), intake, results, context.log)
     counts = intake.counts
     return dg.Output(None, metadata={
         "performances": counts["performances"], "added_now": counts["added"],

@@ -65,7 +65,7 @@ def label_probe(context: dg.AssetExecutionContext, dataset: DatasetResource, tra
     """Is this category reflected in the promoted model's embedding? Logistic and kNN probes against a
     majority baseline, cross-validated with works never split, bootstrap CIs, confusion matrix, t-SNE."""
     with failures():
-        run = run_label_probe(store.store(), dataset_of(context, dataset), training_of(context, training),
+        run = run_label_probe(store.store(), dataset_of(context, dataset, store), training_of(context, training, store),
                               key_part(context, LABEL), context.log)
     return dg.MaterializeResult(metadata=_probe_metadata(run))
 
@@ -77,7 +77,7 @@ def label_model(context: dg.AssetExecutionContext, config: LabelModelConfig, dat
     """CoverHunter trained with this label as its class (the training loop, losses, sampler, augmentation
     and resumable checkpoints of trained_model), scored on held-out works like the probe."""
     with failures():
-        run = run_label_model(store.store(), dataset_of(context, dataset), training_of(context, training),
+        run = run_label_model(store.store(), dataset_of(context, dataset, store), training_of(context, training, store),
                               key_part(context, LABEL), context.log, config.max_epochs, config.warm_start,
                               config.augmentation)
     result, scores, gain = run.result, run.scores, run.gain

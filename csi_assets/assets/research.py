@@ -14,6 +14,7 @@ import dagster as dg
 
 from csi_assets.assets.data import cqt_features, data_splits
 from csi_assets.assets.upstream import failures
+from csi_assets.dataset_folders import training_folder
 from csi_assets.errors import RunFailed
 from csi_assets.partitions import (
     EXPERIMENT,
@@ -31,28 +32,31 @@ from csi_assets.sweeps import plan_markdown, read_plan, run_experiment, summaris
 GROUP = "research"
 
 
-def _planned_elsewhere(instance: dg.DagsterInstance, training: TrainingResource, dataset: str) -> set[str]:
+def _planned_elsewhere(instance: dg.DagsterInstance, training: TrainingResource, store: StoreResource,
+                       dataset: str) -> set[str]:
     """The experiments the other registered datasets' tuning files name (an unreadable file names none)."""
     keys: set[str] = set()
     for other in instance.get_dynamic_partitions(datasets.name):
         try:
             if other != dataset:
-                keys |= {e.key for e in read_plan(training.layout(other))[1]}
+                folder = training_folder(store.store(), other, training.training_dir, training.dataset_name)
+                keys |= {e.key for e in read_plan(folder)[1]}
         except RunFailed:
             continue
     return keys
 
 
 @dg.asset(group_name=GROUP, partitions_def=datasets, kinds={"yaml"})
-def sweep_plan(context: dg.AssetExecutionContext, training: TrainingResource) -> dg.MaterializeResult:
+def sweep_plan(context: dg.AssetExecutionContext, training: TrainingResource,
+               store: StoreResource) -> dg.MaterializeResult:
     """The experiments of the dataset's ``config/hp_tuning.yaml``, registered as the experiments of ``sweep_runs``
     (those no dataset's plan names any more are removed, their folders kept)."""
     with failures():
-        tuning, experiments = read_plan(training_of(context, training))
+        tuning, experiments = read_plan(training_of(context, training, store))
     keys = [e.key for e in experiments]
     instance = context.instance
     existing = set(instance.get_dynamic_partitions(sweep_experiments.name))
-    for stale in sorted(existing - set(keys) - _planned_elsewhere(instance, training, key_part(context))):
+    for stale in sorted(existing - set(keys) - _planned_elsewhere(instance, training, store, key_part(context))):
         instance.delete_dynamic_partition(sweep_experiments.name, stale)
     instance.add_dynamic_partitions(sweep_experiments.name, [k for k in keys if k not in existing])
     context.log.info(f"{len(experiments)} experiment(s) from {tuning.source}")
@@ -73,7 +77,7 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
     """One sweep experiment (a group value at one seed), trained from the base hparams in its own folder; it
     resumes from its checkpoints. A diverged run is recorded as such, not failed: the sweep goes on."""
     with failures():
-        run = run_experiment(store.store(), dataset_of(context, dataset), training_of(context, training),
+        run = run_experiment(store.store(), dataset_of(context, dataset, store), training_of(context, training, store),
                              key_part(context, EXPERIMENT), context.log)
     outcome, result = run.outcome, run.result
     if result is None:
@@ -95,11 +99,12 @@ def sweep_runs(context: dg.AssetExecutionContext, dataset: DatasetResource, trai
 
 
 @dg.asset(group_name=GROUP, partitions_def=datasets, deps=[sweep_runs], kinds={"markdown"})
-def sweep_summary(context: dg.AssetExecutionContext, training: TrainingResource) -> dg.MaterializeResult:
+def sweep_summary(context: dg.AssetExecutionContext, training: TrainingResource,
+                  store: StoreResource) -> dg.MaterializeResult:
     """Per experiment, mean ± std over seeds of the final val loss and mAP, their slopes over the last
     ``early_stopping_patience`` epochs, the best value @ epoch, the bootstrap CI, and diverged seeds."""
     with failures():
-        summary = summarise_sweep(training_of(context, training), context.log)
+        summary = summarise_sweep(training_of(context, training, store), context.log)
     return dg.MaterializeResult(metadata={
         "runs": len(summary.outcomes), "experiments": summary.experiments, "not_run": len(summary.missing),
         "diverged_runs": sum(o.diverged for o in summary.outcomes),
@@ -127,8 +132,8 @@ def production_model(context: dg.AssetExecutionContext, config: ProductionConfig
     checkpoint so far on a geometric lr ladder, then a final run on all the data validated on the test split."""
     started = time.monotonic()
     with failures():
-        run = run_production(store.store(), dataset_of(context, dataset), training_of(context, training), context.log,
-                             config.k_folds, config.max_epochs, config.promote)
+        run = run_production(store.store(), dataset_of(context, dataset, store), training_of(context, training, store),
+                             context.log, config.k_folds, config.max_epochs, config.promote)
     stages = {**run.metrics["folds"], "final": run.metrics["final"]}
     rows = "\n".join(f"| {name} | {m['lr']:.3g} | {m['best_epoch']} | {m['best_value']} | {m['epochs']} |"
                      for name, m in stages.items())

@@ -35,7 +35,7 @@ def plan_reference_shards(context: dg.OpExecutionContext, config: ShardConfig, d
                           store: StoreResource) -> Iterator[dg.Output | dg.DynamicOutput]:
     """The references without an embedding of the promoted model, cut into shards."""
     with failures():
-        plan, shards = plan_references(store.store(), dataset_of(context, dataset), config.items_per_shard,
+        plan, shards = plan_references(store.store(), dataset_of(context, dataset, store), config.items_per_shard,
                                        context.log)
     yield dg.Output(plan, "plan")
     for shard in shards:
@@ -55,7 +55,7 @@ def commit_reference_embeddings(context: dg.OpExecutionContext, dataset: Dataset
     the model's calibration and work centroids from all its embeddings."""
     start = time.monotonic()
     with failures():
-        run = commit_references(store.store(), dataset_of(context, dataset), plan, results)
+        run = commit_references(store.store(), dataset_of(context, dataset, store), plan, results)
     calibration, centroids = run.calibration, run.centroids
     context.log.info(f"{plan.todo} performances ({run.segments} segments) from {len(results)} shard(s) committed in "
                      f"{time.monotonic() - start:.1f} s; {plan.references - plan.todo - len(plan.too_short)} "
@@ -93,7 +93,7 @@ def reference_embeddings(trained_model: None, cqt_features: None) -> Any:
 @dataset_check(reference_embeddings, "Every reference performance has embeddings for the promoted model.")
 def reference_embeddings_cover_catalog(context: dg.AssetCheckExecutionContext, dataset: DatasetResource,
                                        store: StoreResource) -> dg.AssetCheckResult:
-    db, layout = store.store(), dataset_of(context, dataset)
+    db, layout = store.store(), dataset_of(context, dataset, store)
     model = model_store.promoted_model(db, layout.name)
     if model is None:
         return dg.AssetCheckResult(passed=False, metadata={"reason": f"no promoted model for {layout.name}"})

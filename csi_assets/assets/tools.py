@@ -31,8 +31,9 @@ def alignments(context: dg.AssetExecutionContext, config: AlignmentConfig, datas
     """Coarse time offset (seconds) between every two performances of the same work, from the promoted model's
     embeddings of short overlapping windows; JSON lines in the training folder."""
     with failures():
-        run, path = align_dataset(store.store(), dataset_of(context, dataset), training_of(context, training).root,
-                                  config.window_s, config.hop_s, context.log)
+        run, path = align_dataset(store.store(), dataset_of(context, dataset, store),
+                                  training_of(context, training, store).root, config.window_s, config.hop_s,
+                                  context.log)
     return dg.MaterializeResult(metadata={**{k: v for k, v in run.metadata().items() if k != "too_short"},
                                           "too_short": dg.MetadataValue.json(run.too_short),
                                           "path": dg.MetadataValue.path(str(path))})
@@ -43,6 +44,6 @@ def catalog_histogram(context: dg.AssetExecutionContext, dataset: DatasetResourc
                       store: StoreResource) -> dg.MaterializeResult:
     """Histogram of the number of performances per work in the store's catalog, saved next to the catalog."""
     with failures():
-        stats, path = histogram.catalog_histogram(store.store(), dataset_of(context, dataset))
+        stats, path = histogram.catalog_histogram(store.store(), dataset_of(context, dataset, store))
     return dg.MaterializeResult(metadata={**stats, "path": dg.MetadataValue.path(str(path)),
                                           "histogram": dg.MetadataValue.md(histogram.histogram_markdown(path))})

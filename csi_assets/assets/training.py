@@ -31,9 +31,9 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainingConfig, dat
     """Checkpoints, the promoted best checkpoint, TensorBoard logs and the training history: the best epoch's
     checkpoint (lowest validation loss, or best mAP with ``early_stop_metric: mAP``) is registered."""
     started = time.monotonic()
-    folder = training_of(context, training)
+    layout, folder = dataset_of(context, dataset, store), training_of(context, training, store)
     with failures():
-        run = run_training(store.store(), dataset_of(context, dataset), folder, context.log, config.promote,
+        run = run_training(store.store(), layout, folder, context.log, config.promote,
                            config.max_epochs)
     result, metrics, items = run.result, run.metrics, run.data.items
     counts = metrics["parameters"]

@@ -17,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-_SUBCOMMAND_MODULES = ("synth", "identify", "eval", "model_info", "tools", "classify", "serve")
+_SUBCOMMAND_MODULES = ("synth", "identify", "eval", "model_info", "tools", "classify", "serve", "datasets")
 
 
 def build_parser() -> argparse.ArgumentParser:

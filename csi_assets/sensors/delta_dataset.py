@@ -25,6 +25,8 @@ from typing import Any
 
 import dagster as dg
 
+from csi_assets.dataset_folders import dataset_folder
+from csi_assets.errors import RunFailed
 from csi_assets.ingestion import (
     BatchUnreadable,
     batch_id_of,
@@ -35,10 +37,11 @@ from csi_assets.ingestion import (
     quarantine,
 )
 from csi_assets.jobs import ingest_job
-from csi_assets.layouts import DatasetLayout, DatasetNameError
+from csi_assets.layouts import DatasetLayout
 from csi_assets.partitions import dataset_key, datasets, delta_batches, registration_requests
 from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.run_health import run_alive
+from csi_assets.store import Store
 from csi_assets.store import ingest as ingest_store
 
 
@@ -60,7 +63,8 @@ def delta_dataset_sensor(
     db = store.store()
     remembered: dict[str, dict[str, list]] = {}
     requests: list[dg.RunRequest] = []
-    for layout in _watched(context, dataset, default):
+    watched = _watched(context, dataset, db)
+    for layout in watched:
         entries = remembered.setdefault(layout.name, {})
         for entry in pending_entries(layout.incoming_dir):
             try:
@@ -74,7 +78,7 @@ def delta_dataset_sensor(
             if request:
                 requests.append(request)
     new_batches = [r.partition_key.keys_by_dimension["batch"] for r in requests]
-    for layout in _watched(context, dataset, default):
+    for layout in watched:
         requests += _retry_stuck(context, db, layout.name, set(new_batches))
     registrations = registration_requests(context.instance, [default])
     return dg.SensorResult(
@@ -95,17 +99,16 @@ def _read_cursor(cursor: str | None, default: str) -> dict[str, dict[str, list]]
     return previous
 
 
-def _watched(context: dg.SensorEvaluationContext, dataset: DatasetResource,
-             default: DatasetLayout) -> list[DatasetLayout]:
-    """The default dataset and every registered one, by name (a registered name that is not a folder name is
-    skipped with a warning)."""
-    layouts = {default.name: default}
-    for name in context.instance.get_dynamic_partitions(datasets.name):
+def _watched(context: dg.SensorEvaluationContext, dataset: DatasetResource, db: Store) -> list[DatasetLayout]:
+    """The default dataset and every registered one, by name, at the folders recorded for their names (a name that
+    is not a folder name, or whose folder is not the recorded one, is skipped with a warning)."""
+    layouts = []
+    for name in sorted({dataset.default().name, *context.instance.get_dynamic_partitions(datasets.name)}):
         try:
-            layouts.setdefault(name, dataset.layout(name))
-        except DatasetNameError as err:
-            context.log.warning(f"registered dataset skipped: {err}")
-    return [layouts[name] for name in sorted(layouts)]
+            layouts.append(dataset_folder(db, name, dataset.dataset_dir))
+        except RunFailed as err:
+            context.log.warning(f"dataset {name!r} skipped: {err.description}")
+    return layouts
 
 
 def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetLayout, entry: Path,

@@ -310,6 +310,18 @@ class CalibrationRecord:
     """When it was computed (UTC)."""
 
 
+@dataclass(frozen=True)
+class DatasetFoldersRecord:
+    """The folders a dataset name stands for, recorded at its first use."""
+
+    dataset: str
+    """The dataset's name (its partition key)."""
+    folder: str
+    """Its dataset folder (absolute)."""
+    training_folder: str | None
+    """Its training folder (absolute), once a training run used one."""
+
+
 def as_columns(record: Any, **extra: Any) -> dict[str, Any]:
     """A record's fields as a column mapping for a write, plus ``extra`` columns (e.g. the dataset)."""
     return {name: getattr(record, name) for name in record_fields(type(record))} | extra

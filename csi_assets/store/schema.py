@@ -116,6 +116,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                 committed_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (stage, shard_id))""",
         ),
     ),
+    (
+        8,
+        (
+            # the folders a dataset name stands for, recorded when a run first uses it (csi_assets/dataset_folders.py):
+            # the same name must mean the same folders in every process, whatever its environment
+            """CREATE TABLE dataset_folders (
+                dataset TEXT PRIMARY KEY, folder TEXT NOT NULL, training_folder TEXT,
+                bound_at TIMESTAMP DEFAULT current_timestamp)""",
+        ),
+    ),
 )
 
 
