@@ -1,0 +1,111 @@
+"""One dataset name means the same folders in every process: recorded at first use, then either agreed with (a
+process naming the folder itself) or followed (a process resolving the name by the sibling rule)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from csi_assets.assets import data, research
+from csi_assets.cli import main as csi
+from csi_assets.dataset_folders import FolderConflict, dataset_folder, training_folder
+from csi_assets.locations import training_pair
+from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
+from csi_assets.store import Store
+from csi_assets.store import catalog as catalog_store
+from csi_assets.store import folders as folder_store
+from csi_model.synth import generate_covers
+from tests.graph_fixtures import DATA_HPARAMS, Project, materialize
+
+
+def _dataset(folder: Path) -> Path:
+    generate_covers(folder, 2, 2, seed=0, seconds=3.0)
+    (folder / "hparams.yaml").write_text(yaml.safe_dump({**DATA_HPARAMS, "aug_speed_mode": [1.0]}))
+    return folder
+
+
+def test_the_first_use_records_the_folders_and_every_later_use_agrees_or_follows(tmp_path: Path) -> None:
+    db = Store(tmp_path / "csi.duckdb")
+    elsewhere = tmp_path / "elsewhere" / "covers80"
+    assert dataset_folder(db, "covers80", elsewhere).root == elsewhere  # named explicitly: recorded
+    daemon_default = tmp_path / "data" / "demo"
+    assert dataset_folder(db, "covers80", daemon_default).root == elsewhere  # resolved by name: follows the record
+    with pytest.raises(FolderConflict) as conflict:  # another folder of the same name, named explicitly
+        dataset_folder(db, "covers80", tmp_path / "data" / "covers80")
+    message = str(conflict.value)
+    assert str(elsewhere) in message and str(tmp_path / "data" / "covers80") in message
+    assert "csi datasets --forget covers80" in message
+    assert folder_store.forget_folders(db, "covers80")
+    assert dataset_folder(db, "covers80", tmp_path / "data" / "covers80").root == tmp_path / "data" / "covers80"
+
+
+def test_a_training_folder_is_recorded_once_its_dataset_is(tmp_path: Path) -> None:
+    db = Store(tmp_path / "csi.duckdb")
+    runs = tmp_path / "runs" / "exp1"
+    assert training_folder(db, "covers80", runs, "covers80").root == runs  # dataset not recorded yet: nothing kept
+    assert folder_store.bound_folders(db, "covers80") is None
+    dataset_folder(db, "covers80", tmp_path / "data" / "covers80")
+    assert training_folder(db, "covers80", runs, "covers80").root == runs
+    assert folder_store.bound_folders(db, "covers80").training_folder == str(runs)
+    assert training_folder(db, "covers80", tmp_path / "training" / "demo").root == runs  # follows the record
+    with pytest.raises(FolderConflict, match="CSI_TRAINING_DIR"):
+        training_folder(db, "covers80", tmp_path / "training" / "covers80")
+
+
+def test_a_partition_run_from_another_environment_uses_the_recorded_folder(tmp_path: Path) -> None:
+    """A shell that exported CSI_DATASET_DIR=elsewhere/covers80 catalogs it; the daemon (default data/demo) runs
+    the same partition: it must read elsewhere/covers80, not an unrelated data/covers80."""
+    elsewhere = _dataset(tmp_path / "elsewhere" / "covers80")
+    impostor = _dataset(tmp_path / "data" / "covers80")  # same name, other folder, other content
+    (impostor / "dataset.txt").write_text((impostor / "dataset.txt").read_text().splitlines()[0] + "\n")
+    (tmp_path / "training" / "covers80" / "config").mkdir(parents=True)
+    shell = Project(tmp_path, elsewhere, tmp_path / "training" / "covers80", tmp_path / "csi.duckdb")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(shell, [data.dataset_catalog], instance).success
+    daemon = {"dataset": DatasetResource(dataset_dir=str(tmp_path / "data" / "demo")),
+              "training": TrainingResource(training_dir=str(tmp_path / "training" / "demo")),
+              "store": StoreResource(path=str(shell.store_path))}
+    result = materialize(shell, [data.dataset_catalog], instance, resources=daemon)
+    metadata = result.asset_materializations_for_node("dataset_catalog")[0].metadata
+    assert metadata["performances"].value == 4 and metadata["added"].value == 0
+    assert len(catalog_store.performances(shell.store, "covers80")) == 4
+
+    named_impostor = {"dataset": DatasetResource(dataset_dir=str(impostor))}
+    failed = materialize(shell, [data.dataset_catalog], instance, resources=named_impostor, raise_on_error=False)
+    [failure] = [e.step_failure_data for e in failed.all_events if e.is_step_failure]
+    assert f"this process names {impostor}" in failure.error.message
+    assert len(catalog_store.performances(shell.store, "covers80")) == 4  # nothing of the impostor stored
+
+    sweep = materialize(shell, [research.sweep_plan], instance, resources=daemon, raise_on_error=False)
+    assert not sweep.success  # no tuning file; what matters is where it was looked for
+    [failure] = [e.step_failure_data for e in sweep.all_events if e.is_step_failure]
+    assert str(tmp_path / "training" / "covers80") in failure.error.message
+
+
+def test_csi_datasets_lists_and_forgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = Store(tmp_path / "csi.duckdb")
+    dataset_folder(db, "covers80", tmp_path / "elsewhere" / "covers80")
+    assert csi(["datasets", "--store", str(db.path)]) == 0
+    assert str(tmp_path / "elsewhere" / "covers80") in capsys.readouterr().out
+    assert csi(["datasets", "--store", str(db.path), "--forget", "covers80"]) == 0
+    assert folder_store.bound_folders(db, "covers80") is None
+    assert csi(["datasets", "--store", str(db.path), "--forget", "covers80"]) == 2
+    assert "no folders are recorded for dataset 'covers80'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("environment", "pair"), [
+    ({}, ""),
+    ({"CSI_DATASET_DIR": "../CoverHunterMPS/data/covers80"}, ""),  # the demo's training folder is not covers80's
+    ({"CSI_TRAINING_DIR": "runs/x"}, ""),
+    ({"CSI_DATASET_DIR": "data/covers80/", "CSI_TRAINING_DIR": "runs/x"}, "covers80"),
+])
+def test_the_default_training_folder_pairs_with_the_default_dataset_only_when_both_are_named(
+        monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], pair: str) -> None:
+    monkeypatch.delenv("CSI_DATASET_DIR", raising=False)
+    monkeypatch.delenv("CSI_TRAINING_DIR", raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    assert training_pair() == pair
