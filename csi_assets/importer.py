@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from csi_assets.catalog import rejection_rows
+from csi_assets.dataset_folders import dataset_folder, training_folder
+from csi_assets.errors import RunFailed
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
@@ -73,6 +75,12 @@ def import_reference(store: Store, data_dir: str | os.PathLike[str], training_di
     working directory: the reference tool is run from its repository root, so its files say ``data/…``)."""
     data_dir = Path(data_dir).resolve()
     report = ImportReport(dataset=data_dir.name)
+    try:  # the name now stands for these folders, in every process (a conflicting record refuses the import)
+        dataset_folder(store, data_dir.name, data_dir)
+        if training_dir is not None:
+            training_folder(store, data_dir.name, training_dir, data_dir.name)
+    except RunFailed as err:
+        raise ReferenceImportError(err.description) from err
     full, catalog = data_dir / "full.txt", data_dir / "dataset.txt"
     if full.is_file():
         _import_full(store, data_dir, full, Path(cwd or os.getcwd()).resolve(), report)

@@ -148,6 +148,7 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"warning: {line['message']}")
     if report.model_id:
         print(f"model {report.model_id} (epoch {report.epoch}, {report.checkpoint}) registered and promoted")
-    print(f"next: CSI_DATASET_DIR={Path(args.data).resolve()} dagster asset materialize -m csi_assets.definitions "
-          "--select reference_embeddings, then csi identify")
+    print(f"next: the dataset's partition is {report.dataset!r} (the dataset_folders sensor registers it), then "
+          f"dagster asset materialize -m csi_assets.definitions --select reference_embeddings --partition "
+          f"{report.dataset}, then csi identify --dataset-dir {Path(args.data).resolve()}")
     return 0

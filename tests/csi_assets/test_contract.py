@@ -22,8 +22,9 @@ from csi_assets.cli import main as csi
 from csi_assets.ingestion import ingest_batch
 from csi_assets.layouts import DatasetLayout
 from csi_assets.model_loading import ModelLoadError, dataset_input, load_model
-from csi_assets.resources import DatasetResource
+from csi_assets.resources import DatasetResource, StoreResource
 from csi_assets.store import Store
+from csi_assets.store import folders as folder_store
 from csi_assets.store import models as model_store
 from csi_assets.store.schema import MIGRATIONS, migrate
 from csi_model.contract import (
@@ -133,8 +134,11 @@ def _failure_message(result: dg.ExecuteInJobResult) -> str:
 def test_assets_refuse_features_the_model_was_not_trained_on(served, tmp_path: Path, asset) -> None:
     project, _ = served
     copy = _copy_with_hop(project, tmp_path, 0.02)
-    result = materialize(project, [asset], resources={"dataset": DatasetResource(dataset_dir=str(copy))},
-                         raise_on_error=False)
+    store_path = tmp_path / "csi.duckdb"
+    shutil.copy(project.store_path, store_path)  # the shared store stays as it is
+    folder_store.forget_folders(Store(store_path), project.dataset)  # the copy stands in for the moved dataset
+    result = materialize(project, [asset], raise_on_error=False, resources={
+        "dataset": DatasetResource(dataset_dir=str(copy)), "store": StoreResource(path=str(store_path))})
     _names_both_hops(_failure_message(result), project.dataset_dir / "hparams.yaml", copy / "hparams.yaml")
 
 

@@ -15,6 +15,7 @@ import yaml
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from csi_assets.assets import data, labels, research, training
+from csi_assets.dataset_folders import dataset_folder
 from csi_assets.layouts import DatasetLayout
 from csi_assets.partitions import datasets, ensure_partition
 from csi_assets.partitions import labels as label_partitions
@@ -215,7 +216,8 @@ def test_dataset_folders_sensor_registers_each_dataset_folder_and_its_labels_onc
     (tmp_path / "data" / ".hidden" / "dataset.txt").write_text("")
     (tmp_path / "data" / "a_file.txt").write_text("")
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"dataset": DatasetResource(dataset_dir=str(demo.dataset_dir))}
+    resources = {"dataset": DatasetResource(dataset_dir=str(demo.dataset_dir)),
+                 "store": StoreResource(path=str(demo.store_path))}
 
     def evaluate() -> dg.SensorResult:
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
@@ -243,6 +245,12 @@ def test_dataset_folders_sensor_registers_each_dataset_folder_and_its_labels_onc
     assert {r.partitions_def_name: list(r.partition_keys) for r in fourth.dynamic_partitions_requests} == {
         "datasets": ["no_catalog"], "labels": ["x"]}
     assert not evaluate().dynamic_partitions_requests
+
+    elsewhere = _dataset(tmp_path / "elsewhere", "imported", 1, 2, labels=["tala"])  # not beside the default one
+    dataset_folder(demo.store, "imported", elsewhere.dataset_dir)  # recorded, as `csi import` records it
+    fifth = evaluate()
+    assert {r.partitions_def_name: list(r.partition_keys) for r in fifth.dynamic_partitions_requests} == {
+        "datasets": ["imported"], "labels": ["tala"]}
 
 
 # -- the reference-refresh schedule -----------------------------------------------------------------------------
