@@ -12,6 +12,7 @@ import yaml
 from csi_assets.assets import data, research
 from csi_assets.cli import main as csi
 from csi_assets.dataset_folders import FolderConflict, dataset_folder, training_folder
+from csi_assets.importer import ReferenceImportError, import_reference
 from csi_assets.locations import training_pair
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import Store
@@ -109,3 +110,14 @@ def test_the_default_training_folder_pairs_with_the_default_dataset_only_when_bo
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
     assert training_pair() == pair
+
+
+def test_csi_import_records_the_folders_and_refuses_a_second_folder_of_the_same_name(tmp_path: Path) -> None:
+    db = Store(tmp_path / "csi.duckdb")
+    first = _dataset(tmp_path / "mps" / "data" / "covers80")
+    assert import_reference(db, first, None).performances == 4
+    assert folder_store.bound_folders(db, "covers80").folder == str(first)
+    second = _dataset(tmp_path / "other" / "covers80")
+    with pytest.raises(ReferenceImportError, match="csi datasets --forget covers80"):
+        import_reference(db, second, None)
+    assert all(Path(p.wav).is_relative_to(first) for p in catalog_store.performances(db, "covers80"))
