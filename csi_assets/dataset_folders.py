@@ -6,11 +6,16 @@ to folders from its own environment (:meth:`~csi_assets.layouts.DatasetLayout.na
 ``$CSI_DATASET_DIR``, any other is the folder of that name beside it. Two processes with different environments
 (a shell that exported ``CSI_DATASET_DIR=../elsewhere/covers80``, the daemon started without it) would resolve
 one name to two folders and mix their rows under it, silently. So the first run that uses a name records its
-dataset folder, and its training folder once a training run uses one (table ``dataset_folders``); after that:
+dataset folder (table ``dataset_folders``); after that:
 
-- a process that names the folder itself (the name is its ``$CSI_DATASET_DIR``'s, or its ``$CSI_TRAINING_DIR``'s
-  pair) must name the recorded one, else the run fails naming both (:class:`FolderConflict`);
-- any other process (the daemon resolving a partition by the sibling rule) uses the recorded folders.
+- a process that names the folder itself (the name is its ``$CSI_DATASET_DIR``'s) must name the recorded one,
+  else the run fails naming both (:class:`FolderConflict`);
+- any other process (the daemon resolving a partition by the sibling rule) uses the recorded folder.
+
+Training folders are different: one dataset may well have several training runs (a larger model, other
+hparams), each in its own folder, each registering its own models. The record keeps the training folder last named
+explicitly (``$CSI_TRAINING_DIR`` paired with the dataset); a process that resolves the name by the sibling rule
+uses that one, so the daemon continues the run a shell started instead of starting another.
 
 A dataset that moved: ``csi datasets --forget NAME``; its next run records the new folders.
 """
@@ -29,12 +34,6 @@ class FolderConflict(RunFailed):
     """A process names other folders for a dataset than the ones recorded at its first use."""
 
 
-def _conflict(name: str, kind: str, recorded: str, named: Path, variable: str) -> FolderConflict:
-    return FolderConflict(
-        f"dataset {name!r} has its {kind} at {recorded} (recorded at its first run), but this process names "
-        f"{named} (${variable}): one name for two folders would mix their rows in the store. Point {variable} at "
-        f"{recorded} or rename one of the folders; if the dataset moved, run `csi datasets --forget {name}`",
-        {"recorded": recorded, "named": str(named)})
 
 
 def dataset_folder(db: Store, name: str, default_dir: str | Path) -> DatasetLayout:
@@ -46,7 +45,11 @@ def dataset_folder(db: Store, name: str, default_dir: str | Path) -> DatasetLayo
     bound = folder_store.bound_folders(db, name)
     if name == default.name:
         if bound is not None and bound.folder != str(default.root):
-            raise _conflict(name, "dataset folder", bound.folder, default.root, "CSI_DATASET_DIR")
+            raise FolderConflict(
+                f"dataset {name!r} has its dataset folder at {bound.folder} (recorded at its first run), but this "
+                f"process names {default.root} ($CSI_DATASET_DIR): one name for two folders would mix their rows in "
+                f"the store. Point CSI_DATASET_DIR at {bound.folder} or rename one of the folders; if the dataset "
+                f"moved, run `csi datasets --forget {name}`", {"recorded": bound.folder, "named": str(default.root)})
         layout = default
     else:
         layout = DatasetLayout(Path(bound.folder)) if bound else DatasetLayout.named(name, default_dir)
@@ -56,19 +59,17 @@ def dataset_folder(db: Store, name: str, default_dir: str | Path) -> DatasetLayo
 
 
 def training_folder(db: Store, name: str, default_dir: str | Path, default_dataset: str = "") -> TrainingLayout:
-    """The training folder of dataset ``name`` (see :meth:`~csi_assets.layouts.TrainingLayout.named` for
-    ``default_dataset``), recorded on first use once the dataset's folder is. Raises :class:`FolderConflict`
-    when ``default_dir`` is the dataset's and another training folder is recorded."""
+    """The training folder of dataset ``name``: ``default_dir`` when it is the dataset's (see
+    :meth:`~csi_assets.layouts.TrainingLayout.named` for ``default_dataset``), then recorded as its latest; else
+    the recorded one, else the sibling named after the dataset. Nothing is recorded before the dataset folder is."""
     home = TrainingLayout.at(default_dir)
     bound = folder_store.bound_folders(db, check_dataset_name(name))
     recorded = bound.training_folder if bound else None
     if name == (default_dataset or home.name):
-        if recorded is not None and recorded != str(home.root):
-            raise _conflict(name, "training folder", recorded, home.root, "CSI_TRAINING_DIR")
         layout = home
     else:
         layout = TrainingLayout(Path(recorded)) if recorded else TrainingLayout.named(name, default_dir,
                                                                                       default_dataset)
-    if bound is not None and recorded is None:
-        folder_store.bind_training_folder(db, name, str(layout.root))
+    if bound is not None and recorded != str(layout.root):
+        folder_store.record_training_folder(db, name, str(layout.root))
     return layout

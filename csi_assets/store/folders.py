@@ -29,11 +29,10 @@ def bind_folder(store: Store, dataset: str, folder: str) -> None:
                     [dataset, folder])
 
 
-def bind_training_folder(store: Store, dataset: str, folder: str) -> None:
-    """Record the training folder of ``dataset`` (already bound to its dataset folder) unless one is recorded."""
+def record_training_folder(store: Store, dataset: str, folder: str) -> None:
+    """Record ``folder`` as the training folder of ``dataset`` (already bound to its dataset folder)."""
     with store.transaction() as con:
-        con.execute("UPDATE dataset_folders SET training_folder = ? WHERE dataset = ? AND training_folder IS NULL",
-                    [folder, dataset])
+        con.execute("UPDATE dataset_folders SET training_folder = ? WHERE dataset = ?", [folder, dataset])
 
 
 def forget_folders(store: Store, dataset: str) -> bool:

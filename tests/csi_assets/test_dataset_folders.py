@@ -43,7 +43,7 @@ def test_the_first_use_records_the_folders_and_every_later_use_agrees_or_follows
     assert dataset_folder(db, "covers80", tmp_path / "data" / "covers80").root == tmp_path / "data" / "covers80"
 
 
-def test_a_training_folder_is_recorded_once_its_dataset_is(tmp_path: Path) -> None:
+def test_the_training_folder_last_named_is_recorded_and_followed(tmp_path: Path) -> None:
     db = Store(tmp_path / "csi.duckdb")
     runs = tmp_path / "runs" / "exp1"
     assert training_folder(db, "covers80", runs, "covers80").root == runs  # dataset not recorded yet: nothing kept
@@ -51,9 +51,10 @@ def test_a_training_folder_is_recorded_once_its_dataset_is(tmp_path: Path) -> No
     dataset_folder(db, "covers80", tmp_path / "data" / "covers80")
     assert training_folder(db, "covers80", runs, "covers80").root == runs
     assert folder_store.bound_folders(db, "covers80").training_folder == str(runs)
-    assert training_folder(db, "covers80", tmp_path / "training" / "demo").root == runs  # follows the record
-    with pytest.raises(FolderConflict, match="CSI_TRAINING_DIR"):
-        training_folder(db, "covers80", tmp_path / "training" / "covers80")
+    assert training_folder(db, "covers80", tmp_path / "training" / "demo").root == runs  # the daemon follows it
+    bigger = tmp_path / "runs" / "exp2"  # a second training run of the same dataset, named explicitly
+    assert training_folder(db, "covers80", bigger, "covers80").root == bigger
+    assert training_folder(db, "covers80", tmp_path / "training" / "demo").root == bigger
 
 
 def test_a_partition_run_from_another_environment_uses_the_recorded_folder(tmp_path: Path) -> None:
