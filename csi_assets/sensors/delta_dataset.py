@@ -6,17 +6,21 @@ needed); each batch becomes a (dataset, batch) partition.
 Exactly once: a batch is named by its content hash; the cursor remembers every entry seen (name, a signature of its
 files' names, sizes and modification times -- so unchanged entries are not hashed again -- and batch id) and a batch
 whose id was seen or whose partition exists is never requested again, so re-dropping a batch, restarting the daemon or
-evaluating twice requests nothing new. The same content dropped into a second dataset is skipped with a warning naming
-the dataset that holds it (a batch id names content, and its record belongs to one dataset). A folder whose content
-changed after it was seen (a line and its audio added) is a new batch: its run stores what is new and skips what is
-already stored. A batch that cannot be read at all, and stays so unchanged for a whole tick (a folder still being copied
-in or deleted is left alone), is moved to ``rejected/`` with an error file and recorded as rejected; the good batches
-still go through.
+evaluating twice requests nothing new. The same content dropped into a second dataset is skipped with one warning
+naming the dataset that holds it (a batch id names content, and its record belongs to one dataset); it is remembered
+like any entry, with its signature and the holder's batch id, so it is not hashed again until it changes. A folder
+whose content changed after it was seen (a line and its audio added) is a new batch: its run stores what is new and
+skips what is already stored. A batch that cannot be read at all, and stays so unchanged for a whole tick (a folder
+still being copied in or deleted is left alone), is moved to ``rejected/`` with an error file and recorded as
+rejected; the good batches still go through.
 
 Each entry is scanned on its own: one that vanishes or changes while being read is looked at again next tick, one
 that cannot be a batch (a dangling symlink, a pipe) is skipped with one warning, and neither blocks the others.
 A batch left ``received`` or ``failed`` by a run that is no longer alive (killed, crashed, failed) is requested
-again, up to ``MAX_RUNS_PER_BATCH`` runs; every stage of the ingestion resumes from what the earlier run stored.
+again, up to ``MAX_RUNS_PER_BATCH`` runs; every stage of the ingestion resumes from what the earlier run stored. One
+left so with no run under its (dataset, batch) partition at all (received before batches were dataset partitions, or
+its run deleted) is requested under the run key of its first request, its batch partition registered in the same tick
+if it is missing.
 """
 
 import json
@@ -79,7 +83,9 @@ def delta_dataset_sensor(
                 requests.append(request)
     new_batches = [r.partition_key.keys_by_dimension["batch"] for r in requests]
     for layout in watched:
-        requests += _retry_stuck(context, db, layout.name, set(new_batches))
+        retries, unregistered = _retry_stuck(context, db, layout.name, set(new_batches))
+        requests += retries
+        new_batches += unregistered
     registrations = registration_requests(context.instance, [default])
     return dg.SensorResult(
         run_requests=requests,
@@ -91,8 +97,9 @@ def delta_dataset_sensor(
 
 
 def _read_cursor(cursor: str | None, default: str) -> dict[str, dict[str, list]]:
-    """{dataset: {entry name: [signature or skip marker, batch id]}}; a cursor of the single-dataset sensor
-    (entries at the top level) belonged to the default dataset."""
+    """{dataset: {entry name: [signature, batch id (of the holding dataset, for content another dataset holds)]
+    or [skip marker, None] for an entry that cannot be a batch}}; a cursor of the single-dataset sensor (entries at
+    the top level) belonged to the default dataset."""
     previous = json.loads(cursor) if cursor else {}
     if any(isinstance(value, list) for value in previous.values()):
         return {default: previous}
@@ -125,12 +132,10 @@ def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetLa
         return before, None  # unchanged since it was named
     batch_id = batch_id_of(entry)
     owner = ingest_store.batch(db, batch_id)
-    if owner is not None and owner.dataset != dataset.name:
-        marker = f"skipped: same content as batch {batch_id} of dataset {owner.dataset}"
-        if not before or before[0] != marker:
-            context.log.warning(f"{entry}: the same files were already received as batch {batch_id} of dataset "
-                                f"{owner.dataset!r}; skipped (change or remove it)")
-        return [marker, None], None
+    if owner is not None and owner.dataset != dataset.name:  # remembered with its signature: warned, hashed once
+        context.log.warning(f"{entry}: the same files were already received as batch {batch_id} of dataset "
+                            f"{owner.dataset!r}; skipped (change or remove it)")
+        return [signature, batch_id], None
     if batch_id in seen or context.instance.has_dynamic_partition(delta_batches.name, batch_id):
         return [signature, batch_id], None
     try:
@@ -160,20 +165,33 @@ def _scan_entry(context: dg.SensorEvaluationContext, db: Any, dataset: DatasetLa
                                                 tags={"csi/batch": entry.name})
 
 
-def _retry_stuck(context: dg.SensorEvaluationContext, db: Any, dataset: str, fresh: set[str]) -> list[dg.RunRequest]:
-    """Request again each batch left ``received`` or ``failed`` whose last run is no longer alive."""
-    requests = []
+def _retry_stuck(context: dg.SensorEvaluationContext, db: Any, dataset: str,
+                 fresh: set[str]) -> tuple[list[dg.RunRequest], list[str]]:
+    """(the run requests of the batches left ``received`` or ``failed`` whose last run is no longer alive or that
+    have no run at all, the batch partitions among them to register in this tick).
+
+    A batch with no run under its (dataset, batch) partition -- received before the upgrade to dataset partitions
+    (its runs carry the batch id alone), or its run deleted -- is requested as run 1 under the run key of the
+    sensor's first request, so the daemon launches nothing if that request's run exists."""
+    requests, unregistered = [], []
     for state in ingest_store.batches(db, dataset):
         batch_id = state.batch_id
         if state.status not in (ingest_store.RECEIVED, ingest_store.FAILED) or batch_id in fresh:
             continue
         key = dataset_key(dataset, batch=batch_id)
         runs = context.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": str(key)}))
-        if not runs or len(runs) >= MAX_RUNS_PER_BATCH or run_alive(context.instance, runs[0]):
+        if not runs:
+            if not context.instance.has_dynamic_partition(delta_batches.name, batch_id):
+                unregistered.append(batch_id)  # a run request for an unregistered partition fails the whole tick
+            context.log.warning(f"batch {batch_id} is {state.status} and has no run under partition {key}: "
+                                f"requesting run 1 of at most {MAX_RUNS_PER_BATCH}")
+            requests.append(dg.RunRequest(run_key=str(key), partition_key=key))
+            continue
+        if len(runs) >= MAX_RUNS_PER_BATCH or run_alive(context.instance, runs[0]):
             continue
         context.log.warning(f"batch {batch_id} is {state.status} and its last run {runs[0].run_id} "
                             f"({runs[0].status.value}) is no longer alive: requesting run {len(runs) + 1} of at "
                             f"most {MAX_RUNS_PER_BATCH}")
         requests.append(dg.RunRequest(run_key=f"{key}-run{len(runs) + 1}", partition_key=key,
                                       tags={"csi/retry_of": runs[0].run_id}))
-    return requests
+    return requests, unregistered

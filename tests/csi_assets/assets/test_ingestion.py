@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import yaml
 from dagster._core.definitions.sensor_definition import SensorExecutionData
+from dagster_shared.record import copy
 
 from csi_assets.assets import ingestion
 from csi_assets.identify import Identifier
-from csi_assets.ingestion import batch_id_of, ingest_batch
+from csi_assets.ingestion import batch_id_of, entry_signature, ingest_batch
 from csi_assets.jobs import ingest_job
 from csi_assets.layouts import DatasetLayout
 from csi_assets.partitions import BATCH, DATASET, dataset_batches, dataset_key, datasets, delta_batches
@@ -76,11 +77,19 @@ def incoming(project) -> Path:
     shutil.rmtree(folder)
 
 
+_LAUNCHED: dict[str, set[str]] = {}
+"""The run keys the sensor requested on each instance (by its folder): the run keys the daemon launched."""
+
+
 def _evaluate(instance: dg.DagsterInstance, project: Project, cursor: str | None = None,
-              log_handler: logging.Handler | None = None, resources: dict | None = None) -> SensorExecutionData:
+              log_handler: logging.Handler | None = None, resources: dict | None = None,
+              launched_dropped: bool = True) -> SensorExecutionData:
     """One tick of the delta sensor as the daemon runs it, on a persistent instance: its run requests resolved
     against ``ingest_job`` (a partition key whose parts are neither registered nor requested fails here), then its
-    partition requests applied to the instance."""
+    partition requests applied to the instance. A request whose run key an earlier tick on the instance requested
+    is dropped, as the daemon drops a request whose run key names a run it launched (the tests launch nothing: a
+    batch whose run is missing is requested again under its first run key); ``launched_dropped=False`` returns the
+    tick's requests as the sensor made them."""
     resources = resources or project.resources
     defs = dg.Definitions(assets=[ingestion.ingested_batch], jobs=[ingest_job], sensors=[delta_dataset_sensor],
                           resources=resources)
@@ -91,7 +100,10 @@ def _evaluate(instance: dg.DagsterInstance, project: Project, cursor: str | None
     tick = delta_dataset_sensor.evaluate_tick(context)
     for request in tick.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return tick
+    launched = _LAUNCHED.setdefault(instance.root_directory, set())
+    new = [r for r in tick.run_requests if r.run_key not in launched]
+    launched.update(r.run_key for r in tick.run_requests)
+    return copy(tick, run_requests=new) if launched_dropped else tick
 
 
 def _persistent(home: Path) -> dg.DagsterInstance:
@@ -166,17 +178,17 @@ def test_sensor_ingests_good_and_partly_bad_batches_and_quarantines_unreadable(p
 
     again = _evaluate(instance, project, result.cursor)
     assert not again.run_requests
-    # the single-dataset sensor's cursor (entries at the top level) is read as the default dataset's: a fresh
-    # instance knows no partition, so only the cursor keeps the batches from being requested again
-    flat = json.dumps(json.loads(again.cursor)["dataset"])
-    with _persistent(tmp_path / "fresh_home") as fresh:
-        migrated = _evaluate(fresh, project, flat)
-    assert not migrated.run_requests and json.loads(migrated.cursor) == json.loads(again.cursor)
 
     for request in first.run_requests:
         _ingest(instance, project, request)
     # A daemon restart that lost the cursor still requests nothing: the partitions exist.
     assert not _evaluate(instance, project, None).run_requests
+    # the single-dataset sensor's cursor (entries at the top level) is read as the default dataset's: a fresh
+    # instance knows no partition nor run, so only the cursor keeps the (ingested) batches from being requested again
+    flat = json.dumps(json.loads(again.cursor)["dataset"])
+    with _persistent(tmp_path / "fresh_home") as fresh:
+        migrated = _evaluate(fresh, project, flat, launched_dropped=False)
+    assert not migrated.run_requests and json.loads(migrated.cursor) == json.loads(again.cursor)
 
     after = {r.perf: r for r in catalog_store.performances(project.store, "dataset")}
     assert {p: after[p] for p in before} == before  # nothing already stored changed
@@ -340,8 +352,7 @@ def test_two_datasets_get_their_own_batches_and_content_one_holds_is_skipped_in_
     skipped = _evaluate(instance, project, tick.cursor, caplog.handler)
     quiet = _evaluate(instance, project, skipped.cursor, caplog.handler)
     assert not skipped.run_requests and not quiet.run_requests
-    assert json.loads(quiet.cursor)["second"]["again"] == \
-        [f"skipped: same content as batch {held.batch_id} of dataset dataset", None]
+    assert json.loads(quiet.cursor)["second"]["again"] == [entry_signature(second_incoming / "again"), held.batch_id]
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "again" in r.getMessage()]
     assert held.batch_id in warning and "'dataset'" in warning and "skipped" in warning
     assert (second_incoming / "again").is_dir()  # left for the user to change or remove
@@ -353,6 +364,78 @@ def test_two_datasets_get_their_own_batches_and_content_one_holds_is_skipped_in_
     assert catalog_store.performances(project.store, "dataset") == firsts
     assert catalog_store.performances(project.store, "second") == seconds
     assert ingest_store.batch(project.store, held.batch_id) == held
+
+
+def _same_size_and_time(path: Path) -> None:
+    """Rewrite a file with other bytes of the same length and put its modification time back: its entry's signature
+    is as it was, its content hash is not."""
+    info = path.stat()
+    data = path.read_bytes()
+    path.write_bytes(data[len(data) // 2:] + data[:len(data) // 2])
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def test_content_another_dataset_holds_is_hashed_once_while_it_stays_unchanged(tmp_path, instance, caplog) -> None:
+    """An entry skipped because another dataset holds its content is remembered with its signature: later ticks
+    neither hash it again nor warn again. Shown by changing one of its recordings without changing the file's
+    size or modification time: the sensor still knows the entry as the skipped one (a hash would name new content,
+    which nobody holds, and request it)."""
+    project = make_project(tmp_path, works=1, perfs=1, seconds=2.0, data_hparams=ORIGINALS_ONLY)
+    second = tmp_path / "second"
+    generate_covers(second, 1, 1, seed=3, seconds=2.0)
+    (second / "hparams.yaml").write_text(yaml.safe_dump(ORIGINALS_ONLY))
+    instance.add_dynamic_partitions(datasets.name, ["dataset", "second"])
+    one = _batch_folder(tmp_path / "sources", "one", works=1, perfs=1, seed=81, prefix="held")
+    shutil.copytree(one, project.dataset_dir / "incoming" / "one")
+    [request] = _evaluate(instance, project).run_requests
+    assert _parts(request) == {DATASET: "dataset", BATCH: batch_id_of(one)}
+
+    again = second / "incoming" / "again"
+    shutil.copytree(one, again)
+    caplog.clear()
+    skipped = _evaluate(instance, project, None, caplog.handler)
+    assert not skipped.run_requests
+    signature = entry_signature(again)
+
+    [wav] = sorted((again / "wav").glob("*.wav"))
+    _same_size_and_time(wav)
+    assert entry_signature(again) == signature and batch_id_of(again) != batch_id_of(one)
+    for _ in range(2):
+        tick = _evaluate(instance, project, skipped.cursor, caplog.handler)
+        assert not tick.run_requests  # hashed again, it would be new content of the second dataset's
+        assert json.loads(tick.cursor)["second"]["again"] == json.loads(skipped.cursor)["second"]["again"] == \
+            [signature, batch_id_of(one)]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "again" in r.getMessage()]
+    assert len(warnings) == 1 and "'dataset'" in warnings[0].getMessage()
+
+
+def test_a_stuck_batch_without_any_run_is_requested_under_its_first_run_key(tmp_path, instance) -> None:
+    """A batch left ``received`` with no run under its (dataset, batch) partition -- received before batches were
+    dataset partitions (its runs carry the batch id alone), or its run deleted -- is requested as run 1 under the
+    run key of the sensor's own first request (the daemon launches nothing for a run key it launched). Its batch
+    partition is registered in the same tick when it is missing. Once its run exists it is not requested again."""
+    project = make_project(tmp_path, works=2, perfs=2, seconds=2.0, data_hparams=ORIGINALS_ONLY)
+    materialize_data(project)
+    sources = tmp_path / "before_upgrade"  # not in incoming/: received long ago, its folder kept elsewhere
+    folders = [_batch_folder(sources, name, works=1, perfs=1, seed=91 + i, prefix=name)
+               for i, name in enumerate(["registered", "unregistered"])]
+    ids = [batch_id_of(folder) for folder in folders]
+    for batch_id, folder in zip(ids, folders, strict=True):
+        ingest_store.record_batch(project.store, batch_id, "dataset", str(folder / "dataset.txt"),
+                                  ingest_store.RECEIVED)
+    instance.add_dynamic_partitions(delta_batches.name, ids[:1])
+
+    tick = _evaluate(instance, project, launched_dropped=False)  # a request of an unregistered partition fails here
+    keys = [str(dataset_key("dataset", batch=batch_id)) for batch_id in ids]
+    assert sorted((str(r.partition_key), r.run_key) for r in tick.run_requests) == sorted(zip(keys, keys, strict=True))
+    assert {r.partitions_def_name: list(r.partition_keys) for r in tick.dynamic_partitions_requests
+            }[delta_batches.name] == ids[1:]
+    again = _evaluate(instance, project, tick.cursor, launched_dropped=False)  # no run yet: the same run keys
+    assert sorted(r.run_key for r in again.run_requests) == sorted(keys)
+    for request in tick.run_requests:
+        _ingest(instance, project, request)
+    assert {ingest_store.batch(project.store, batch_id).status for batch_id in ids} == {"ingested"}
+    assert not _evaluate(instance, project, again.cursor, launched_dropped=False).run_requests
 
 
 def test_a_batch_whose_runs_fail_is_requested_again_up_to_the_cap(tmp_path, instance) -> None:
