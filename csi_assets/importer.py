@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from csi_assets.catalog import rejection_rows
+from csi_assets.layouts import DatasetLayout, TrainingLayout
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
@@ -71,7 +72,7 @@ def import_reference(store: Store, data_dir: str | os.PathLike[str], training_di
 
     Relative ``wav`` and ``feat`` paths are tried against the catalog's folder, then ``cwd`` (default: the
     working directory: the reference tool is run from its repository root, so its files say ``data/…``)."""
-    data_dir = Path(data_dir).resolve()
+    data_dir = DatasetLayout.at(data_dir).root  # named as given, like every dataset folder (a symlink is not followed)
     report = ImportReport(dataset=data_dir.name)
     full, catalog = data_dir / "full.txt", data_dir / "dataset.txt"
     if full.is_file():
@@ -81,7 +82,7 @@ def import_reference(store: Store, data_dir: str | os.PathLike[str], training_di
     else:
         raise ReferenceImportError(f"{data_dir}: neither full.txt nor dataset.txt: not a CoverHunterMPS data folder")
     if training_dir is not None:
-        _import_model(store, data_dir.name, Path(training_dir).resolve(), report, _data_hparams(data_dir))
+        _import_model(store, data_dir.name, TrainingLayout.at(training_dir).root, report, _data_hparams(data_dir))
     return report
 
 
