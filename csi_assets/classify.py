@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from csi_assets.label_model import LABEL_MODEL_FILE, label_model_folder, load_label_model
+from csi_assets.layouts import DatasetLayout
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_cqt_settings, load_model
 from csi_assets.store import Store
 from csi_assets.store import models as model_store
@@ -73,14 +74,14 @@ class Classifier:
     def __init__(self, store_path: str | os.PathLike[str], dataset_dir: str | os.PathLike[str], label: str,
                  device: str | None = None, lock_timeout_s: float = 120.0) -> None:
         """Opens the store read-only (raises ``StoreLockedError`` if a writer holds it beyond ``lock_timeout_s``)."""
-        store_path, dataset_dir = Path(store_path), Path(dataset_dir).resolve()
+        store_path, dataset = Path(store_path), DatasetLayout.at(dataset_dir)
         if not store_path.is_file():
             raise ClassifyError(f"no store at {store_path}: materialize the main job first")
         store = Store(store_path, lock_timeout_s, read_only=True)
         self.label = label
-        promoted = model_store.promoted_model(store, dataset_dir.name)
+        promoted = model_store.promoted_model(store, dataset.name)
         if promoted is None:
-            raise ClassifyError(f"no promoted model for dataset {dataset_dir.name!r}: materialize trained_model")
+            raise ClassifyError(f"no promoted model for dataset {dataset.name!r}: materialize trained_model")
         folder = label_model_folder(promoted.training_dir, label)
         if (folder / LABEL_MODEL_FILE).is_file():
             self.source, self.name = "label_model", str(folder)
@@ -89,18 +90,18 @@ class Classifier:
             except ModelLoadError as err:
                 raise ClassifyError(str(err)) from err
             self.probe = None
-            self.settings = _checked_settings(dataset_dir, self.model)
+            self.settings = _checked_settings(dataset.root, self.model)
             return
         path = probe_file(promoted.training_dir, promoted.model_id, label)
         if not path.is_file():
             raise ClassifyError(f"no label model ({folder / LABEL_MODEL_FILE}) and no probe ({path}) for label "
                                 f"{label!r}: materialize label_probe (or label_model) for partition {label!r}")
         try:
-            self.model: LoadedModel = load_model(store, dataset_dir.name, device=device)
+            self.model: LoadedModel = load_model(store, dataset.name, device=device)
         except ModelLoadError as err:
             raise ClassifyError(str(err)) from err
         self.source, self.name = "probe", self.model.model_id
-        self.settings = _checked_settings(dataset_dir, self.model)
+        self.settings = _checked_settings(dataset.root, self.model)
         self.probe = LinearProbe.load(path)
         self.classes = self.probe.classes
 

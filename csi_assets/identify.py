@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from csi_assets.layouts import DatasetLayout
 from csi_assets.model_loading import LoadedModel, ModelLoadError, dataset_cqt_settings, load_model
 from csi_assets.reference_index import IndexUnavailable, ReferenceIndex, current_index
 from csi_assets.store import Store
@@ -72,14 +73,14 @@ class Identifier:
                  model: LoadedModel | None = None) -> None:
         """Opens the store read-only (raises ``StoreLockedError`` if a writer holds it beyond ``lock_timeout_s``).
         ``model``: an already loaded model to reuse (a service reloading its index after an ingested batch)."""
-        store_path, dataset_dir = Path(store_path), Path(dataset_dir).resolve()
+        store_path, dataset = Path(store_path), DatasetLayout.at(dataset_dir)
         if not store_path.is_file():
             raise IdentifyError(f"no store at {store_path}: materialize reference_embeddings first")
         store = Store(store_path, lock_timeout_s, read_only=True)
-        self.dataset = dataset_dir.name
+        self.dataset = dataset.name
         try:
             self.model: LoadedModel = model or load_model(store, self.dataset, model_id, device)
-            self.settings = dataset_cqt_settings(dataset_dir, self.model)  # checked against the model's input
+            self.settings = dataset_cqt_settings(dataset.root, self.model)  # checked against the model's input
             self.references: ReferenceIndex = current_index(store, store_path, self.dataset, self.model.model_id,
                                                             logging.getLogger(__name__).warning)
         except (ModelLoadError, IndexUnavailable) as err:

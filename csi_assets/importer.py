@@ -31,6 +31,7 @@ import numpy as np
 from csi_assets.catalog import rejection_rows
 from csi_assets.dataset_folders import dataset_folder, training_folder
 from csi_assets.errors import RunFailed
+from csi_assets.layouts import DatasetLayout, TrainingLayout
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
 from csi_assets.store import features as feature_store
@@ -73,7 +74,7 @@ def import_reference(store: Store, data_dir: str | os.PathLike[str], training_di
 
     Relative ``wav`` and ``feat`` paths are tried against the catalog's folder, then ``cwd`` (default: the
     working directory: the reference tool is run from its repository root, so its files say ``data/…``)."""
-    data_dir = Path(data_dir).resolve()
+    data_dir = DatasetLayout.at(data_dir).root  # named as given, like every dataset folder (a symlink is not followed)
     report = ImportReport(dataset=data_dir.name)
     try:  # the name now stands for these folders, in every process (a conflicting record refuses the import)
         dataset_folder(store, data_dir.name, data_dir)
@@ -89,7 +90,7 @@ def import_reference(store: Store, data_dir: str | os.PathLike[str], training_di
     else:
         raise ReferenceImportError(f"{data_dir}: neither full.txt nor dataset.txt: not a CoverHunterMPS data folder")
     if training_dir is not None:
-        _import_model(store, data_dir.name, Path(training_dir).resolve(), report, _data_hparams(data_dir))
+        _import_model(store, data_dir.name, TrainingLayout.at(training_dir).root, report, _data_hparams(data_dir))
     return report
 
 

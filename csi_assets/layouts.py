@@ -4,15 +4,21 @@ The Dagster resources produce them (``DatasetResource.layout(name)``, ``Training
 CLI builds them from its arguments, so application code takes one typed object for "which dataset" or "which
 training run" instead of a resource in some signatures and a bare name in others.
 
-A dataset is named by its folder's name (the key of its rows in the store and of its Dagster partition). Names are
-data, never paths: :func:`check_dataset_name` refuses separators, ``.``/``..`` and hidden names before any folder
-is built from one. A deployment has a default dataset folder (``$CSI_DATASET_DIR``) and training folder
+A dataset is named by its folder's name (the key of its rows in the store and of its Dagster partition), the folder
+as the user names it: :func:`folder_path` makes a path absolute and normal without following symlinks, so
+``data/covers80 -> /disk/cov80`` is the dataset ``covers80`` for the CLI and for Dagster alike. Every layout is built
+through it (:meth:`DatasetLayout.at`, :meth:`TrainingLayout.at`); code that needs a dataset's name from a folder
+takes ``DatasetLayout.at(folder).name``, never ``Path(folder).resolve().name``.
+
+Names are data, never paths: :func:`check_dataset_name` refuses separators, ``.``/``..`` and hidden names before
+any folder is built from one. A deployment has a default dataset folder (``$CSI_DATASET_DIR``) and training folder
 (``$CSI_TRAINING_DIR``); any other dataset lives beside the default one, and trains beside the default training
 folder, in folders named after it (:meth:`DatasetLayout.named`, :meth:`TrainingLayout.named`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +44,13 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
+def folder_path(folder: str | Path) -> Path:
+    """``folder`` absolute and normalised (``.``/``..`` removed) WITHOUT following symlinks: the folder as the user
+    names it, whose last part is the dataset's (or training run's) name. ``Path.resolve()`` would name a symlinked
+    folder after its target, so the CLI and Dagster would read and write different rows."""
+    return Path(os.path.abspath(os.fspath(folder)))
+
+
 @dataclass(frozen=True)
 class DatasetLayout:
     """A dataset folder: ``dataset.txt`` + ``hparams.yaml`` (data preparation) in; ``sp_wav/``, ``cqt_feat/`` out."""
@@ -46,7 +59,8 @@ class DatasetLayout:
 
     @classmethod
     def at(cls, folder: str | Path) -> DatasetLayout:
-        return cls(Path(folder).resolve())
+        """The dataset folder ``folder``, named as given (:func:`folder_path`: a symlink is not followed)."""
+        return cls(folder_path(folder))
 
     @classmethod
     def named(cls, name: str, default: str | Path) -> DatasetLayout:
@@ -126,7 +140,8 @@ class TrainingLayout:
 
     @classmethod
     def at(cls, folder: str | Path) -> TrainingLayout:
-        return cls(Path(folder).resolve())
+        """The training folder ``folder``, named as given (:func:`folder_path`: a symlink is not followed)."""
+        return cls(folder_path(folder))
 
     @classmethod
     def named(cls, dataset: str, default: str | Path, default_dataset: str = "") -> TrainingLayout:

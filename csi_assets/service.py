@@ -41,6 +41,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from csi_assets.identify import Identifier, IdentifyError
+from csi_assets.layouts import DatasetLayout
 from csi_assets.reference_index import POINTER, model_dir, promoted_pointer, stamp
 from csi_assets.store import Store, StoreError
 from csi_assets.store import models as model_store
@@ -63,6 +64,11 @@ class ServiceConfig:
 
     def worker_count(self) -> int:
         return self.workers or available_cores()
+
+    @property
+    def dataset(self) -> str:
+        """The served dataset's name: its folder's, as named (``DatasetLayout.at``: a symlink is not followed)."""
+        return DatasetLayout.at(self.dataset_dir).name
 
 
 class ServiceError(Exception):
@@ -135,14 +141,14 @@ class Engine:
                 self.identifying -= 1
 
     def _stamps(self, model_id: str) -> tuple[Any, Any]:
-        store, dataset = self.config.store_path, self.config.dataset_dir.resolve().name
+        store, dataset = self.config.store_path, self.config.dataset
         return stamp(promoted_pointer(store, dataset)), stamp(model_dir(store, dataset, model_id) / POINTER)
 
     def _load(self, previous: Loaded | None) -> None:
         """Load the published promoted model's index (reusing the loaded model when it is still that one); on
         failure keep serving ``previous`` and do not retry until the pointer files change again."""
         store = Store(self.config.store_path)
-        dataset = self.config.dataset_dir.resolve().name
+        dataset = self.config.dataset
         model_id = _published_model(self.config.store_path, dataset)
         if model_id is None:  # no index published yet: the promoted model's is built on load
             row = model_store.promoted_model(store, dataset)
@@ -204,7 +210,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     limiter = anyio.CapacityLimiter(workers)  # identifications at once; /health etc. use the default pool
     app = FastAPI(title="Cover-song identification", version="1",
                   description="Identify recordings against the reference performances of one dataset "
-                              f"({config.dataset_dir.resolve().name}) with its promoted CoverHunter model.")
+                              f"({config.dataset}) with its promoted CoverHunter model.")
     app.state.engine = engine
     _add_error_handlers(app)
 

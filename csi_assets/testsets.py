@@ -10,8 +10,9 @@ this dataset actually has:
 - lines naming a tempo variant (speed ≠ 1, e.g. the ``sp_0.9-…`` lines of an exported ``full.txt``) are dropped:
   a retrieval test measures how well real recordings find each other, and a tempo copy of a query would be an
   artificial near-duplicate of it. The kept lines are the original recordings;
-- lines naming a recording shorter than the model's minimum input (``CoverHunter.min_raw_frames`` at the hparams'
-  ``mean_size``) are dropped and counted, like the split items: a clip the catalog accepted never stops a run;
+- lines naming a recording shorter than the model's minimum input at the hparams' ``mean_size`` are dropped and
+  counted: the rows they name go through :func:`by_length`, the length filter of the split items, so a clip the
+  catalog accepted never stops a run and a test set keeps exactly the recordings training may use;
 - ``query_path == ref_path`` is a self set: references are the queries, the diagonal is excluded;
 - otherwise a query is never matched against the same performance among the references, and the pairs of an
   optional ``query_in_ref_path`` file (``{"query_in_ref": [[i, j], …]}``, indexes in file order) are excluded too,
@@ -65,7 +66,8 @@ def feature_item(row: FeatureTableRecord) -> FeatureItem:
 def by_length(rows: Sequence[FeatureTableRecord], mean_size: int
               ) -> tuple[list[FeatureTableRecord], list[FeatureTableRecord]]:
     """(rows long enough for the model at ``mean_size``, rows too short), in order: the one length filter of every
-    split (training, test sets, production folds, label splits); see ``CoverHunter.min_raw_frames``."""
+    split (training, production folds, label splits) and of the rows the lines of a test-set file name
+    (:func:`retrieval_test_set`); see ``CoverHunter.min_raw_frames``."""
     shortest = CoverHunter.min_raw_frames(mean_size)
     return [r for r in rows if r.n_frames >= shortest], [r for r in rows if r.n_frames < shortest]
 
@@ -155,7 +157,9 @@ def _records(path: Path) -> list[tuple[int, dict[str, object]]]:
         raise InvalidTestSet(str(err)) from None
 
 
-def _resolve_file(path: Path, table: Mapping[str, FeatureTableRecord], min_frames: int) -> _ResolvedFile:
+def _resolve_file(path: Path, table: Mapping[str, FeatureTableRecord], too_short: set[str]) -> _ResolvedFile:
+    """The file's lines resolved to items; a line naming a tempo copy or a row of ``too_short`` (variants that
+    :func:`by_length` left out) is dropped."""
     records = _records(path)
     items: list[FeatureItem] = []
     new_index: list[int | None] = []
@@ -166,7 +170,7 @@ def _resolve_file(path: Path, table: Mapping[str, FeatureTableRecord], min_frame
         if row is None:
             raise InvalidTestSet(f"{path}:{line_no}: perf {perf!r} is not a performance of this dataset with a CQT "
                                "feature (run the data assets first, or fix the test-set file)")
-        if not is_original_speed(row.speed) or row.n_frames < min_frames:
+        if not is_original_speed(row.speed) or row.variant in too_short:
             new_index.append(None)
             continue
         if perf in line_of:
@@ -202,21 +206,22 @@ def _same_perf_pairs(queries: Sequence[FeatureItem], refs: Sequence[FeatureItem]
 
 
 def retrieval_test_set(name: str, spec: TestSetHParams, table: Sequence[FeatureTableRecord],
-                       training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
-                       min_frames: int = 1) -> tuple[RetrievalTestSet, dict[str, int]]:
+                       training_dir: str | os.PathLike[str], mean_size: int, cwd: str | os.PathLike[str] | None = None
+                       ) -> tuple[RetrievalTestSet, dict[str, int]]:
     """One test set and its line counts (``queries``, ``refs``, ``dropped_variant_lines``: tempo copies and
-    recordings shorter than ``min_frames`` raw frames)."""
+    recordings :func:`by_length` finds too short for the model at ``mean_size``)."""
     by_variant = {r.variant: r for r in table}
+    too_short = {r.variant for r in by_length(table, mean_size)[1]}
     query_path = resolve_path(spec.query_path, training_dir, cwd)
     ref_path = resolve_path(spec.ref_path, training_dir, cwd)
-    queries = _resolve_file(query_path, by_variant, min_frames)
+    queries = _resolve_file(query_path, by_variant, too_short)
     if not queries.items:
         raise InvalidTestSet(f"{query_path}: test set {name!r} has no original recordings to query with")
     every = spec.every_n_epoch_to_test
     if query_path == ref_path and spec.query_in_ref_path is None:
         counts = {"queries": len(queries.items), "refs": len(queries.items), "dropped_variant_lines": queries.dropped}
         return RetrievalTestSet(name, queries.items, None, (), every), counts
-    refs = queries if query_path == ref_path else _resolve_file(ref_path, by_variant, min_frames)
+    refs = queries if query_path == ref_path else _resolve_file(ref_path, by_variant, too_short)
     pairs = set(_same_perf_pairs(queries.items, refs.items))
     if spec.query_in_ref_path is not None:
         pairs |= set(_query_in_ref_pairs(resolve_path(spec.query_in_ref_path, training_dir, cwd), queries, refs))
@@ -242,7 +247,6 @@ def retrieval_test_sets(hp: TrainingHParams, table: Sequence[FeatureTableRecord]
                         training_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None
                         ) -> tuple[list[RetrievalTestSet], dict[str, dict[str, int]]]:
     """Every test set of ``hp`` (in the hparams' order) with its line counts, by name."""
-    shortest = CoverHunter.min_raw_frames(hp.mean_size)
-    resolved = {name: retrieval_test_set(name, spec, table, training_dir, cwd, shortest)
+    resolved = {name: retrieval_test_set(name, spec, table, training_dir, hp.mean_size, cwd)
                 for name, spec in hp.test_sets.items()}
     return [ts for ts, _ in resolved.values()], {name: counts for name, (_, counts) in resolved.items()}

@@ -67,22 +67,46 @@ DATASET_NAMES_IN_DOCS = {"demo", "my_dataset", "covers80"}
 """The dataset names the documented commands use (the demo, a user's dataset, an imported reference dataset)."""
 
 
+_DAGSTER_COMMANDS = ("dagster asset materialize", "dagster job execute")
+_FENCED = re.compile(r"```[a-z]*\n(.*?)```", re.S)
+_INLINE = re.compile(r"`([^`\n]+)`")
+
+
 def _documented_dagster_commands() -> list[tuple[str, list[str]]]:
-    """(file, argv) of every `dagster asset materialize` / `dagster job execute` in a fenced block of the README and
-    docs/, continuation lines joined and comments dropped."""
+    """(where, argv) of every `dagster asset materialize` / `dagster job execute` of the README and docs/: the lines
+    of fenced blocks (continuation lines joined, comments dropped) and the inline code spans of the prose. A span
+    that is only the command's name (`dagster asset materialize`) mentions it and is left out; any span with
+    arguments is a command a user may copy."""
     found = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+        text = path.read_text(encoding="utf-8")
+        for block in _FENCED.findall(text):
             for line in block.replace("\\\n", " ").splitlines():
                 argv = shlex.split(line.strip().removeprefix("$ "), comments=True)
-                text = " ".join(argv)
-                if "dagster asset materialize" in text or "dagster job execute" in text:
+                if any(command in " ".join(argv) for command in _DAGSTER_COMMANDS):
                     found.append((path.name, argv))
+        for span in _INLINE.findall(_FENCED.sub("", text)):
+            if any(command in span for command in _DAGSTER_COMMANDS) and span.strip() not in _DAGSTER_COMMANDS:
+                found.append((f"{path.name} (inline)", shlex.split(span.strip().removeprefix("$ "))))
     return found
 
 
 def _option(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
+
+
+def expected_key(key: str, partitions_def: dg.PartitionsDefinition) -> str:
+    """The key Dagster expects for the parts ``key`` names: its one dataset name in the ``dataset`` dimension, the
+    other part in the other dimension, in Dagster's string form (parts ordered by dimension name)."""
+    if not isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return key if key in DATASET_NAMES_IN_DOCS else f"<a dataset of {sorted(DATASET_NAMES_IN_DOCS)}>"
+    parts = key.split("|")
+    datasets = [part for part in parts if part in DATASET_NAMES_IN_DOCS]
+    others = [part for part in parts if part not in DATASET_NAMES_IN_DOCS]
+    other_dimensions = [d.name for d in partitions_def.partitions_defs if d.name != "dataset"]
+    if len(datasets) != 1 or len(others) != len(other_dimensions):
+        return f"<one dataset part and {len(other_dimensions)} other>"
+    return str(dg.MultiPartitionKey({"dataset": datasets[0], **dict(zip(other_dimensions, others, strict=True))}))
 
 
 def test_documented_dagster_commands_name_a_valid_dataset_partition() -> None:
@@ -93,6 +117,7 @@ def test_documented_dagster_commands_name_a_valid_dataset_partition() -> None:
     graph = defs.resolve_asset_graph()
     commands = _documented_dagster_commands()
     assert len(commands) >= 10, commands
+    assert any(source.endswith("(inline)") for source, _ in commands), "no inline command found"
     for source, argv in commands:
         text = " ".join(argv)
         if "job execute" in text:
@@ -100,17 +125,31 @@ def test_documented_dagster_commands_name_a_valid_dataset_partition() -> None:
             assert tags.get("dagster/partition") in DATASET_NAMES_IN_DOCS, f"{source}: {text}"
             continue
         key, select = _option(argv, "--partition"), _option(argv, "--select")
-        assert key and select, f"{source}: no --partition in {text}"
+        assert key, f"{source}: no --partition in {text}"
+        if select is None and "…" in argv:  # an elided command: `dagster asset materialize … --partition demo`
+            assert key in DATASET_NAMES_IN_DOCS, f"{source}: {key} is not a dataset in {text}"
+            continue
+        assert select, f"{source}: no --select in {text}"
         partitions_defs = {graph.get(dg.AssetKey(name)).partitions_def for name in select.split(",")}
         assert len(partitions_defs) == 1, f"{source}: assets of different partitions in {text}"
         [partitions_def] = partitions_defs
-        if isinstance(partitions_def, dg.MultiPartitionsDefinition):
-            dimensions = [dimension.name for dimension in partitions_def.partitions_defs]
-            parts = dict(zip(sorted(dimensions), key.split("|"), strict=True))
-            assert str(dg.MultiPartitionKey(parts)) == key, f"{source}: {key} is not in Dagster's order"
-            assert parts["dataset"] in DATASET_NAMES_IN_DOCS, f"{source}: {key} names no dataset in its place"
-        else:
-            assert key in DATASET_NAMES_IN_DOCS, f"{source}: {key} is not a dataset in {text}"
+        assert key == expected_key(key, partitions_def), f"{source}: {key} is not the key Dagster expects in {text}"
+
+
+def test_expected_key_puts_the_dataset_in_its_slot() -> None:
+    """The check above can fail: a swapped or incomplete key is not the expected one."""
+    label = dg.MultiPartitionsDefinition({"dataset": dg.StaticPartitionsDefinition(["demo"]),
+                                          "label": dg.StaticPartitionsDefinition(["register"])})
+    batch = dg.MultiPartitionsDefinition({"dataset": dg.StaticPartitionsDefinition(["demo"]),
+                                          "batch": dg.StaticPartitionsDefinition(["b1"])})
+    assert expected_key("demo|register", label) == "demo|register"
+    assert expected_key("register|demo", label) == "demo|register"
+    assert expected_key("b1|demo", batch) == "b1|demo"
+    assert expected_key("demo|b1", batch) == "b1|demo"
+    assert expected_key("demo", label) != "demo"
+    assert expected_key("demo|covers80", label) != "demo|covers80"
+    assert expected_key("demo", dg.StaticPartitionsDefinition(["demo"])) == "demo"
+    assert expected_key("register", dg.StaticPartitionsDefinition(["demo"])) != "register"
 
 
 def test_make_demo_runs_the_registered_dataset_partition() -> None:

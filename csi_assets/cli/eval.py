@@ -28,10 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from csi_assets.layouts import DatasetLayout
     from csi_assets.store import StoreError
 
     dataset_dir, store_path = locations(args)
-    dataset = Path(dataset_dir).resolve().name
+    dataset = DatasetLayout.at(dataset_dir).name
     try:
         model_id, records = _stored_evaluations(Path(store_path), dataset, args)
     except StoreError as err:

@@ -103,6 +103,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_histogram(args: argparse.Namespace) -> int:
     _missing(args.catalog)
+    from csi_assets.layouts import folder_path
     from csi_model.dataset_tools import perfs_per_work, plot_perfs_per_work, read_catalog_ids, work_size_stats
 
     ids = read_catalog_ids(args.catalog)
@@ -110,7 +111,7 @@ def run_histogram(args: argparse.Namespace) -> int:
     if not counts:
         raise CliError(f"{args.catalog}: no usable lines")
     stats = work_size_stats(counts)
-    plot_perfs_per_work(counts, args.out, args.name or args.catalog.resolve().parent.name)
+    plot_perfs_per_work(counts, args.out, args.name or folder_path(args.catalog).parent.name)
     for line in ids.malformed:
         print(f"skipped {line}")
     print(f"{stats.works} works, {stats.perfs} performances, {stats.min_perfs}..{stats.max_perfs} per work "
@@ -133,6 +134,7 @@ def run_query_in_ref(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from csi_assets.importer import ReferenceImportError, import_reference
+    from csi_assets.layouts import folder_path
     from csi_assets.store import Store
     from csi_model.hparams import HParamsError
 
@@ -150,5 +152,5 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"model {report.model_id} (epoch {report.epoch}, {report.checkpoint}) registered and promoted")
     print(f"next: the dataset's partition is {report.dataset!r} (the dataset_folders sensor registers it), then "
           f"dagster asset materialize -m csi_assets.definitions --select reference_embeddings --partition "
-          f"{report.dataset}, then csi identify --dataset-dir {Path(args.data).resolve()}")
+          f"{report.dataset}, then csi identify --dataset-dir {folder_path(args.data)}")
     return 0

@@ -9,6 +9,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from csi_assets.errors import RunFailed
@@ -101,3 +102,86 @@ def test_siblings_lists_the_plain_named_dataset_folders_beside_the_default(tmp_p
     (tmp_path / "file").write_text("")
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     assert [s.name for s in DatasetLayout.at(tmp_path / "demo").siblings()] == ["beta", "de mo", "demo"]
+
+
+@pytest.fixture
+def symlinked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``data/covers80 -> disk/cov80`` beside a plain ``data/beta``, and ``training/covers80 -> disk/train80``;
+    ``disk/`` also holds a dataset ``other``. The working directory is ``tmp_path`` and the deployment's default
+    folders are the symlinks, named relatively as a user would."""
+    for folder in ("disk/cov80", "disk/other", "data/beta", "disk/train80/config"):
+        (tmp_path / folder).mkdir(parents=True)
+    for folder in ("disk/cov80", "disk/other", "data/beta"):
+        (tmp_path / folder / "dataset.txt").write_text("")
+    (tmp_path / "data" / "covers80").symlink_to(tmp_path / "disk" / "cov80", target_is_directory=True)
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "covers80").symlink_to(tmp_path / "disk" / "train80", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CSI_DATASET_DIR", "data/covers80")
+    monkeypatch.setenv("CSI_TRAINING_DIR", "training/covers80")
+    return tmp_path
+
+
+def test_a_symlinked_dataset_folder_is_named_as_given_by_at_named_and_siblings(symlinked: Path) -> None:
+    """The name is the folder's as the user names it: following the symlink would make ``cov80`` the store key
+    and partition of a dataset the user (and ``named``/``siblings``) call ``covers80``."""
+    for spelling in ("data/covers80", "data/covers80/", "./data/./covers80", symlinked / "data" / "covers80",
+                     "data/beta/../covers80"):
+        home = DatasetLayout.at(spelling)
+        assert home.name == "covers80" and home.root == symlinked / "data" / "covers80", spelling
+        assert DatasetLayout.named("covers80", spelling) == home
+        assert DatasetLayout.named("beta", spelling).root == symlinked / "data" / "beta"
+        assert [(s.name, s.root.name) for s in home.siblings()] == [("beta", "beta"), ("covers80", "covers80")]
+        assert home.catalog_path.is_file()  # the folder is still the target's, reached through the link
+    training = TrainingLayout.at("training/covers80")
+    assert training.name == "covers80" and training.root == symlinked / "training" / "covers80"
+    assert TrainingLayout.named("covers80", "training/covers80") == training
+    assert TrainingLayout.named("beta", "training/covers80").root == symlinked / "training" / "beta"
+
+
+def test_the_dagster_resources_name_a_symlinked_default_dataset_as_given(symlinked: Path) -> None:
+    from csi_assets.resources import default_resources
+
+    resources = default_resources()
+    dataset, training = resources["dataset"], resources["training"]
+    assert dataset.default().name == "covers80" and dataset.layout("covers80") == dataset.default()
+    assert training.dataset_name == "covers80"
+    assert training.layout("covers80") == TrainingLayout.at("training/covers80")
+
+
+@pytest.mark.parametrize("command", ["eval", "identify", "classify", "import", "serve"])
+def test_the_cli_names_a_symlinked_dataset_as_dagster_does(symlinked: Path, command: str, capsys) -> None:
+    """The partition the resources serve and the rows the CLI reads have one name: a model promoted for the
+    dataset ``covers80`` (as a Dagster run of that partition records it) is the one ``csi eval --dataset-dir
+    data/covers80`` finds, and ``csi identify`` / ``classify`` / ``import`` / ``serve`` name the dataset
+    ``covers80`` too."""
+    import soundfile as sf
+
+    from csi_assets.cli import main as csi
+    from csi_assets.resources import default_resources
+    from csi_assets.store import Store
+    from csi_assets.store import models as model_store
+
+    partition = default_resources()["dataset"].default().name
+    if command == "eval":
+        model_store.register_model(Store(symlinked / "s.duckdb"), model_id="m80", dataset=partition,
+                                   training_dir="training/covers80", checkpoint="g_00000001", epoch=1,
+                                   fingerprint="f", hparams={}, metrics={}, promote=True, input_contract=None)
+        assert csi(["eval", "--dataset-dir", "data/covers80", "--store", "s.duckdb"]) == 2
+        assert f"no evaluation of model m80 for dataset {partition!r}" in capsys.readouterr().err
+    elif command in ("identify", "classify"):
+        Store(symlinked / "s.duckdb").schema_version()
+        sf.write(symlinked / "query.wav", np.sin(np.arange(16000 * 3) * 0.1).astype(np.float32), 16000)
+        label = ["--label", "genre"] if command == "classify" else []
+        assert csi([command, "query.wav", *label, "--dataset-dir", "data/covers80", "--store", "s.duckdb"]) == 2
+        assert f"no promoted model for dataset {partition!r}" in capsys.readouterr().err
+    elif command == "serve":
+        from csi_assets.service import ServiceConfig
+
+        assert ServiceConfig(store_path=Path("s.duckdb"), dataset_dir=Path("data/covers80")).dataset == partition
+    else:
+        assert csi(["import", "--data", "data/covers80", "--store", "s.duckdb"]) == 0
+        out = capsys.readouterr().out
+        assert f"dataset {partition!r}: 0 performances" in out
+        assert f"CSI_DATASET_DIR={symlinked / 'data' / 'covers80'} " in out
+    assert partition == "covers80"

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 from csi_assets.store.records import FeatureTableRecord
-from csi_assets.testsets import InvalidTestSet, resolve_path, retrieval_test_sets, split_items
+from csi_assets.testsets import (
+    InvalidTestSet,
+    by_length,
+    resolve_path,
+    retrieval_test_set,
+    retrieval_test_sets,
+    split_items,
+)
 from csi_model.hparams import training_hparams_from_dict
+from csi_model.model import CoverHunter
 from tests.record_fixtures import table_record
 
 PERFS = {"a": (0, "train"), "b": (1, "train"), "c": (0, "test"), "d": (2, "val"), "e": (1, "test")}
@@ -124,3 +132,29 @@ def test_split_items_train_on_every_variant_evaluate_on_originals(tmp_path: Path
         [*"ab", "sp_0.9-a", "sp_1.1-a", "sp_0.9-b", "sp_1.1-b"])
     assert [it.perf for it in items.val] == ["d"]
     assert [(it.perf, it.work_id) for it in items.test] == [("c", 0), ("e", 1)]
+
+
+@pytest.mark.parametrize("mean_size", [1, 3, 8])
+def test_a_test_set_keeps_exactly_the_recordings_the_split_length_filter_keeps(tmp_path: Path, mean_size: int) -> None:
+    """One length rule: the rows a test-set file names go through ``by_length`` at the hparams' ``mean_size``,
+    the filter of the split items, so a recording at the boundary is in both or in neither."""
+    shortest = CoverHunter.min_raw_frames(mean_size)
+    lengths = [1, shortest - 1, shortest, shortest + 1, 10 * shortest]
+    table = [table_record(f"p{i}", f"p{i}", 1.0, i, str(tmp_path / f"p{i}.npy"), n, "test")
+             for i, n in enumerate(lengths)]
+    table += [table_record(f"p{i}b", f"p{i}b", 1.0, i, str(tmp_path / f"p{i}b.npy"), 10 * shortest, "test")
+              for i in range(len(lengths))]  # a second performance of every work: each query is answerable
+    _write(tmp_path / "all.txt", [r.variant for r in table])
+    spec = training_hparams_from_dict({"all": {"query_path": "all.txt", "ref_path": "all.txt"}},
+                                      source="hparams.yaml").test_sets["all"]
+    test_set, counts = retrieval_test_set("all", spec, table, tmp_path, mean_size=mean_size, cwd=tmp_path)
+    kept, short = by_length(table, mean_size)
+    assert [item.perf for item in test_set.queries] == [r.variant for r in kept]
+    assert [item.perf for item in split_items(table, mean_size).test] == [r.variant for r in kept]
+    assert counts == {"queries": len(kept), "refs": len(kept), "dropped_variant_lines": len(short)}
+    assert [r.n_frames for r in short] == [n for n in lengths if n < shortest] and len(short) == 2
+
+    hp = training_hparams_from_dict({"all": {"query_path": "all.txt", "ref_path": "all.txt"}, "mean_size": mean_size},
+                                    source="hparams.yaml")
+    [from_hparams], _ = retrieval_test_sets(hp, table, training_dir=tmp_path, cwd=tmp_path)
+    assert from_hparams.queries == test_set.queries
