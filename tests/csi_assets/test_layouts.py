@@ -183,5 +183,5 @@ def test_the_cli_names_a_symlinked_dataset_as_dagster_does(symlinked: Path, comm
         assert csi(["import", "--data", "data/covers80", "--store", "s.duckdb"]) == 0
         out = capsys.readouterr().out
         assert f"dataset {partition!r}: 0 performances" in out
-        assert f"CSI_DATASET_DIR={symlinked / 'data' / 'covers80'} " in out
+        assert f"--dataset-dir {symlinked / 'data' / 'covers80'}\n" in out
     assert partition == "covers80"
