@@ -198,7 +198,10 @@ def backend_for(requested: str, device: torch.device) -> str:
 @contextlib.contextmanager
 def process_group(backend: str = "auto", device: str | None = None) -> Iterator[tuple[Ranks, torch.device]]:
     """Join the process group described by ``torchrun``'s environment for the duration of the block; yields this
-    process's ranks and device. The group is torn down on the way out, error or not."""
+    process's ranks and device. The group is torn down on the way out, error or not; after a block that ended
+    normally, only once every rank has ended it (a rank that tears its gloo connections down while another still
+    holds them can make that one abort on exit: "terminate called without an active exception", seen on a busy
+    machine)."""
     ranks = ranks_from_env()
     chosen = device_for(device, ranks)
     if chosen.type == "cuda":
@@ -207,5 +210,6 @@ def process_group(backend: str = "auto", device: str | None = None) -> Iterator[
                                          world_size=ranks.world_size)
     try:
         yield ranks, chosen
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
