@@ -22,6 +22,7 @@ A dataset that moved: ``csi datasets --forget NAME``; its next run records the n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from csi_assets.errors import RunFailed
@@ -31,15 +32,20 @@ from csi_assets.store import folders as folder_store
 
 
 class FolderConflict(RunFailed):
-    """A process names other folders for a dataset than the ones recorded at its first use."""
+    """A process names other folders for a dataset than the ones recorded at its first use, or a folder another
+    dataset holds."""
 
 
+class NoDatasetFolder(RunFailed):
+    """A dataset name whose folder holds no catalog: a mistyped partition, a folder not made yet, or moved."""
 
 
-def dataset_folder(db: Store, name: str, default_dir: str | Path) -> DatasetLayout:
-    """The dataset folder of ``name``, recorded on first use. Raises :class:`FolderConflict` when ``name`` is the
-    default dataset's (``default_dir``) and another folder is recorded; :class:`~csi_assets.layouts.DatasetNameError`
-    for a name that is not a plain folder name."""
+def dataset_folder(db: Store, name: str, default_dir: str | Path, source: str = "$CSI_DATASET_DIR") -> DatasetLayout:
+    """The dataset folder of ``name``, recorded on first use. ``source``: where ``default_dir`` came from, for the
+    messages. Raises :class:`FolderConflict` when ``name`` is the default dataset's and another folder is recorded,
+    or when the folder is one another dataset holds (a symlink is a second name for it); :class:`NoDatasetFolder`
+    when the folder holds no catalog (nothing is recorded then); :class:`~csi_assets.layouts.DatasetNameError` for
+    a name that is not a plain folder name."""
     check_dataset_name(name)
     default = DatasetLayout.at(default_dir)
     bound = folder_store.bound_folders(db, name)
@@ -47,21 +53,40 @@ def dataset_folder(db: Store, name: str, default_dir: str | Path) -> DatasetLayo
         if bound is not None and bound.folder != str(default.root):
             raise FolderConflict(
                 f"dataset {name!r} has its dataset folder at {bound.folder} (recorded at its first run), but this "
-                f"process names {default.root} ($CSI_DATASET_DIR): one name for two folders would mix their rows in "
-                f"the store. Point CSI_DATASET_DIR at {bound.folder} or rename one of the folders; if the dataset "
-                f"moved, run `csi datasets --forget {name}`", {"recorded": bound.folder, "named": str(default.root)})
+                f"process names {default.root} ({source}): one name for two folders would mix their rows in the "
+                f"store. Use {bound.folder} or rename one of the folders; if the dataset moved, run "
+                f"`csi datasets --forget {name}`", {"recorded": bound.folder, "named": str(default.root)})
         layout = default
     else:
         layout = DatasetLayout(Path(bound.folder)) if bound else DatasetLayout.named(name, default_dir)
+    if not layout.has_catalog():
+        moved = (f"it was recorded there at its first run; if the dataset moved, run `csi datasets --forget {name}`"
+                 if bound else "check the partition name, or create the dataset there (`csi synth` makes a demo one)")
+        raise NoDatasetFolder(f"dataset {name!r}: no catalog (dataset.txt or full.txt) in {layout.root}: {moved}",
+                              {"folder": str(layout.root)})
     if bound is None:
+        _refuse_second_name(db, name, layout.root)
         folder_store.bind_folder(db, name, str(layout.root))
     return layout
+
+
+def _refuse_second_name(db: Store, name: str, folder: Path) -> None:
+    """One folder, one name: a folder that is, through symlinks, the folder of another dataset cannot be recorded."""
+    real = os.path.realpath(folder)
+    for other in folder_store.every_binding(db):
+        if other.dataset != name and os.path.realpath(other.folder) == real:
+            raise FolderConflict(f"{folder} is the folder of dataset {other.dataset!r} ({other.folder}) under another "
+                                 f"name: one folder under two names would store its recordings twice and rewrite "
+                                 f"its exports; use the partition {other.dataset!r}",
+                                 {"folder": str(folder), "dataset": other.dataset})
 
 
 def training_folder(db: Store, name: str, default_dir: str | Path, default_dataset: str = "") -> TrainingLayout:
     """The training folder of dataset ``name``: ``default_dir`` when it is the dataset's (see
     :meth:`~csi_assets.layouts.TrainingLayout.named` for ``default_dataset``), then recorded as its latest; else
-    the recorded one, else the sibling named after the dataset. Nothing is recorded before the dataset folder is."""
+    the recorded one, else the sibling named after the dataset. Nothing is recorded before the dataset folder is.
+    Raises :class:`FolderConflict` for a training folder another dataset has recorded (two datasets would share,
+    and resume, one training)."""
     home = TrainingLayout.at(default_dir)
     bound = folder_store.bound_folders(db, check_dataset_name(name))
     recorded = bound.training_folder if bound else None
@@ -70,6 +95,13 @@ def training_folder(db: Store, name: str, default_dir: str | Path, default_datas
     else:
         layout = TrainingLayout(Path(recorded)) if recorded else TrainingLayout.named(name, default_dir,
                                                                                       default_dataset)
+    real = os.path.realpath(layout.root)
+    for other in folder_store.every_binding(db):
+        if other.dataset != name and other.training_folder and os.path.realpath(other.training_folder) == real:
+            raise FolderConflict(f"{layout.root} is the training folder of dataset {other.dataset!r}: dataset "
+                                 f"{name!r} would share, and resume, its training. Point CSI_TRAINING_DIR at a "
+                                 f"folder of its own (e.g. one named {name!r})",
+                                 {"folder": str(layout.root), "dataset": other.dataset})
     if bound is not None and recorded != str(layout.root):
         folder_store.record_training_folder(db, name, str(layout.root))
     return layout

@@ -76,19 +76,19 @@ def import_reference(store: Store, data_dir: str | os.PathLike[str], training_di
     working directory: the reference tool is run from its repository root, so its files say ``data/…``)."""
     data_dir = DatasetLayout.at(data_dir).root  # named as given, like every dataset folder (a symlink is not followed)
     report = ImportReport(dataset=data_dir.name)
+    full, catalog = data_dir / "full.txt", data_dir / "dataset.txt"
+    if not full.is_file() and not catalog.is_file():
+        raise ReferenceImportError(f"{data_dir}: neither full.txt nor dataset.txt: not a CoverHunterMPS data folder")
     try:  # the name now stands for these folders, in every process (a conflicting record refuses the import)
-        dataset_folder(store, data_dir.name, data_dir)
+        dataset_folder(store, data_dir.name, data_dir, source="--data")
         if training_dir is not None:
             training_folder(store, data_dir.name, training_dir, data_dir.name)
     except RunFailed as err:
         raise ReferenceImportError(err.description) from err
-    full, catalog = data_dir / "full.txt", data_dir / "dataset.txt"
     if full.is_file():
         _import_full(store, data_dir, full, Path(cwd or os.getcwd()).resolve(), report)
-    elif catalog.is_file():
-        _import_catalog_only(store, data_dir.name, catalog, cwd, report)
     else:
-        raise ReferenceImportError(f"{data_dir}: neither full.txt nor dataset.txt: not a CoverHunterMPS data folder")
+        _import_catalog_only(store, data_dir.name, catalog, cwd, report)
     if training_dir is not None:
         _import_model(store, data_dir.name, TrainingLayout.at(training_dir).root, report, _data_hparams(data_dir))
     return report

@@ -160,7 +160,7 @@ def ingest_batch(db: Store, dataset: DatasetLayout, batch_id: str, catalog: Path
 def catalog_and_featurise(db: Store, dataset: DatasetLayout, batch_id: str, catalog: Path, log: Log
                           ) -> dict[str, Any]:
     """Catalog the batch, give new works ids, record its variants and extract its features; returns counts and
-    the batch's own ``perfs``."""
+    the batch's own ``perfs``. Raises :class:`RunFailed` (its rejections stored) when no line could be stored."""
     parsed = parse_catalog(catalog, labels=dataset.hparams().labels)
     known = ingest_store.known_perfs(db, dataset.name, [r.perf for r in parsed.rows])
     verified, bad_audio, warned = verify_catalog_rows(parsed.rows, {}, log, f"batch {batch_id}: checking audio")
@@ -173,6 +173,10 @@ def catalog_and_featurise(db: Store, dataset: DatasetLayout, batch_id: str, cata
         new_works = split_store.add_work_ids(
             db, dataset.name, assign_work_ids({r["work"] for r in own}, split_store.work_ids(db, dataset.name)))
         feature_store.replace_variants(db, dataset.name, [r["perf"] for r in own], variants)
+    if not own and not already:  # its rejections are stored; the batch itself must not read as ingested
+        reasons = "; ".join(r["reason"] for r in rejected[:3]) + (" ..." if len(rejected) > 3 else "")
+        raise RunFailed(f"batch {batch_id}: none of its {len(rejected)} line(s) could be stored: {reasons}",
+                        {"rejected_lines": len(rejected)})
     hp = dataset.hparams()
     settings = settings_for(hp)
 

@@ -106,6 +106,10 @@ class DatasetLayout:
     def features_dir(self) -> Path:
         return self.root / "cqt_feat"
 
+    def has_catalog(self) -> bool:
+        """The folder holds a catalog: ``dataset.txt``, or a reference tool's ``full.txt`` (an imported folder)."""
+        return self.catalog_path.is_file() or (self.root / "full.txt").is_file()
+
     def hparams(self) -> DataPrepHParams:
         return load_data_hparams(self.hparams_path)
 

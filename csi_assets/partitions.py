@@ -13,6 +13,7 @@ does not name the label or the experiment fails with a message saying so.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -21,7 +22,7 @@ import dagster as dg
 from csi_assets import locations
 from csi_assets.assets.upstream import failures
 from csi_assets.dataset_folders import dataset_folder, training_folder
-from csi_assets.layouts import DatasetLayout, TrainingLayout, check_dataset_name
+from csi_assets.layouts import DatasetLayout, DatasetNameError, TrainingLayout, check_dataset_name
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 
 DATASET, BATCH, LABEL, EXPERIMENT = "dataset", "batch", "label", "experiment"
@@ -128,14 +129,25 @@ def register(instance: dg.DagsterInstance, layouts: list[DatasetLayout]) -> list
     return added
 
 
-def main() -> None:
+def main() -> int:
     """Register the default dataset (``$CSI_DATASET_DIR``) and its labels with the instance of ``$DAGSTER_HOME``;
-    print the dataset's partition key."""
+    print the dataset's partition key. A folder without a catalog, or whose name cannot be a dataset's, is refused
+    (exit status 2) rather than registered as a partition no run could use."""
     layout = DatasetLayout.at(locations.dataset_dir())
+    try:
+        check_dataset_name(layout.name)
+    except DatasetNameError as err:
+        print(f"error: $CSI_DATASET_DIR={locations.dataset_dir()}: {err}", file=sys.stderr)
+        return 2
+    if not layout.has_catalog():
+        print(f"error: {layout.root} holds no catalog (dataset.txt): not registered; check $CSI_DATASET_DIR",
+              file=sys.stderr)
+        return 2
     with dg.DagsterInstance.get() as instance:
         register(instance, [layout])
     print(layout.name)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,9 +11,10 @@ import yaml
 
 from csi_assets.assets import data, research
 from csi_assets.cli import main as csi
-from csi_assets.dataset_folders import FolderConflict, dataset_folder, training_folder
+from csi_assets.dataset_folders import FolderConflict, NoDatasetFolder, dataset_folder, training_folder
 from csi_assets.importer import ReferenceImportError, import_reference
 from csi_assets.locations import training_pair
+from csi_assets.partitions import main as register_default
 from csi_assets.resources import DatasetResource, StoreResource, TrainingResource
 from csi_assets.store import Store
 from csi_assets.store import catalog as catalog_store
@@ -28,9 +29,17 @@ def _dataset(folder: Path) -> Path:
     return folder
 
 
+def _catalogued(folder: Path) -> Path:
+    """A folder with a (empty) catalog: enough to be a dataset's folder."""
+    folder.mkdir(parents=True)
+    (folder / "dataset.txt").write_text("")
+    return folder
+
+
 def test_the_first_use_records_the_folders_and_every_later_use_agrees_or_follows(tmp_path: Path) -> None:
     db = Store(tmp_path / "csi.duckdb")
-    elsewhere = tmp_path / "elsewhere" / "covers80"
+    elsewhere = _catalogued(tmp_path / "elsewhere" / "covers80")
+    _catalogued(tmp_path / "data" / "covers80")
     assert dataset_folder(db, "covers80", elsewhere).root == elsewhere  # named explicitly: recorded
     daemon_default = tmp_path / "data" / "demo"
     assert dataset_folder(db, "covers80", daemon_default).root == elsewhere  # resolved by name: follows the record
@@ -48,7 +57,7 @@ def test_the_training_folder_last_named_is_recorded_and_followed(tmp_path: Path)
     runs = tmp_path / "runs" / "exp1"
     assert training_folder(db, "covers80", runs, "covers80").root == runs  # dataset not recorded yet: nothing kept
     assert folder_store.bound_folders(db, "covers80") is None
-    dataset_folder(db, "covers80", tmp_path / "data" / "covers80")
+    dataset_folder(db, "covers80", _catalogued(tmp_path / "data" / "covers80"))
     assert training_folder(db, "covers80", runs, "covers80").root == runs
     assert folder_store.bound_folders(db, "covers80").training_folder == str(runs)
     assert training_folder(db, "covers80", tmp_path / "training" / "demo").root == runs  # the daemon follows it
@@ -89,7 +98,7 @@ def test_a_partition_run_from_another_environment_uses_the_recorded_folder(tmp_p
 
 def test_csi_datasets_lists_and_forgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = Store(tmp_path / "csi.duckdb")
-    dataset_folder(db, "covers80", tmp_path / "elsewhere" / "covers80")
+    dataset_folder(db, "covers80", _catalogued(tmp_path / "elsewhere" / "covers80"))
     assert csi(["datasets", "--store", str(db.path)]) == 0
     assert str(tmp_path / "elsewhere" / "covers80") in capsys.readouterr().out
     assert csi(["datasets", "--store", str(db.path), "--forget", "covers80"]) == 0
@@ -122,3 +131,52 @@ def test_csi_import_records_the_folders_and_refuses_a_second_folder_of_the_same_
     with pytest.raises(ReferenceImportError, match="csi datasets --forget covers80"):
         import_reference(db, second, None)
     assert all(Path(p.wav).is_relative_to(first) for p in catalog_store.performances(db, "covers80"))
+
+
+def test_two_datasets_never_share_a_training_folder(tmp_path: Path) -> None:
+    db = Store(tmp_path / "csi.duckdb")
+    shared = tmp_path / "training" / "demo"
+    dataset_folder(db, "demo", _dataset(tmp_path / "data" / "demo"))
+    assert training_folder(db, "demo", shared).root == shared
+    dataset_folder(db, "other", _dataset(tmp_path / "data" / "other"))
+    with pytest.raises(FolderConflict, match="is the training folder of dataset 'demo'"):  # CSI_TRAINING_DIR paired
+        training_folder(db, "other", shared, "other")
+    assert folder_store.bound_folders(db, "other").training_folder is None
+    assert training_folder(db, "other", shared).root == tmp_path / "training" / "other"  # its own, by name
+
+
+def test_a_name_without_a_dataset_folder_is_refused_and_never_recorded(tmp_path: Path) -> None:
+    db = Store(tmp_path / "csi.duckdb")
+    demo = _dataset(tmp_path / "data" / "demo")
+    with pytest.raises(NoDatasetFolder, match="check the partition name"):  # a typo, or a folder not made yet
+        dataset_folder(db, "nosuch", demo)
+    assert folder_store.bound_folders(db, "nosuch") is None
+    other = _dataset(tmp_path / "data" / "other")
+    dataset_folder(db, "other", demo)
+    other.rename(tmp_path / "moved")
+    with pytest.raises(NoDatasetFolder, match="csi datasets --forget other"):
+        dataset_folder(db, "other", demo)
+
+
+def test_a_symlink_to_a_recorded_dataset_is_not_a_second_dataset(tmp_path: Path) -> None:
+    db = Store(tmp_path / "csi.duckdb")
+    demo = _dataset(tmp_path / "data" / "demo")
+    dataset_folder(db, "other", _dataset(tmp_path / "data" / "other"))
+    (tmp_path / "data" / "otherlink").symlink_to(tmp_path / "data" / "other")
+    with pytest.raises(FolderConflict, match="is the folder of dataset 'other'"):
+        dataset_folder(db, "otherlink", demo)
+    assert folder_store.bound_folders(db, "otherlink") is None
+
+
+def test_registering_the_default_dataset_refuses_a_folder_without_a_catalog(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    for folder in (tmp_path / "data" / "nosuch", tmp_path / "data" / ".hidden"):
+        monkeypatch.setenv("CSI_DATASET_DIR", str(folder))
+        assert register_default() == 2
+        assert "error:" in capsys.readouterr().err
+    monkeypatch.setenv("CSI_DATASET_DIR", str(_dataset(tmp_path / "data" / "demo")))
+    assert register_default() == 0 and capsys.readouterr().out.strip() == "demo"
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_dynamic_partitions("datasets") == ["demo"]
