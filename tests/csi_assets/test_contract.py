@@ -148,6 +148,8 @@ def test_ingestion_refuses_to_embed_a_batch_with_a_mismatched_model(served, tmp_
     store_path = tmp_path / "csi.duckdb"
     shutil.copy(project.store_path, store_path)  # the shared store stays as it is
     catalog = generate_covers(tmp_path / "incoming" / "b1", works=1, perfs=1, seed=9, seconds=3.0)
+    lines = [json.loads(line) for line in catalog.read_text().splitlines()]
+    catalog.write_text("".join(json.dumps({**r, "perf": f"b1_{r['perf']}"}) + "\n" for r in lines))  # new perf ids
     with pytest.raises(ModelLoadError) as raised:
         ingest_batch(Store(store_path), DatasetLayout.at(copy), "b1", catalog,
                      logging.getLogger("test"))

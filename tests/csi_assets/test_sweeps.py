@@ -208,6 +208,8 @@ def test_replanning_removes_experiments_no_dataset_plans_and_a_bad_file_fails_th
     a = Project(tmp_path, tmp_path / "data" / "a", tmp_path / "training" / "a", tmp_path / "csi.duckdb")
     b = Project(tmp_path, tmp_path / "data" / "b", tmp_path / "training" / "b", tmp_path / "csi.duckdb")
     for project in (a, b):
+        project.dataset_dir.mkdir(parents=True)
+        (project.dataset_dir / "dataset.txt").write_text("")  # a dataset folder; its catalog is not read here
         (project.training_dir / "config").mkdir(parents=True)
         (project.training_dir / "config" / "hparams.yaml").write_text(yaml.safe_dump(to_dict(tiny_hparams())))
     instance = dg.DagsterInstance.ephemeral()
