@@ -86,7 +86,8 @@ def training_folder(db: Store, name: str, default_dir: str | Path, default_datas
     :meth:`~csi_assets.layouts.TrainingLayout.named` for ``default_dataset``), then recorded as its latest; else
     the recorded one, else the sibling named after the dataset. Nothing is recorded before the dataset folder is.
     Raises :class:`FolderConflict` for a training folder another dataset has recorded (two datasets would share,
-    and resume, one training)."""
+    and resume, one training) and for one that holds a ``dataset.txt`` (training folders put among the dataset
+    folders: checkpoints would go into a dataset); nothing is recorded then."""
     home = TrainingLayout.at(default_dir)
     bound = folder_store.bound_folders(db, check_dataset_name(name))
     recorded = bound.training_folder if bound else None
@@ -95,6 +96,10 @@ def training_folder(db: Store, name: str, default_dir: str | Path, default_datas
     else:
         layout = TrainingLayout(Path(recorded)) if recorded else TrainingLayout.named(name, default_dir,
                                                                                       default_dataset)
+    if (layout.root / "dataset.txt").is_file():
+        raise FolderConflict(f"the training folder of dataset {name!r}, {layout.root}, is a dataset folder: keep "
+                             "training folders apart from dataset folders (point CSI_TRAINING_DIR at a folder whose "
+                             "parent holds no datasets)", {"folder": str(layout.root)})
     real = os.path.realpath(layout.root)
     for other in folder_store.every_binding(db):
         if other.dataset != name and other.training_folder and os.path.realpath(other.training_folder) == real:

@@ -81,16 +81,10 @@ def dataset_of(context: AnyContext, dataset: DatasetResource, store: StoreResour
 
 
 def training_of(context: AnyContext, training: TrainingResource, store: StoreResource) -> TrainingLayout:
-    """The training folder of the run's dataset partition (recorded like its dataset folder). A training folder
-    that holds a ``dataset.txt`` is a dataset's folder (training folders were put beside the dataset folders):
-    the step fails rather than write checkpoints into it."""
+    """The training folder of the run's dataset partition (see :func:`csi_assets.dataset_folders.training_folder`
+    for the folders it refuses)."""
     with failures():
-        folder = training_folder(store.store(), key_part(context), training.training_dir, training.dataset_name)
-    if (folder.root / "dataset.txt").is_file():
-        raise dg.Failure(description=f"the training folder of dataset {key_part(context)!r}, {folder.root}, is a "
-                                     "dataset folder: keep training folders apart from dataset folders (point "
-                                     "CSI_TRAINING_DIR at a folder whose parent holds no datasets)")
-    return folder
+        return training_folder(store.store(), key_part(context), training.training_dir, training.dataset_name)
 
 
 def dataset_key(dataset: str, **other: str) -> str | dg.MultiPartitionKey:
@@ -119,14 +113,10 @@ def registration_requests(instance: dg.DagsterInstance, layouts: list[DatasetLay
         [labels.build_add_request(new_labels)] if new_labels else [])
 
 
-def register(instance: dg.DagsterInstance, layouts: list[DatasetLayout]) -> list[str]:
-    """Add the datasets (and their labels) to the instance now; returns the dataset names added."""
-    added = []
+def register(instance: dg.DagsterInstance, layouts: list[DatasetLayout]) -> None:
+    """Add the datasets (and their labels) to the instance now."""
     for request in registration_requests(instance, layouts):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        if request.partitions_def_name == datasets.name:
-            added = list(request.partition_keys)
-    return added
 
 
 def main() -> int:

@@ -180,3 +180,11 @@ def test_registering_the_default_dataset_refuses_a_folder_without_a_catalog(
     assert register_default() == 0 and capsys.readouterr().out.strip() == "demo"
     with dg.DagsterInstance.get() as instance:
         assert instance.get_dynamic_partitions("datasets") == ["demo"]
+
+
+def test_a_training_folder_that_is_a_dataset_folder_is_refused_and_not_recorded(tmp_path: Path) -> None:
+    db = Store(tmp_path / "csi.duckdb")
+    dataset_folder(db, "beta", _dataset(tmp_path / "data" / "beta"))
+    with pytest.raises(FolderConflict, match=r"data/beta, is a dataset folder"):  # trainings beside the datasets
+        training_folder(db, "beta", tmp_path / "data" / "alpha_training", "alpha")
+    assert folder_store.bound_folders(db, "beta").training_folder is None
