@@ -104,7 +104,9 @@ def ensure_partition(instance: dg.DagsterInstance, dataset: str, **other: str) -
 
 def registration_requests(instance: dg.DagsterInstance, layouts: list[DatasetLayout]
                           ) -> list[dg.AddDynamicPartitionsRequest]:
-    """The requests that add the datasets not yet registered, and the labels their hparams name."""
+    """The requests that add the datasets not yet registered, and the labels their hparams name. A folder without
+    a catalog is left out: a partition no run could use (a folder not made yet) would only collect failures."""
+    layouts = [layout for layout in layouts if layout.has_catalog()]
     known = set(instance.get_dynamic_partitions(datasets.name))
     known_labels = set(instance.get_dynamic_partitions(labels.name))
     new = sorted({layout.name for layout in layouts} - known)

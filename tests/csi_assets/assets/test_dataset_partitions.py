@@ -310,3 +310,13 @@ def test_a_training_folder_that_is_a_dataset_folder_fails_the_step_and_writes_no
     assert f"{beta.dataset_dir}, is a dataset folder" in failure.error.message
     assert _snapshot(beta.dataset_dir) == before
     assert alpha.dataset_dir.is_dir()
+
+
+def test_a_default_dataset_folder_without_a_catalog_is_not_registered(tmp_path: Path) -> None:
+    """Before `csi synth` (or a copy) fills it, the default folder is no partition any run could use."""
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"dataset": DatasetResource(dataset_dir=str(tmp_path / "data" / "demo")),
+                 "store": StoreResource(path=str(tmp_path / "csi.duckdb"))}
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = dataset_folders_sensor(context)
+    assert not result.dynamic_partitions_requests
